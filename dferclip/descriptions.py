@@ -1,0 +1,220 @@
+"""Class sets and description sets, as data.
+
+A *description set* is a JSON file (format ``dferclip.descriptions/1``)::
+
+    {
+      "format": "dferclip.descriptions/1",
+      "name": "dferclip-official-dfew",        # file stem; letters, digits, '-', '_', '.'
+      "version": 1,                            # bumped on every save under the same name
+      "class_set": "DFEW",                     # a name from class_sets.json, or "custom"
+      "classes": [                             # in label order
+        {"name": "happiness", "descriptions": ["a smiling mouth, ...", "..."]},
+        ...
+      ],
+      "provenance": {"source": ..., "licence": ..., "generated_by": {"model", "prompt", "date"}, ...}
+    }
+
+A class may have several descriptions; they are ensembled when class embeddings are made.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from .errors import DescriptionError
+
+FORMAT = "dferclip.descriptions/1"
+DESCRIPTIONS_DIR = Path(__file__).resolve().parent.parent / "descriptions"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def load_class_sets(path: Path | None = None) -> dict[str, list[str]]:
+    data = json.loads((path or DESCRIPTIONS_DIR / "class_sets.json").read_text())
+    return {k: list(v) for k, v in data["class_sets"].items()}
+
+
+def class_set_for(num_classes: int) -> tuple[str, list[str]]:
+    """The official class set with this many classes (7: DFEW/FERV39k order, 11: MAFW)."""
+    for name, classes in load_class_sets().items():
+        if len(classes) == num_classes:
+            return name, classes
+    raise DescriptionError(
+        f"no built-in class set has {num_classes} classes (DFEW/FERV39k have 7, MAFW has 11); "
+        "give the class descriptions explicitly"
+    )
+
+
+def validate_name(name: str) -> str:
+    """A safe file stem: no path separators, no leading dot, bounded length."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise DescriptionError(
+            f"invalid description set name {name!r}: use 1-100 letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass
+class DescriptionSet:
+    classes: list[str]
+    descriptions: list[list[str]]  # per class, one or more descriptions
+    name: str = "custom"
+    class_set: str = "custom"
+    version: int = 1
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if len(self.classes) != len(self.descriptions):
+            raise DescriptionError(
+                f"{len(self.classes)} classes but {len(self.descriptions)} description lists"
+            )
+        if len(set(self.classes)) != len(self.classes):
+            raise DescriptionError("class names must be unique")
+        if not self.classes:
+            raise DescriptionError("a description set needs at least one class")
+        cleaned = []
+        for cls, descs in zip(self.classes, self.descriptions):
+            if isinstance(descs, str):
+                descs = [descs]
+            descs = [d.strip() for d in descs if isinstance(d, str) and d.strip()]
+            if not descs:
+                raise DescriptionError(f"class {cls!r} has no description")
+            cleaned.append(descs)
+        self.descriptions = cleaned
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def first_descriptions(self) -> list[str]:
+        return [d[0] for d in self.descriptions]
+
+    def with_descriptions(self, descriptions: Sequence[Sequence[str] | str], **kw) -> "DescriptionSet":
+        return DescriptionSet(
+            classes=list(self.classes),
+            descriptions=[[d] if isinstance(d, str) else list(d) for d in descriptions],
+            name=kw.get("name", self.name),
+            class_set=kw.get("class_set", self.class_set),
+            version=kw.get("version", self.version),
+            provenance=kw.get("provenance", dict(self.provenance)),
+        )
+
+    # --- (de)serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "version": self.version,
+            "class_set": self.class_set,
+            "classes": [{"name": c, "descriptions": list(d)} for c, d in zip(self.classes, self.descriptions)],
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DescriptionSet":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise DescriptionError(f"not a description set (expected \"format\": \"{FORMAT}\")")
+        try:
+            classes = [c["name"] for c in data["classes"]]
+            descs = [c["descriptions"] for c in data["classes"]]
+        except (KeyError, TypeError) as e:
+            raise DescriptionError(f"malformed description set: missing {e}") from None
+        return cls(
+            classes=classes,
+            descriptions=descs,
+            name=data.get("name", "custom"),
+            class_set=data.get("class_set", "custom"),
+            version=int(data.get("version", 1)),
+            provenance=data.get("provenance") or {},
+        )
+
+
+def list_description_sets(folder: Path | None = None) -> list[str]:
+    folder = folder or DESCRIPTIONS_DIR
+    return sorted(p.stem for p in folder.glob("*.json") if p.name != "class_sets.json")
+
+
+def load_description_set(name_or_path: str | Path, folder: Path | None = None) -> DescriptionSet:
+    p = Path(name_or_path)
+    if p.suffix != ".json":
+        p = (folder or DESCRIPTIONS_DIR) / f"{validate_name(str(name_or_path))}.json"
+    if not p.is_file():
+        raise DescriptionError(
+            f"no description set {str(name_or_path)!r}; available: {', '.join(list_description_sets(folder))}"
+        )
+    try:
+        data = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DescriptionError(f"{p.name} is not valid JSON: {e}") from None
+    return DescriptionSet.from_dict(data)
+
+
+def official_descriptions(num_classes: int) -> DescriptionSet:
+    """The official DFER-CLIP descriptions for a 7-class (DFEW) or 11-class (MAFW) model."""
+    name, _ = class_set_for(num_classes)
+    return load_description_set(f"dferclip-official-{name.lower()}")
+
+
+def save_description_set(ds: DescriptionSet, folder: Path | None = None, *, overwrite: bool = True) -> Path:
+    """Write atomically as ``<folder>/<name>.json``; bumps the version if the name exists."""
+    folder = Path(folder or DESCRIPTIONS_DIR)
+    validate_name(ds.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{ds.name}.json"
+    if target.exists():
+        if not overwrite:
+            raise DescriptionError(f"description set {ds.name!r} exists already")
+        try:
+            ds.version = int(json.loads(target.read_text()).get("version", 0)) + 1
+        except (json.JSONDecodeError, OSError):
+            pass
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{ds.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(ds.to_dict(), f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def diff_description_sets(a: DescriptionSet, b: DescriptionSet) -> list[dict]:
+    """Per class: which descriptions were removed from ``a`` and added in ``b``."""
+    rows = []
+    for cls in list(dict.fromkeys(list(a.classes) + list(b.classes))):
+        da = a.descriptions[a.classes.index(cls)] if cls in a.classes else []
+        db = b.descriptions[b.classes.index(cls)] if cls in b.classes else []
+        removed = [d for d in da if d not in db]
+        added = [d for d in db if d not in da]
+        if removed or added:
+            rows.append({"class": cls, "removed": removed, "added": added})
+    return rows
+
+
+def as_description_set(
+    descriptions: Optional["DescriptionSet | Iterable | str | Path"], num_classes: int
+) -> DescriptionSet:
+    """Normalise what callers pass (None, a set, a name/path, a list) into a DescriptionSet."""
+    if descriptions is None:
+        return official_descriptions(num_classes)
+    if isinstance(descriptions, DescriptionSet):
+        ds = descriptions
+    elif isinstance(descriptions, (str, Path)):
+        ds = load_description_set(descriptions)
+    else:
+        items = list(descriptions)
+        ds = official_descriptions(num_classes).with_descriptions(items) if len(items) == num_classes else None
+        if ds is None:
+            raise DescriptionError(f"{len(items)} descriptions given for a {num_classes}-class model")
+    if ds.num_classes != num_classes:
+        raise DescriptionError(
+            f"description set {ds.name!r} has {ds.num_classes} classes, the model has {num_classes}"
+        )
+    return ds
