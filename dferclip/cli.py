@@ -1,0 +1,40 @@
+"""``python -m dferclip <command> ...``: each command lives in ``dferclip/commands/<name>.py`` and
+provides ``add_arguments(parser)`` and ``run(args) -> int``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import DferclipError
+
+COMMANDS = {
+    "predict": "classify a video clip",
+    "evaluate": "UAR/WAR/confusion of a model on a labelled set",
+    "train": "train a model (official DFER-CLIP recipe by default)",
+    "convert": "official DFER-CLIP .pth -> the project's safetensors format",
+    "describe": "generate, check, diff and score class descriptions",
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dferclip", description=__doc__.split(":")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = {}
+    for name, help_text in COMMANDS.items():
+        try:
+            modules[name] = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.commands.{name}":
+                raise
+            continue
+        modules[name].add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except DferclipError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,15 @@
+"""convert: an official DFER-CLIP checkpoint -> the project's format (safetensors + JSON, no pickle)."""
+from __future__ import annotations
+
+from ..checkpoints import convert
+
+
+def add_arguments(p):
+    p.add_argument("official", help="official DFER-CLIP checkpoint (.pth)")
+    p.add_argument("out_dir", help="folder to write model.safetensors and config.json into")
+
+
+def run(args) -> int:
+    out = convert(args.official, args.out_dir)
+    print(f"wrote {out}")
+    return 0
