@@ -146,7 +146,7 @@ def official_to_own(sd: dict) -> dict:
         for k, v in sd.items():
             if k.startswith(alias):
                 t = out.get(target + k[len(alias):])
-                if t is None or not torch.equal(t, v):
+                if t is None or (t is not v and not torch.equal(t, v)):
                     raise CheckpointError(f"{k} does not match its alias in clip_model_: not an official layout")
     return out
 

@@ -1,0 +1,27 @@
+"""Shared test setup: offline Hub (set before huggingface_hub is imported), no analytics, fixtures."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+CONFORMANCE = SHARED / "conformance" / "dferclip_official_dfew_seed0.pt"
+
+
+@pytest.fixture(scope="session")
+def conformance_path() -> Path:
+    if not CONFORMANCE.is_file():
+        pytest.skip(f"conformance fixture absent ({CONFORMANCE}): clone with ../shared beside the repo")
+    return CONFORMANCE
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    import dferclip
+
+    return dferclip.load_model("random:dferclip-tiny")
