@@ -1,11 +1,52 @@
-"""Errors a user can cause. Each carries a plain message meant to be shown as is (CLI, app)."""
+"""Typed errors of dferclip.
+
+Every error the library raises on purpose derives from :class:`DferclipError`, whose message is plain
+text fit to show to a user as is (``str(err)``). Callers pick the subclass to decide what to do.
+"""
+from __future__ import annotations
 
 
 class DferclipError(Exception):
-    """Base class of all errors a user can cause."""
+    """Base class of dferclip's own errors; ``message`` is a plain sentence for the user."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
 
 
-# --- checkpoints / models --------------------------------------------------------------------
+class VideoError(DferclipError):
+    """The input could not be used as a video."""
+
+
+class NotAVideoError(VideoError):
+    """The file is not a video at all (text, audio only, unknown format, empty file)."""
+
+
+class ImageNotVideoError(NotAVideoError):
+    """The file is a still image (JPEG, PNG, single-frame GIF, ...), not a video."""
+
+
+class CorruptVideoError(VideoError):
+    """The file looks like a video but is truncated or damaged."""
+
+
+class VideoTooShortError(VideoError):
+    """The video has no decodable frame."""
+
+
+class VideoTooLargeError(VideoError):
+    """The file size, resolution, duration or frame count exceeds :class:`dferclip.video.Limits`."""
+
+
+class DecodeTimeoutError(VideoError):
+    """Decoding took longer than ``Limits.decode_timeout_s``."""
+
+
+class NoFaceFoundError(DferclipError):
+    """No face was detected in the sampled frames and the caller asked for ``fallback="error"``."""
+
+
+# --- checkpoints / models / descriptions (used by dferclip.checkpoints and friends) -----------
 class CheckpointError(DferclipError):
     """A weights file or source that cannot be used (foreign, truncated, unsafe, mismatched)."""
 
@@ -14,31 +55,5 @@ class WeightsUnavailableError(CheckpointError):
     """Weights must be downloaded but cannot be (offline, unknown repo, missing file)."""
 
 
-# --- descriptions ----------------------------------------------------------------------------
 class DescriptionError(DferclipError):
     """A description set that is malformed, mismatched with the model, or badly named."""
-
-
-# --- video ingestion -------------------------------------------------------------------------
-class VideoError(DferclipError):
-    """Base class of video input problems."""
-
-
-class NotAVideoError(VideoError):
-    pass
-
-
-class ImageNotVideoError(NotAVideoError):
-    pass
-
-
-class CorruptVideoError(VideoError):
-    pass
-
-
-class VideoTooShortError(VideoError):
-    pass
-
-
-class VideoTooLargeError(VideoError):
-    pass
