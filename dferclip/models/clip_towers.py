@@ -34,9 +34,15 @@ def build_clip(clip: Any) -> nn.Module:
 
 def encode_token_embeddings(clip: nn.Module, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """CLIP text tower on token embeddings (N, L, W): causal mask, ln_final, EOT (argmax id) pooling,
-    text projection. Returns (N, D) before L2 normalisation."""
-    x = x + clip.positional_embedding.to(x.dtype)
-    x = clip.transformer(x, attn_mask=clip.attn_mask)
+    text projection. Returns (N, D) before L2 normalisation.
+
+    Attention is causal, so positions after the last EOT in the batch cannot change the result: the
+    tower runs on the first ``max(EOT) + 1`` positions only."""
+    eot = tokens.argmax(dim=-1)
+    n = int(eot.max()) + 1
+    x = x[:, :n] + clip.positional_embedding[:n].to(x.dtype)
+    mask = clip.attn_mask[:n, :n] if clip.attn_mask is not None else None
+    x = clip.transformer(x, attn_mask=mask)
     x = clip.ln_final(x)
-    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    x = x[torch.arange(x.shape[0], device=x.device), eot]
     return x @ clip.text_projection.to(x.dtype)
