@@ -1,0 +1,94 @@
+"""dferclip Space: dynamic facial expression recognition from video with CLIP.
+
+    python app.py [--model SRC] [--host 0.0.0.0] [--port 7860]
+
+The UI only: models, video and scoring live in the ``dferclip`` library. Which weights run is decided by
+``dferclip.runtime`` (``--model`` / ``DFERCLIP_MODEL``, then ``checkpoints/``, ``DFERCLIP_HUB_REPO``, then the
+untrained offline default, which the page says in a banner).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+
+import gradio as gr
+
+from dferclip.runtime import ModelRegistry
+from dferclip.ui.context import AppContext, build_model_bar
+from dferclip.ui.predict import MAX_UPLOAD, build_predict_tab
+
+try:
+    from dferclip.ui.workbench import build_workbench_tab
+except ImportError:  # the workbench tab is optional
+    build_workbench_tab = None
+
+TITLE = "dferclip: facial expressions in video with CLIP"
+INTRO = """
+# dferclip: facial expressions in video, with CLIP
+Upload a short clip or record one with your webcam. The app finds the main face, samples 16 frames as
+[DFER-CLIP](https://github.com/zengqunzhao/DFER-CLIP) does, and scores them against text descriptions of each
+expression. The **Descriptions** tab lets you edit those descriptions and see how the scores move.
+"""
+CSS = """
+.weights-banner {padding: 0.6em 0.9em; border-radius: 8px; font-size: 0.92em; line-height: 1.45;}
+.weights-banner.untrained {background: #fff4e5; border: 1px solid #f0a040; color: #5c3300;}
+.weights-banner.trained {background: #eaf7ee; border: 1px solid #62b37a; color: #123d20;}
+.dark .weights-banner.untrained {background: #3d2a10; color: #ffdcae;}
+.dark .weights-banner.trained {background: #12301d; color: #c8f0d4;}
+.hint {opacity: 0.8; font-size: 0.9em;}
+#predict-note {min-height: 4em;}
+footer {opacity: 0.85;}
+"""
+THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="pink")
+
+
+def build_demo(model: str | None = None) -> gr.Blocks:
+    """The app. Loads the first model on offer (to say truthfully what runs); others load on selection."""
+    ctx = AppContext(ModelRegistry.discover(model))
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(INTRO)
+        build_model_bar(ctx)
+        with gr.Tabs():
+            build_predict_tab(ctx)
+            if build_workbench_tab is not None:
+                build_workbench_tab(ctx)
+    demo.queue(max_size=32, default_concurrency_limit=ctx.concurrency_limit)
+    demo.ctx = ctx
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """Arguments for ``demo.launch`` that belong to the app (Gradio 6: theme and css go here)."""
+    return {"theme": THEME, "css": CSS, "max_file_size": MAX_UPLOAD, "footer_links": ["api", "gradio", "settings"]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    on_space = bool(os.environ.get("SPACE_ID"))
+    parser = argparse.ArgumentParser(description="dferclip Gradio app")
+    parser.add_argument("--model", default=None, help="weights to run first (overrides DFERCLIP_MODEL)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if on_space else "127.0.0.1"))
+    parser.add_argument("--port", type=int,
+                        default=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860))
+    return parser.parse_args(argv)
+
+
+def ensure_face_detector_weights() -> None:
+    """On a Space, install facenet-pytorch (MTCNN weights) without its dependencies, whose pins
+    (torch<2.3) requirements.txt cannot override."""
+    if os.environ.get("SPACE_ID") and importlib.util.find_spec("facenet_pytorch") is None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "facenet-pytorch==2.6.0"], check=False)
+        importlib.invalidate_caches()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ARGS = parse_args()
+    ensure_face_detector_weights()
+    demo = build_demo(ARGS.model)
+    demo.launch(server_name=ARGS.host, server_port=ARGS.port, **launch_kwargs())
+else:
+    demo = build_demo()

@@ -1,0 +1,182 @@
+"""Classify one clip: ingest it, encode it once, score it against the model's cached class embeddings.
+
+    from dferclip import load_model
+    from dferclip.predict import predict_clip
+
+    pred = predict_clip(load_model("random:dferclip-tiny"), "clip.mp4")
+    pred.top, pred.probabilities            # "happiness", {"happiness": 0.61, ...}
+    pred.timeline                           # per sliding 16-frame window: start/end seconds, probabilities
+    pred.timings                            # {"ingestion": s, "model": s, "other": s, "total": s}
+
+The clip's 16 model frames and the timeline's sliding windows share frames, so every distinct frame goes
+through the CLIP image tower once, in batches; only the (cheap) temporal model runs per window. Windows
+overlap by half, so they share half their frames; their number follows a frame budget (small on CPU).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from . import runtime
+from .video import Limits, WindowSpec, probe
+
+log = logging.getLogger(__name__)
+
+FRAME_BATCH = 32  # frames per image-tower call
+MAX_MIN_WINDOW_S = 2.0  # windows are at least this long when the clip lasts twice as long
+
+
+@dataclass
+class Timeline:
+    """Class probabilities over time: one row per sliding window of the model's frame count."""
+
+    start: list[float]  # seconds
+    end: list[float]
+    probabilities: np.ndarray  # (W, C)
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def rows(self, classes: list[str]) -> list[dict]:
+        """Long format: one row per (window, class), with the window's centre time."""
+        out = []
+        for s, e, p in zip(self.start, self.end, self.probabilities):
+            for c, v in zip(classes, p):
+                out.append({"time": round((s + e) / 2, 3), "start": s, "end": e, "expression": c,
+                            "probability": float(v)})
+        return out
+
+
+@dataclass
+class Prediction:
+    classes: list[str]
+    probs: np.ndarray  # (C,), sums to 1
+    logits: np.ndarray  # (C,)
+    video_embedding: torch.Tensor  # (D,), before L2 normalisation, float32 on CPU
+    ingest: Any  # dferclip.ingest.IngestResult
+    timeline: Optional[Timeline]
+    timings: dict[str, float]
+    weights: dict
+    device: str
+    dtype: str
+    warnings: list[str] = field(default_factory=list)
+    encoded_frames: int = 0  # distinct frames through the image tower (clip + timeline)
+
+    @property
+    def top(self) -> str:
+        return self.classes[int(np.argmax(self.probs))]
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        return {c: float(p) for c, p in zip(self.classes, self.probs)}
+
+    def to_dict(self) -> dict:
+        """JSON-friendly summary (what ``python -m dferclip predict --json`` prints)."""
+        return {
+            "top": self.top,
+            "probabilities": self.probabilities,
+            "timeline": None if self.timeline is None else [
+                {"start": s, "end": e, "probabilities": dict(zip(self.classes, map(float, p)))}
+                for s, e, p in zip(self.timeline.start, self.timeline.end, self.timeline.probabilities)
+            ],
+            "weights": {k: v for k, v in self.weights.items()},
+            "device": self.device,
+            "dtype": self.dtype,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "encoded_frames": self.encoded_frames,
+            "warnings": list(self.warnings),
+            "ingestion": self.ingest.to_dict(),
+        }
+
+
+def _shared_frames(result) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct frames (U, 3, S, S) of the clip and its windows, and for each of the N = 1 + W sequences
+    the positions (N, T) of its frames among them (frames are identified by their index in the video)."""
+    sequences = [[f.index for f in result.frames]]
+    tensors = [result.video[0]]
+    if result.windows is not None:
+        sequences += [list(w.indices) for w in result.windows.windows]
+        tensors += list(result.windows.video)
+    slot: dict[int, int] = {}
+    picks = []
+    for seq, video in zip(sequences, tensors):
+        for t, index in enumerate(seq):
+            if index not in slot:
+                slot[index] = len(picks)
+                picks.append(video[t])
+    positions = torch.as_tensor([[slot[i] for i in seq] for seq in sequences])
+    return torch.stack(picks), positions
+
+
+def timeline_spec(duration_s: float, frame_budget: int, num_frames: int = 16) -> WindowSpec:
+    """Half-overlapping windows (they share half their frames) spread over the clip, so the timeline adds
+    about ``frame_budget`` frames to encode: W windows use about num_frames / 2 * (W + 1) distinct frames."""
+    max_windows = max(1, frame_budget // max(num_frames // 2, 1) - 1)
+    length = max(min(MAX_MIN_WINDOW_S, duration_s / 2), 2 * duration_s / (max_windows + 1), 0.1)
+    return WindowSpec(length_s=length, stride_s=length / 2, max_windows=max_windows)
+
+
+def default_frame_budget(dev: torch.device) -> int:
+    return 256 if dev.type == "cuda" else 48
+
+
+def encode_frames_once(model, frames: torch.Tensor, positions: torch.Tensor, *, dev, batch: int = FRAME_BATCH):
+    """Per-frame image features of distinct ``frames`` (U, 3, S, S), in batches, gathered into (N, T, D)."""
+    feats = torch.cat([
+        model.encode_frames(frames[i : i + batch].unsqueeze(0).to(dev)).squeeze(0)
+        for i in range(0, len(frames), batch)
+    ])
+    return feats[positions.to(dev)]
+
+
+def score_sequences(model, frames: torch.Tensor, positions: torch.Tensor, *, dev, dtype=None):
+    """Logits (N, C) and video embeddings (N, D) for N frame sequences over shared ``frames``."""
+    with runtime.inference(dev, dtype):
+        video_emb = model.temporal(encode_frames_once(model, frames, positions, dev=dev))
+        logits = model.score(video_emb, model.class_embeddings())
+    return logits.float().cpu(), video_emb.float().cpu()
+
+
+def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
+                 detector=None, fallback: str = "center", limits: Optional[Limits] = None, dev=None,
+                 dtype=None) -> Prediction:
+    """Classify the clip at ``path`` (see the module docstring).
+
+    ``windows`` adds the timeline; ``frame_budget`` bounds the extra frames it encodes (default: 48 on CPU,
+    256 on CUDA). Unusable files raise ``VideoError`` subclasses; a clip without a face is classified from
+    centre crops, with a warning (``fallback="error"`` raises ``NoFaceFoundError`` instead).
+    """
+    from .ingest import ingest
+
+    t0 = time.perf_counter()
+    dev = torch.device(dev) if dev is not None else next(model.parameters()).device
+    dtype = dtype or runtime.compute_dtype(dev)
+    limits = limits or Limits()
+    spec = None
+    if windows:
+        duration = probe(path, limits).duration_s or 0.0
+        budget = default_frame_budget(dev) if frame_budget is None else frame_budget
+        spec = timeline_spec(duration, budget, model.input_config.num_frames)
+    result = ingest(path, model.input_config, detector=detector, fallback=fallback, windows=spec, limits=limits)
+    t1 = time.perf_counter()
+    frames, positions = _shared_frames(result)
+    logits, video_emb = score_sequences(model, frames, positions, dev=dev, dtype=dtype)
+    t2 = time.perf_counter()
+    probs = logits.softmax(-1).numpy()
+    timeline = None
+    if result.windows is not None:
+        spans = result.windows.windows
+        timeline = Timeline([float(w.start_s) for w in spans], [float(w.end_s) for w in spans], probs[1:])
+    t3 = time.perf_counter()
+    return Prediction(
+        classes=model.class_names, probs=probs[0], logits=logits[0].numpy(), video_embedding=video_emb[0],
+        ingest=result, timeline=timeline, weights=dict(model.weights_info), device=str(dev),
+        dtype=runtime.dtype_name(dtype), warnings=list(result.warnings), encoded_frames=len(frames),
+        timings={"ingestion": t1 - t0, "model": t2 - t1, "other": t3 - t2, "total": t3 - t0},
+    )

@@ -1,0 +1,216 @@
+"""Where models run: the one place that decides device and dtype, the ZeroGPU decorator, and the model registry.
+
+Device and precision (:func:`device`, :func:`compute_dtype`, :func:`inference`):
+
+- ``DFERCLIP_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``) overrides; otherwise CUDA when available, else CPU;
+- on CUDA the model runs under autocast in bf16 (fp16 on GPUs without bf16): the weights stay fp32 and
+  LayerNorm/softmax stay fp32, which keeps the class probabilities within ~1e-2 of fp32
+  (``benchmarks/bench_app.py`` and ``tests/test_predict.py`` compare them); on CPU it is fp32.
+  ``DFERCLIP_DTYPE`` (``fp32``, ``bf16``, ``fp16``) overrides, e.g. ``bf16`` on CPUs with AVX512-BF16.
+
+:func:`gpu` is ``spaces.GPU`` on Hugging Face ZeroGPU (``SPACES_ZERO_GPU`` set and ``spaces`` importable) and
+the identity everywhere else, so library code can decorate its GPU work unconditionally.
+
+The registry (:class:`ModelRegistry`) lists the models the app can switch between, in this order:
+
+1. an explicit source (``--model`` flag or ``DFERCLIP_MODEL``), anything ``dferclip.load_model`` accepts;
+2. ``checkpoints/``: the project's folders and official ``.pth`` files (``dferclip.discover_models``);
+3. Hugging Face Hub repo ids from ``DFERCLIP_HUB_REPO`` (comma-separated);
+4. the offline default ``random`` (ViT-B/32, untrained: :data:`dferclip.checkpoints.UNTRAINED_WARNING`);
+5. zero-shot CLIP (``pretrained:dferclip-vit-b-32:openai``; needs a download, fails clearly offline).
+
+The first entry is the default. Models load lazily on first use, at most :attr:`ModelRegistry.max_loaded`
+at a time (least recently used ones are dropped).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from .checkpoints import CHECKPOINTS_DIR, UNTRAINED_WARNING, discover_models, load_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE = "random"
+ZERO_SHOT_SOURCE = "pretrained:dferclip-vit-b-32:openai"
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+# --- device and precision --------------------------------------------------------------------
+def device() -> torch.device:
+    """The device models run on (``DFERCLIP_DEVICE``, else CUDA if available, else CPU)."""
+    name = os.environ.get("DFERCLIP_DEVICE", "").strip()
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype(dev: torch.device | str | None = None) -> torch.dtype:
+    """The autocast dtype for ``dev`` (``DFERCLIP_DTYPE``, else bf16/fp16 on CUDA, fp32 on CPU)."""
+    dev = torch.device(dev) if dev is not None else device()
+    name = os.environ.get("DFERCLIP_DTYPE", "").strip().lower()
+    if name:
+        if name not in _DTYPES:
+            raise ValueError(f"DFERCLIP_DTYPE={name!r}: use one of fp32, bf16, fp16")
+        return _DTYPES[name]
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+@contextmanager
+def inference(dev: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """No-grad inference on ``dev``, under autocast when ``dtype`` is a reduced precision."""
+    dev = torch.device(dev) if dev is not None else device()
+    dtype = dtype or compute_dtype(dev)
+    with torch.inference_mode():
+        if dtype == torch.float32:
+            yield
+        else:
+            with torch.autocast(dev.type, dtype=dtype):
+                yield
+
+
+# --- ZeroGPU ---------------------------------------------------------------------------------
+def on_zero_gpu() -> bool:
+    return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in {"1", "true", "yes"}
+
+
+def gpu(fn: Callable | None = None, *, duration: int = 60):
+    """``spaces.GPU(duration=...)`` on ZeroGPU, the identity elsewhere. Use as ``@gpu`` or ``@gpu(duration=30)``."""
+    if fn is None:
+        return functools.partial(gpu, duration=duration)
+    if not on_zero_gpu():
+        return fn
+    try:
+        import spaces
+    except ImportError:
+        log.warning("SPACES_ZERO_GPU is set but the spaces package is not installed; running without it")
+        return fn
+    return spaces.GPU(duration=duration)(fn)
+
+
+# --- the model registry ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model the app can offer. ``key`` is the ``load_model`` source; ``origin`` says how it was found."""
+
+    key: str
+    label: str
+    origin: str  # "explicit" | "checkpoints" | "hub" | "default" | "zero-shot"
+
+
+def _label(origin: str, source: str) -> str:
+    if origin == "checkpoints":
+        return f"{Path(source).name} (checkpoints/)"
+    if origin == "hub":
+        return f"{source} (Hugging Face Hub)"
+    if origin == "default":
+        return "random ViT-B/32 (untrained, offline default)"
+    if origin == "zero-shot":
+        return "zero-shot CLIP ViT-B/32 (OpenAI weights, download)"
+    return f"{source} (explicit)"
+
+
+def find_models(explicit: str | None = None, checkpoints_dir: Path | None = None) -> list[ModelEntry]:
+    """The models on offer, in priority order (see the module docstring). ``explicit`` defaults to
+    ``DFERCLIP_MODEL``."""
+    explicit = explicit or os.environ.get("DFERCLIP_MODEL", "").strip() or None
+    found: list[tuple[str, str]] = []
+    if explicit:
+        found.append(("explicit", explicit))
+    found += [("checkpoints", str(p)) for p in discover_models(checkpoints_dir or CHECKPOINTS_DIR)]
+    hub = os.environ.get("DFERCLIP_HUB_REPO", "")
+    found += [("hub", r.strip()) for r in hub.split(",") if r.strip()]
+    found += [("default", DEFAULT_SOURCE), ("zero-shot", ZERO_SHOT_SOURCE)]
+    entries, seen = [], set()
+    for origin, source in found:
+        if source not in seen:
+            seen.add(source)
+            entries.append(ModelEntry(source, _label(origin, source), origin))
+    return entries
+
+
+def weights_banner(weights_info: dict) -> tuple[str, Optional[str]]:
+    """(what runs, warning or None) for a loaded model's ``weights_info``. Untrained weights always warn."""
+    kind = weights_info.get("kind", "?")
+    source = weights_info.get("source") or "?"
+    what = {"random": "random initialisation", "official": "official DFER-CLIP checkpoint",
+            "dferclip": "dferclip checkpoint", "pretrained-clip": "pretrained CLIP (zero-shot towers)"}.get(kind, kind)
+    text = f"{what}: {source}"
+    if weights_info.get("epoch") is not None:
+        text += f", epoch {weights_info['epoch']}"
+    if weights_info.get("best_acc") is not None:
+        text += f", best accuracy {weights_info['best_acc']:.2f}"
+    warning = weights_info.get("warning")
+    if not weights_info.get("trained", False):
+        warning = warning or UNTRAINED_WARNING
+        if kind == "pretrained-clip":
+            warning = "the learned prompts and temporal model are untrained: use zero-shot scoring; " + warning
+    return text, warning
+
+
+class ModelRegistry:
+    """Models on offer and the loaded ones (lazily, thread-safely, at most ``max_loaded`` at a time)."""
+
+    def __init__(self, entries: list[ModelEntry], dev: torch.device | str | None = None, max_loaded: int = 2):
+        if not entries:
+            raise ValueError("a model registry needs at least one entry")
+        self.entries = list(entries)
+        self.device = torch.device(dev) if dev is not None else device()
+        self.dtype = compute_dtype(self.device)
+        self.max_loaded = max_loaded
+        self._loaded: "OrderedDict[str, torch.nn.Module]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def discover(cls, explicit: str | None = None, **kwargs) -> "ModelRegistry":
+        return cls(find_models(explicit), **kwargs)
+
+    @property
+    def default_key(self) -> str:
+        return self.entries[0].key
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, key) pairs, for a dropdown."""
+        return [(e.label, e.key) for e in self.entries]
+
+    def entry(self, key: str) -> ModelEntry:
+        for e in self.entries:
+            if e.key == key:
+                return e
+        raise KeyError(f"no model {key!r} on offer")
+
+    def is_loaded(self, key: str) -> bool:
+        return key in self._loaded
+
+    def get(self, key: str | None = None) -> torch.nn.Module:
+        """The loaded model for ``key`` (default: the first entry). Raises DferclipError subclasses."""
+        key = key or self.default_key
+        self.entry(key)
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            model = load_model(key, device=self.device)
+            model.requires_grad_(False)
+            log.info("loaded %s on %s (%s): %s", key, self.device, dtype_name(self.dtype), model.weights_info)
+            self._loaded[key] = model
+            while len(self._loaded) > self.max_loaded:
+                dropped, _ = self._loaded.popitem(last=False)
+                log.info("unloaded %s", dropped)
+            return model

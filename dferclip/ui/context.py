@@ -1,0 +1,106 @@
+"""The app's shared context: which models exist, which one a page has selected, and the page's current clip.
+
+Tabs receive one :class:`AppContext` and wire their events to the components it holds::
+
+    ctx = AppContext(ModelRegistry.discover())        # app-wide, built once
+    with gr.Blocks() as demo:
+        build_model_bar(ctx)                          # fills ctx.model_dropdown and ctx.banner
+        ctx.clip = gr.State(None)                     # (done by build_model_bar)
+        build_predict_tab(ctx)
+        build_workbench_tab(ctx)
+
+For a tab's event functions:
+
+- ``ctx.model_dropdown``: a ``gr.Dropdown`` whose value is a registry key (a ``load_model`` source). Use it as an
+  input; ``ctx.model(key)`` returns the loaded model (lazily loaded, shared by all users, at most
+  ``registry.max_loaded`` in memory). It raises ``DferclipError`` subclasses with a plain message (e.g. zero-shot
+  CLIP offline); turn them into ``gr.Error``. Loaded models are in eval mode on ``ctx.registry.device``; run them
+  under ``dferclip.runtime.inference(ctx.registry.device)`` for the app's precision.
+- ``ctx.clip``: a per-page ``gr.State`` holding the last predicted :class:`ClipRecord` or None. The predict tab
+  writes it; other tabs read it (its ``video`` is the model-input tensor, so a tab can embed the clip again with
+  another model or other descriptions without decoding the file again).
+- ``ctx.concurrency_id``: pass ``concurrency_id=ctx.concurrency_id, concurrency_limit=ctx.concurrency_limit`` to
+  every event that runs a model, so model work is queued together (one at a time on CPU).
+- ``ctx.banner``: the ``gr.HTML`` stating what weights run; ``ctx.banner_text(key)`` renders it.
+- ``ctx.model_selected``: the event of a successful model switch; chain on it to follow the selection, e.g.
+  ``ctx.model_selected.success(fn, [ctx.model_dropdown, ...], [...])`` (the dropdown then holds the new key).
+"""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import gradio as gr
+import torch
+
+from ..errors import DferclipError
+from ..runtime import ModelRegistry, dtype_name, weights_banner
+
+
+@dataclass
+class ClipRecord:
+    """The page's current clip, as the predict tab saw it."""
+
+    path: str
+    model_key: str  # the model that predicted it
+    ingest: Any  # dferclip.ingest.IngestResult (video, crops, frames, face_found, warnings, timings)
+    prediction: Any  # dferclip.predict.Prediction (probabilities, timeline, video_embedding, timings)
+
+    @property
+    def video(self) -> torch.Tensor:
+        """The model-input tensor (1, T, 3, S, S) of ``model_key``'s input config."""
+        return self.ingest.video
+
+
+class AppContext:
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
+        self.concurrency_id = "model"
+        self.concurrency_limit = 1 if registry.device.type == "cpu" else 2
+        self.model_dropdown: Optional[gr.Dropdown] = None
+        self.banner: Optional[gr.HTML] = None
+        self.clip: Optional[gr.State] = None
+        self.model_selected = None
+
+    def model(self, key: Optional[str] = None) -> torch.nn.Module:
+        return self.registry.get(key)
+
+    def banner_text(self, key: Optional[str] = None) -> str:
+        """HTML saying what weights run (loads the model); untrained weights get a visible warning."""
+        model = self.registry.get(key)
+        what, warning = weights_banner(model.weights_info)
+        run = f"{self.registry.device.type} {dtype_name(self.registry.dtype)}"
+        classes = ", ".join(model.class_names)
+        text = (f"<b>Weights:</b> {html.escape(what)} &middot; <b>runs on</b> {run} &middot; "
+                f"<b>{model.num_classes} classes:</b> {html.escape(classes)}")
+        if warning:
+            return f'<div class="weights-banner untrained">&#9888; <b>{html.escape(warning)}</b><br>{text}</div>'
+        return f'<div class="weights-banner trained">{text}</div>'
+
+
+# --- the model bar (dropdown + banner), shared by all tabs -------------------------------------------
+def select_model(ctx: AppContext, key: str, last_good: str) -> tuple[str, str, str]:
+    """Load ``key``; returns (dropdown value, banner, last good key). On failure, warn and keep the previous one."""
+    try:
+        ctx.model(key)
+    except DferclipError as e:
+        gr.Warning(f"Cannot load {ctx.registry.entry(key).label}: {e}")
+        return last_good, ctx.banner_text(last_good), last_good
+    return key, ctx.banner_text(key), key
+
+
+def build_model_bar(ctx: AppContext) -> None:
+    """The model dropdown and the weights banner; sets ``ctx.model_dropdown``, ``ctx.banner``, ``ctx.clip``."""
+    default = ctx.registry.default_key
+    with gr.Row(equal_height=True, elem_id="model-bar"):
+        ctx.model_dropdown = gr.Dropdown(ctx.registry.choices(), value=default, label="Model", scale=2,
+                                         info="weights found: explicit setting, checkpoints/, Hub, defaults")
+        ctx.banner = gr.HTML(ctx.banner_text(default), elem_id="weights-banner")
+    last_good = gr.State(default)
+    ctx.clip = gr.State(None)
+    ctx.model_selected = ctx.model_dropdown.input(
+        lambda key, good: select_model(ctx, key, good), [ctx.model_dropdown, last_good],
+        [ctx.model_dropdown, ctx.banner, last_good], api_name="select_model",
+        concurrency_id=ctx.concurrency_id, concurrency_limit=ctx.concurrency_limit,
+    )

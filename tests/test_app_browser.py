@@ -1,0 +1,126 @@
+"""The whole app (``python app.py``) in a real browser: Debian chromium driven by playwright.
+
+Fails on any JavaScript error the page logs (``pageerror`` and console errors), which is how Gradio 6's
+cached-example plot crash shows itself; one run sets GRADIO_CACHE_EXAMPLES=true as Spaces do.
+"""
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app_helpers import TINY, feat_clip, free_port
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian chromium not installed")]
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+# Chromium without media codecs may not play H.264 previews; that is no app error.
+BENIGN = ("Failed to load resource", "net::ERR", "favicon")
+
+
+def start_app(env_extra: dict, log_path: Path):
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **env_extra}
+    env = {k: v for k, v in env.items() if v is not None}
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"app did not start: {log_path.read_text()[-2000:]}")
+
+
+def open_page(p, url, errors):
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+    page = browser.new_page(viewport={"width": 1280, "height": 1500})
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("console", lambda m: errors.append(f"console: {m.text}")
+            if m.type == "error" and not any(b in m.text for b in BENIGN) else None)
+    page.goto(url)
+    return browser, page
+
+
+def assert_not_blank(path: Path):
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
+    assert pixels.std() > 10, f"screenshot {path} looks blank (std {pixels.std():.1f})"
+
+
+def check_tabs_and_plot(page, expect):
+    expect(page.locator("#timeline canvas, #timeline svg").first).to_be_visible(timeout=30_000)
+    page.get_by_role("tab", name="Descriptions").click()
+    expect(page.locator("#descriptions-table")).to_be_visible(timeout=15_000)
+    page.get_by_role("tab", name="Predict").click()
+    expect(page.locator("#expression-label")).to_be_visible()
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tmp_path_factory):
+    proc, url = start_app({"DFERCLIP_MODEL": TINY}, tmp_path_factory.mktemp("app") / "app.log")
+    yield url
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_upload_predict_and_switch_tabs(tiny_app, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    errors = []
+    with sync_playwright() as p:
+        browser, page = open_page(p, tiny_app, errors)
+        expect(page.locator("#weights-banner")).to_contain_text("untrained weights: predictions are meaningless")
+        page.locator("input[type=file]").first.set_input_files(str(feat_clip("single_face.mp4")))
+        page.locator("#predict-button").click()
+        expect(page.get_by_test_id("label-output-value")).to_be_visible(timeout=90_000)
+        expect(page.locator("#predict-note")).to_contain_text("Face found", timeout=30_000)
+        expect(page.locator("#face-crops img")).to_have_count(16, timeout=30_000)
+        check_tabs_and_plot(page, expect)
+        shot = tmp_path / "predict.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert_not_blank(shot)
+    assert not errors, errors
+
+
+@pytest.mark.slow
+def test_default_model_with_space_example_caching(tmp_path):
+    """The real default (random ViT-B/32) as a Space runs it (GRADIO_CACHE_EXAMPLES=true): click an example."""
+    from playwright.sync_api import expect, sync_playwright
+
+    env = {"DFERCLIP_MODEL": None, "GRADIO_CACHE_EXAMPLES": "true"}
+    proc, url = start_app(env, tmp_path / "app.log")
+    errors = []
+    try:
+        with sync_playwright() as p:
+            browser, page = open_page(p, url, errors)
+            expect(page.locator("#weights-banner")).to_contain_text("random:dferclip-vit-b-32", timeout=30_000)
+            expect(page.locator("#weights-banner")).to_contain_text("untrained weights")
+            page.get_by_text("Astronaut (generated").first.click()
+            expect(page.locator("#predict-note")).to_contain_text("Face found", timeout=180_000)
+            expect(page.get_by_test_id("label-output-value")).to_be_visible()
+            check_tabs_and_plot(page, expect)
+            shot = tmp_path / "example.png"
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert_not_blank(shot)
+    assert not errors, errors

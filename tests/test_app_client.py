@@ -1,0 +1,77 @@
+"""The app served on 127.0.0.1 (in process) and driven through its API with gradio_client."""
+import importlib
+import math
+
+import pytest
+from gradio_client import Client, handle_file
+
+from app_helpers import TINY, corrupt_copy, feat_clip, free_port
+
+
+@pytest.fixture(scope="module")
+def served():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DFERCLIP_MODEL", TINY)
+    import app
+
+    appmod = importlib.reload(app)  # rebuilt with the tiny model first
+    port = free_port()
+    appmod.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                       **appmod.launch_kwargs())
+    yield appmod, Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+    appmod.demo.close()
+    mp.undo()
+
+
+def test_api_endpoints(served):
+    _, client = served
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/predict", "/select_model"} <= set(api)
+    params = [p["parameter_name"] for p in api["/predict"]["parameters"]]
+    assert params == ["video", "model_key"]
+
+
+def test_predict_a_face_clip(served):
+    appmod, client = served
+    label, gallery, timeline, note = client.predict(handle_file(str(feat_clip("single_face.mp4"))), TINY,
+                                                    api_name="/predict")
+    classes = appmod.demo.ctx.model(TINY).class_names
+    assert {c["label"] for c in label["confidences"]} == set(classes)
+    assert math.isclose(sum(c["confidence"] for c in label["confidences"]), 1.0, rel_tol=1e-4)
+    assert label["label"] == max(label["confidences"], key=lambda c: c["confidence"])["label"]
+    assert len(gallery) == 16 and all(item["caption"].endswith(" s") for item in gallery)
+    # the timeline covers the clip: windows from 0 s to its end (2.4 s)
+    rows = timeline["data"]
+    times = sorted({r[0] for r in rows})
+    assert len(rows) == len(times) * len(classes) and len(times) >= 2
+    assert 0 < times[0] < times[-1] < 2.42  # window centres inside the 2.4 s clip
+    assert "Face found in 16/16" in note and "2.4 s" in note
+
+
+def test_no_face_clip_warns(served):
+    _, client = served
+    job = client.submit(handle_file(str(feat_clip("no_face.mp4"))), TINY, api_name="/predict")
+    label, gallery, _, note = job.result(timeout=120)
+    assert "No face found" in note and all("centre crop" in g["caption"] for g in gallery)
+    assert math.isclose(sum(c["confidence"] for c in label["confidences"]), 1.0, rel_tol=1e-4)
+    logs = []
+    while not job.communicator.updates.empty():
+        update = job.communicator.updates.get_nowait()
+        if getattr(update, "log", None):
+            logs.append(update.log)
+    assert any("No face found" in text and level == "warning" for text, level in logs), logs
+
+
+def test_corrupt_file_is_a_clean_error(served, tmp_path):
+    _, client = served
+    bad = corrupt_copy(feat_clip("single_face.mp4"), tmp_path / "cut.mp4")
+    with pytest.raises(Exception, match="Cannot use this file") as info:
+        client.predict(handle_file(str(bad)), TINY, api_name="/predict")
+    assert type(info.value).__name__ == "AppError"
+    assert "Traceback" not in str(info.value)
+
+
+def test_switching_to_an_unavailable_model_keeps_the_current_one(served):
+    _, client = served
+    value, banner = client.predict("pretrained:dferclip-vit-b-32:openai", api_name="/select_model")
+    assert value == TINY and "untrained weights: predictions are meaningless" in banner

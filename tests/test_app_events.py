@@ -1,0 +1,102 @@
+"""The app's event functions, called directly (no server): predict, model switching, banner, examples."""
+import math
+
+import gradio as gr
+import pytest
+
+from dferclip.runtime import ModelEntry, ModelRegistry, find_models, weights_banner, ZERO_SHOT_SOURCE
+from dferclip.ui.context import AppContext, select_model
+from dferclip.ui.predict import TIMELINE_COLUMNS, clear_outputs, example_clips, run_prediction
+
+from app_helpers import TINY, corrupt_copy, feat_clip
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    registry = ModelRegistry([ModelEntry(TINY, "tiny", "explicit"), ModelEntry(ZERO_SHOT_SOURCE, "zs", "zero-shot")],
+                             dev="cpu")
+    return AppContext(registry)
+
+
+def test_predict_event_outputs(ctx):
+    label, gallery, timeline, note, record = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
+    model = ctx.model(TINY)
+    assert set(label) == set(model.class_names) and math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
+    assert len(gallery) == 16
+    assert all(caption.endswith(" s") for _, caption in gallery)  # a face in every frame: time only
+    assert list(timeline.columns) == TIMELINE_COLUMNS
+    assert set(timeline["expression"]) == set(model.class_names)
+    assert timeline["time"].between(0, record.ingest.source.duration_s).all()
+    assert len(timeline) == len(record.prediction.timeline) * model.num_classes
+    assert "Face found in 16/16" in note and "ingestion" in note
+    assert record.model_key == TINY and record.video.shape[1] == 16
+    assert record.prediction.probabilities == label
+
+
+def test_no_face_warns_and_still_predicts(ctx):
+    with pytest.warns(UserWarning, match="No face found"):
+        label, gallery, _, note, record = run_prediction(ctx, str(feat_clip("no_face.mp4")), TINY)
+    assert math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
+    assert "No face found" in note and all("centre crop" in c for _, c in gallery)
+    assert not record.ingest.face_found
+
+
+def test_bad_input_is_a_clean_error(ctx, tmp_path):
+    with pytest.raises(gr.Error, match="Upload a clip"):
+        run_prediction(ctx, None, TINY)
+    with pytest.raises(gr.Error, match="Cannot use this file"):
+        run_prediction(ctx, str(corrupt_copy(feat_clip("single_face.mp4"), tmp_path / "cut.mp4")), TINY)
+
+
+def test_banner_tells_the_truth(ctx):
+    banner = ctx.banner_text(TINY)
+    assert "untrained weights: predictions are meaningless" in banner and "untrained" in banner
+    text, warning = weights_banner({"kind": "dferclip", "trained": True, "source": "checkpoints/dfew-fold1"})
+    assert warning is None and "dfew-fold1" in text
+    assert weights_banner({"kind": "pretrained-clip", "trained": False, "source": "x"})[1]
+
+
+def test_failed_model_switch_keeps_the_previous_model(ctx, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.warns(UserWarning, match="Cannot load"):
+        value, banner, good = select_model(ctx, ZERO_SHOT_SOURCE, TINY)
+    assert value == good == TINY and "untrained" in banner
+    assert select_model(ctx, TINY, TINY)[0] == TINY
+
+
+def test_model_discovery_order(tmp_path, monkeypatch):
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "dfew-fold1").mkdir(parents=True)
+    (ckpt / "dfew-fold1" / "config.json").write_text("{}")
+    (ckpt / "mafw.pth").write_bytes(b"")
+    monkeypatch.setenv("DFERCLIP_HUB_REPO", "org/dfer-clip-dfew, org/dfer-clip-mafw")
+    monkeypatch.setenv("DFERCLIP_MODEL", TINY)
+    entries = find_models(checkpoints_dir=ckpt)
+    assert [e.origin for e in entries] == ["explicit", "checkpoints", "checkpoints", "hub", "hub", "default", "zero-shot"]
+    assert entries[0].key == TINY and entries[-2].key == "random"
+    monkeypatch.delenv("DFERCLIP_MODEL")
+    monkeypatch.delenv("DFERCLIP_HUB_REPO")
+    assert [e.origin for e in find_models(checkpoints_dir=tmp_path / "none")] == ["default", "zero-shot"]
+
+
+def test_registry_loads_lazily_and_bounds_memory():
+    from dferclip.config import CONFIG_DIR
+
+    other = f"random:{CONFIG_DIR / 'dferclip-tiny.json'}"  # the same architecture under another source
+    reg = ModelRegistry([ModelEntry(TINY, "a", "explicit"), ModelEntry(other, "b", "default")], dev="cpu",
+                        max_loaded=1)
+    assert not reg.is_loaded(TINY)
+    model = reg.get()
+    assert reg.is_loaded(TINY) and reg.get(TINY) is model and not model.training
+    reg.get(other)
+    assert reg.is_loaded(other) and not reg.is_loaded(TINY)
+    with pytest.raises(KeyError):
+        reg.get("not-on-offer")
+
+
+def test_examples_and_clear():
+    paths = [p for p, _ in example_clips()]
+    assert any(p.endswith("astronaut_drift.webm") for p in paths)
+    assert all(label for _, label in example_clips())
+    label, gallery, timeline, note, record = clear_outputs()
+    assert label is None and record is None and timeline.empty
