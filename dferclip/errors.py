@@ -57,3 +57,41 @@ class WeightsUnavailableError(CheckpointError):
 
 class DescriptionError(DferclipError):
     """A description set that is malformed, mismatched with the model, or badly named."""
+
+
+# --- LLM description generation (dferclip.llm) ------------------------------------------------
+class LLMError(DferclipError):
+    """Generating descriptions with a language model failed; the rest keeps working."""
+
+
+class LLMConfigError(LLMError):
+    """No key, no model or no base URL to talk to, or the key was refused."""
+
+
+class LLMConnectionError(LLMError):
+    """The server cannot be reached."""
+
+
+class LLMTimeoutError(LLMError):
+    """The server did not answer in time."""
+
+
+class LLMRateLimitError(LLMError):
+    """The server answered 429 (rate limit or quota)."""
+
+
+class LLMServerError(LLMError):
+    """The server answered with an error status (5xx, or a request it refused)."""
+
+
+class LLMReplyError(LLMError):
+    """The reply holds no usable descriptions."""
+
+
+# --- datasets and training -------------------------------------------------------------------
+class DataError(DferclipError):
+    """A dataset or annotation list that cannot be used (missing, malformed, empty)."""
+
+
+class TrainingError(DferclipError):
+    """A training or evaluation setup that cannot run (bad config, incompatible checkpoint)."""

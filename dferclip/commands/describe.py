@@ -1,0 +1,179 @@
+"""describe: generate, check, diff, score and evaluate class description sets.
+
+    python -m dferclip describe list
+    python -m dferclip describe generate --classes DFEW --style cupl --name my-cupl [--model M --base-url URL]
+    python -m dferclip describe check [--set NAME]
+    python -m dferclip describe diff A B
+    python -m dferclip describe score --clip VIDEO [--checkpoint SRC] [--set NAME] [--combine MODE]
+    python -m dferclip describe evaluate --data FOLDER --labels CSV [--set NAME ...] [--checkpoint SRC]
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..descriptions import diff_description_sets, list_description_sets, load_description_set
+from ..scoring import COMBINE_MODES
+
+
+def add_arguments(p):
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub.add_parser("list", help="list saved description sets")
+
+    g = sub.add_parser("generate", help="ask an OpenAI-compatible LLM for descriptions; save them as a new set")
+    g.add_argument("--classes", default="DFEW", help="DFEW, FERV39k, MAFW or comma-separated custom class names")
+    g.add_argument("--style", default="dferclip", help="prompt style: dferclip, cupl, dclip, contrastive")
+    g.add_argument("--prompt", help="user prompt template replacing the style's ({name} {others} {n} {example})")
+    g.add_argument("-n", type=int, help="descriptions per class")
+    g.add_argument("--name", required=True, help="name of the new set (saved in descriptions/)")
+    g.add_argument("--model", help="LLM model (default: $DFERCLIP_LLM_MODEL)")
+    g.add_argument("--base-url", help="OpenAI-compatible base URL (default: $OPENAI_BASE_URL or OpenAI)")
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--timeout", type=float, default=60.0)
+    g.add_argument("--show-prompt", action="store_true", help="print the prompts sent")
+
+    c = sub.add_parser("check", help="flag label leaks and descriptions too long for CLIP's 77 tokens")
+    c.add_argument("--set", default="dferclip-official-dfew", help="set name or .json path")
+    c.add_argument("--n-ctx", type=int, default=8, help="learned context tokens in front of each description")
+
+    d = sub.add_parser("diff", help="what changed between two sets")
+    d.add_argument("a")
+    d.add_argument("b")
+
+    for name, text in (("score", "zero-shot and learned-prompt scores of one clip"),
+                       ("evaluate", "UAR/WAR per set on a labelled clip set")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--checkpoint", default=None, help="model source (default: random weights)")
+        s.add_argument("--set", action="append", help="description set(s) (default: the model's own)")
+        s.add_argument("--combine", default="mean-embedding", choices=COMBINE_MODES)
+        s.add_argument("--json", action="store_true", help="print JSON")
+    sub.choices["score"].add_argument("--clip", required=True, help="video file")
+    ev = sub.choices["evaluate"]
+    ev.add_argument("--data", help="folder the CSV's paths are relative to (default: the CSV's folder)")
+    ev.add_argument("--labels", help="CSV with path,label rows")
+    ev.add_argument("--hf-dataset", help="a datasets folder (save_to_disk) instead of --labels")
+    ev.add_argument("--cache-dir", default=None, help="embedding cache folder")
+
+
+def run(args) -> int:
+    return {"list": _list, "generate": _generate, "check": _check, "diff": _diff, "score": _score,
+            "evaluate": _evaluate}[args.action](args)
+
+
+def _list(args) -> int:
+    for name in list_description_sets():
+        ds = load_description_set(name)
+        print(f"{name}  v{ds.version}  {ds.class_set}  {ds.num_classes} classes")
+    return 0
+
+
+def _generate(args) -> int:
+    from ..descriptions import save_description_set
+    from ..llm import LLMSettings, generate
+    from ..workbench import starting_set
+
+    base = starting_set(args.classes, args.classes.split(","))
+    settings = LLMSettings.from_env(model=args.model, base_url=args.base_url, temperature=args.temperature,
+                                    timeout=args.timeout)
+
+    def progress(i, n, cls):
+        print(f"[{i + 1}/{n}] {cls}", file=sys.stderr)
+
+    gen = generate(base.classes, args.style, settings=settings, template=args.prompt, n=args.n, progress=progress)
+    ds = gen.to_description_set(args.name, base.class_set)
+    for cls, prompt, descs, flags in zip(gen.classes, gen.prompts, gen.descriptions, gen.flags):
+        if args.show_prompt:
+            print(f"# prompt for {cls}:\n{prompt}")
+        for d, fl in zip(descs, flags):
+            print(f"{cls}: {d}" + "".join(f"  [{f.kind}: {f.message}]" for f in fl))
+    print(f"saved {save_description_set(ds)}")
+    return 0
+
+
+def _check(args) -> int:
+    from ..config import ModelConfig
+    from ..llm import check_description
+
+    ds = load_description_set(args.set)
+    templates = ModelConfig().zero_shot_templates
+    n = 0
+    for cls, descs in zip(ds.classes, ds.descriptions):
+        for d in descs:
+            for f in check_description(d, cls, ds.classes, reserved_tokens=args.n_ctx, templates=templates):
+                n += 1
+                print(f"{cls}: {f.kind}: {f.message}\n    {d}")
+    print(f"{n} flag(s) in {ds.name} v{ds.version}")
+    return 1 if n else 0
+
+
+def _diff(args) -> int:
+    rows = diff_description_sets(load_description_set(args.a), load_description_set(args.b))
+    for r in rows:
+        print(f"{r['class']}:")
+        print("".join(f"  - {d}\n" for d in r["removed"]) + "".join(f"  + {d}\n" for d in r["added"]), end="")
+    if not rows:
+        print("no differences")
+    return 0
+
+
+def _workbench(args):
+    from ..checkpoints import load_model
+    from ..workbench import Workbench
+
+    model = load_model(args.checkpoint or "random")
+    sets = [load_description_set(s) for s in (args.set or [])] or [model.descriptions]
+    return Workbench(model, sets[0], combine=args.combine), sets
+
+
+def _score(args) -> int:
+    wb, sets = _workbench(args)
+    name = wb.add_clip_file(args.clip)
+    results = {}
+    for ds in sets:
+        wb.start_from(ds)
+        results[ds.name] = wb.score_clips([name])["clips"][name]
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for set_name, modes in results.items():
+        print(f"== {set_name} ({args.combine})")
+        print(f"{'class':<16}" + "".join(f"{m:>12}" for m in modes))
+        for i, cls in enumerate(wb.current.classes):
+            print(f"{cls:<16}" + "".join(f"{modes[m]['probs'][i]:>11.1f}%" for m in modes))
+        print("prediction: " + ", ".join(f"{m} {modes[m]['prediction']}" for m in modes))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from ..errors import DataError
+    from ..workbench import DEFAULT_CACHE_DIR, read_hf_dataset, read_labels_csv
+
+    wb, sets = _workbench(args)
+    if args.hf_dataset:
+        clips = read_hf_dataset(args.hf_dataset, wb.current.classes)
+    elif args.labels:
+        clips = read_labels_csv(args.labels, wb.current.classes, args.data)
+    else:
+        raise DataError("give --labels CSV (with --data FOLDER) or --hf-dataset FOLDER")
+
+    def progress(i, n, path):
+        if i < n:
+            print(f"\rembedding {i + 1}/{n}", end="", file=sys.stderr)
+        else:
+            print(file=sys.stderr)
+
+    wb.set_evaluation(clips, cache_dir=args.cache_dir or DEFAULT_CACHE_DIR, progress=progress)
+    out = {}
+    for ds in sets:
+        wb.start_from(ds)
+        ev = wb.evaluate()
+        out[ds.name] = {m: r["current"].to_dict(ds.classes) for m, r in ev["modes"].items()}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{len(wb.evaluation)} clips" + (f", {len(wb.evaluation.failed)} unreadable" if wb.evaluation.failed else ""))
+    print(f"{'set':<32}{'mode':<11}{'UAR':>8}{'WAR':>8}")
+    for name, modes in out.items():
+        for mode, m in modes.items():
+            print(f"{name:<32}{mode:<11}{m['uar']:>8.2f}{m['war']:>8.2f}")
+    return 0

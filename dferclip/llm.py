@@ -1,0 +1,438 @@
+"""Class descriptions from a language model, through any OpenAI-compatible chat-completions server.
+
+- Settings come from the environment (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``DFERCLIP_LLM_MODEL``) or are
+  typed in for the session; the key lives only in :class:`LLMSettings` (hidden from ``repr``), is never logged
+  or saved, and is sent only to the chosen base URL (as the ``Authorization`` header, by the openai client).
+- Prompt styles are data (``dferclip/prompts/styles.json``); the prompt is a template the caller may edit.
+- Replies are parsed tolerantly (JSON, JSON in code fences, bullet or numbered lists, one comma-separated line);
+  ``response_format`` json_schema is asked for where the server accepts it.
+- :func:`check_description` flags label leaks (the emotion's word family) and texts too long for CLIP's
+  77-token context (counting the learned context tokens).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .errors import (
+    LLMConfigError,
+    LLMConnectionError,
+    LLMError,
+    LLMRateLimitError,
+    LLMReplyError,
+    LLMServerError,
+    LLMTimeoutError,
+)
+from .text import CONTEXT_LENGTH, token_count
+
+log = logging.getLogger(__name__)
+
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_STYLE = "dferclip"
+_EXAMPLE_CLASS = "anger"
+_EXAMPLE_FALLBACK = "furrowed eyebrows, narrow eyes, tightened lips, and flared nostrils."
+
+RESPONSE_SCHEMA = {
+    "name": "class_descriptions",
+    "strict": True,
+    "schema": {
+        "type": "object",
+        "properties": {"descriptions": {"type": "array", "items": {"type": "string"}}},
+        "required": ["descriptions"],
+        "additionalProperties": False,
+    },
+}
+_JSON_HINT = ' Reply as JSON: {"descriptions": ["...", ...]}.'
+
+
+# --- settings ------------------------------------------------------------------------------------
+@dataclass
+class LLMSettings:
+    """Where and how to generate. ``api_key`` is excluded from ``repr`` so it cannot leak into logs."""
+
+    model: str = DEFAULT_MODEL
+    base_url: Optional[str] = None  # None: OpenAI's API
+    api_key: Optional[str] = field(default=None, repr=False)
+    temperature: float = 0.7
+    timeout: float = 60.0
+    max_retries: int = 2
+    structured: bool = True  # ask for json_schema output; falls back to plain text if the server refuses
+
+    @classmethod
+    def from_env(cls, **overrides) -> "LLMSettings":
+        """Environment values, overridden by the non-empty ``overrides`` (e.g. fields typed into the app)."""
+        values = {
+            "model": os.environ.get("DFERCLIP_LLM_MODEL") or DEFAULT_MODEL,
+            "base_url": os.environ.get("OPENAI_BASE_URL") or None,
+            "api_key": os.environ.get("OPENAI_API_KEY") or None,
+        }
+        values.update({k: v for k, v in overrides.items() if v not in (None, "")})
+        return cls(**values)
+
+    def describe(self) -> str:
+        """A printable summary without the key."""
+        return f"model {self.model} at {self.base_url or 'https://api.openai.com/v1'}"
+
+
+def make_client(settings: LLMSettings, http_client=None):
+    """An ``openai.OpenAI`` client for these settings (constructed lazily: it refuses to exist without a key)."""
+    import openai
+
+    if not settings.api_key:
+        raise LLMConfigError(
+            "no API key: set OPENAI_API_KEY (for a local server such as Ollama or LM Studio any non-empty "
+            "value works) or type one in; editing and scoring descriptions keep working without it"
+        )
+    if not settings.model:
+        raise LLMConfigError("no model name: set DFERCLIP_LLM_MODEL or type one in")
+    kwargs = {"api_key": settings.api_key, "timeout": settings.timeout, "max_retries": settings.max_retries}
+    if settings.base_url:
+        kwargs["base_url"] = settings.base_url
+    if http_client is not None:
+        kwargs["http_client"] = http_client
+    return openai.OpenAI(**kwargs)
+
+
+# --- prompt styles ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PromptStyle:
+    name: str
+    label: str
+    source: str
+    system: str
+    user: str  # template with {name} {article} {others} {n} {example}
+    n: int
+
+
+@lru_cache(maxsize=1)
+def prompt_styles() -> dict[str, PromptStyle]:
+    data = json.loads((PROMPTS_DIR / "styles.json").read_text())
+    return {k: PromptStyle(name=k, **v) for k, v in data["styles"].items()}
+
+
+def get_style(name: str) -> PromptStyle:
+    styles = prompt_styles()
+    if name not in styles:
+        raise LLMConfigError(f"unknown prompt style {name!r}; known: {', '.join(styles)}")
+    return styles[name]
+
+
+def _example_for(class_name: str) -> str:
+    """An official DFER-CLIP description of another class, so the example never answers the question."""
+    from .descriptions import official_descriptions
+
+    try:
+        ds = official_descriptions(7)
+    except Exception:  # the data file is missing: the style still works with the built-in example
+        return _EXAMPLE_FALLBACK
+    other = _EXAMPLE_CLASS if class_name != _EXAMPLE_CLASS else "sadness"
+    return ds.descriptions[ds.classes.index(other)][0] if other in ds.classes else _EXAMPLE_FALLBACK
+
+
+def render_prompt(template: str, class_name: str, classes: Sequence[str], n: int) -> str:
+    """Fill a user-prompt template for one class; unknown ``{placeholders}`` are a clear error."""
+    others = [c for c in classes if c != class_name]
+    values = {
+        "name": class_name,
+        "article": "an" if class_name[:1].lower() in "aeiou" else "a",
+        "others": ", ".join(others) if others else "other expressions",
+        "n": n,
+        "example": _example_for(class_name) if "{example}" in template else "",
+    }
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError) as e:
+        raise LLMConfigError(
+            f"prompt template has an unknown or broken placeholder ({e}); use {{name}}, {{article}}, "
+            "{others}, {n}, {example}, and double braces for literal ones"
+        ) from None
+
+
+# --- reply parsing ---------------------------------------------------------------------------------
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+_BULLET = re.compile(r"^\s*(?:[-*\u2022\u2013]|\d+[.)]|\(\d+\))\s+(.*\S)\s*$")
+
+
+def _strings_from_json(obj, class_name: Optional[str]) -> Optional[list[str]]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, list):
+        out = []
+        for item in obj:
+            if isinstance(item, str):
+                out.append(item)
+            elif isinstance(item, dict):
+                out += [v for v in item.values() if isinstance(v, str)][:1]
+        return out
+    if isinstance(obj, dict):
+        for key in ("descriptions", "description", "features", "descriptors"):
+            if key in obj:
+                return _strings_from_json(obj[key], class_name)
+        if class_name is not None:
+            for k, v in obj.items():  # CuPL format {class: [sentences]}
+                if isinstance(k, str) and k.lower() == class_name.lower():
+                    return _strings_from_json(v, None)
+        if len(obj) == 1:
+            return _strings_from_json(next(iter(obj.values())), None)
+    return None
+
+
+def _clean(text: str) -> str:
+    text = text.strip().strip('"\u201c\u201d').strip()
+    text = re.sub(r"^(?:A:|Answer:)\s*", "", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def parse_descriptions(reply: str, class_name: Optional[str] = None) -> list[str]:
+    """Descriptions from a model reply: JSON (bare or in a code fence), a bullet/numbered list, or plain lines."""
+    if not isinstance(reply, str) or not reply.strip():
+        raise LLMReplyError("the model returned an empty reply")
+    candidates = [m.group(1) for m in _FENCE.finditer(reply)] + [reply]
+    for chunk in candidates:
+        chunk = chunk.strip()
+        start = min([i for i in (chunk.find("{"), chunk.find("[")) if i >= 0], default=-1)
+        if start < 0:
+            continue
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(chunk[start:])
+        except json.JSONDecodeError:
+            continue
+        found = _strings_from_json(obj, class_name)
+        if found is not None:
+            out = [_clean(s) for s in found if isinstance(s, str) and _clean(s)]
+            if out:
+                return out
+    body = _FENCE.sub(lambda m: m.group(1), reply)
+    lines = [re.sub(r"^\s*(?:A:|Answer:)\s*", "", ln) for ln in body.splitlines() if ln.strip()]
+    bullets = [m.group(1) for m in map(_BULLET.match, lines) if m]
+    if bullets:
+        return [_clean(b) for b in bullets if _clean(b)]
+    plain = [_clean(ln) for ln in lines if not ln.rstrip().endswith(":") and _clean(ln)]
+    if plain and not any(ch in "{}[]" for ch in "".join(plain)):
+        return plain
+    raise LLMReplyError(f"could not read descriptions from the model's reply: {reply[:200]!r}")
+
+
+# --- checks ----------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def emotion_words() -> dict[str, list[str]]:
+    return json.loads((PROMPTS_DIR / "emotion_words.json").read_text())["families"]
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ness", "ment", "ful", "ed", "ing", "ly", "y"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def word_family(class_name: str) -> list[str]:
+    """Words that name this class's emotion: the listed family, else the name, its stem and stem-derived forms."""
+    key = class_name.strip().lower()
+    family = emotion_words().get(key)
+    if family is not None:
+        return list(family)
+    stem = _stem(key)
+    bases = [stem, stem[:-1]] if stem.endswith("e") else [stem]
+    forms = [b + s for b in bases for s in ("ness", "ment", "ed", "ing", "ly", "y", "ful")]
+    return list(dict.fromkeys([key, stem] + forms))
+
+
+def find_leaks(text: str, class_name: str) -> list[str]:
+    """The words of ``class_name``'s family that ``text`` uses (whole words, case-insensitive)."""
+    hits = []
+    for word in word_family(class_name):
+        if re.search(rf"(?<![A-Za-z]){re.escape(word)}(?![A-Za-z])", text, re.I):
+            hits.append(word)
+    return hits
+
+
+@dataclass(frozen=True)
+class Flag:
+    kind: str  # "leak" | "other-emotion" | "too-long"
+    message: str
+
+
+def check_description(
+    text: str,
+    class_name: str,
+    classes: Sequence[str] = (),
+    *,
+    reserved_tokens: int = 8,
+    templates: Sequence[str] = (),
+    context_length: int = CONTEXT_LENGTH,
+) -> list[Flag]:
+    """Leak and length flags for one description.
+
+    ``reserved_tokens``: learned context tokens in front of it (8 for DFER-CLIP). ``templates``: zero-shot
+    templates (``{name}``, ``{description}``) it is wrapped in; the longest one counts.
+    """
+    flags = []
+    own = find_leaks(text, class_name)
+    if own:
+        flags.append(Flag("leak", f"names the emotion itself: {', '.join(own)}"))
+    for other in classes:
+        if other != class_name:
+            hits = find_leaks(text, other)
+            if hits:
+                flags.append(Flag("other-emotion", f"names another emotion ({other}): {', '.join(hits)}"))
+    learned = token_count(text) + reserved_tokens
+    if learned > context_length:
+        flags.append(Flag("too-long", f"{learned} tokens with {reserved_tokens} context tokens; CLIP keeps "
+                                      f"{context_length}, the rest is cut off"))
+    if templates:
+        zs = max(token_count(t.format(name=class_name, description=text.rstrip(".")) + ".") for t in templates)
+        if zs > context_length:
+            flags.append(Flag("too-long", f"{zs} tokens in the longest zero-shot template; CLIP keeps "
+                                          f"{context_length}, the rest is cut off"))
+    return flags
+
+
+# --- generation ------------------------------------------------------------------------------------
+@dataclass
+class Generation:
+    """What an LLM wrote: descriptions per class, the prompts that were sent, the raw replies, flags."""
+
+    classes: list[str]
+    descriptions: list[list[str]]
+    prompts: list[str]
+    replies: list[str]
+    flags: list[list[list[Flag]]]  # per class, per description
+    provenance: dict
+
+    def to_description_set(self, name: str = "generated", class_set: str = "custom"):
+        from .descriptions import DescriptionSet
+
+        return DescriptionSet(classes=list(self.classes), descriptions=self.descriptions, name=name,
+                              class_set=class_set, provenance=dict(self.provenance))
+
+
+def _translate(e: Exception, settings: LLMSettings) -> LLMError:
+    """openai's exceptions -> our typed errors with plain messages (never containing the key)."""
+    import openai
+
+    where = settings.describe()
+    if isinstance(e, openai.APITimeoutError):
+        return LLMTimeoutError(f"{where} did not answer within {settings.timeout:g} s; try again or raise the timeout")
+    if isinstance(e, openai.APIConnectionError):
+        return LLMConnectionError(f"cannot reach {where}: is the server running and the base URL right?")
+    if isinstance(e, openai.RateLimitError):
+        return LLMRateLimitError(f"{where} answered 429: rate limit or quota exceeded; wait a moment and retry")
+    if isinstance(e, (openai.AuthenticationError, openai.PermissionDeniedError)):
+        return LLMConfigError(f"{where} refused the API key ({e.status_code})")
+    if isinstance(e, openai.NotFoundError):
+        return LLMConfigError(f"{where}: model or endpoint not found (404); check the model name and base URL")
+    if isinstance(e, openai.APIStatusError):
+        kind = "server error" if e.status_code >= 500 else "request refused"
+        return LLMServerError(f"{where}: {kind} ({e.status_code}); try again later")
+    if isinstance(e, openai.APIResponseValidationError):
+        return LLMReplyError(f"{where} sent a malformed reply")
+    return LLMReplyError(f"{where}: unexpected reply ({type(e).__name__})")
+
+
+def _is_schema_refusal(e: Exception) -> bool:
+    import openai
+
+    return isinstance(e, (openai.BadRequestError, openai.UnprocessableEntityError)) and (
+        "response_format" in str(e) or "json_schema" in str(e) or "schema" in str(e).lower()
+    )
+
+
+def complete(client, settings: LLMSettings, system: str, user: str) -> tuple[str, bool]:
+    """One chat completion; returns (reply text, whether structured output was used)."""
+    import openai
+
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    kwargs = {"model": settings.model, "messages": messages, "temperature": settings.temperature}
+    structured = settings.structured
+    try:
+        try:
+            if structured:
+                resp = client.chat.completions.create(
+                    **kwargs, response_format={"type": "json_schema", "json_schema": RESPONSE_SCHEMA}
+                )
+            else:
+                resp = client.chat.completions.create(**kwargs)
+        except openai.APIError as e:
+            if not (structured and _is_schema_refusal(e)):
+                raise
+            log.info("server refused json_schema output; asking for plain text")
+            structured = False
+            messages[-1] = {"role": "user", "content": user + _JSON_HINT}
+            resp = client.chat.completions.create(**kwargs)
+    except openai.OpenAIError as e:
+        raise _translate(e, settings) from None
+    except ValueError:  # a body that is not JSON (json.JSONDecodeError)
+        raise LLMReplyError(f"{settings.describe()} sent a reply that is not JSON") from None
+    try:
+        content = resp.choices[0].message.content
+    except (AttributeError, IndexError, TypeError):
+        raise LLMReplyError(f"{settings.describe()} sent a reply without a message") from None
+    if not isinstance(content, str):
+        raise LLMReplyError(f"{settings.describe()} sent a reply without text")
+    return content, structured
+
+
+def generate(
+    classes: Sequence[str],
+    style: str = DEFAULT_STYLE,
+    *,
+    settings: Optional[LLMSettings] = None,
+    client=None,
+    client_factory: Optional[Callable[[LLMSettings], object]] = None,
+    template: Optional[str] = None,
+    system: Optional[str] = None,
+    n: Optional[int] = None,
+    only: Optional[Sequence[str]] = None,
+    reserved_tokens: int = 8,
+    progress: Optional[Callable[[int, int, str], None]] = None,
+) -> Generation:
+    """Ask the model for descriptions of each class (or of the classes in ``only``).
+
+    ``template``/``system`` replace the style's prompts (the user may edit them); ``client`` or
+    ``client_factory(settings)`` supply the openai client (default: :func:`make_client`).
+    """
+    settings = settings or LLMSettings.from_env()
+    st = get_style(style)
+    template = template if template is not None else st.user
+    system = system if system is not None else st.system
+    n = int(n or st.n)
+    if client is None:
+        client = (client_factory or make_client)(settings)
+    targets = [c for c in classes if only is None or c in only]
+    prompts, replies, descs, flags = [], [], [], []
+    structured_used = settings.structured
+    for i, cls in enumerate(targets):
+        if progress:
+            progress(i, len(targets), cls)
+        user = render_prompt(template, cls, classes, n)
+        reply, structured_used = complete(client, settings, system, user)
+        if not structured_used:
+            settings = replace(settings, structured=False)  # remember for the session's next classes
+        found = parse_descriptions(reply, cls)
+        prompts.append(user)
+        replies.append(reply)
+        descs.append(found)
+        flags.append([check_description(d, cls, classes, reserved_tokens=reserved_tokens) for d in found])
+    provenance = {
+        "generated_by": {
+            "model": settings.model,
+            "base_url": settings.base_url or "https://api.openai.com/v1",
+            "prompt_style": style,
+            "system_prompt": system,
+            "prompt": template,
+            "n": n,
+            "temperature": settings.temperature,
+            "structured_output": structured_used,
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+    }
+    return Generation(list(targets), descs, prompts, replies, flags, provenance)

@@ -1,0 +1,372 @@
+"""Embedding caches and description scoring: zero-shot and learned prompts, several descriptors per class.
+
+A video's embedding does not depend on the text and a description's embedding does not depend on the video,
+so both are cached and a score is one matrix product:
+
+- video embeddings: per (model fingerprint, clip content hash), both the learned-path one (``encode_video``) and
+  the zero-shot one (``zero_shot_video``); bounded LRU in memory, optionally on disk (safetensors);
+- text embeddings: per (model fingerprint, "zero-shot", prompt text) and, because DFER-CLIP's contexts are
+  class-specific, per (model fingerprint, "learned", class index, description); bounded LRU. Editing one
+  description re-encodes only that description's texts.
+
+Combining several descriptors of a class (``combine``):
+
+- ``mean-embedding``: class embedding = normalise(sum of descriptor embeddings), as CLIP/CuPL ensembling and
+  ``DFERCLIP.encode_classes``; descriptor i contributes ``scale * v.d_i / |sum d|``;
+- ``mean-similarity``: class score = mean of descriptor similarities (classification by description);
+  descriptor i contributes ``scale * cos(v, d_i) / |D|``;
+- ``max``: class score = the best descriptor's similarity, which contributes all of it.
+
+In every mode the contributions of a class add up exactly to its logit.
+
+Model identity (:func:`model_fingerprint`): SHA-256 over the config, ``weights_info`` and a strided sample
+(<= 64 values) of every parameter with its name, shape and dtype. It is memoised per model object and
+recomputed when any parameter's in-place version counter moves (an optimiser step), so it is cheap to call.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Hashable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .descriptions import DescriptionSet
+
+log = logging.getLogger(__name__)
+
+COMBINE_MODES = ("mean-embedding", "mean-similarity", "max")
+SCORE_MODES = ("zero-shot", "learned")
+_SAMPLES_PER_TENSOR = 64
+
+
+# --- identities ------------------------------------------------------------------------------------
+_fingerprints: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _param_versions(model: torch.nn.Module) -> tuple:
+    return tuple(p._version for p in model.parameters())
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A content fingerprint of the model's weights (see the module docstring), memoised."""
+    versions = _param_versions(model)
+    known = _fingerprints.get(model)
+    if known is not None and known[0] == versions:
+        return known[1]
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    h.update(json.dumps(config.to_dict() if config is not None else None, sort_keys=True, default=str).encode())
+    h.update(json.dumps(getattr(model, "weights_info", {}), sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // _SAMPLES_PER_TENSOR)
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+            h.update(flat[::step].to("cpu", torch.float32).numpy().tobytes())
+    digest = h.hexdigest()[:24]
+    _fingerprints[model] = (versions, digest)
+    return digest
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """Content hash of a tensor (a clip's model input)."""
+    a = t.detach().to("cpu").contiguous()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{tuple(a.shape)}{a.dtype}".encode())
+    h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes() if a.numel() else b"")
+    return h.hexdigest()
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- a bounded cache ---------------------------------------------------------------------------------
+class LRUCache:
+    """A dict with a size bound: the least recently used entries go first."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = int(maxsize)
+        self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()  # the app shares caches between concurrent events
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable):
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                self.hits += 1
+                return self._data[key]
+            self.misses += 1
+            return None
+
+    def put(self, key: Hashable, value) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def __contains__(self, key) -> bool:
+        return key in self._data
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+# --- text embeddings ---------------------------------------------------------------------------------
+class TextEmbeddingCache:
+    """Normalised text features per (model, mode, [class,] text); only unseen texts are encoded.
+
+    ``encoded`` counts the texts actually run through the text tower (for tests and the UI's status line).
+    """
+
+    def __init__(self, maxsize: int = 50_000):
+        self._cache = LRUCache(maxsize)
+        self.encoded = 0
+
+    def learned(self, model, texts: Sequence[str], class_index: Sequence[int]) -> torch.Tensor:
+        """Learned-prompt features (P, D), L2-normalised, for descriptions with their class's context."""
+        fp = model_fingerprint(model)
+        keys = [(fp, "learned", int(c), t) for t, c in zip(texts, class_index)]
+
+        def encode(idx):
+            return F.normalize(model.encode_prompts([texts[i] for i in idx], [class_index[i] for i in idx]), dim=-1)
+
+        return self._lookup(keys, encode)
+
+    def zero_shot(self, model, texts: Sequence[str]) -> torch.Tensor:
+        """Plain CLIP text features (N, D), L2-normalised."""
+        fp = model_fingerprint(model)
+        keys = [(fp, "zero-shot", t) for t in texts]
+        return self._lookup(keys, lambda idx: model.encode_texts([texts[i] for i in idx]))
+
+    def _lookup(self, keys: list, encode) -> torch.Tensor:
+        found = [self._cache.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        first: dict = {}  # a text may appear twice in one call: encode it once
+        for i in missing:
+            first.setdefault(keys[i], i)
+        unique, idx = list(first), list(first.values())
+        if unique:
+            with torch.no_grad():
+                feats = encode(idx).detach()
+            self.encoded += len(idx)
+            for k, f in zip(unique, feats):
+                self._cache.put(k, f)
+            fresh = dict(zip(unique, feats))
+            found = [f if f is not None else fresh[k] for f, k in zip(found, keys)]
+        if not found:
+            raise ValueError("no texts to encode")
+        return torch.stack(found)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+
+# --- video embeddings --------------------------------------------------------------------------------
+@dataclass
+class VideoEmbedding:
+    """One clip's two embeddings, both L2-normalised (D,)."""
+
+    learned: torch.Tensor
+    zero_shot: torch.Tensor
+
+    def for_mode(self, mode: str) -> torch.Tensor:
+        return self.learned if mode == "learned" else self.zero_shot
+
+
+def encode_clip(model, video: torch.Tensor) -> VideoEmbedding:
+    """Both embeddings of a (1, T, 3, H, W) or (T, 3, H, W) model-input tensor."""
+    if video.dim() == 4:
+        video = video.unsqueeze(0)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        video = video.to(device)
+        learned = F.normalize(model.encode_video(video).float(), dim=-1)[0].cpu()
+        zero_shot = model.zero_shot_video(video).float()[0].cpu()
+    return VideoEmbedding(learned, zero_shot)
+
+
+class VideoEmbeddingCache:
+    """Clip embeddings per (model fingerprint, clip key); bounded; optionally mirrored on disk.
+
+    The clip key is the tensor's content hash, or a caller's key (e.g. file hash + ingestion settings).
+    Disk entries are safetensors files ``<folder>/<sha>.safetensors`` named by a hash of the full key.
+    """
+
+    def __init__(self, maxsize: int = 4096, folder: Optional[str | Path] = None):
+        self._cache = LRUCache(maxsize)
+        self.folder = Path(folder) if folder else None
+        self.encoded = 0
+
+    def get(self, model, video: Optional[torch.Tensor] = None, key: Optional[str] = None,
+            load_video=None) -> VideoEmbedding:
+        """The clip's embeddings; ``video`` (or ``load_video()`` when ``video`` is None) is encoded on a miss."""
+        if key is None:
+            if video is None:
+                raise ValueError("give a video tensor or a key")
+            key = tensor_digest(video)
+        full = (model_fingerprint(model), key)
+        hit = self._cache.get(full)
+        if hit is not None:
+            return hit
+        emb = self._read_disk(full)
+        if emb is None:
+            if video is None:
+                if load_video is None:
+                    raise ValueError("clip not cached and no video given")
+                video = load_video()
+            emb = encode_clip(model, video)
+            self.encoded += 1
+            self._write_disk(full, emb)
+        self._cache.put(full, emb)
+        return emb
+
+    def _disk_path(self, full: tuple) -> Optional[Path]:
+        if self.folder is None:
+            return None
+        name = hashlib.sha256(json.dumps(list(full)).encode()).hexdigest()[:32]
+        return self.folder / f"{name}.safetensors"
+
+    def _read_disk(self, full: tuple) -> Optional[VideoEmbedding]:
+        path = self._disk_path(full)
+        if path is None or not path.is_file():
+            return None
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            t = load_file(str(path))
+            return VideoEmbedding(t["learned"], t["zero_shot"])
+        except (SafetensorError, OSError, KeyError) as e:
+            log.warning("ignoring unreadable cache entry %s: %s", path.name, e)
+            return None
+
+    def _write_disk(self, full: tuple, emb: VideoEmbedding) -> None:
+        path = self._disk_path(full)
+        if path is None:
+            return
+        import os
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"learned": emb.learned.contiguous(), "zero_shot": emb.zero_shot.contiguous()}, tmp,
+                      metadata={"model": full[0], "clip": str(full[1])})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+# --- scoring -----------------------------------------------------------------------------------------
+@dataclass
+class Scores:
+    """Scores of N clips against C classes, with per-descriptor detail.
+
+    ``logits`` (N, C); ``similarities[c]`` (N, P_c): ``scale * cos(video, descriptor)``;
+    ``contributions[c]`` (N, P_c): the descriptor's share of the logit (they add up to ``logits[:, c]``).
+    """
+
+    mode: str
+    combine: str
+    logits: torch.Tensor
+    similarities: list
+    contributions: list
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.softmax(dim=-1)
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.logits.argmax(dim=-1)
+
+
+class Scorer:
+    """Scores description sets against cached video embeddings, re-encoding only changed texts."""
+
+    def __init__(self, model, text_cache: Optional[TextEmbeddingCache] = None,
+                 templates: Optional[Sequence[str]] = None):
+        self.model = model
+        self.text_cache = text_cache if text_cache is not None else TextEmbeddingCache()
+        self.templates = tuple(templates) if templates else tuple(model.config.zero_shot_templates)
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale)
+
+    def descriptor_features(self, ds: DescriptionSet, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, D) one feature per descriptor, and its class index (P,).
+
+        Learned: the normalised learned-prompt feature. Zero-shot: the mean of the descriptor's normalised
+        template features (not re-normalised, so summing them gives CLIP's prompt ensemble exactly).
+        """
+        index = torch.as_tensor([c for c, descs in enumerate(ds.descriptions) for _ in descs])
+        flat = [d for descs in ds.descriptions for d in descs]
+        if mode == "learned":
+            if ds.num_classes != self.model.num_classes:
+                from .errors import DescriptionError
+
+                raise DescriptionError(
+                    f"learned prompts need the model's {self.model.num_classes} classes; the set has {ds.num_classes}"
+                )
+            return self.text_cache.learned(self.model, flat, index.tolist()), index
+        if mode != "zero-shot":
+            raise ValueError(f"unknown scoring mode {mode!r}; use one of {SCORE_MODES}")
+        texts, _ = self.model.zero_shot_texts(ds, self.templates)
+        feats = self.text_cache.zero_shot(self.model, texts)
+        return feats.view(len(flat), len(self.templates), -1).mean(dim=1), index
+
+    def score(self, video: torch.Tensor, ds: DescriptionSet, mode: str = "learned",
+              combine: str = "mean-embedding") -> Scores:
+        """``video``: (N, D) or (D,) L2-normalised embeddings of the same mode."""
+        if combine not in COMBINE_MODES:
+            raise ValueError(f"unknown combine mode {combine!r}; use one of {COMBINE_MODES}")
+        v = video.unsqueeze(0) if video.dim() == 1 else video
+        feats, index = self.descriptor_features(ds, mode)
+        feats = feats.to(v.dtype)
+        scale = self.logit_scale
+        counts = [len(d) for d in ds.descriptions]
+        sims = scale * v @ F.normalize(feats, dim=-1).t()  # (N, P)
+        if combine == "mean-embedding":
+            summed = torch.zeros(ds.num_classes, feats.shape[1], dtype=feats.dtype).index_add_(0, index, feats)
+            norms = summed.norm(dim=-1)
+            contrib = scale * (v @ feats.t()) / norms[index]
+            logits = scale * v @ (summed / norms[:, None]).t()
+        elif combine == "mean-similarity":
+            contrib = sims / torch.as_tensor(counts, dtype=v.dtype)[index]
+            logits = torch.zeros(v.shape[0], ds.num_classes, dtype=v.dtype).index_add_(1, index, contrib)
+        else:
+            per_class = sims.split(counts, dim=1)
+            logits = torch.stack([s.max(dim=1).values for s in per_class], dim=1)
+            contrib = torch.cat([s * F.one_hot(s.argmax(dim=1), s.shape[1]).to(s.dtype) for s in per_class], dim=1)
+        return Scores(mode, combine, logits, list(sims.split(counts, dim=1)), list(contrib.split(counts, dim=1)))

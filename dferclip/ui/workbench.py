@@ -1,0 +1,407 @@
+"""The "Descriptions" tab: edit, generate and compare class descriptions with instant re-scoring.
+
+Per page, the tab keeps plain data in ``gr.State`` (the baseline / previous / current description sets and the
+evaluation set's embeddings); models and the bounded text/video embedding caches are shared app-wide, so an edit
+re-encodes only the changed descriptions and re-scores cached clip embeddings.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import gradio as gr
+import pandas as pd
+
+from ..descriptions import (
+    DescriptionSet,
+    diff_description_sets,
+    list_description_sets,
+    load_description_set,
+    validate_name,
+)
+from ..errors import DferclipError
+from ..llm import LLMSettings, get_style, prompt_styles
+from ..scoring import COMBINE_MODES, TextEmbeddingCache, VideoEmbeddingCache
+from ..workbench import (
+    Workbench,
+    class_set_choices,
+    descriptions_to_rows,
+    read_hf_dataset,
+    read_labels_csv,
+    starting_set,
+)
+
+log = logging.getLogger(__name__)
+
+HEADERS = ["class", "description"]
+MODE_LABELS = {"zero-shot": "zero-shot (CLIP towers)", "learned": "learned prompts (DFER-CLIP contexts)"}
+
+
+class _Shared:
+    """App-wide caches (bounded), shared by all pages: embeddings depend only on model and text/clip."""
+
+    text_cache = TextEmbeddingCache(maxsize=50_000)
+    video_cache = VideoEmbeddingCache(maxsize=512)
+
+
+# --- state <-> workbench -------------------------------------------------------------------------
+def _state(wb: Workbench) -> dict:
+    return {"baseline": wb.baseline.to_dict(), "previous": wb.previous.to_dict(), "current": wb.current.to_dict(),
+            "combine": wb.combine}
+
+
+def _workbench(ctx, model_key: str, state: Optional[dict]) -> Workbench:
+    try:
+        model = ctx.model(model_key)
+    except DferclipError as e:
+        raise gr.Error(str(e)) from None
+    wb = Workbench(model, text_cache=_Shared.text_cache, video_cache=_Shared.video_cache)
+    if state:
+        wb.baseline = DescriptionSet.from_dict(state["baseline"])
+        wb.previous = DescriptionSet.from_dict(state["previous"])
+        wb.current = DescriptionSet.from_dict(state["current"])
+        wb.combine = state.get("combine", wb.combine)
+    return wb
+
+
+def _rows_df(ds: DescriptionSet) -> pd.DataFrame:
+    return pd.DataFrame(descriptions_to_rows(ds), columns=HEADERS)
+
+
+def _rows(df) -> list[list[str]]:
+    if isinstance(df, pd.DataFrame):
+        return df.fillna("").astype(str).values.tolist()
+    if isinstance(df, dict):
+        return [list(map(str, r)) for r in df.get("data", [])]
+    return [list(map(str, r)) for r in (df or [])]
+
+
+# --- outputs -------------------------------------------------------------------------------------
+def _fmt_delta(x) -> str:
+    if x is None:
+        return ""
+    return "±0.00" if abs(x) < 0.005 else f"{x:+.2f}"
+
+
+def _score_outputs(wb: Workbench, clip_names: list[str]):
+    """(scores table, zero-shot bars, learned bars, contributions table) for the first clip."""
+    classes = wb.current.classes
+    empty_bars = pd.DataFrame({"bar": [], "probability (%)": [], "version": []})
+    if not clip_names:
+        return pd.DataFrame({"class": classes}), empty_bars, empty_bars, pd.DataFrame(
+            columns=["mode", "class", "description", "similarity", "contribution"])
+    report = wb.score_clips(clip_names[:1])["clips"][clip_names[0]]
+    table = {"class": classes}
+    bars, contrib = {}, []
+    for mode in ("zero-shot", "learned"):
+        r = report.get(mode)
+        if r is None:
+            table[f"{mode} %"] = ["n/a (class set differs from the model's)"] * len(classes)
+            bars[mode] = empty_bars
+            continue
+        table[f"{mode} logit"] = [f"{x:.3f}" for x in r["logits"]]
+        table[f"{mode} %"] = [f"{p:.1f}" for p in r["probs"]]
+        table[f"{mode} Δ prev"] = [_fmt_delta(d) for d in (r["delta_previous"] or [None] * len(classes))]
+        table[f"{mode} Δ base"] = [_fmt_delta(d) for d in (r["delta_baseline"] or [None] * len(classes))]
+        rows = []
+        for i, c in enumerate(classes):
+            rows.append({"bar": f"{c} · now", "probability (%)": r["probs"][i], "version": "current"})
+            if r["delta_baseline"] is not None:
+                rows.append({"bar": f"{c} · base", "probability (%)": r["probs"][i] - r["delta_baseline"][i],
+                             "version": "baseline"})
+        bars[mode] = pd.DataFrame(rows)
+        contrib += [{"mode": mode, "class": d["class"], "description": d["description"],
+                     "similarity": round(d["similarity"], 3), "contribution": round(d["contribution"], 3)}
+                    for d in r["descriptors"]]
+    return pd.DataFrame(table), bars["zero-shot"], bars["learned"], pd.DataFrame(contrib)
+
+
+def _eval_outputs(wb: Workbench):
+    """(metrics table, per-class recall table, confusion matrices markdown)."""
+    ev = wb.evaluate()
+    if ev is None:
+        return pd.DataFrame(columns=["mode", "UAR", "Δ prev", "Δ base", "WAR", "Δ prev ", "Δ base "]), \
+            pd.DataFrame(), "No evaluation set loaded."
+    metrics, recall, confusion = [], {"class": ev["classes"]}, []
+    for mode, r in ev["modes"].items():
+        cur, dp, db = r["current"], r["delta_previous"], r["delta_baseline"]
+        metrics.append({"mode": mode, "UAR": round(cur.uar, 2), "Δ prev": _fmt_delta(dp and dp["uar"]),
+                        "Δ base": _fmt_delta(db and db["uar"]), "WAR": round(cur.war, 2),
+                        "Δ prev ": _fmt_delta(dp and dp["war"]), "Δ base ": _fmt_delta(db and db["war"])})
+        recall[f"{mode} recall %"] = ["" if x != x else f"{x:.1f}" for x in cur.recall]
+        recall[f"{mode} Δ base"] = [_fmt_delta(x) for x in (db["recall"] if db else [None] * len(ev["classes"]))]
+        header = "| true \\ predicted | " + " | ".join(ev["classes"]) + " |"
+        lines = [f"**{mode}** confusion ({ev['n']} clips)", "", header,
+                 "|" + "---|" * (len(ev["classes"]) + 1)]
+        lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(ev["classes"], cur.confusion)]
+        confusion.append("\n".join(lines))
+    note = f"\n\n{len(ev['failed'])} clip(s) could not be read." if ev["failed"] else ""
+    return pd.DataFrame(metrics), pd.DataFrame(recall), "\n\n".join(confusion) + note
+
+
+def _flags_md(wb: Workbench) -> str:
+    flags = wb.flags()
+    if not flags:
+        return "No flags: no description names an emotion, all fit CLIP's 77-token context."
+    return "\n".join(f"- **{f['class']}** ({f['kind']}): {f['message']} — _{f['description'][:80]}_" for f in flags)
+
+
+# --- the tab ---------------------------------------------------------------------------------------
+def build_workbench_tab(ctx) -> None:
+    """The "Descriptions" tab. Needs ``ctx.model_dropdown``, ``ctx.model(key)`` and ``ctx.clip`` (see context.py)."""
+    sets = class_set_choices()
+    styles = prompt_styles()
+    default_style = next(iter(styles))
+
+    with gr.Tab("Descriptions", id="descriptions"):
+        gr.Markdown("Edit the class descriptions (one row per descriptor; several per class are ensembled) and "
+                    "see the scores of the current clip change: zero-shot CLIP and DFER-CLIP's learned prompts, "
+                    "against the previous version and the saved baseline.")
+        first = starting_set(next(iter(sets)))
+        state = gr.State({"baseline": first.to_dict(), "previous": first.to_dict(), "current": first.to_dict(),
+                          "combine": COMBINE_MODES[0]})
+        eval_state = gr.State(None)
+        with gr.Row():
+            class_set = gr.Radio(list(sets) + ["custom"], value=next(iter(sets)), label="Class set", scale=2)
+            custom = gr.Textbox(label="Custom classes (comma-separated)", scale=2)
+            saved = gr.Dropdown(list_description_sets(), value=None, label="Start from a saved set", scale=2)
+            combine = gr.Radio(list(COMBINE_MODES), value="mean-embedding", label="Combine descriptors", scale=2)
+        table = gr.Dataframe(_rows_df(first), headers=HEADERS, datatype=["str", "str"], type="pandas", interactive=True,
+                             static_columns=[0], wrap=True, label="Descriptions", elem_id="descriptions-table")
+        with gr.Row():
+            rescore_btn = gr.Button("Re-score", variant="primary")
+            add_row_btn = gr.Button("Add descriptor row")
+        status = gr.Markdown(elem_id="workbench-status")
+        flags = gr.Markdown(label="Flags")
+        with gr.Row():
+            bars_zero = gr.BarPlot(x="bar", y="probability (%)", color="version", title=MODE_LABELS["zero-shot"],
+                                   y_lim=[0, 100], x_label_angle=-45, height=320)
+            bars_learned = gr.BarPlot(x="bar", y="probability (%)", color="version", title=MODE_LABELS["learned"],
+                                      y_lim=[0, 100], x_label_angle=-45, height=320)
+        scores = gr.Dataframe(label="Scores of the current clip (logit = 100·cos; %; Δ of % in points)", interactive=False,
+                              elem_id="workbench-scores")
+        with gr.Accordion("Per-descriptor contributions", open=True):
+            contributions = gr.Dataframe(interactive=False, wrap=True, elem_id="workbench-contributions",
+                                         label="similarity = 100·cos(clip, descriptor); a class's logit is the "
+                                               "sum of its contributions")
+
+        with gr.Accordion("Generate with an LLM (OpenAI-compatible: OpenAI, vLLM, Ollama, LM Studio)", open=False):
+            with gr.Row():
+                style = gr.Dropdown([(s.label, k) for k, s in styles.items()], value=default_style, label="Style")
+                llm_model = gr.Textbox(label="Model", placeholder="$DFERCLIP_LLM_MODEL or gpt-4o-mini")
+                base_url = gr.Textbox(label="Base URL", placeholder="$OPENAI_BASE_URL or https://api.openai.com/v1")
+                api_key = gr.Textbox(label="API key (this session only; never saved)", type="password",
+                                     placeholder="$OPENAI_API_KEY")
+            with gr.Row():
+                only = gr.Dropdown(first.classes, value=[], multiselect=True, label="Classes (empty: all)")
+                n_desc = gr.Number(value=styles[default_style].n, precision=0, label="Descriptions per class")
+                mode_gen = gr.Radio(["replace", "add"], value="replace", label="Generated descriptions")
+            system_prompt = gr.Textbox(value=styles[default_style].system, label="System prompt", lines=2)
+            prompt = gr.Textbox(value=styles[default_style].user, lines=4,
+                                label="Prompt template ({name} {article} {others} {n} {example})")
+            source_md = gr.Markdown(f"_Source: {styles[default_style].source}_")
+            generate_btn = gr.Button("Generate")
+            sent = gr.Textbox(label="Prompts sent", lines=4, interactive=False)
+
+        with gr.Accordion("Evaluation set (clips + labels)", open=False):
+            gr.Markdown("A CSV of `path,label` rows (labels: class names or 0-based indices) with the clips, as "
+                        "uploaded files or a server folder; or a `datasets` folder. Embeddings are computed once.")
+            with gr.Row():
+                eval_files = gr.File(file_count="multiple", label="Clips and labels CSV (upload)")
+                with gr.Column():
+                    eval_folder = gr.Textbox(label="or: server folder with the clips")
+                    eval_csv = gr.Textbox(label="and its labels CSV (path)")
+                    eval_hf = gr.Textbox(label="or: datasets folder (save_to_disk)")
+                    eval_btn = gr.Button("Load evaluation set")
+            metrics = gr.Dataframe(label="UAR / WAR (%)", interactive=False, elem_id="workbench-metrics")
+            recall = gr.Dataframe(label="Per-class recall (%)", interactive=False)
+            confusion = gr.Markdown()
+
+        with gr.Accordion("Save, download, upload, diff", open=False):
+            with gr.Row():
+                save_name = gr.Textbox(label="Name", placeholder="letters, digits, - _ .")
+                save_btn = gr.Button("Save")
+                download = gr.File(label="Download current set")
+                upload = gr.File(label="Upload a set (.json)", file_types=[".json"])
+            with gr.Row():
+                diff_a = gr.Dropdown(["baseline", "previous"] + list_description_sets(), value="baseline", label="A")
+                diff_b = gr.Dropdown(["current", "baseline", "previous"] + list_description_sets(), value="current",
+                                     label="B")
+                diff_btn = gr.Button("Diff")
+            diff_md = gr.Markdown()
+
+    # --- event functions ---------------------------------------------------------------------------
+    def everything(wb: Workbench, clip, eval_set, message: str = ""):
+        names = []
+        if clip is not None:
+            if clip.video.shape[-1] == wb.model.input_config.image_size:
+                names = [wb.add_clip(clip.video, Path(getattr(clip, "path", "clip")).name)]
+            else:
+                message += " The current clip was prepared for another model; predict it again with this one."
+        if eval_set is not None:
+            wb.set_evaluation_embeddings(eval_set)
+        before = wb.text_cache.encoded
+        table_out, zero, learned, contrib = _score_outputs(wb, names)
+        metrics_out, recall_out, confusion_out = _eval_outputs(wb)
+        encoded = wb.text_cache.encoded - before
+        if not names:
+            message += " No clip yet: classify one in the video tab (or load an evaluation set)."
+        changed = [r["class"] for r in diff_description_sets(wb.baseline, wb.current)]
+        vs_base = f"differs from baseline in: {', '.join(changed)}" if changed else "same as baseline"
+        text = (f"{wb.current.name} v{wb.current.version} · {vs_base} · {encoded} description text(s) encoded. "
+                f"{message}").strip()
+        zero, learned = (gr.BarPlot(value=df, sort=list(df["bar"])) for df in (zero, learned))
+        return (_state(wb), text, _flags_md(wb), zero, learned, table_out, contrib, metrics_out, recall_out,
+                confusion_out)
+
+    score_outputs = [state, status, flags, bars_zero, bars_learned, scores, contributions, metrics, recall, confusion]
+
+    def start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set):
+        wb = _workbench(ctx, model_key, None)
+        try:
+            ds = load_description_set(saved_v) if saved_v else starting_set(class_set_v, (custom_v or "").split(","))
+        except DferclipError as e:
+            raise gr.Error(str(e)) from None
+        wb.start_from(ds)
+        wb.combine = combine_v
+        out = everything(wb, clip, eval_set)
+        return (_rows_df(ds), gr.update(choices=ds.classes, value=[])) + out
+
+    start_inputs = [ctx.model_dropdown, class_set, custom, saved, combine, ctx.clip, eval_state]
+    start_outputs = [table, only] + score_outputs
+    run_kw = {"concurrency_id": ctx.concurrency_id, "concurrency_limit": ctx.concurrency_limit}
+
+    def rescore(model_key, rows, state_v, combine_v, clip, eval_set):
+        wb = _workbench(ctx, model_key, state_v)
+        wb.combine = combine_v
+        try:
+            wb.edit_rows(_rows(rows))
+        except DferclipError as e:
+            raise gr.Error(str(e)) from None
+        return everything(wb, clip, eval_set)
+
+    rescore_inputs = [ctx.model_dropdown, table, state, combine, ctx.clip, eval_state]
+
+    def add_row(rows, state_v):
+        data = _rows(rows)
+        cls = data[-1][0] if data else (state_v or {}).get("current", {}).get("classes", [{}])[0].get("name", "")
+        return pd.DataFrame(data + [[cls, ""]], columns=HEADERS)
+
+    def on_style(style_v):
+        st = get_style(style_v)
+        return st.user, st.system, st.n, f"_Source: {st.source}_"
+
+    def generate(model_key, state_v, style_v, model_v, url_v, key_v, only_v, n_v, mode_v, system_v, prompt_v,
+                 combine_v, clip, eval_set, progress=gr.Progress()):
+        wb = _workbench(ctx, model_key, state_v)
+        wb.combine = combine_v
+        settings = LLMSettings.from_env(model=(model_v or "").strip(), base_url=(url_v or "").strip(),
+                                        api_key=(key_v or "").strip())
+        try:
+            gen = wb.generate(style_v, only=only_v or None, replace=mode_v == "replace", settings=settings,
+                              template=prompt_v, system=system_v, n=int(n_v or 0) or None,
+                              progress=lambda i, n, c: progress(i / max(n, 1), desc=f"asking for {c}"))
+        except DferclipError as e:
+            raise gr.Error(str(e)) from None
+        sent_text = "\n\n".join(f"[{c}] {p}" for c, p in zip(gen.classes, gen.prompts))
+        return (_rows_df(wb.current), sent_text) + everything(wb, clip, eval_set, f"Generated with {settings.model}.")
+
+    def load_eval(model_key, files, folder, csv_path, hf_path, state_v, clip, progress=gr.Progress()):
+        wb = _workbench(ctx, model_key, state_v)
+        classes = wb.current.classes
+        try:
+            if hf_path:
+                clips = read_hf_dataset(hf_path, classes)
+            elif files:
+                paths = [Path(getattr(f, "name", f)) for f in files]
+                csvs = [p for p in paths if p.suffix.lower() == ".csv"]
+                if len(csvs) != 1:
+                    raise gr.Error("upload exactly one labels CSV with the clips")
+                by_name = {p.name: p for p in paths if p.suffix.lower() != ".csv"}
+                rows = [r.split(",", 1) for r in csvs[0].read_text().splitlines() if r.strip()]
+                fixed = Path(tempfile.mkdtemp(prefix="dferclip-eval-")) / "labels.csv"
+                fixed.write_text("\n".join(f"{by_name.get(Path(p.strip()).name, p.strip())},{lab}"
+                                           for p, lab in (r if len(r) == 2 else (r[0], "") for r in rows)))
+                clips = read_labels_csv(fixed, classes, fixed.parent)
+            elif csv_path:
+                clips = read_labels_csv(csv_path, classes, folder or None)
+            else:
+                raise gr.Error("give a labels CSV with clips, or a datasets folder")
+            embedded = wb.set_evaluation(
+                clips, progress=lambda i, n, p: progress(i / max(n, 1), desc=f"embedding {Path(p).name}"))
+        except DferclipError as e:
+            raise gr.Error(str(e)) from None
+        return (embedded,) + everything(wb, clip, embedded, f"Evaluation set: {len(embedded)} clips.")
+
+    def save(model_key, name, state_v):
+        wb = _workbench(ctx, model_key, state_v)
+        try:
+            validate_name(name)
+            path = wb.save(name, edited_in="dferclip workbench")
+        except DferclipError as e:
+            raise gr.Error(str(e)) from None
+        choices = list_description_sets()
+        return (_state(wb), f"Saved {path.name} (version {wb.current.version}); it is the new baseline.",
+                gr.update(choices=choices), gr.update(choices=["baseline", "previous"] + choices),
+                gr.update(choices=["current", "baseline", "previous"] + choices))
+
+    def do_download(model_key, state_v):
+        wb = _workbench(ctx, model_key, state_v)
+        out = Path(tempfile.mkdtemp(prefix="dferclip-set-")) / f"{wb.current.name}.json"
+        out.write_text(json.dumps(wb.current.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        return str(out)
+
+    def do_upload(model_key, file, combine_v, clip, eval_set):
+        if file is None:
+            raise gr.Error("no file uploaded")
+        try:
+            ds = load_description_set(Path(getattr(file, "name", file)))
+        except DferclipError as e:
+            raise gr.Error(str(e)) from None
+        wb = _workbench(ctx, model_key, None)
+        wb.start_from(ds)
+        wb.combine = combine_v
+        return (_rows_df(ds), gr.update(choices=ds.classes, value=[])) + everything(wb, clip, eval_set)
+
+    def do_diff(model_key, a, b, state_v):
+        wb = _workbench(ctx, model_key, state_v)
+
+        def pick(which):
+            return getattr(wb, which) if which in ("current", "baseline", "previous") else load_description_set(which)
+
+        try:
+            rows = diff_description_sets(pick(a), pick(b))
+        except DferclipError as e:
+            raise gr.Error(str(e)) from None
+        if not rows:
+            return f"No differences between {a} and {b}."
+        return "\n".join(f"**{r['class']}**\n" + "".join(f"- ➖ {d}\n" for d in r["removed"])
+                         + "".join(f"- ➕ {d}\n" for d in r["added"]) for r in rows)
+
+    # --- wiring ---------------------------------------------------------------------------------
+    gen_inputs = [ctx.model_dropdown, state, style, llm_model, base_url, api_key, only, n_desc, mode_gen,
+                  system_prompt, prompt, combine, ctx.clip, eval_state]
+    for trigger in (class_set.input, saved.input, custom.submit):
+        trigger(start, start_inputs, start_outputs, api_visibility="private", **run_kw)
+    ctx.model_dropdown.change(start, start_inputs, start_outputs, api_visibility="private", **run_kw)
+    rescore_btn.click(rescore, rescore_inputs, score_outputs, api_name="rescore_descriptions", **run_kw)
+    table.input(rescore, rescore_inputs, score_outputs, api_visibility="private", **run_kw)
+    combine.input(rescore, rescore_inputs, score_outputs, api_visibility="private", **run_kw)
+    add_row_btn.click(add_row, [table, state], [table], api_visibility="private")
+    style.input(on_style, [style], [prompt, system_prompt, n_desc, source_md], api_visibility="private")
+    generate_btn.click(generate, gen_inputs, [table, sent] + score_outputs, api_name="generate_descriptions",
+                       **run_kw)
+    eval_btn.click(load_eval, [ctx.model_dropdown, eval_files, eval_folder, eval_csv, eval_hf, state, ctx.clip],
+                   [eval_state] + score_outputs, api_name="load_evaluation_set", **run_kw)
+    save_btn.click(save, [ctx.model_dropdown, save_name, state], [state, status, saved, diff_a, diff_b],
+                   api_name="save_descriptions")
+    gr.Button("Prepare download").click(do_download, [ctx.model_dropdown, state], [download],
+                                        api_name="download_descriptions")
+    upload.upload(do_upload, [ctx.model_dropdown, upload, combine, ctx.clip, eval_state], start_outputs,
+                  api_name="upload_descriptions", **run_kw)
+    diff_btn.click(do_diff, [ctx.model_dropdown, diff_a, diff_b, state], [diff_md], api_name="diff_descriptions")
+    if ctx.clip is not None:
+        ctx.clip.change(rescore, rescore_inputs, score_outputs, api_visibility="private", **run_kw)

@@ -1,0 +1,453 @@
+"""The description workbench engine (used by the app's "Descriptions" tab and ``python -m dferclip describe``).
+
+It holds three description sets: the saved **baseline** the user started from, the **previous** version and
+the **current** one. Re-scoring compares the three for the current clips (zero-shot and learned prompts side by
+side, per-descriptor contributions) and, when a labelled evaluation set is attached, recomputes UAR, WAR,
+per-class recall and the confusion matrix. Video embeddings are computed once per clip (in memory, and on disk
+for evaluation sets); only descriptions whose text changed are re-encoded (:mod:`dferclip.scoring`).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .descriptions import (
+    DescriptionSet,
+    diff_description_sets,
+    load_class_sets,
+    load_description_set,
+    official_descriptions,
+    save_description_set,
+)
+from .errors import DataError, DescriptionError
+from .metrics import Metrics, compute_metrics
+from .scoring import (
+    COMBINE_MODES,
+    SCORE_MODES,
+    Scorer,
+    Scores,
+    TextEmbeddingCache,
+    VideoEmbedding,
+    VideoEmbeddingCache,
+    file_digest,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "dferclip" / "embeddings"
+MAX_CLIPS = 64
+
+
+# --- class sets and table rows ---------------------------------------------------------------------
+def class_set_choices() -> dict[str, list[str]]:
+    """Built-in class sets (DFEW, FERV39k: 7 classes; MAFW: 11)."""
+    return load_class_sets()
+
+
+def starting_set(class_set: str, custom_classes: Sequence[str] = ()) -> DescriptionSet:
+    """The official descriptions for a built-in class set, or placeholders for custom classes."""
+    sets = load_class_sets()
+    if class_set in sets:
+        ds = official_descriptions(len(sets[class_set]))
+        return dataclasses.replace(ds, class_set=class_set)
+    classes = [c.strip() for c in custom_classes if c and c.strip()]
+    if not classes:
+        raise DescriptionError("give the custom class names (comma-separated)")
+    return DescriptionSet(classes=classes, descriptions=[[f"a face showing {c}."] for c in classes],
+                          name="custom", class_set="custom",
+                          provenance={"source": "placeholders; edit or generate the descriptions"})
+
+
+def descriptions_to_rows(ds: DescriptionSet) -> list[list[str]]:
+    """One [class, description] row per descriptor."""
+    return [[c, d] for c, descs in zip(ds.classes, ds.descriptions) for d in descs]
+
+
+def rows_to_descriptions(rows: Sequence[Sequence[str]], base: DescriptionSet) -> DescriptionSet:
+    """A table of [class, description] rows back into a set with ``base``'s classes, order and metadata."""
+    per_class: dict[str, list[str]] = {c: [] for c in base.classes}
+    for row in rows:
+        if len(row) < 2:
+            continue
+        cls, text = str(row[0] or "").strip(), str(row[1] or "").strip()
+        if not cls and not text:
+            continue
+        if cls not in per_class:
+            raise DescriptionError(f"unknown class {cls!r} in the table; classes: {', '.join(base.classes)}")
+        if text:
+            per_class[cls].append(text)
+    return base.with_descriptions([per_class[c] for c in base.classes])
+
+
+# --- labelled evaluation sets ---------------------------------------------------------------------
+@dataclass
+class LabelledClip:
+    path: str
+    label: int
+
+
+def _label_index(value, classes: Sequence[str], where: str) -> int:
+    text = str(value).strip()
+    lowered = [c.lower() for c in classes]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    try:
+        i = int(text)
+    except ValueError:
+        raise DataError(f"{where}: label {text!r} is neither a class ({', '.join(classes)}) nor an index") from None
+    if not 0 <= i < len(classes):
+        raise DataError(f"{where}: label index {i} outside 0..{len(classes) - 1}")
+    return i
+
+
+def read_labels_csv(csv_path: str | Path, classes: Sequence[str], folder: str | Path | None = None
+                    ) -> list[LabelledClip]:
+    """``path,label`` rows (header optional); labels are class names or 0-based indices; paths are relative to
+    ``folder`` (default: the CSV's folder)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"no such labels file: {csv_path}")
+    base = Path(folder) if folder else csv_path.parent
+    clips, missing = [], []
+    with open(csv_path, newline="") as f:
+        for n, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                continue
+            if n == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+                continue
+            if len(row) < 2:
+                raise DataError(f"{csv_path.name} line {n}: expected 'path,label'")
+            p = Path(row[0].strip())
+            p = p if p.is_absolute() else base / p
+            if not p.is_file():
+                missing.append(str(p))
+                continue
+            clips.append(LabelledClip(str(p), _label_index(row[1], classes, f"{csv_path.name} line {n}")))
+    if missing:
+        log.warning("%d listed clips are missing, e.g. %s", len(missing), missing[0])
+    if not clips:
+        raise DataError(f"{csv_path.name} lists no existing clips" + (f" (missing: {missing[0]} ...)" if missing else ""))
+    return clips
+
+
+def read_hf_dataset(path: str | Path, classes: Sequence[str], split: Optional[str] = None) -> list[LabelledClip]:
+    """A local ``datasets`` dataset (``save_to_disk`` folder) with a video path column and a label column."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading a datasets dataset needs the 'datasets' package: pip install datasets") from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(f"cannot load the dataset at {path}: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        split = split or next(iter(ds))
+        if split not in ds:
+            raise DataError(f"no split {split!r}; splits: {', '.join(ds)}")
+        ds = ds[split]
+    path_col = next((c for c in ("path", "video", "file", "video_path") if c in ds.column_names), None)
+    if path_col is None or "label" not in ds.column_names:
+        raise DataError(f"the dataset needs a 'label' column and one of path/video/file; has {ds.column_names}")
+    feature = ds.features["label"]
+    names = getattr(feature, "names", None)
+    clips = []
+    for i, row in enumerate(ds):
+        value = row[path_col]
+        p = value.get("path") if isinstance(value, dict) else value
+        label = names[row["label"]] if names else row["label"]
+        clips.append(LabelledClip(str(p), _label_index(label, classes, f"row {i}")))
+    if not clips:
+        raise DataError(f"the dataset at {path} is empty")
+    return clips
+
+
+@dataclass
+class EmbeddedSet:
+    """A labelled set's cached video embeddings (N, D) for both scoring modes."""
+
+    paths: list[str]
+    labels: torch.Tensor
+    learned: torch.Tensor
+    zero_shot: torch.Tensor
+    failed: list = field(default_factory=list)  # (path, message) of clips that could not be read
+
+    def for_mode(self, mode: str) -> torch.Tensor:
+        return self.learned if mode == "learned" else self.zero_shot
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def default_ingest(model) -> tuple[Callable[[str], torch.Tensor], dict]:
+    """Ingestion of a file into model input (face crops, the model's sampler) and its settings for cache keys."""
+    from .ingest import ingest
+
+    cfg = model.input_config
+
+    def load(path: str) -> torch.Tensor:
+        return ingest(path, cfg).video
+
+    return load, {"ingest": "dferclip.ingest", "input": dataclasses.asdict(cfg)}
+
+
+def embed_clips(model, clips: Sequence[LabelledClip], cache: VideoEmbeddingCache, *,
+                ingest_fn: Optional[Callable[[str], torch.Tensor]] = None, ingest_settings: Optional[dict] = None,
+                progress: Optional[Callable[[int, int, str], None]] = None) -> EmbeddedSet:
+    """Embeddings of every clip, each computed once per (model, file content, ingestion settings)."""
+    from .errors import DferclipError
+
+    if ingest_fn is None:
+        ingest_fn, ingest_settings = default_ingest(model)
+    settings = hashlib.sha256(json.dumps(ingest_settings or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    paths, labels, learned, zero, failed = [], [], [], [], []
+    for i, clip in enumerate(clips):
+        if progress:
+            progress(i, len(clips), clip.path)
+        try:
+            key = f"{file_digest(clip.path)}:{settings}"
+            emb = cache.get(model, key=key, load_video=lambda p=clip.path: ingest_fn(p))
+        except (DferclipError, OSError) as e:
+            failed.append((clip.path, str(e)))
+            log.warning("skipping %s: %s", clip.path, e)
+            continue
+        paths.append(clip.path)
+        labels.append(clip.label)
+        learned.append(emb.learned)
+        zero.append(emb.zero_shot)
+    if progress:
+        progress(len(clips), len(clips), "")
+    if not paths:
+        raise DataError(f"none of the {len(clips)} clips could be read; first problem: {failed[0][1] if failed else '-'}")
+    return EmbeddedSet(paths, torch.as_tensor(labels), torch.stack(learned), torch.stack(zero), failed)
+
+
+# --- the workbench -------------------------------------------------------------------------------
+def _metric_delta(a: Metrics, b: Optional[Metrics]) -> Optional[dict]:
+    if b is None:
+        return None
+    recall = [None if (math.isnan(x) or math.isnan(y)) else x - y for x, y in zip(a.recall, b.recall)]
+    return {"uar": a.uar - b.uar, "war": a.war - b.war, "recall": recall}
+
+
+class Workbench:
+    """Current / previous / baseline description sets, scored for clips and a labelled set with one model."""
+
+    def __init__(self, model, descriptions: Optional[DescriptionSet] = None, *, combine: str = "mean-embedding",
+                 templates: Optional[Sequence[str]] = None, text_cache: Optional[TextEmbeddingCache] = None,
+                 video_cache: Optional[VideoEmbeddingCache] = None):
+        self.text_cache = text_cache if text_cache is not None else TextEmbeddingCache()
+        self.video_cache = video_cache if video_cache is not None else VideoEmbeddingCache()
+        self.templates = templates
+        self.combine = combine
+        self.clips: "OrderedDict[str, VideoEmbedding]" = OrderedDict()
+        self.evaluation: Optional[EmbeddedSet] = None
+        self.model = None
+        self.set_model(model)
+        self.start_from(descriptions or model.descriptions)
+
+    # --- state ---------------------------------------------------------------------------------
+    @property
+    def combine(self) -> str:
+        return self._combine
+
+    @combine.setter
+    def combine(self, value: str) -> None:
+        if value not in COMBINE_MODES:
+            raise ValueError(f"unknown combine mode {value!r}; use one of {COMBINE_MODES}")
+        self._combine = value
+
+    def set_model(self, model) -> None:
+        """Switch models; cached clip embeddings belong to the old one and are dropped (caches are keyed)."""
+        if model is not self.model and self.model is not None:
+            self.clips.clear()
+            self.evaluation = None
+        self.model = model
+        self.scorer = Scorer(model, self.text_cache, self.templates)
+
+    def start_from(self, ds: DescriptionSet) -> None:
+        """A saved set becomes baseline, previous and current."""
+        self.baseline = self.previous = self.current = ds
+
+    def edit(self, ds: DescriptionSet) -> list[dict]:
+        """Make ``ds`` current (the old current becomes previous); returns the diff to the old current."""
+        changes = diff_description_sets(self.current, ds)
+        if changes or ds.classes != self.current.classes:
+            self.previous, self.current = self.current, ds
+        return changes
+
+    def edit_rows(self, rows: Sequence[Sequence[str]]) -> list[dict]:
+        return self.edit(rows_to_descriptions(rows, self.current))
+
+    def save(self, name: str, folder: Optional[Path] = None, **provenance) -> Path:
+        """Save the current set as ``name`` (validated, atomic, versioned); it becomes the baseline."""
+        prov = dict(self.current.provenance)
+        prov.update({k: v for k, v in provenance.items() if v is not None})
+        if self.current.name != name:
+            prov.setdefault("derived_from", f"{self.current.name} v{self.current.version}")
+        ds = dataclasses.replace(self.current, name=name, provenance=prov)
+        path = save_description_set(ds, folder)
+        self.current = self.baseline = ds
+        return path
+
+    def load(self, name_or_path: str | Path, folder: Optional[Path] = None) -> DescriptionSet:
+        ds = load_description_set(name_or_path, folder)
+        self.start_from(ds)
+        return ds
+
+    def flags(self, ds: Optional[DescriptionSet] = None) -> list[dict]:
+        """Leak and length flags per descriptor (learned prompts reserve the model's context tokens)."""
+        from .llm import check_description
+
+        ds = ds or self.current
+        n_ctx = self.model.config.prompt.n_ctx
+        templates = self.scorer.templates
+        rows = []
+        for cls, descs in zip(ds.classes, ds.descriptions):
+            for d in descs:
+                for f in check_description(d, cls, ds.classes, reserved_tokens=n_ctx, templates=templates):
+                    rows.append({"class": cls, "description": d, "kind": f.kind, "message": f.message})
+        return rows
+
+    # --- clips -----------------------------------------------------------------------------------
+    def add_clip(self, video: torch.Tensor, name: Optional[str] = None) -> str:
+        """Embed a model-input tensor (1, T, 3, H, W) once; returns its name."""
+        from .scoring import tensor_digest
+
+        key = tensor_digest(video)
+        name = name or key[:12]
+        self.clips[name] = self.video_cache.get(self.model, video, key=key)
+        self.clips.move_to_end(name)
+        while len(self.clips) > MAX_CLIPS:
+            self.clips.popitem(last=False)
+        return name
+
+    def add_clip_file(self, path: str | Path, ingest_fn=None) -> str:
+        """Ingest a video file (face crops, sampling) and embed it; keyed by file content."""
+        if ingest_fn is None:
+            ingest_fn, _ = default_ingest(self.model)
+        path = str(path)
+        if not Path(path).is_file():
+            raise DataError(f"no such video file: {path}")
+        emb = self.video_cache.get(self.model, key=f"file:{file_digest(path)}:{self._input_key()}",
+                                   load_video=lambda: ingest_fn(path))
+        name = Path(path).name
+        self.clips[name] = emb
+        return name
+
+    def _input_key(self) -> str:
+        return hashlib.sha256(repr(self.model.input_config).encode()).hexdigest()[:12]
+
+    def set_evaluation(self, clips: Sequence[LabelledClip], *, cache_dir: Optional[str | Path] = DEFAULT_CACHE_DIR,
+                       ingest_fn=None, ingest_settings=None, progress=None) -> EmbeddedSet:
+        """Attach a labelled set: embeddings computed once (with progress) and cached on disk in ``cache_dir``."""
+        cache = self.video_cache
+        if cache_dir is not None and cache.folder != Path(cache_dir):
+            cache = VideoEmbeddingCache(maxsize=max(4096, len(clips)), folder=cache_dir)
+        self.evaluation = embed_clips(self.model, clips, cache, ingest_fn=ingest_fn,
+                                      ingest_settings=ingest_settings, progress=progress)
+        return self.evaluation
+
+    def set_evaluation_embeddings(self, embedded: EmbeddedSet) -> None:
+        self.evaluation = embedded
+
+    # --- scoring ---------------------------------------------------------------------------------
+    def learned_available(self, ds: Optional[DescriptionSet] = None) -> bool:
+        """Learned prompts need the model's classes (its contexts are class-specific)."""
+        return (ds or self.current).num_classes == self.model.num_classes
+
+    def modes(self) -> list[str]:
+        return [m for m in SCORE_MODES if m == "zero-shot" or self.learned_available()]
+
+    def _scores(self, videos: torch.Tensor, ds: DescriptionSet, mode: str) -> Optional[Scores]:
+        if mode == "learned" and not self.learned_available(ds):
+            return None
+        return self.scorer.score(videos, ds, mode, self.combine)
+
+    def _comparable(self, ds: DescriptionSet) -> bool:
+        return ds.classes == self.current.classes
+
+    def score_clips(self, names: Optional[Sequence[str]] = None) -> dict:
+        """Per clip and mode: probabilities (%) now, deltas (points) vs previous and baseline, descriptors."""
+        names = list(names) if names is not None else list(self.clips)
+        out = {"classes": list(self.current.classes), "combine": self.combine, "clips": {}}
+        if not names:
+            return out
+        for mode in self.modes():
+            v = torch.stack([self.clips[n].for_mode(mode) for n in names])
+            now = self._scores(v, self.current, mode)
+            prev = self._scores(v, self.previous, mode) if self._comparable(self.previous) else None
+            base = self._scores(v, self.baseline, mode) if self._comparable(self.baseline) else None
+            probs = now.probs * 100
+            for i, name in enumerate(names):
+                rows = []
+                for c, (cls, descs) in enumerate(zip(self.current.classes, self.current.descriptions)):
+                    for j, d in enumerate(descs):
+                        rows.append({"class": cls, "description": d,
+                                     "similarity": float(now.similarities[c][i, j]),
+                                     "contribution": float(now.contributions[c][i, j])})
+                out["clips"].setdefault(name, {})[mode] = {
+                    "prediction": self.current.classes[int(now.predictions[i])],
+                    "logits": now.logits[i].tolist(),
+                    "probs": probs[i].tolist(),
+                    "delta_previous": None if prev is None else (probs[i] - prev.probs[i] * 100).tolist(),
+                    "delta_baseline": None if base is None else (probs[i] - base.probs[i] * 100).tolist(),
+                    "descriptors": rows,
+                }
+        return out
+
+    def evaluate(self) -> Optional[dict]:
+        """UAR, WAR, per-class recall, confusion for current/previous/baseline, both modes, with deltas."""
+        ev = self.evaluation
+        if ev is None:
+            return None
+        n = self.current.num_classes
+        if int(ev.labels.max()) >= n:
+            raise DataError(f"the evaluation set has labels up to {int(ev.labels.max())}; the class set has {n}")
+        out = {"classes": list(self.current.classes), "n": len(ev), "failed": list(ev.failed), "modes": {}}
+        for mode in self.modes():
+            v = ev.for_mode(mode)
+            results = {}
+            for which, ds in (("current", self.current), ("previous", self.previous), ("baseline", self.baseline)):
+                if which == "current" or self._comparable(ds):
+                    s = self._scores(v, ds, mode)
+                    results[which] = compute_metrics(ev.labels.tolist(), s.predictions.tolist(), n)
+            cur = results["current"]
+            out["modes"][mode] = {
+                "current": cur,
+                "previous": results.get("previous"),
+                "baseline": results.get("baseline"),
+                "delta_previous": _metric_delta(cur, results.get("previous")),
+                "delta_baseline": _metric_delta(cur, results.get("baseline")),
+            }
+        return out
+
+    def rescore(self) -> dict:
+        return {"clips": self.score_clips(), "evaluation": self.evaluate(), "flags": self.flags(),
+                "text_encodings": self.text_cache.encoded}
+
+    # --- generation ------------------------------------------------------------------------------
+    def generate(self, style: str = "dferclip", *, only: Optional[Sequence[str]] = None, replace: bool = True,
+                 **llm_kwargs):
+        """LLM descriptions for all classes (or ``only`` these); they replace (or are added to) the current
+        ones and the result becomes current. Returns the :class:`dferclip.llm.Generation`."""
+        from .llm import generate
+
+        gen = generate(self.current.classes, style, only=only,
+                       reserved_tokens=self.model.config.prompt.n_ctx, **llm_kwargs)
+        new = [list(d) for d in self.current.descriptions]
+        for cls, descs in zip(gen.classes, gen.descriptions):
+            i = self.current.classes.index(cls)
+            new[i] = list(descs) if replace else new[i] + [d for d in descs if d not in new[i]]
+        prov = dict(self.current.provenance) | gen.provenance
+        self.edit(self.current.with_descriptions(new, provenance=prov))
+        return gen
