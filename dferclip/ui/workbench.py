@@ -224,6 +224,7 @@ def build_workbench_tab(ctx) -> None:
             with gr.Row():
                 save_name = gr.Textbox(label="Name", placeholder="letters, digits, - _ .")
                 save_btn = gr.Button("Save")
+                download_btn = gr.Button("Prepare download")
                 download = gr.File(label="Download current set")
                 upload = gr.File(label="Upload a set (.json)", file_types=[".json"])
             with gr.Row():
@@ -398,8 +399,7 @@ def build_workbench_tab(ctx) -> None:
                    [eval_state] + score_outputs, api_name="load_evaluation_set", **run_kw)
     save_btn.click(save, [ctx.model_dropdown, save_name, state], [state, status, saved, diff_a, diff_b],
                    api_name="save_descriptions")
-    gr.Button("Prepare download").click(do_download, [ctx.model_dropdown, state], [download],
-                                        api_name="download_descriptions")
+    download_btn.click(do_download, [ctx.model_dropdown, state], [download], api_name="download_descriptions")
     upload.upload(do_upload, [ctx.model_dropdown, upload, combine, ctx.clip, eval_state], start_outputs,
                   api_name="upload_descriptions", **run_kw)
     diff_btn.click(do_diff, [ctx.model_dropdown, diff_a, diff_b, state], [diff_md], api_name="diff_descriptions")

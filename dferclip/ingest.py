@@ -1,0 +1,271 @@
+"""From a video file to the model's input: one call, :func:`ingest`.
+
+Sample the frames the model's sampler picks, find the clip's main face in them, cut a square crop
+with a margin around it, resize to the model's size and normalise as its ``InputConfig`` says. The
+result also carries the crops as images, per-frame metadata, warnings and timings, and optionally
+sliding windows over the clip for a timeline.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import InputConfig
+from .errors import NoFaceFoundError
+from .faces import (
+    Detection,
+    FaceDetector,
+    MTCNNDetector,
+    TrackingConfig,
+    center_region,
+    crop_region,
+    crop_square,
+    fill_track,
+    main_face_track,
+)
+from .video import DecodedFrame, Limits, VideoInfo, VideoReader, Window, WindowSpec, sample_indices, sliding_windows
+
+log = logging.getLogger(__name__)
+
+FALLBACKS = ("center", "error")
+DEFAULT_MARGIN = 0.15  # crop side = 1.3 x the face box's longer side
+
+
+@dataclass
+class FrameMeta:
+    """One sampled frame: where it is in the video and where its crop came from.
+
+    ``box`` is the face box (x0, y0, x1, y1) in upright source pixels, None without a face;
+    ``crop`` the square actually cut (may extend past the frame, padded black); ``confidence`` the
+    detector's score, None when the box was ``filled`` from neighbouring frames or no face was found.
+    """
+
+    index: int
+    time_s: float
+    box: Optional[List[float]]
+    crop: List[float]
+    confidence: Optional[float]
+    filled: bool
+
+
+@dataclass
+class WindowBatch:
+    """Sliding windows: ``video`` (W, T, 3, S, S) model input; ``windows`` their spans and frames."""
+
+    video: torch.Tensor
+    windows: List[Window]
+    frames: List[FrameMeta]  # every distinct frame the windows use, in time order
+
+    def to_dict(self) -> dict:
+        return {
+            "shape": list(self.video.shape),
+            "windows": [{"start_s": round(w.start_s, 4), "end_s": round(w.end_s, 4), "indices": list(w.indices)} for w in self.windows],
+            "frames": [asdict(f) for f in self.frames],
+        }
+
+
+@dataclass
+class IngestResult:
+    """What :func:`ingest` returns. ``video`` is (1, T, 3, S, S), ready for the model's forward."""
+
+    video: torch.Tensor
+    crops: list  # PIL images, S x S, the frames the model sees (in order, repeats included)
+    frames: List[FrameMeta]
+    status: str  # "ok": face in most frames; "partial": in under half; "no_face": none (fallback crop)
+    source: VideoInfo
+    input_config: InputConfig
+    warnings: List[str] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)
+    windows: Optional[WindowBatch] = None
+
+    @property
+    def face_found(self) -> bool:
+        return self.status != "no_face"
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable summary (no tensors or images; their shapes instead)."""
+        return {
+            "status": self.status,
+            "face_found": self.face_found,
+            "warnings": list(self.warnings),
+            "source": self.source.to_dict(),
+            "input": {**asdict(self.input_config), "shape": list(self.video.shape)},
+            "frames": [asdict(f) for f in self.frames],
+            "timings": dict(self.timings),
+            "windows": self.windows.to_dict() if self.windows is not None else None,
+        }
+
+
+@functools.lru_cache(maxsize=1)
+def default_detector() -> FaceDetector:
+    """The shared MTCNN detector (weights load on first use)."""
+    return MTCNNDetector()
+
+
+def ingest(
+    path,
+    input_config: InputConfig = InputConfig(),
+    *,
+    detector: Optional[FaceDetector] = None,
+    fallback: str = "center",
+    windows: Optional[WindowSpec] = None,
+    limits: Limits = Limits(),
+    margin: float = DEFAULT_MARGIN,
+    tracking: TrackingConfig = TrackingConfig(),
+) -> IngestResult:
+    """Turn the video at ``path`` into the model's input and the face crops it sees.
+
+    ``fallback`` says what to do when no face is found in any sampled frame: ``"center"`` crops the
+    centre square of every frame and sets ``status="no_face"`` with a warning; ``"error"`` raises
+    :class:`~dferclip.errors.NoFaceFoundError`. Bad files raise :class:`~dferclip.errors.VideoError`
+    subclasses. ``windows`` adds sliding windows over the clip (``result.windows``).
+    """
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    detector = detector or default_detector()
+    T = input_config.num_frames
+    warnings: List[str] = []
+    start = time.perf_counter()
+
+    # decoding and detection overlap: each chunk of decoded frames goes to the detector at once
+    with VideoReader(path, limits) as reader, ThreadPoolExecutor(max_workers=1) as pool:
+        n = reader.num_frames
+        clip_indices = sample_indices(n, T, input_config.sampler)
+        spans = _window_spans(reader.frame_times, input_config, windows, limits, warnings) if windows else []
+        wanted = sorted(set(clip_indices).union(*(w.indices for w in spans)))
+        chunk = min(32, max(4, len(wanted) // 4))  # small enough to overlap, large enough to batch
+        frames: List[DecodedFrame] = []
+        jobs = []
+        for frame in reader.iter_frames(wanted):
+            frames.append(frame)
+            if len(frames) % chunk == 0 or len(frames) == len(wanted):
+                jobs.append(pool.submit(_detect, detector, frames[len(jobs) * chunk :]))
+        info = reader.info
+        warnings.extend(reader.warnings)
+        decode_done = time.perf_counter()
+        results = [job.result() for job in jobs]
+    detections = [dets for chunk, _ in results for dets in chunk]
+    detect_s = sum(seconds for _, seconds in results)
+    detect_done = time.perf_counter()
+    if n < T:
+        warnings.append(f"the clip has only {n} frame{'s' if n > 1 else ''}; the model sees the last one repeated to make {T}")
+    decoded = {f.index: f for f in frames}
+
+    metas = _locate_faces(frames, detections, info, margin, tracking)
+    meta_of = dict(zip(wanted, metas))
+    clip_unique = sorted(set(clip_indices))
+    hits = sum(meta_of[i].confidence is not None for i in clip_unique)
+    if hits == 0 and not any(m.confidence is not None for m in metas):
+        if fallback == "error":
+            raise NoFaceFoundError(f"no face found in the {len(wanted)} sampled frames of {Path(info.path).name}")
+        status = "no_face"
+        warnings.append("no face found; the model sees the centre of each frame instead")
+    elif hits * 2 >= len(clip_unique):
+        status = "ok"
+    else:
+        status = "partial"
+    if status != "no_face" and hits < len(clip_unique):
+        warnings.append(f"face detected in {hits} of {len(clip_unique)} sampled frames; the others use boxes filled from neighbouring frames")
+
+    size = input_config.image_size
+    crops = {i: crop_square(decoded[i].image, _scaled(meta_of[i].crop, decoded[i].scale), size) for i in wanted}
+    slot = {i: k for k, i in enumerate(wanted)}
+    pixels = torch.from_numpy(np.stack([np.asarray(crops[i]) for i in wanted])).permute(0, 3, 1, 2)  # uint8
+
+    def model_input(indices: Sequence[int]) -> torch.Tensor:
+        x01 = pixels[[slot[i] for i in indices]].float().div_(255.0)
+        return input_config.normalize(x01)
+
+    video = model_input(clip_indices).unsqueeze(0)
+    window_batch = None
+    if spans:
+        window_batch = WindowBatch(
+            video=torch.stack([model_input(w.indices) for w in spans]),
+            windows=spans,
+            frames=metas,
+        )
+    done = time.perf_counter()
+
+    timings = {
+        "decode_s": decode_done - start,  # probing and decoding
+        "detect_s": detect_s,  # detector busy time, mostly while decoding goes on
+        "crop_s": done - detect_done,  # tracking, crops, tensors
+        "total_s": done - start,
+    }
+    timings = {k: round(v, 4) for k, v in timings.items()}
+    log.info("%s: %s, %d frames decoded, %s", Path(info.path).name, status, len(wanted), timings)
+    return IngestResult(
+        video=video,
+        crops=[crops[i] for i in clip_indices],
+        frames=[meta_of[i] for i in clip_indices],
+        status=status,
+        source=info,
+        input_config=input_config,
+        warnings=warnings,
+        timings=timings,
+        windows=window_batch,
+    )
+
+
+def _detect(detector: FaceDetector, frames: List[DecodedFrame]):
+    """Detections in source pixels for decoded frames, and the seconds it took."""
+    start = time.perf_counter()
+    found = detector.detect([f.image for f in frames])
+    detections = [[Detection(tuple(v / f.scale for v in box), score) for box, score in dets] for f, dets in zip(frames, found)]
+    return detections, time.perf_counter() - start
+
+
+def _window_spans(frame_times, input_config: InputConfig, spec: WindowSpec, limits: Limits, warnings: List[str]) -> List[Window]:
+    """Sliding windows, fewer when their frames would exceed ``limits.max_kept_frames``."""
+    T = input_config.num_frames
+    affordable = max(1, (limits.max_kept_frames - T) // T)
+    if spec.max_windows > affordable:
+        warnings.append(f"at most {affordable} windows fit the frame limit ({limits.max_kept_frames} frames)")
+        spec = WindowSpec(spec.length_s, spec.stride_s, affordable)
+    return sliding_windows(frame_times, T, spec, input_config.sampler)
+
+
+def _locate_faces(
+    frames: List[DecodedFrame],
+    detections: List[List[Detection]],
+    info: VideoInfo,
+    margin: float,
+    tracking: TrackingConfig,
+) -> List[FrameMeta]:
+    """Per frame: the main face's box (detected or filled) and the square to crop."""
+    frame_size = (info.width, info.height)
+    times = [f.time_s for f in frames]
+    track = main_face_track(detections, times, frame_size, tracking)
+    if track is None:
+        region = _rounded(center_region(frame_size))
+        return [FrameMeta(f.index, f.time_s, None, region, None, False) for f in frames]
+    boxes, filled = fill_track(track, times)
+    metas = []
+    for f, det, box, was_filled in zip(frames, track.detections, boxes, filled):
+        metas.append(
+            FrameMeta(
+                index=f.index,
+                time_s=f.time_s,
+                box=_rounded(box),
+                crop=_rounded(crop_region(box, margin, frame_size)),
+                confidence=None if det is None else round(det.score, 4),
+                filled=was_filled,
+            )
+        )
+    return metas
+
+
+def _rounded(box) -> List[float]:
+    return [round(float(v), 2) for v in box]
+
+
+def _scaled(box: Sequence[float], scale: float) -> List[float]:
+    return [v * scale for v in box]
