@@ -1,0 +1,181 @@
+"""Evaluation on labelled sets: UAR, WAR, per-class recall, confusion matrix, 5-fold means.
+
+The numbers come from :func:`dferclip.metrics.compute_metrics`, as in the official script (WAR = accuracy,
+UAR = mean per-class recall); fold aggregation is the plain mean over folds, as the official 5-fold driver
+prints it. Video embeddings can be computed once (:func:`encode_dataset`) and re-scored against any class
+embeddings (:func:`metrics_from_embeddings`), which is what the workbench does when descriptions change.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from .metrics import Metrics, compute_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    metrics: Metrics
+    class_names: list
+    labels: np.ndarray
+    predictions: np.ndarray
+
+    def to_dict(self) -> dict:
+        return self.metrics.to_dict(self.class_names) | {"classes": list(self.class_names)}
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def encode_dataset(model, dataset, *, batch_size: int = 16, device="cpu", workers: int = 0, amp: bool = False,
+                   indices: Optional[Sequence[int]] = None, progress=None) -> tuple[torch.Tensor, np.ndarray]:
+    """Video embeddings (N, D) (float32, on CPU, not normalised) and labels of a dataset (or a subset)."""
+    device = torch.device(device)
+    data = Subset(dataset, list(indices)) if indices is not None else dataset
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    embs, labels = [], []
+    try:
+        for video, label in (progress(loader) if progress else loader):
+            with _autocast(device, amp):
+                embs.append(model.encode_video(video.to(device, non_blocking=True)).float().cpu())
+            labels.append(label.numpy())
+    finally:
+        model.train(was_training)
+    if not embs:
+        return torch.empty(0, model.embed_dim), np.empty(0, dtype=np.int64)
+    return torch.cat(embs), np.concatenate(labels).astype(np.int64)
+
+
+@torch.no_grad()
+def predict_from_embeddings(model, video_embeddings: torch.Tensor, class_embeddings=None) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    try:
+        classes = model.class_embeddings() if class_embeddings is None else class_embeddings
+        logits = model.score(video_embeddings.to(classes.device, classes.dtype), classes)
+    finally:
+        model.train(was_training)
+    return logits.argmax(dim=-1).cpu().numpy()
+
+
+def metrics_from_embeddings(model, video_embeddings: torch.Tensor, labels, class_embeddings=None) -> Metrics:
+    """Re-score cached video embeddings against the model's (or given) class embeddings."""
+    n = model.num_classes if class_embeddings is None else class_embeddings.shape[0]
+    return compute_metrics(labels, predict_from_embeddings(model, video_embeddings, class_embeddings), n)
+
+
+def evaluate_model(model, dataset, *, batch_size: int = 16, device="cpu", workers: int = 0, amp: bool = False,
+                   progress=None) -> EvalResult:
+    emb, labels = encode_dataset(model, dataset, batch_size=batch_size, device=device, workers=workers, amp=amp,
+                                 progress=progress)
+    preds = predict_from_embeddings(model, emb.to(device))
+    return EvalResult(compute_metrics(labels, preds, model.num_classes), model.class_names, labels, preds)
+
+
+def aggregate_folds(fold_results: Sequence[dict]) -> dict:
+    """Mean (and spread) of UAR and WAR over folds, as the official 5-fold driver reports them."""
+    uar = np.array([r["uar"] for r in fold_results])
+    war = np.array([r["war"] for r in fold_results])
+    return {"folds": len(fold_results), "uar": float(uar.mean()), "war": float(war.mean()),
+            "uar_std": float(uar.std()), "war_std": float(war.std())}
+
+
+def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str | Path,
+                   title: str = "") -> Optional[Path]:
+    """Row-normalised confusion matrix as a PNG; None (with a log note) when matplotlib is absent."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.info("matplotlib not installed: confusion-matrix plot skipped")
+        return None
+    cm = np.asarray(confusion, dtype=float)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    n = len(class_names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n), dpi=110)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{100 * norm[i, j]:.0f}\n({int(cm[i, j])})", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_json(obj, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+    return path
+
+
+def parse_folds(text: Optional[str]) -> Optional[list[int]]:
+    """"1-5" or "1,3,5" -> [1, ...]; None/"" -> None."""
+    if not text:
+        return None
+    folds: list[int] = []
+    for part in str(text).split(","):
+        a, sep, b = part.strip().partition("-")
+        folds += list(range(int(a), int(b) + 1)) if sep else [int(a)]
+    return folds
+
+
+def evaluate_sources(checkpoint: str, data: str, *, folds: Optional[Sequence[int]] = None, device="cpu",
+                     batch_size: int = 16, workers: int = 0, amp: bool = False, descriptions=None,
+                     label_base: int = 0, root=None, path_map=None, plot_dir: str | Path | None = None,
+                     progress=None) -> dict:
+    """Evaluate a model (a ``load_model`` source) on a dataset spec; with ``folds``, ``{fold}`` in both is
+    replaced by each fold number and the fold means are added. Returns a JSON-ready dict."""
+    from .checkpoints import load_model
+    from .data import open_dataset
+
+    def one(ck: str, spec: str, tag: str) -> dict:
+        model = load_model(ck, device=device, descriptions=descriptions)
+        ds = open_dataset(spec, model.input_config, class_names=model.class_names, label_base=label_base,
+                          root=root, path_map=path_map)
+        res = evaluate_model(model, ds, batch_size=batch_size, device=device, workers=workers, amp=amp,
+                             progress=progress)
+        out = {"checkpoint": ck, "data": spec, "weights": model.weights_info} | res.to_dict()
+        if ds.report is not None and ds.report.problems:
+            out["data_problems"] = ds.report.summary()
+        if plot_dir is not None:
+            png = plot_confusion(res.metrics.confusion, res.class_names, Path(plot_dir) / f"confusion{tag}.png",
+                                 f"{Path(spec).name}: UAR {res.metrics.uar:.2f}  WAR {res.metrics.war:.2f}")
+            out["confusion_plot"] = str(png) if png else None
+        return out
+
+    if not folds:
+        return one(checkpoint, data, "")
+    results = [one(checkpoint.replace("{fold}", str(k)), data.replace("{fold}", str(k)), f"-fold{k}") | {"fold": k}
+               for k in folds]
+    return {"folds": results, "mean": aggregate_folds(results)}
