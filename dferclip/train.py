@@ -246,7 +246,7 @@ def build_for_training(cfg: TrainConfig, descriptions: DescriptionSet):
         if model.input_config.num_frames != cfg.num_frames:
             raise TrainingError(f"{cfg.init} takes {model.input_config.num_frames} frames; num_frames is "
                                 f"{cfg.num_frames}")
-    model.weights_info = {"kind": "dferclip", "trained": False, "source": None, "init": cfg.init}
+    model.weights_info = {"kind": getattr(model, "family", "dferclip"), "trained": False, "source": None, "init": cfg.init}
     return model
 
 
@@ -463,7 +463,8 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
                 label = label.to(d.device, non_blocking=True)
                 with _autocast(d, use_amp):
                     logits = ddp(video)
-                loss = F.cross_entropy(logits.float(), label)
+                # a family with its own objective (FineCLIPER's positive/negative loss) provides model.loss
+                loss = model.loss(logits, label) if hasattr(model, "loss") else F.cross_entropy(logits.float(), label)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -509,7 +510,7 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
                 log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                                                                if isinstance(v, float)))
                 if improved:
-                    model.weights_info = {"kind": "dferclip", "trained": True, "source": None, "init": cfg.init,
+                    model.weights_info = {"kind": getattr(model, "family", "dferclip"), "trained": True, "source": None, "init": cfg.init,
                                           "epoch": epoch + 1, "selection": best}
                     from .checkpoints import save_model
 
