@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     med = {k: statistics.median(r[k] for r in runs) for k in ("total", "ingestion", "model", "rendering")}
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "torch_threads": torch.get_num_threads(), "load_avg": os.getloadavg()}
-    print(f"## /predict latency, 10 s clip, model {args.model} ({runs[0]['device']} {runs[0]['dtype']}, "
+    print(f"### /predict latency, 10 s clip, model {args.model} ({runs[0]['device']} {runs[0]['dtype']}, "
           f"{runs[0]['encoded_frames']} frames encoded, {runs[0]['windows']} timeline windows)\n")
     print("| stage | median s | runs |\n|---|---|---|")
     for k in ("ingestion", "model", "rendering", "total"):

@@ -111,7 +111,7 @@ def main():
             rows.append({"size": size, "model": name, "frames": frames, "forward_ms": 1000 * fwd["median_s"],
                          "train_batch": batch, "train_clips_per_s": batch / tr["median_s"],
                          "trainable_params": trainable})
-            print(rows[-1], flush=True)
+            print(rows[-1], file=sys.stderr, flush=True)
             del model
         rows.append({"size": size, "frames": frames} | mediapipe_row(frames, 224 if size == "b16" else 64,
                                                                       args.repeat))
