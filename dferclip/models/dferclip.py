@@ -86,7 +86,27 @@ class PromptLearner(nn.Module):
         return self.ctx.unsqueeze(0).expand(len(class_index), -1, -1)
 
 
-class DFERCLIP(nn.Module):
+class ModelFacts:
+    """What every model family exposes besides its forward: input convention, classes, embedding size."""
+
+    @property
+    def input_config(self) -> InputConfig:
+        return self.config.input
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.descriptions.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.descriptions.num_classes
+
+    @property
+    def embed_dim(self) -> int:
+        return self.clip.text_projection.shape[1]
+
+
+class DFERCLIP(ModelFacts, nn.Module):
     family = "dferclip"
 
     def __init__(self, config: ModelConfig, descriptions: DescriptionSet, clip_model: Optional[nn.Module] = None):
@@ -103,23 +123,6 @@ class DFERCLIP(nn.Module):
         self.weights_info: dict = {"kind": "random", "trained": False, "source": None}
         self._class_cache: Optional[tuple] = None
         self.set_descriptions(descriptions)
-
-    # --- public facts --------------------------------------------------------------------------
-    @property
-    def input_config(self) -> InputConfig:
-        return self.config.input
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.descriptions.classes)
-
-    @property
-    def num_classes(self) -> int:
-        return self.descriptions.num_classes
-
-    @property
-    def embed_dim(self) -> int:
-        return self.clip.text_projection.shape[1]
 
     # --- text side -----------------------------------------------------------------------------
     def set_descriptions(self, descriptions: DescriptionSet) -> None:

@@ -40,7 +40,7 @@ from ..descriptions import DescriptionSet
 from ..text import tokenize
 from .adapters import AdapterSpec, adapt_transformer, adapter_parameters, route
 from .clip_towers import build_clip, encode_token_embeddings
-from .dferclip import TemporalTransformer
+from .dferclip import ModelFacts, TemporalTransformer
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class FineOutputs:
     caption_present: Optional[torch.Tensor] = None  # (B,) bool
 
 
-class FineCLIPER(nn.Module):
+class FineCLIPER(ModelFacts, nn.Module):
     family = "fineclipper"
 
     def __init__(self, config: ModelConfig, descriptions: DescriptionSet, clip_model: Optional[nn.Module] = None):
@@ -203,23 +203,6 @@ class FineCLIPER(nn.Module):
         self._class_cache: Optional[tuple] = None
         self._last: Optional[FineOutputs] = None
         self.set_descriptions(descriptions)
-
-    # --- public facts ----------------------------------------------------------------------------
-    @property
-    def input_config(self) -> InputConfig:
-        return self.config.input
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.descriptions.classes)
-
-    @property
-    def num_classes(self) -> int:
-        return self.descriptions.num_classes
-
-    @property
-    def embed_dim(self) -> int:
-        return self.clip.text_projection.shape[1]
 
     @property
     def visual_blocks(self) -> nn.ModuleList:
