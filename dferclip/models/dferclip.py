@@ -87,7 +87,8 @@ class PromptLearner(nn.Module):
 
 
 class ModelFacts:
-    """What every model family exposes besides its forward: input convention, classes, embedding size."""
+    """What every model family shares: input convention, classes, embedding size, and the plain-CLIP
+    zero-shot text side (descriptions in prompt templates, ensembled)."""
 
     @property
     def input_config(self) -> InputConfig:
@@ -104,6 +105,32 @@ class ModelFacts:
     @property
     def embed_dim(self) -> int:
         return self.clip.text_projection.shape[1]
+
+    def zero_shot_texts(self, descriptions: Optional[DescriptionSet] = None, templates=None):
+        """The prompt strings of the zero-shot classifier: per class, templates x descriptions."""
+        ds = descriptions or self.descriptions
+        templates = templates or self.config.zero_shot_templates
+        texts, index = [], []
+        for c, (name, descs) in enumerate(zip(ds.classes, ds.descriptions)):
+            for d in descs:
+                for t in templates:
+                    texts.append(t.format(name=name, description=d.rstrip(".")) + ".")
+                    index.append(c)
+        return texts, index
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Plain CLIP text features (N, D), L2-normalised."""
+        tokens = tokenize(list(texts), self.clip.context_length).to(self.clip.token_embedding.weight.device)
+        return F.normalize(encode_token_embeddings(self.clip, self.clip.token_embedding(tokens), tokens), dim=-1)
+
+    def zero_shot_classes(self, descriptions: Optional[DescriptionSet] = None, templates=None) -> torch.Tensor:
+        """CLIP prompt ensembling: mean of normalised prompt embeddings per class, re-normalised."""
+        texts, index = self.zero_shot_texts(descriptions, templates)
+        feats = self.encode_texts(texts)
+        n = (descriptions or self.descriptions).num_classes
+        summed = torch.zeros(n, feats.shape[1], dtype=feats.dtype, device=feats.device)
+        summed.index_add_(0, torch.as_tensor(index, device=feats.device), feats)
+        return F.normalize(summed, dim=-1)
 
 
 class DFERCLIP(ModelFacts, nn.Module):
@@ -207,32 +234,6 @@ class DFERCLIP(ModelFacts, nn.Module):
         x = InputConfig(mean=CLIP_MEAN, std=CLIP_STD).normalize(x01)
         frames = F.normalize(self.encode_frames(x), dim=-1)
         return F.normalize(frames.mean(dim=1), dim=-1)
-
-    def zero_shot_texts(self, descriptions: Optional[DescriptionSet] = None, templates=None):
-        """The prompt strings of the zero-shot classifier: per class, templates x descriptions."""
-        ds = descriptions or self.descriptions
-        templates = templates or self.config.zero_shot_templates
-        texts, index = [], []
-        for c, (name, descs) in enumerate(zip(ds.classes, ds.descriptions)):
-            for d in descs:
-                for t in templates:
-                    texts.append(t.format(name=name, description=d.rstrip(".")) + ".")
-                    index.append(c)
-        return texts, index
-
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Plain CLIP text features (N, D), L2-normalised."""
-        tokens = tokenize(list(texts), self.clip.context_length).to(self.clip.token_embedding.weight.device)
-        return F.normalize(encode_token_embeddings(self.clip, self.clip.token_embedding(tokens), tokens), dim=-1)
-
-    def zero_shot_classes(self, descriptions: Optional[DescriptionSet] = None, templates=None) -> torch.Tensor:
-        """CLIP prompt ensembling: mean of normalised prompt embeddings per class, re-normalised."""
-        texts, index = self.zero_shot_texts(descriptions, templates)
-        feats = self.encode_texts(texts)
-        n = (descriptions or self.descriptions).num_classes
-        summed = torch.zeros(n, feats.shape[1], dtype=feats.dtype, device=feats.device)
-        summed.index_add_(0, torch.as_tensor(index, device=feats.device), feats)
-        return F.normalize(summed, dim=-1)
 
     # --- training helpers ----------------------------------------------------------------------
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

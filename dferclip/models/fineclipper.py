@@ -484,31 +484,6 @@ class FineCLIPER(ModelFacts, nn.Module):
         frames = self.clip.visual(x.flatten(0, 1).to(self.clip.visual.conv1.weight.dtype)).view(b, t, -1)
         return F.normalize(F.normalize(frames, dim=-1).mean(dim=1), dim=-1)
 
-    def zero_shot_texts(self, descriptions: Optional[DescriptionSet] = None, templates=None):
-        ds = descriptions or self.descriptions
-        templates = templates or self.config.zero_shot_templates
-        texts, index = [], []
-        for c, (name, descs) in enumerate(zip(ds.classes, ds.descriptions)):
-            for d in descs:
-                for t in templates:
-                    texts.append(t.format(name=name, description=d.rstrip(".")) + ".")
-                    index.append(c)
-        return texts, index
-
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Plain CLIP text features (N, D), L2-normalised."""
-        device = self.clip.token_embedding.weight.device
-        tokens = tokenize(list(texts), self.clip.context_length).to(device)
-        return F.normalize(encode_token_embeddings(self.clip, self.clip.token_embedding(tokens), tokens), dim=-1)
-
-    def zero_shot_classes(self, descriptions: Optional[DescriptionSet] = None, templates=None) -> torch.Tensor:
-        texts, index = self.zero_shot_texts(descriptions, templates)
-        feats = self.encode_texts(texts)
-        n = (descriptions or self.descriptions).num_classes
-        summed = torch.zeros(n, feats.shape[1], dtype=feats.dtype, device=feats.device)
-        summed.index_add_(0, torch.as_tensor(index, device=feats.device), feats)
-        return F.normalize(summed, dim=-1)
-
     # --- training helpers ------------------------------------------------------------------------------
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The trainable parameters (everything else stays frozen), by optimiser group; empty groups omitted."""
