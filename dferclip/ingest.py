@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -116,7 +116,7 @@ def ingest(
     *,
     detector: Optional[FaceDetector] = None,
     fallback: str = "center",
-    windows: Optional[WindowSpec] = None,
+    windows: Optional[WindowSpec | Callable[[float], WindowSpec]] = None,
     limits: Limits = Limits(),
     margin: float = DEFAULT_MARGIN,
     tracking: TrackingConfig = TrackingConfig(),
@@ -126,7 +126,8 @@ def ingest(
     ``fallback`` says what to do when no face is found in any sampled frame: ``"center"`` crops the
     centre square of every frame and sets ``status="no_face"`` with a warning; ``"error"`` raises
     :class:`~dferclip.errors.NoFaceFoundError`. Bad files raise :class:`~dferclip.errors.VideoError`
-    subclasses. ``windows`` adds sliding windows over the clip (``result.windows``).
+    subclasses. ``windows`` adds sliding windows over the clip (``result.windows``); it may be a function
+    of the clip's duration in seconds, so the windows can be sized without opening the file twice.
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
@@ -139,6 +140,8 @@ def ingest(
     with VideoReader(path, limits) as reader, ThreadPoolExecutor(max_workers=1) as pool:
         n = reader.num_frames
         clip_indices = sample_indices(n, T, input_config.sampler)
+        if callable(windows):
+            windows = windows(reader.info.duration_s or 0.0)
         spans = _window_spans(reader.frame_times, input_config, windows, limits, warnings) if windows else []
         wanted = sorted(set(clip_indices).union(*(w.indices for w in spans)))
         chunk = min(32, max(4, len(wanted) // 4))  # small enough to overlap, large enough to batch

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from . import runtime
-from .video import Limits, WindowSpec, probe
+from .video import Limits, WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,8 @@ def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget:
     limits = limits or Limits()
     spec = None
     if windows:
-        duration = probe(path, limits).duration_s or 0.0
         budget = default_frame_budget(dev) if frame_budget is None else frame_budget
-        spec = timeline_spec(duration, budget, model.input_config.num_frames)
+        spec = partial(timeline_spec, frame_budget=budget, num_frames=model.input_config.num_frames)
     result = ingest(path, model.input_config, detector=detector, fallback=fallback, windows=spec, limits=limits)
     t1 = time.perf_counter()
     frames, positions = _shared_frames(result)
