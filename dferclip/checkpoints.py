@@ -245,7 +245,7 @@ def load_own(path: str | Path, descriptions=None) -> nn.Module:
     except RuntimeError as e:
         raise CheckpointError(f"{weights.name} does not fit its config: {str(e).splitlines()[0]} ...") from None
     model.weights_info = dict(info.get("weights") or {}) | {"source": str(folder)}
-    model.weights_info.setdefault("kind", "dferclip")
+    model.weights_info.setdefault("kind", getattr(model, "family", "dferclip"))
     model.weights_info.setdefault("trained", True)
     return model
 
@@ -255,7 +255,8 @@ def _random(config_name: str, descriptions) -> nn.Module:
     model = build_model(get_config(config_name), descriptions, num_classes=7)
     model.weights_info = {"kind": "random", "trained": False, "source": f"random:{config_name}",
                           "warning": UNTRAINED_WARNING}
-    log.warning("DFER-CLIP model %s has random, %s", config_name, UNTRAINED_WARNING)
+    family = {"dferclip": "DFER-CLIP", "fineclipper": "FineCLIPER"}.get(getattr(model, "family", ""), "model")
+    log.warning("%s model %s has random, %s", family, config_name, UNTRAINED_WARNING)
     return model
 
 

@@ -214,7 +214,7 @@ def render_landmarks(frame: np.ndarray, landmarks: Optional[np.ndarray], radius:
     """The frame with the landmarks as yellow dots (the frame unchanged when no face was found)."""
     import cv2
 
-    img = np.array(frame, dtype=np.uint8, copy=True)
+    img = np.array(frame, dtype=np.uint8, order="C")  # a C-contiguous copy (frames may be permuted views)
     if landmarks is None:
         return img
     r = radius if radius is not None else max(1, round(min(img.shape[:2]) / 112))

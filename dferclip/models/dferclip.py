@@ -220,6 +220,16 @@ class DFERCLIP(ModelFacts, nn.Module):
         """(B, T, 3, H, W) -> video embedding (B, D), before L2 normalisation."""
         return self.temporal(self.encode_frames(video))
 
+    # frame-level API shared with FineCLIPER (dferclip.predict encodes each distinct frame of a clip and its
+    # timeline windows once, then embeds every frame sequence from those features)
+    def frame_features(self, frames: torch.Tensor, renders: Optional[dict] = None) -> torch.Tensor:
+        """(U, 3, H, W) model-input frames -> per-frame features (U, D)."""
+        return self.encode_frames(frames.unsqueeze(0)).squeeze(0)
+
+    def embed_sequences(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Video embeddings (N, D) of N frame sequences given as (N, T) positions into ``features``."""
+        return self.temporal(features[positions])
+
     def score(self, video_embedding: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
         v = F.normalize(video_embedding, dim=-1)
         return self.logit_scale * v @ F.normalize(class_embedding, dim=-1).to(v.dtype).t()

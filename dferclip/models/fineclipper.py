@@ -265,11 +265,20 @@ class FineCLIPER(ModelFacts, nn.Module):
     def _label_streams(self) -> tuple[str, str]:
         return ("caption", "neg") if self.settings.mode == "zero-shot" else ("pos", "neg")
 
+    @property
+    def descriptor_templates(self) -> tuple[str, str]:
+        """(positive, negative) templates that descriptions are written into for the workbench: the model's
+        own when its positive template uses ``{description}``, else ``description_templates`` (the paper's
+        description alternative), so that edited descriptions change the scores."""
+        own = self._templates()
+        return own if "{description}" in own[0] else self.settings.description_templates
+
     def encode_prompts(self, texts: Sequence[str], class_index: Sequence[int], negative: bool = False) -> torch.Tensor:
         """Descriptor features (P, D) before normalisation for descriptions ``texts`` of classes
-        ``class_index`` (the workbench's learned path): positive ones, or negative with ``negative=True``."""
+        ``class_index`` (the workbench's learned path), written into :attr:`descriptor_templates`: positive
+        ones through the positive adapters, or negative ones through the negative adapters (``negative=True``)."""
         names = self.descriptions.classes
-        template = self._templates()[1 if negative else 0]
+        template = self.descriptor_templates[1 if negative else 0]
         built = [template.format(name=names[c], description=t.strip()) for t, c in zip(texts, class_index)]
         return self._encode_text([(self._label_streams()[1 if negative else 0], built)])[0]
 
@@ -343,20 +352,64 @@ class FineCLIPER(ModelFacts, nn.Module):
             inputs = dict(inputs) | self.render_mid_level(video)
         return inputs
 
-    def _encode_visual(self, inputs: dict, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Visual streams through the shared frozen ViT in one routed pass -> normalised (B, D) each."""
-        video = inputs["video"]
-        b, t = video.shape[:2]
+    def _stream_frames(self, frames: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Frames (N, 3, H, W) of several visual streams through the shared frozen ViT in one routed pass
+        -> per-frame features (N, D) of each stream."""
+        names = list(frames)
+        n = len(frames[names[0]])
         dtype = self.clip.visual.conv1.weight.dtype
-        x = torch.cat([inputs[n].flatten(0, 1).to(dtype) for n in names])
-        with route(*[(n, b * t) for n in names]):
-            frames = self.clip.visual(x)
-        out = {}
-        for n, f in zip(names, frames.split(b * t)):
-            f = f.view(b, t, -1)
-            pooled = self.temporal(f) if n == "video" and self.temporal is not None else f.mean(dim=1)
-            out[n] = F.normalize(pooled, dim=-1)
-        return out
+        x = torch.cat([frames[k].to(dtype) for k in names])
+        with route(*[(k, n) for k in names]):
+            feats = self.clip.visual(x)
+        return dict(zip(names, feats.split(n)))
+
+    def _pool(self, name: str, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) frame features of one stream -> normalised (B, D) stream embedding."""
+        pooled = self.temporal(frames) if name == "video" and self.temporal is not None else frames.mean(dim=1)
+        return F.normalize(pooled, dim=-1)
+
+    def _encode_visual(self, inputs: dict, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Visual streams of (B, T, 3, H, W) inputs -> normalised (B, D) each."""
+        b, t = inputs["video"].shape[:2]
+        frames = self._stream_frames({n: inputs[n].flatten(0, 1) for n in names})
+        return {n: self._pool(n, f.view(b, t, -1)) for n, f in frames.items()}
+
+    # frame-level API shared with DFER-CLIP (dferclip.predict encodes each distinct frame once)
+    @property
+    def visual_streams(self) -> tuple:
+        return tuple(n for n in self.streams if n in VISUAL_STREAMS)
+
+    def frame_features(self, frames: torch.Tensor, renders: Optional[Mapping[str, torch.Tensor]] = None
+                       ) -> dict[str, torch.Tensor]:
+        """(U, 3, H, W) model-input frames -> per-frame features (U, D) of each visual stream. ``renders``:
+        the frames' parsing/landmark renders (U, 3, H, W) when already made (else the face analyzer runs)."""
+        inputs = {"video": frames}
+        if self.needs_face_analysis:
+            made = renders if renders is not None else {
+                k: v.squeeze(0) for k, v in self.render_mid_level(frames.unsqueeze(0)).items()}
+            inputs |= {k: made[k] for k in ("parsing", "landmarks")}
+        return self._stream_frames({n: inputs[n] for n in self.visual_streams})
+
+    def _sequence_streams(self, features: Mapping[str, torch.Tensor], positions: torch.Tensor):
+        n = positions.shape[0]
+        feats = {k: self._pool(k, f[positions]) for k, f in features.items()}
+        ref = next(iter(feats.values()))
+        present = {k: torch.ones(n, dtype=torch.bool, device=ref.device) for k in feats}
+        if "caption" in self.streams:  # no caption for these frames: the stream gets weight 0
+            feats["caption"] = torch.zeros_like(ref)
+            present["caption"] = torch.zeros(n, dtype=torch.bool, device=ref.device)
+        return feats, present
+
+    def embed_sequences(self, features: Mapping[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+        """Fused video embeddings (N, D) of N frame sequences given as (N, T) positions into ``features``
+        (without captions)."""
+        return self._fuse(*self._sequence_streams(features, positions))
+
+    def sequence_stream_weights(self, features: Mapping[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+        """(N, S) fusion weights of :attr:`streams` for those sequences (a missing caption gets 0)."""
+        feats, present = self._sequence_streams(features, positions)
+        return self.fusion.weights(torch.stack([feats[k] for k in self.streams], 1),
+                                   torch.stack([present[k] for k in self.streams], 1))
 
     def _encode_captions(self, inputs: dict, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) normalised caption embeddings and (B,) presence; every row goes through the adapter so
