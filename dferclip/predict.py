@@ -11,6 +11,8 @@
 The clip's 16 model frames and the timeline's sliding windows share frames, so every distinct frame goes
 through the CLIP image tower once, in batches; only the (cheap) temporal model runs per window. Windows
 overlap by half, so they share half their frames; their number follows a frame budget (small on CPU).
+A FineCLIPER model works the same way: each distinct frame's parsing/landmark renders are made once, its
+visual streams share one routed tower pass, and ``pred.streams`` holds the clip's fusion weights.
 """
 from __future__ import annotations
 
@@ -68,6 +70,8 @@ class Prediction:
     dtype: str
     warnings: list[str] = field(default_factory=list)
     encoded_frames: int = 0  # distinct frames through the image tower (clip + timeline)
+    streams: Optional[dict[str, float]] = None  # multi-stream models: each stream's fusion weight for the clip
+    renders: Optional[dict[str, list]] = None  # FineCLIPER: the clip's parsing/landmark renders (uint8 RGB)
 
     @property
     def top(self) -> str:
@@ -91,6 +95,7 @@ class Prediction:
             "dtype": self.dtype,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "encoded_frames": self.encoded_frames,
+            "streams": self.streams,
             "warnings": list(self.warnings),
             "ingestion": self.ingest.to_dict(),
         }
@@ -123,25 +128,39 @@ def timeline_spec(duration_s: float, frame_budget: int, num_frames: int = 16) ->
     return WindowSpec(length_s=length, stride_s=length / 2, max_windows=max_windows)
 
 
-def default_frame_budget(dev: torch.device) -> int:
-    return 256 if dev.type == "cuda" else 48
+def default_frame_budget(dev: torch.device, visual_streams: int = 1) -> int:
+    """Extra frames the timeline may add; each visual stream (FineCLIPER's renders) costs a tower pass."""
+    return (256 if dev.type == "cuda" else 48) // max(visual_streams, 1)
 
 
-def encode_frames_once(model, frames: torch.Tensor, positions: torch.Tensor, *, dev, batch: int = FRAME_BATCH):
-    """Per-frame image features of distinct ``frames`` (U, 3, S, S), in batches, gathered into (N, T, D)."""
-    feats = torch.cat([
-        model.encode_frames(frames[i : i + batch].unsqueeze(0).to(dev)).squeeze(0)
-        for i in range(0, len(frames), batch)
-    ])
-    return feats[positions.to(dev)]
+def _batched(fn, frames: torch.Tensor, renders: Optional[dict], batch: int):
+    """``fn(frames, renders)`` over batches of frames; per-frame outputs (a tensor or a dict of them) joined."""
+    parts = [fn(frames[i : i + batch], None if renders is None else {k: v[i : i + batch] for k, v in renders.items()})
+             for i in range(0, len(frames), batch)]
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
 
 
-def score_sequences(model, frames: torch.Tensor, positions: torch.Tensor, *, dev, dtype=None):
-    """Logits (N, C) and video embeddings (N, D) for N frame sequences over shared ``frames``."""
+def mid_level_renders(model, frames: torch.Tensor) -> Optional[dict]:
+    """FineCLIPER's parsing/landmark renders (U, 3, S, S) of distinct frames, when the model uses them."""
+    if not getattr(model, "needs_face_analysis", False):
+        return None
+    return {k: v.squeeze(0) for k, v in model.render_mid_level(frames.unsqueeze(0)).items()}
+
+
+def score_sequences(model, frames: torch.Tensor, positions: torch.Tensor, *, dev, dtype=None, renders=None,
+                    batch: int = FRAME_BATCH):
+    """Logits (N, C), video embeddings (N, D) and, for multi-stream models, fusion weights (N, S) of N frame
+    sequences over shared ``frames``: every distinct frame goes through the image tower(s) once."""
     with runtime.inference(dev, dtype):
-        video_emb = model.temporal(encode_frames_once(model, frames, positions, dev=dev))
+        renders = None if renders is None else {k: v.to(dev) for k, v in renders.items()}
+        feats = _batched(model.frame_features, frames.to(dev), renders, batch)
+        video_emb = model.embed_sequences(feats, positions.to(dev))
         logits = model.score(video_emb, model.class_embeddings())
-    return logits.float().cpu(), video_emb.float().cpu()
+        weights = (model.sequence_stream_weights(feats, positions.to(dev)).float().cpu()
+                   if hasattr(model, "sequence_stream_weights") else None)
+    return logits.float().cpu(), video_emb.float().cpu(), weights
 
 
 def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
@@ -150,7 +169,7 @@ def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget:
     """Classify the clip at ``path`` (see the module docstring).
 
     ``windows`` adds the timeline; ``frame_budget`` bounds the extra frames it encodes (default: 48 on CPU,
-    256 on CUDA). Unusable files raise ``VideoError`` subclasses; a clip without a face is classified from
+    256 on CUDA, divided by the number of visual streams of a FineCLIPER model). Unusable files raise ``VideoError`` subclasses; a clip without a face is classified from
     centre crops, with a warning (``fallback="error"`` raises ``NoFaceFoundError`` instead).
     """
     from .ingest import ingest
@@ -161,22 +180,36 @@ def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget:
     limits = limits or Limits()
     spec = None
     if windows:
-        budget = default_frame_budget(dev) if frame_budget is None else frame_budget
+        budget = (default_frame_budget(dev, len(getattr(model, "visual_streams", ("video",))))
+                  if frame_budget is None else frame_budget)
         spec = partial(timeline_spec, frame_budget=budget, num_frames=model.input_config.num_frames)
     result = ingest(path, model.input_config, detector=detector, fallback=fallback, windows=spec, limits=limits)
     t1 = time.perf_counter()
     frames, positions = _shared_frames(result)
-    logits, video_emb = score_sequences(model, frames, positions, dev=dev, dtype=dtype)
+    renders = mid_level_renders(model, frames)
+    t_mid = time.perf_counter()
+    logits, video_emb, weights = score_sequences(model, frames, positions, dev=dev, dtype=dtype, renders=renders)
     t2 = time.perf_counter()
     probs = logits.softmax(-1).numpy()
     timeline = None
     if result.windows is not None:
         spans = result.windows.windows
         timeline = Timeline([float(w.start_s) for w in spans], [float(w.end_s) for w in spans], probs[1:])
+    streams = None if weights is None else dict(zip(model.streams, map(float, weights[0])))
+    shown = None if renders is None else {k: _as_images(model, v[positions[0]]) for k, v in renders.items()}
     t3 = time.perf_counter()
+    timings = {"ingestion": t1 - t0, "model": t2 - t1, "other": t3 - t2, "total": t3 - t0}
+    if renders is not None:
+        timings["face_analysis"] = t_mid - t1  # part of "model"
     return Prediction(
         classes=model.class_names, probs=probs[0], logits=logits[0].numpy(), video_embedding=video_emb[0],
         ingest=result, timeline=timeline, weights=dict(model.weights_info), device=str(dev),
         dtype=runtime.dtype_name(dtype), warnings=list(result.warnings), encoded_frames=len(frames),
-        timings={"ingestion": t1 - t0, "model": t2 - t1, "other": t3 - t2, "total": t3 - t0},
+        timings=timings, streams=streams, renders=shown,
     )
+
+
+def _as_images(model, x: torch.Tensor) -> list[np.ndarray]:
+    """Model-input frames (T, 3, S, S) -> uint8 RGB images."""
+    x01 = model.input_config.denormalize(x.float()).clamp(0, 1)
+    return list((x01 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())

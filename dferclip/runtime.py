@@ -17,6 +17,7 @@ The registry (:class:`ModelRegistry`) lists the models the app can switch betwee
 2. ``checkpoints/``: the project's folders and official ``.pth`` files (``dferclip.discover_models``);
 3. Hugging Face Hub repo ids from ``DFERCLIP_HUB_REPO`` (comma-separated);
 4. the offline default ``random`` (ViT-B/32, untrained: :data:`dferclip.checkpoints.UNTRAINED_WARNING`);
+   then an untrained FineCLIPER ViT-B/16 (``random:fineclipper-vit-b-16``) when mediapipe is installed;
 5. zero-shot CLIP (``pretrained:dferclip-vit-b-32:openai``; needs a download, fails clearly offline).
 
 The first entry is the default. Models load lazily on first use, at most :attr:`ModelRegistry.max_loaded`
@@ -25,6 +26,7 @@ at a time (least recently used ones are dropped).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import os
 import threading
@@ -41,6 +43,7 @@ from .checkpoints import CHECKPOINTS_DIR, UNTRAINED_WARNING, discover_models, lo
 log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "random"
+FINECLIPER_SOURCE = "random:fineclipper-vit-b-16"
 ZERO_SHOT_SOURCE = "pretrained:dferclip-vit-b-32:openai"
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
            "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
@@ -111,7 +114,7 @@ class ModelEntry:
 
     key: str
     label: str
-    origin: str  # "explicit" | "checkpoints" | "hub" | "default" | "zero-shot"
+    origin: str  # "explicit" | "checkpoints" | "hub" | "default" | "fineclipper" | "zero-shot"
 
 
 def _label(origin: str, source: str) -> str:
@@ -121,6 +124,8 @@ def _label(origin: str, source: str) -> str:
         return f"{source} (Hugging Face Hub)"
     if origin == "default":
         return "random ViT-B/32 (untrained, offline default)"
+    if origin == "fineclipper":
+        return "random FineCLIPER ViT-B/16 (untrained; video + face-mesh streams)"
     if origin == "zero-shot":
         return "zero-shot CLIP ViT-B/32 (OpenAI weights, download)"
     return f"{source} (explicit)"
@@ -136,7 +141,10 @@ def find_models(explicit: str | None = None, checkpoints_dir: Path | None = None
     found += [("checkpoints", str(p)) for p in discover_models(checkpoints_dir or CHECKPOINTS_DIR)]
     hub = os.environ.get("DFERCLIP_HUB_REPO", "")
     found += [("hub", r.strip()) for r in hub.split(",") if r.strip()]
-    found += [("default", DEFAULT_SOURCE), ("zero-shot", ZERO_SHOT_SOURCE)]
+    found += [("default", DEFAULT_SOURCE)]
+    if importlib.util.find_spec("mediapipe") is not None:  # its landmark and parsing streams need the face mesh
+        found.append(("fineclipper", FINECLIPER_SOURCE))
+    found.append(("zero-shot", ZERO_SHOT_SOURCE))
     entries, seen = [], set()
     for origin, source in found:
         if source not in seen:
@@ -150,7 +158,8 @@ def weights_banner(weights_info: dict) -> tuple[str, Optional[str]]:
     kind = weights_info.get("kind", "?")
     source = weights_info.get("source") or "?"
     what = {"random": "random initialisation", "official": "official DFER-CLIP checkpoint",
-            "dferclip": "dferclip checkpoint", "pretrained-clip": "pretrained CLIP (zero-shot towers)"}.get(kind, kind)
+            "dferclip": "dferclip checkpoint", "fineclipper": "FineCLIPER checkpoint (dferclip re-implementation)",
+            "pretrained-clip": "pretrained CLIP (zero-shot towers)"}.get(kind, kind)
     text = f"{what}: {source}"
     if weights_info.get("epoch") is not None:
         text += f", epoch {weights_info['epoch']}"

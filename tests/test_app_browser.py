@@ -46,6 +46,12 @@ def start_app(env_extra: dict, log_path: Path):
     raise RuntimeError(f"app did not start: {log_path.read_text()[-2000:]}")
 
 
+def upload(page, expect, path):
+    """Choose a clip and wait until the page holds it (its preview shows)."""
+    page.locator("input[type=file]").first.set_input_files(str(path))
+    expect(page.locator("#clip-input video").first).to_be_attached(timeout=30_000)
+
+
 def open_page(p, url, errors):
     browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
     page = browser.new_page(viewport={"width": 1280, "height": 1500})
@@ -61,6 +67,22 @@ def assert_not_blank(path: Path):
 
     pixels = np.asarray(Image.open(path).convert("L"), dtype=np.float32)
     assert pixels.std() > 10, f"screenshot {path} looks blank (std {pixels.std():.1f})"
+
+
+def coloured_fraction(path: Path) -> float:
+    """The share of strongly coloured pixels in a screenshot: plot lines and legend, not axes or grid."""
+    from PIL import Image
+
+    hsv = np.asarray(Image.open(path).convert("RGB").convert("HSV"), dtype=np.float32)
+    return float(((hsv[..., 1] > 100) & (hsv[..., 2] > 80)).mean())
+
+
+def assert_timeline_drawn(page, expect, path: Path):
+    """The timeline shows coloured lines (an axis-only plot is how a mistyped plot value fails silently)."""
+    expect(page.locator("#timeline canvas, #timeline svg").first).to_be_visible(timeout=30_000)
+    page.wait_for_timeout(1500)  # the plot animates in
+    page.locator("#timeline").screenshot(path=str(path))
+    assert coloured_fraction(path) > 0.002, f"no lines in the timeline plot ({path})"
 
 
 def check_tabs_and_plot(page, expect):
@@ -86,12 +108,21 @@ def test_upload_predict_and_switch_tabs(tiny_app, tmp_path):
     with sync_playwright() as p:
         browser, page = open_page(p, tiny_app, errors)
         expect(page.locator("#weights-banner")).to_contain_text("untrained weights: predictions are meaningless")
-        page.locator("input[type=file]").first.set_input_files(str(feat_clip("single_face.mp4")))
+        upload(page, expect, feat_clip("single_face.mp4"))
         page.locator("#predict-button").click()
         expect(page.get_by_test_id("label-output-value")).to_be_visible(timeout=90_000)
         expect(page.locator("#predict-note")).to_contain_text("Face found", timeout=30_000)
         expect(page.locator("#face-crops img")).to_have_count(16, timeout=30_000)
+        assert_timeline_drawn(page, expect, tmp_path / "timeline.png")
         check_tabs_and_plot(page, expect)
+        # clear, then predict again: the timeline is drawn again
+        page.locator("#clear-button").click()
+        expect(page.locator("#face-crops img")).to_have_count(0, timeout=30_000)
+        expect(page.locator("#clip-input video")).to_have_count(0, timeout=30_000)
+        upload(page, expect, feat_clip("single_face.mp4"))
+        page.locator("#predict-button").click()
+        expect(page.locator("#face-crops img")).to_have_count(16, timeout=90_000)
+        assert_timeline_drawn(page, expect, tmp_path / "timeline-again.png")
         shot = tmp_path / "predict.png"
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
@@ -118,6 +149,36 @@ def test_default_model_with_space_example_caching(tmp_path):
             check_tabs_and_plot(page, expect)
             shot = tmp_path / "example.png"
             page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert_not_blank(shot)
+    assert not errors, errors
+
+
+def test_fineclipper_model_shows_its_face_mesh_streams(tmp_path):
+    """A FineCLIPER model in the page: the landmark/parsing renders and the stream weights appear after a
+    prediction, and switching to a DFER-CLIP model hides the renders."""
+    from playwright.sync_api import expect, sync_playwright
+
+    proc, url = start_app({"DFERCLIP_MODEL": "random:fineclipper-tiny"}, tmp_path / "app.log")
+    errors = []
+    try:
+        with sync_playwright() as p:
+            browser, page = open_page(p, url, errors)
+            expect(page.locator("#weights-banner")).to_contain_text("random:fineclipper-tiny", timeout=30_000)
+            upload(page, expect, feat_clip("single_face.mp4"))
+            page.locator("#predict-button").click()
+            expect(page.locator("#predict-note")).to_contain_text("Streams (fusion weight)", timeout=90_000)
+            expect(page.locator("#predict-note")).to_contain_text("caption off")
+            expect(page.locator("#stream-renders img")).to_have_count(16, timeout=30_000)  # 8 frames x 2 renders
+            shot = tmp_path / "fineclipper.png"
+            page.screenshot(path=str(shot), full_page=True)
+            page.locator("#model-bar input").first.click()
+            page.get_by_role("option", name="random ViT-B/32 (untrained, offline default)").click()
+            expect(page.locator("#weights-banner")).to_contain_text("random:dferclip-vit-b-32", timeout=60_000)
+            expect(page.locator("#stream-renders")).to_be_hidden(timeout=30_000)
             browser.close()
     finally:
         proc.terminate()

@@ -33,8 +33,8 @@ def test_api_endpoints(served):
 
 def test_predict_a_face_clip(served):
     appmod, client = served
-    label, gallery, timeline, note = client.predict(handle_file(str(feat_clip("single_face.mp4"))), TINY,
-                                                    api_name="/predict")
+    label, gallery, timeline, note, renders = client.predict(handle_file(str(feat_clip("single_face.mp4"))), TINY,
+                                                             api_name="/predict")
     classes = appmod.demo.ctx.model(TINY).class_names
     assert {c["label"] for c in label["confidences"]} == set(classes)
     assert math.isclose(sum(c["confidence"] for c in label["confidences"]), 1.0, rel_tol=1e-4)
@@ -46,12 +46,13 @@ def test_predict_a_face_clip(served):
     assert len(rows) == len(times) * len(classes) and len(times) >= 2
     assert 0 < times[0] < times[-1] < 2.42  # window centres inside the 2.4 s clip
     assert "Face found in 16/16" in note and "2.4 s" in note
+    assert renders == []  # DFER-CLIP has no face-mesh streams
 
 
 def test_no_face_clip_warns(served):
     _, client = served
     job = client.submit(handle_file(str(feat_clip("no_face.mp4"))), TINY, api_name="/predict")
-    label, gallery, _, note = job.result(timeout=120)
+    label, gallery, _, note, _ = job.result(timeout=120)
     assert "No face found" in note and all("centre crop" in g["caption"] for g in gallery)
     assert math.isclose(sum(c["confidence"] for c in label["confidences"]), 1.0, rel_tol=1e-4)
     logs = []

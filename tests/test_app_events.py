@@ -4,11 +4,15 @@ import math
 import gradio as gr
 import pytest
 
-from dferclip.runtime import ModelEntry, ModelRegistry, find_models, weights_banner, ZERO_SHOT_SOURCE
+import numpy as np
+
+from dferclip.runtime import FINECLIPER_SOURCE, ModelEntry, ModelRegistry, find_models, weights_banner, ZERO_SHOT_SOURCE
 from dferclip.ui.context import AppContext, select_model
-from dferclip.ui.predict import TIMELINE_COLUMNS, clear_outputs, example_clips, run_prediction
+from dferclip.ui.predict import TIMELINE_COLUMNS, clear_outputs, example_clips, run_prediction, uses_face_mesh
 
 from app_helpers import TINY, corrupt_copy, feat_clip
+
+FINE_TINY = "random:fineclipper-tiny"
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +23,14 @@ def ctx():
 
 
 def test_predict_event_outputs(ctx):
-    label, gallery, timeline, note, record = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
+    label, gallery, timeline, note, renders, record = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
     model = ctx.model(TINY)
+    assert renders == [] and "Streams" not in note and not uses_face_mesh(ctx, TINY)  # DFER-CLIP: one stream
     assert set(label) == set(model.class_names) and math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
     assert len(gallery) == 16
     assert all(caption.endswith(" s") for _, caption in gallery)  # a face in every frame: time only
     assert list(timeline.columns) == TIMELINE_COLUMNS
+    assert timeline["time"].dtype.kind == "f" and timeline["probability"].dtype.kind == "f"  # quantitative axes
     assert set(timeline["expression"]) == set(model.class_names)
     assert timeline["time"].between(0, record.ingest.source.duration_s).all()
     assert len(timeline) == len(record.prediction.timeline) * model.num_classes
@@ -35,7 +41,7 @@ def test_predict_event_outputs(ctx):
 
 def test_no_face_warns_and_still_predicts(ctx):
     with pytest.warns(UserWarning, match="No face found"):
-        label, gallery, _, note, record = run_prediction(ctx, str(feat_clip("no_face.mp4")), TINY)
+        label, gallery, _, note, _, record = run_prediction(ctx, str(feat_clip("no_face.mp4")), TINY)
     assert math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
     assert "No face found" in note and all("centre crop" in c for _, c in gallery)
     assert not record.ingest.face_found
@@ -72,11 +78,43 @@ def test_model_discovery_order(tmp_path, monkeypatch):
     monkeypatch.setenv("DFERCLIP_HUB_REPO", "org/dfer-clip-dfew, org/dfer-clip-mafw")
     monkeypatch.setenv("DFERCLIP_MODEL", TINY)
     entries = find_models(checkpoints_dir=ckpt)
-    assert [e.origin for e in entries] == ["explicit", "checkpoints", "checkpoints", "hub", "hub", "default", "zero-shot"]
-    assert entries[0].key == TINY and entries[-2].key == "random"
+    assert [e.origin for e in entries] == ["explicit", "checkpoints", "checkpoints", "hub", "hub", "default",
+                                           "fineclipper", "zero-shot"]
+    assert entries[0].key == TINY and entries[5].key == "random" and entries[6].key == FINECLIPER_SOURCE
     monkeypatch.delenv("DFERCLIP_MODEL")
     monkeypatch.delenv("DFERCLIP_HUB_REPO")
+    assert [e.origin for e in find_models(checkpoints_dir=tmp_path / "none")] == ["default", "fineclipper", "zero-shot"]
+
+
+def test_fineclipper_is_offered_only_with_the_face_mesh(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mediapipe" else real(name, *a))
     assert [e.origin for e in find_models(checkpoints_dir=tmp_path / "none")] == ["default", "zero-shot"]
+
+
+def test_fineclipper_prediction_shows_its_streams_and_renders():
+    """A FineCLIPER model through the predict event: the clip's landmark and parsing renders, each stream's
+    fusion weight, and the caption stream reported off (the app makes no captions)."""
+    registry = ModelRegistry([ModelEntry(FINE_TINY, "fine", "explicit")], dev="cpu")
+    fctx = AppContext(registry)
+    label, gallery, timeline, note, renders, record = run_prediction(fctx, str(feat_clip("single_face.mp4")),
+                                                                     FINE_TINY)
+    model = fctx.model(FINE_TINY)
+    assert set(label) == set(model.class_names) and math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
+    n = model.input_config.num_frames
+    assert uses_face_mesh(fctx, FINE_TINY) and len(renders) == 2 * n
+    captions = [c for _, c in renders]
+    assert sum(c.startswith("landmarks") for c in captions) == n and sum(c.startswith("parsing") for c in captions) == n
+    pred = record.prediction
+    assert list(pred.streams) == list(model.streams) and pred.streams["caption"] == 0
+    assert math.isclose(sum(pred.streams.values()), 1.0, rel_tol=1e-5)
+    assert "Streams (fusion weight): video 33 %" in note and "caption off" in note and "face mesh" in note
+    # a real face: the parsing renders are not all background and the landmark renders differ from the crops
+    parsing = np.stack(pred.renders["parsing"])
+    assert (parsing.reshape(-1, 3).any(axis=1)).mean() > 0.1
+    assert len(timeline) == len(pred.timeline) * model.num_classes
 
 
 def test_registry_loads_lazily_and_bounds_memory():
@@ -98,5 +136,6 @@ def test_examples_and_clear():
     paths = [p for p, _ in example_clips()]
     assert any(p.endswith("astronaut_drift.webm") for p in paths)
     assert all(label for _, label in example_clips())
-    label, gallery, timeline, note, record = clear_outputs()
-    assert label is None and record is None and timeline.empty
+    label, gallery, timeline, note, renders, record = clear_outputs()
+    assert label is None and record is None and renders == []
+    assert timeline.empty and list(timeline.columns) == TIMELINE_COLUMNS and timeline["probability"].dtype.kind == "f"

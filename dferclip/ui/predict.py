@@ -49,10 +49,20 @@ def example_clips() -> list[tuple[str, str]]:
 
 
 # --- output formatting --------------------------------------------------------------------------------
+def empty_timeline() -> pd.DataFrame:
+    """No rows, with the column types of a real timeline."""
+    return pd.DataFrame({"time": pd.Series(dtype="float64"), "expression": pd.Series(dtype="str"),
+                         "probability": pd.Series(dtype="float64")})
+
+
 def timeline_frame(pred: Prediction) -> pd.DataFrame:
-    """Long format for ``gr.LinePlot``: one row per (window centre time, expression)."""
+    """Long format for ``gr.LinePlot``: one row per (window centre time, expression).
+
+    Gradio 6's front end keeps the axis types and colour domain of the first value it draws, and setting a
+    drawn plot to None raises a page error: so the plot starts as None, and "no timeline" is an empty frame
+    with the real column types (never an untyped one, which leaves every later timeline blank)."""
     if pred.timeline is None or len(pred.timeline) == 0:
-        return pd.DataFrame(columns=TIMELINE_COLUMNS)
+        return empty_timeline()
     return pd.DataFrame(pred.timeline.rows(pred.classes))[TIMELINE_COLUMNS]
 
 
@@ -67,6 +77,24 @@ def gallery_items(pred: Prediction) -> list[tuple]:
             caption += " · face (held)"
         items.append((crop, caption))
     return items
+
+
+def stream_items(pred: Prediction) -> list[tuple]:
+    """(render, caption) per model frame of each FineCLIPER mid-level stream; empty for single-stream models."""
+    if not pred.renders:
+        return []
+    times = [f"{f.time_s:.2f} s" for f in pred.ingest.frames]
+    return [(img, f"{name} · {t}") for name in ("landmarks", "parsing") if name in pred.renders
+            for img, t in zip(pred.renders[name], times)]
+
+
+def streams_line(pred: Prediction) -> Optional[str]:
+    """The fusion weight of each stream of a multi-stream model, in one line."""
+    if not pred.streams:
+        return None
+    parts = ["caption off (the app has no caption for this clip)" if name == "caption" and w == 0
+             else f"{name} {100 * w:.0f} %" for name, w in pred.streams.items()]
+    return "Streams (fusion weight): " + ", ".join(parts) + "."
 
 
 def summary_note(pred: Prediction) -> str:
@@ -88,16 +116,19 @@ def summary_note(pred: Prediction) -> str:
         face,
         f"Clip: {dur}, {info.num_frames} frames{fps}, {size} {info.codec}. "
         f"The model saw {n} frames{windows}.",
-        f"Time: ingestion {t['ingestion']:.2f} s, model {t['model']:.2f} s, total {t['total']:.2f} s "
-        f"({pred.device}, {pred.dtype}).",
+        f"Time: ingestion {t['ingestion']:.2f} s, model {t['model']:.2f} s"
+        + (f" (face mesh {t['face_analysis']:.2f} s)" if "face_analysis" in t else "")
+        + f", total {t['total']:.2f} s ({pred.device}, {pred.dtype}).",
     ]
+    if streams_line(pred):
+        lines.insert(1, streams_line(pred))
     lines += [f"⚠ {html.escape(w)}" for w in pred.warnings]
     return "\n\n".join(lines)
 
 
 # --- events -------------------------------------------------------------------------------------------
 def run_prediction(ctx: AppContext, video: Optional[str], model_key: Optional[str]) -> tuple:
-    """The predict event: (label, gallery, timeline, note, clip record). Bad files raise ``gr.Error``;
+    """The predict event: (label, gallery, timeline, note, stream renders, clip record). Bad files raise ``gr.Error``;
     a clip without a face warns (``gr.Warning``) and is still classified."""
     if not video:
         raise gr.Error("Upload a clip or record one with the webcam first.")
@@ -112,7 +143,8 @@ def run_prediction(ctx: AppContext, video: Optional[str], model_key: Optional[st
     if not pred.ingest.face_found:
         gr.Warning("No face found in this clip: it was classified from centre crops.")
     record = ClipRecord(path=str(video), model_key=model_key, ingest=pred.ingest, prediction=pred)
-    return pred.probabilities, gallery_items(pred), timeline_frame(pred), summary_note(pred), record
+    return (pred.probabilities, gallery_items(pred), timeline_frame(pred), summary_note(pred), stream_items(pred),
+            record)
 
 
 @gpu(duration=60)
@@ -121,7 +153,15 @@ def _predict_on_device(model, video: str) -> Prediction:
 
 
 def clear_outputs() -> tuple:
-    return None, None, pd.DataFrame(columns=TIMELINE_COLUMNS), "", None
+    return None, None, empty_timeline(), "", [], None
+
+
+def uses_face_mesh(ctx: AppContext, model_key: Optional[str]) -> bool:
+    """Whether the model has FineCLIPER's landmark/parsing streams (whose renders the tab shows)."""
+    try:
+        return bool(getattr(ctx.model(model_key or ctx.registry.default_key), "needs_face_analysis", False))
+    except DferclipError:
+        return False
 
 
 # --- the tab ------------------------------------------------------------------------------------------
@@ -130,10 +170,10 @@ def build_predict_tab(ctx: AppContext) -> None:
     with gr.Tab("Predict", id="predict"):
         with gr.Row():
             with gr.Column(scale=5):
-                video = gr.Video(sources=["upload", "webcam"], label="Clip", height=300,
+                video = gr.Video(sources=["upload", "webcam"], label="Clip", height=300, elem_id="clip-input",
                                  webcam_options=gr.WebcamOptions(mirror=True))
                 with gr.Row():
-                    clear = gr.Button("Clear", variant="secondary")
+                    clear = gr.Button("Clear", variant="secondary", elem_id="clear-button")
                     run = gr.Button("Predict expression", variant="primary", elem_id="predict-button")
                 gr.Markdown(f"Clips up to {MAX_CLIP_SECONDS:.0f} s. The model sees 16 frames spread over the "
                             "clip, cropped to the main face; the timeline scores overlapping 16-frame windows.",
@@ -143,11 +183,14 @@ def build_predict_tab(ctx: AppContext) -> None:
                 note = gr.Markdown(elem_id="predict-note")
         crops = gr.Gallery(label="Face crops the model saw", columns=8, height=260,
                            object_fit="contain", allow_preview=True, elem_id="face-crops")
-        timeline = gr.LinePlot(pd.DataFrame(columns=TIMELINE_COLUMNS), x="time", y="probability",
+        timeline = gr.LinePlot(None, x="time", y="probability",
                                color="expression", title="Expression over time (sliding windows)",
                                x_title="time (s)", y_title="probability", y_lim=[0, 1], height=280,
                                elem_id="timeline")
-        outputs = [label, crops, timeline, note, ctx.clip]
+        renders = gr.Gallery(label="What FineCLIPER's face-mesh streams saw (landmarks, parsing regions)",
+                             columns=8, height=260, object_fit="contain", elem_id="stream-renders",
+                             visible=uses_face_mesh(ctx, ctx.registry.default_key))
+        outputs = [label, crops, timeline, note, renders, ctx.clip]
         examples = example_clips()
         predict = functools.partial(run_prediction, ctx)
         run.click(predict, [video, ctx.model_dropdown], outputs, api_name="predict",
@@ -159,5 +202,7 @@ def build_predict_tab(ctx: AppContext) -> None:
                              example_labels=[lbl for _, lbl in examples], examples_per_page=8)
             ex.load_input_event.then(predict, [video, ctx.model_dropdown], outputs, api_visibility="private",
                                      concurrency_id=ctx.concurrency_id, concurrency_limit=ctx.concurrency_limit)
+        ctx.model_selected.then(lambda key: gr.Gallery(value=None, visible=uses_face_mesh(ctx, key)),
+                                ctx.model_dropdown, renders, api_visibility="private")
         clear.click(clear_outputs, None, outputs, api_visibility="private").then(lambda: None, None, video,
                                                                                    api_visibility="private")
