@@ -4,14 +4,19 @@ The numbers come from :func:`dferclip.metrics.compute_metrics`, as in the offici
 UAR = mean per-class recall); fold aggregation is the plain mean over folds, as the official 5-fold driver
 prints it. Video embeddings can be computed once (:func:`encode_dataset`) and re-scored against any class
 embeddings (:func:`metrics_from_embeddings`), which is what the workbench does when descriptions change.
+
+Models with several input streams (FineCLIPER) provide ``wrap_dataset``: :func:`wrap_for_model` turns a clip
+dataset into one whose items are input dicts (video, face-analysis renders, caption tokens); batches are
+moved to the device with :func:`to_device`.
 """
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +45,77 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device.type, enabled=False)
 
 
+def to_device(inputs, device, non_blocking: bool = False):
+    """A batch's inputs on ``device``: a video tensor, or a dict of tensors (multi-stream models)."""
+    if isinstance(inputs, Mapping):
+        return {k: v.to(device, non_blocking=non_blocking) for k, v in inputs.items()}
+    return inputs.to(device, non_blocking=non_blocking)
+
+
+def open_captions(path: str | Path):
+    """A :class:`dferclip.captions.CaptionStore` from a caption file, or from a folder of them (merged)."""
+    from .captions import CaptionError, CaptionStore
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(p.glob("*.json"))
+        if not files:
+            raise CaptionError(f"no caption files (*.json) in {p}")
+        store = CaptionStore(files[0])
+        for f in files[1:]:
+            store.items |= CaptionStore(f).items
+        return store
+    if not p.is_file():
+        raise CaptionError(f"no caption file at {p} (dferclip.captions.caption_clips writes one)")
+    return CaptionStore(p)
+
+
+def wrap_for_model(model, dataset, *, captions=None, face_cache=None):
+    """The dataset as the model takes it: models with ``wrap_dataset`` (FineCLIPER) get ``(input dict, label)``
+    items with every stream; ``captions`` is a CaptionStore or a path, ``face_cache`` an AnalysisCache or a
+    folder. Other models, and datasets that are not plain clip datasets, are returned as they are."""
+    from .data import ClipDataset
+
+    if not hasattr(model, "wrap_dataset"):
+        if captions is not None:
+            log.warning("captions given, but this %s model takes no captions: ignored",
+                        getattr(model, "family", "dferclip"))
+        return dataset
+    if not isinstance(dataset, ClipDataset):
+        return dataset
+    if captions is not None and not getattr(model, "uses_captions", False):
+        log.warning("captions given, but this model (streams %s) has no caption stream: ignored",
+                    ", ".join(getattr(model, "streams", ())))
+        captions = None
+    if isinstance(captions, (str, Path)):
+        captions = open_captions(captions)
+    if isinstance(face_cache, (str, Path)):
+        from .face_analysis import AnalysisCache
+
+        face_cache = AnalysisCache(face_cache)
+    return model.wrap_dataset(dataset, captions=captions, analysis_cache=face_cache)
+
+
+def caption_coverage(dataset) -> Optional[dict]:
+    """``{"clips", "without_caption"}`` of a dataset wrapped for a model with a caption stream; else None."""
+    if not getattr(dataset, "uses_captions", False):
+        return None
+    missing = len(dataset) if dataset.captions is None else len(dataset.missing_captions)
+    return {"clips": len(dataset), "without_caption": missing}
+
+
+def worker_context(dataset, workers: int) -> Optional[str]:
+    """The DataLoader start method: "spawn" when workers run face analysis and MediaPipe is already loaded
+    in this process (its graphs do not survive fork: a forked worker crashes or hangs), else the default."""
+    base = dataset
+    while isinstance(base, Subset):
+        base = base.dataset
+    if workers > 0 and getattr(base, "needs_mid", False) and "mediapipe" in sys.modules:
+        log.info("DataLoader workers start with spawn: MediaPipe is loaded in this process")
+        return "spawn"
+    return None
+
+
 @torch.no_grad()
 def encode_dataset(model, dataset, *, batch_size: int = 16, device="cpu", workers: int = 0, amp: bool = False,
                    indices: Optional[Sequence[int]] = None, progress=None) -> tuple[torch.Tensor, np.ndarray]:
@@ -47,14 +123,14 @@ def encode_dataset(model, dataset, *, batch_size: int = 16, device="cpu", worker
     device = torch.device(device)
     data = Subset(dataset, list(indices)) if indices is not None else dataset
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", multiprocessing_context=worker_context(data, workers))
     was_training = model.training
     model.eval()
     embs, labels = [], []
     try:
-        for video, label in (progress(loader) if progress else loader):
+        for inputs, label in (progress(loader) if progress else loader):
             with _autocast(device, amp):
-                embs.append(model.encode_video(video.to(device, non_blocking=True)).float().cpu())
+                embs.append(model.encode_video(to_device(inputs, device, non_blocking=True)).float().cpu())
             labels.append(label.numpy())
     finally:
         model.train(was_training)
@@ -82,7 +158,10 @@ def metrics_from_embeddings(model, video_embeddings: torch.Tensor, labels, class
 
 
 def evaluate_model(model, dataset, *, batch_size: int = 16, device="cpu", workers: int = 0, amp: bool = False,
-                   progress=None) -> EvalResult:
+                   progress=None, captions=None, face_cache=None) -> EvalResult:
+    """Metrics of a model on a dataset (a plain clip dataset is wrapped for multi-stream models, with
+    ``captions`` and ``face_cache`` as in :func:`wrap_for_model`)."""
+    dataset = wrap_for_model(model, dataset, captions=captions, face_cache=face_cache)
     emb, labels = encode_dataset(model, dataset, batch_size=batch_size, device=device, workers=workers, amp=amp,
                                  progress=progress)
     preds = predict_from_embeddings(model, emb.to(device))
@@ -153,19 +232,26 @@ def parse_folds(text: Optional[str]) -> Optional[list[int]]:
 def evaluate_sources(checkpoint: str, data: str, *, folds: Optional[Sequence[int]] = None, device="cpu",
                      batch_size: int = 16, workers: int = 0, amp: bool = False, descriptions=None,
                      label_base: int = 0, root=None, path_map=None, plot_dir: str | Path | None = None,
-                     progress=None) -> dict:
+                     progress=None, captions: Optional[str] = None, face_cache: Optional[str] = None) -> dict:
     """Evaluate a model (a ``load_model`` source) on a dataset spec; with ``folds``, ``{fold}`` in both is
-    replaced by each fold number and the fold means are added. Returns a JSON-ready dict."""
+    replaced by each fold number and the fold means are added. Returns a JSON-ready dict.
+
+    FineCLIPER models: ``captions`` (a caption file or folder, may hold ``{fold}``) feeds the caption
+    stream, ``face_cache`` (a folder) keeps the face analysis of each clip for later runs (default: none)."""
     from .checkpoints import load_model
     from .data import open_dataset
 
-    def one(ck: str, spec: str, tag: str) -> dict:
+    def one(ck: str, spec: str, tag: str, caps: Optional[str]) -> dict:
         model = load_model(ck, device=device, descriptions=descriptions)
         ds = open_dataset(spec, model.input_config, class_names=model.class_names, label_base=label_base,
                           root=root, path_map=path_map)
+        ds = wrap_for_model(model, ds, captions=caps, face_cache=face_cache)
         res = evaluate_model(model, ds, batch_size=batch_size, device=device, workers=workers, amp=amp,
                              progress=progress)
         out = {"checkpoint": ck, "data": spec, "weights": model.weights_info} | res.to_dict()
+        coverage = caption_coverage(ds)
+        if coverage is not None:
+            out["captions"] = coverage
         if ds.report is not None and ds.report.problems:
             out["data_problems"] = ds.report.summary()
         if plot_dir is not None:
@@ -175,7 +261,8 @@ def evaluate_sources(checkpoint: str, data: str, *, folds: Optional[Sequence[int
         return out
 
     if not folds:
-        return one(checkpoint, data, "")
-    results = [one(checkpoint.replace("{fold}", str(k)), data.replace("{fold}", str(k)), f"-fold{k}") | {"fold": k}
+        return one(checkpoint, data, "", captions)
+    results = [one(checkpoint.replace("{fold}", str(k)), data.replace("{fold}", str(k)), f"-fold{k}",
+                   captions.replace("{fold}", str(k)) if captions else None) | {"fold": k}
                for k in folds]
     return {"folds": results, "mean": aggregate_folds(results)}

@@ -15,6 +15,13 @@ Model selection uses a validation split carved from the training list (stratifie
 ``selection="test"``, the official protocol (the best epoch on the test split, which flatters the numbers).
 Every random choice in the data comes from (seed, epoch, clip index), so a run gives the same result on any
 number of processes with the same global batch, and a resumed run continues exactly.
+
+Models with several input streams (FineCLIPER, ``train_configs/fineclipper.json``) get their datasets wrapped
+after the validation split (:func:`dferclip.evaluate.wrap_for_model`): items become input dicts with the
+face-analysis renders and caption tokens. ``captions`` names the caption file (``dferclip.captions``); the
+face analysis of each clip is cached in ``face_cache`` (default ``<output>/../face-cache``, beside
+``frames-cache``, so the folds of a 5-fold run share it). How many clips lack a caption is logged and kept
+in ``results.json`` under ``captions``.
 """
 from __future__ import annotations
 
@@ -38,7 +45,8 @@ from .config import CLIP_MEAN, CLIP_STD, ModelConfig, PromptConfig, get_config
 from .data import augment_for, open_dataset, stratified_split, subset
 from .descriptions import DescriptionSet, as_description_set, load_description_set, official_descriptions
 from .errors import TrainingError
-from .evaluate import aggregate_folds, encode_dataset, plot_confusion, predict_from_embeddings, write_json
+from .evaluate import (aggregate_folds, caption_coverage, encode_dataset, open_captions, plot_confusion,
+                       predict_from_embeddings, to_device, worker_context, wrap_for_model, write_json)
 from .metrics import compute_metrics
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,8 @@ class TrainConfig:
     label_base: int = 0  # the official lists are 0-based
     data_root: Optional[str] = None
     path_map: dict = field(default_factory=dict)  # {"/data/EECS-IoannisLab/datasets": "/my/datasets"}
+    captions: Optional[str] = None  # FineCLIPER: caption file (or folder of them) of the clips; may hold {fold}
+    face_cache: Optional[str] = None  # FineCLIPER: face-analysis cache folder; None: <output>/../face-cache
     selection: str = "val"  # "val": given or carved from train; "test": the official protocol; "last"
     val_fraction: float = 0.1
     select_metric: str = "war"  # the official code keeps the best top-1 (WAR)
@@ -401,7 +411,50 @@ def _datasets(cfg: TrainConfig, model, out: Path):
             train_ds, val_ds = subset(train_ds, tr), subset(train_ds, va, train=False)
     elif cfg.selection != "last":
         raise TrainingError(f"selection must be val, test or last, not {cfg.selection!r}")
+    if hasattr(model, "wrap_dataset"):  # after the split: subset() needs the plain clip dataset
+        train_ds, val_ds, test_ds = _wrap_streams(cfg, model, out, train_ds, val_ds, test_ds)
+    elif cfg.captions:
+        log.warning("captions=%s ignored: the %s model takes no captions", cfg.captions,
+                    getattr(model, "family", "dferclip"))
     return train_ds, val_ds, test_ds
+
+
+def face_cache_dir(cfg: TrainConfig, out: Path) -> Path:
+    return Path(cfg.face_cache) if cfg.face_cache else out.parent / "face-cache"
+
+
+def _wrap_streams(cfg: TrainConfig, model, out: Path, *datasets):
+    """Each distinct dataset wrapped once for a multi-stream model (val may be the test set)."""
+    from .face_analysis import AnalysisCache
+
+    captions = None
+    if cfg.captions and not getattr(model, "uses_captions", False):
+        log.warning("captions=%s ignored: this model (streams %s) has no caption stream", cfg.captions,
+                    ", ".join(getattr(model, "streams", ())))
+    elif cfg.captions:
+        captions = open_captions(cfg.captions)
+    cache = None
+    if getattr(model, "needs_face_analysis", False):
+        cache = AnalysisCache(face_cache_dir(cfg, out))
+        log.info("face analysis cached in %s", cache.folder)
+    wrapped: dict[int, Any] = {}
+    for ds in datasets:
+        if ds is not None and id(ds) not in wrapped:
+            wrapped[id(ds)] = wrap_for_model(model, ds, captions=captions, face_cache=cache)
+    return tuple(wrapped[id(ds)] if ds is not None else None for ds in datasets)
+
+
+def _caption_report(cfg: TrainConfig, splits: dict) -> dict:
+    """Per split ``{"clips", "without_caption"}`` (models with a caption stream), logged once."""
+    report = {name: c for name, ds in splits.items() if ds is not None and (c := caption_coverage(ds)) is not None}
+    if report:
+        text = "; ".join(f"{name}: {c['without_caption']} of {c['clips']} clips" for name, c in report.items())
+        if any(c["without_caption"] for c in report.values()):
+            source = cfg.captions or "no caption file given (set captions)"
+            log.warning("clips without a caption (their caption stream is off) - %s [%s]", text, source)
+        else:
+            log.info("every clip has a caption (%s)", text)
+    return report
 
 
 def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info: Optional[Dist] = None) -> dict:
@@ -414,6 +467,7 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
     descriptions = resolve_descriptions(cfg)
     model = build_for_training(cfg, descriptions)
     train_ds, val_ds, test_ds = _datasets(cfg, model, out)
+    captions = _caption_report(cfg, {"train": train_ds, cfg.selection: val_ds, "test": test_ds})
     if len(train_ds) < cfg.batch_size:
         raise TrainingError(f"{len(train_ds)} training clips: fewer than one batch of {cfg.batch_size}")
     model.to(d.device)
@@ -455,14 +509,15 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
             sampler.set_epoch(epoch)
             train_ds.set_epoch(epoch)
             loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
-                                drop_last=True, pin_memory=d.device.type == "cuda")
+                                drop_last=True, pin_memory=d.device.type == "cuda",
+                                multiprocessing_context=worker_context(train_ds, cfg.workers))
             model.train()
             sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss * n, correct, n
-            for step, (video, label) in enumerate(_progress(loader, d.main, f"epoch {epoch + 1}/{cfg.epochs}")):
-                video = video.to(d.device, non_blocking=True)
+            for step, (inputs, label) in enumerate(_progress(loader, d.main, f"epoch {epoch + 1}/{cfg.epochs}")):
+                inputs = to_device(inputs, d.device, non_blocking=True)  # a video tensor or an input dict
                 label = label.to(d.device, non_blocking=True)
                 with _autocast(d, use_amp):
-                    logits = ddp(video)
+                    logits = ddp(inputs)
                 # a family with its own objective (FineCLIPER's positive/negative loss) provides model.loss
                 loss = model.loss(logits, label) if hasattr(model, "loss") else F.cross_entropy(logits.float(), label)
                 optimizer.zero_grad(set_to_none=True)
@@ -521,10 +576,10 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
                 dist.barrier()
     finally:
         run_log.close()
-    return _finish(cfg, model, best_state, test_ds, d, eval_bs, use_amp, best, out)
+    return _finish(cfg, model, best_state, test_ds, d, eval_bs, use_amp, best, out, captions)
 
 
-def _finish(cfg, model, best_state, test_ds, d: Dist, eval_bs, use_amp, best, out: Path) -> dict:
+def _finish(cfg, model, best_state, test_ds, d: Dist, eval_bs, use_amp, best, out: Path, captions: dict) -> dict:
     """Test the selected model, write results.json and the confusion plot."""
     from .checkpoints import load_own
 
@@ -536,6 +591,8 @@ def _finish(cfg, model, best_state, test_ds, d: Dist, eval_bs, use_amp, best, ou
     else:
         selected = model
     summary: dict[str, Any] = {"selection": best, "output": str(out)}
+    if captions:
+        summary["captions"] = captions
     if test_ds is not None:
         y, p = evaluate_distributed(selected, test_ds, d, eval_bs, cfg.workers, use_amp)
         if d.main:
@@ -560,7 +617,8 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None) -> dict:
         for k in cfg.folds:
             fold_cfg = dataclasses.replace(
                 cfg, folds=None, output=str(Path(cfg.output) / f"fold{k}"),
-                **{f: getattr(cfg, f).replace("{fold}", str(k)) for f in ("train", "val", "test") if getattr(cfg, f)})
+                **{f: getattr(cfg, f).replace("{fold}", str(k)) for f in ("train", "val", "test", "captions")
+                   if getattr(cfg, f)})
             fold_resume = None
             if resume and (Path(resume) / f"fold{k}" / STATE_FILE).is_file():
                 fold_resume = Path(resume) / f"fold{k}"

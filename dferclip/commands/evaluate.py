@@ -19,6 +19,9 @@ def add_arguments(p):
     p.add_argument("--folds", help="e.g. 1-5: evaluate each fold and report the mean (DFEW, MAFW)")
     p.add_argument("--output", help="write the results as JSON here (default: print only)")
     p.add_argument("--plot-dir", help="save confusion-matrix PNGs here (default: beside --output)")
+    p.add_argument("--captions", help="FineCLIPER: caption file (dferclip.captions) or a folder of them for the "
+                                      "caption stream; may hold {fold}")
+    p.add_argument("--face-cache", help="FineCLIPER: keep each clip's face analysis in this folder (default: none)")
     p.add_argument("--descriptions", help="evaluate with this description set instead of the model's own")
     p.add_argument("--label-base", type=int, default=0, help="first label in the list (official lists: 0)")
     p.add_argument("--data-root", help="resolve relative frame folders against this folder")
@@ -52,12 +55,16 @@ def run(args) -> int:
     res = evaluate_sources(args.checkpoint, args.data, folds=parse_folds(args.folds), device=device,
                            batch_size=args.batch_size, workers=args.workers, amp=args.amp,
                            descriptions=args.descriptions, label_base=args.label_base, root=args.data_root,
-                           path_map=parse_path_map(args.path_map), plot_dir=plot_dir, progress=progress)
+                           path_map=parse_path_map(args.path_map), plot_dir=plot_dir, progress=progress,
+                           captions=args.captions, face_cache=args.face_cache)
     rows = res["folds"] if "folds" in res else [res]
     for r in rows:
         tag = f"fold {r['fold']}: " if "fold" in r else ""
         print(f"{tag}UAR {r['uar']:.2f}  WAR {r['war']:.2f}  (n={r['n']}, {r['data']})")
         print("  recall: " + ", ".join(f"{c} {v:.1f}" if v is not None else f"{c} -" for c, v in r["recall"].items()))
+        if r.get("captions", {}).get("without_caption"):
+            c = r["captions"]
+            print(f"  captions: {c['without_caption']} of {c['clips']} clips have none (caption stream off for them)")
     if "mean" in res:
         m = res["mean"]
         print(f"mean over {m['folds']} folds: UAR {m['uar']:.2f} ± {m['uar_std']:.2f}  WAR {m['war']:.2f} ± {m['war_std']:.2f}")

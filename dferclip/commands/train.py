@@ -9,7 +9,8 @@ from .evaluate import parse_path_map
 
 def add_arguments(p):
     p.add_argument("--config", default="official",
-                   help="training config: a name in dferclip/train_configs (official, synthetic-tiny) or a JSON file")
+                   help="training config: a name in dferclip/train_configs (official, fineclipper, synthetic-tiny) "
+                        "or a JSON file")
     p.add_argument("--train", help="training data: annotation list, <class>/<clip> folder tree or hf:<name>")
     p.add_argument("--val", help="validation data (default: a stratified split of --train)")
     p.add_argument("--test", help="test data, evaluated with the selected model")
@@ -24,6 +25,10 @@ def add_arguments(p):
     p.add_argument("--device", help="auto, cpu, cuda")
     p.add_argument("--output", help="run folder (default runs/dferclip)")
     p.add_argument("--resume", help="continue from a run folder or its train_state.pt")
+    p.add_argument("--captions", help="FineCLIPER: caption file (dferclip.captions) or a folder of them; may hold "
+                                      "{fold}")
+    p.add_argument("--face-cache", help="FineCLIPER: folder for the per-clip face-analysis cache "
+                                        "(default <output>/../face-cache)")
     p.add_argument("--path-map", action="append", default=[], metavar="OLD=NEW",
                    help="rewrite frame-folder prefixes of the official lists")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -37,7 +42,7 @@ def run(args) -> int:
     cfg = load_train_config(args.config)
     overrides = list(args.set)
     for key in ("train", "val", "test", "dataset", "init", "selection", "epochs", "batch_size", "workers",
-                "device", "output"):
+                "device", "output", "captions", "face_cache"):
         value = getattr(args, key)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
