@@ -7,7 +7,10 @@ so both are cached and a score is one matrix product:
   the zero-shot one (``zero_shot_video``); bounded LRU in memory, optionally on disk (safetensors);
 - text embeddings: per (model fingerprint, "zero-shot", prompt text) and, because DFER-CLIP's contexts are
   class-specific, per (model fingerprint, "learned", class index, description); bounded LRU. Editing one
-  description re-encodes only that description's texts.
+  description re-encodes only that description's texts. Models with positive and negative descriptors
+  (FineCLIPER, :func:`has_pn_descriptors`) also cache negative features per (model fingerprint, "learned-neg",
+  class index, negative text): the negative text is the description written into the model's negative
+  template, so a class's negatives that read the same (the label negative "... of no {name}") are encoded once.
 
 Combining several descriptors of a class (``combine``):
 
@@ -18,6 +21,12 @@ Combining several descriptors of a class (``combine``):
 - ``max``: class score = the best descriptor's similarity, which contributes all of it.
 
 In every mode the contributions of a class add up exactly to its logit.
+
+Positive/negative (PN) models, learned mode: the combine mode is applied to the positive descriptors and to
+the negative ones alike, giving per class the cosines ``pos_c`` and ``neg_c``; the logit is
+``scale * (pos_c - negative_weight * neg_c)`` as ``FineCLIPER.score``. The descriptors' contributions split
+``scale * pos_c`` as above, and the class's negative term ``-scale * negative_weight * neg_c`` is
+``Scores.negative_contributions[:, c]``; together they add up exactly to the logit.
 
 Model identity (:func:`model_fingerprint`): SHA-256 over the config, ``weights_info`` and a strided sample
 (<= 64 values) of every parameter with its name, shape and dtype. It is memoised per model object and
@@ -131,6 +140,19 @@ class LRUCache:
             self._data.clear()
 
 
+# --- positive/negative descriptors ---------------------------------------------------------------------
+def has_pn_descriptors(model) -> bool:
+    """Whether the model scores a class by a positive and a negative descriptor (FineCLIPER)."""
+    return hasattr(model, "positive_negative_scores")
+
+
+def negative_texts(model, texts: Sequence[str], class_index: Sequence[int]) -> list[str]:
+    """The negative descriptor texts a PN model writes these descriptions into (its negative template)."""
+    template = model.descriptor_templates[1]
+    names = model.class_names
+    return [template.format(name=names[c], description=t.strip()) for t, c in zip(texts, class_index)]
+
+
 # --- text embeddings ---------------------------------------------------------------------------------
 class TextEmbeddingCache:
     """Normalised text features per (model, mode, [class,] text); only unseen texts are encoded.
@@ -143,12 +165,25 @@ class TextEmbeddingCache:
         self.encoded = 0
 
     def learned(self, model, texts: Sequence[str], class_index: Sequence[int]) -> torch.Tensor:
-        """Learned-prompt features (P, D), L2-normalised, for descriptions with their class's context."""
+        """Learned-prompt features (P, D), L2-normalised, for descriptions with their class's context
+        (for a PN model: the positive descriptors)."""
         fp = model_fingerprint(model)
         keys = [(fp, "learned", int(c), t) for t, c in zip(texts, class_index)]
 
         def encode(idx):
             return F.normalize(model.encode_prompts([texts[i] for i in idx], [class_index[i] for i in idx]), dim=-1)
+
+        return self._lookup(keys, encode)
+
+    def learned_negative(self, model, texts: Sequence[str], class_index: Sequence[int]) -> torch.Tensor:
+        """A PN model's negative descriptor features (P, D), L2-normalised, one per description; keyed by the
+        negative text, so descriptions whose negatives read the same share one encoding."""
+        fp = model_fingerprint(model)
+        keys = [(fp, "learned-neg", int(c), n) for n, c in zip(negative_texts(model, texts, class_index), class_index)]
+
+        def encode(idx):
+            return F.normalize(model.encode_prompts([texts[i] for i in idx], [class_index[i] for i in idx],
+                                                    negative=True), dim=-1)
 
         return self._lookup(keys, encode)
 
@@ -294,6 +329,11 @@ class Scores:
 
     ``logits`` (N, C); ``similarities[c]`` (N, P_c): ``scale * cos(video, descriptor)``;
     ``contributions[c]`` (N, P_c): the descriptor's share of the logit (they add up to ``logits[:, c]``).
+
+    PN models in learned mode (None otherwise): ``positive`` / ``negative`` (N, C) the combined cosines
+    ``pos_c`` / ``neg_c`` (``similarities`` and ``contributions`` are then those of the positive
+    descriptors); ``negative_contributions`` (N, C) the class's negative term ``-scale * negative_weight *
+    neg_c``, so that ``contributions[c].sum(1) + negative_contributions[:, c] == logits[:, c]``.
     """
 
     mode: str
@@ -301,6 +341,10 @@ class Scores:
     logits: torch.Tensor
     similarities: list
     contributions: list
+    positive: Optional[torch.Tensor] = None
+    negative: Optional[torch.Tensor] = None
+    negative_contributions: Optional[torch.Tensor] = None
+    negative_weight: Optional[float] = None
 
     @property
     def probs(self) -> torch.Tensor:
@@ -309,6 +353,28 @@ class Scores:
     @property
     def predictions(self) -> torch.Tensor:
         return self.logits.argmax(dim=-1)
+
+
+def combine_descriptors(v: torch.Tensor, feats: torch.Tensor, index: torch.Tensor, counts: Sequence[int],
+                        combine: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class cosines (N, C) from descriptor features (P, D) of classes ``index``; also each descriptor's
+    cosine (N, P) and its share of its class's cosine (N, P; the shares of a class add up to its cosine)."""
+    cos = v @ F.normalize(feats, dim=-1).t()
+    if combine == "mean-embedding":
+        summed = torch.zeros(len(counts), feats.shape[1], dtype=feats.dtype).index_add_(0, index, feats)
+        norms = summed.norm(dim=-1)
+        share = (v @ feats.t()) / norms[index]
+        classes = v @ (summed / norms[:, None]).t()
+    elif combine == "mean-similarity":
+        share = cos / torch.as_tensor(counts, dtype=v.dtype)[index]
+        classes = torch.zeros(v.shape[0], len(counts), dtype=v.dtype).index_add_(1, index, share)
+    elif combine == "max":
+        per_class = cos.split(list(counts), dim=1)
+        classes = torch.stack([c.max(dim=1).values for c in per_class], dim=1)
+        share = torch.cat([c * F.one_hot(c.argmax(dim=1), c.shape[1]).to(c.dtype) for c in per_class], dim=1)
+    else:
+        raise ValueError(f"unknown combine mode {combine!r}; use one of {COMBINE_MODES}")
+    return classes, cos, share
 
 
 class Scorer:
@@ -324,27 +390,48 @@ class Scorer:
     def logit_scale(self) -> float:
         return float(self.model.logit_scale)
 
+    @property
+    def has_pn(self) -> bool:
+        return has_pn_descriptors(self.model)
+
+    def _check_learned(self, ds: DescriptionSet) -> None:
+        if ds.num_classes != self.model.num_classes:
+            from .errors import DescriptionError
+
+            raise DescriptionError(
+                f"learned prompts need the model's {self.model.num_classes} classes; the set has {ds.num_classes}"
+            )
+
     def descriptor_features(self, ds: DescriptionSet, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(P, D) one feature per descriptor, and its class index (P,).
 
-        Learned: the normalised learned-prompt feature. Zero-shot: the mean of the descriptor's normalised
-        template features (not re-normalised, so summing them gives CLIP's prompt ensemble exactly).
+        Learned: the normalised learned-prompt feature (a PN model's positive descriptor). Zero-shot: the mean
+        of the descriptor's normalised template features (not re-normalised, so summing them gives CLIP's
+        prompt ensemble exactly).
         """
         index = torch.as_tensor([c for c, descs in enumerate(ds.descriptions) for _ in descs])
         flat = [d for descs in ds.descriptions for d in descs]
         if mode == "learned":
-            if ds.num_classes != self.model.num_classes:
-                from .errors import DescriptionError
-
-                raise DescriptionError(
-                    f"learned prompts need the model's {self.model.num_classes} classes; the set has {ds.num_classes}"
-                )
+            self._check_learned(ds)
             return self.text_cache.learned(self.model, flat, index.tolist()), index
         if mode != "zero-shot":
             raise ValueError(f"unknown scoring mode {mode!r}; use one of {SCORE_MODES}")
         texts, _ = self.model.zero_shot_texts(ds, self.templates)
         feats = self.text_cache.zero_shot(self.model, texts)
         return feats.view(len(flat), len(self.templates), -1).mean(dim=1), index
+
+    def negative_features(self, ds: DescriptionSet) -> torch.Tensor:
+        """A PN model's (P, D) normalised negative descriptor features, one per descriptor of ``ds``."""
+        self._check_learned(ds)
+        index = [c for c, descs in enumerate(ds.descriptions) for _ in descs]
+        return self.text_cache.learned_negative(self.model, [d for descs in ds.descriptions for d in descs], index)
+
+    def negative_texts(self, ds: DescriptionSet) -> list[list[str]]:
+        """Per class, the distinct negative descriptor texts of a PN model for ``ds``."""
+        out = []
+        for c, descs in enumerate(ds.descriptions):
+            out.append(list(dict.fromkeys(negative_texts(self.model, descs, [c] * len(descs)))))
+        return out
 
     def score(self, video: torch.Tensor, ds: DescriptionSet, mode: str = "learned",
               combine: str = "mean-embedding") -> Scores:
@@ -353,20 +440,15 @@ class Scorer:
             raise ValueError(f"unknown combine mode {combine!r}; use one of {COMBINE_MODES}")
         v = video.unsqueeze(0) if video.dim() == 1 else video
         feats, index = self.descriptor_features(ds, mode)
-        feats = feats.to(v.dtype)
         scale = self.logit_scale
         counts = [len(d) for d in ds.descriptions]
-        sims = scale * v @ F.normalize(feats, dim=-1).t()  # (N, P)
-        if combine == "mean-embedding":
-            summed = torch.zeros(ds.num_classes, feats.shape[1], dtype=feats.dtype).index_add_(0, index, feats)
-            norms = summed.norm(dim=-1)
-            contrib = scale * (v @ feats.t()) / norms[index]
-            logits = scale * v @ (summed / norms[:, None]).t()
-        elif combine == "mean-similarity":
-            contrib = sims / torch.as_tensor(counts, dtype=v.dtype)[index]
-            logits = torch.zeros(v.shape[0], ds.num_classes, dtype=v.dtype).index_add_(1, index, contrib)
-        else:
-            per_class = sims.split(counts, dim=1)
-            logits = torch.stack([s.max(dim=1).values for s in per_class], dim=1)
-            contrib = torch.cat([s * F.one_hot(s.argmax(dim=1), s.shape[1]).to(s.dtype) for s in per_class], dim=1)
-        return Scores(mode, combine, logits, list(sims.split(counts, dim=1)), list(contrib.split(counts, dim=1)))
+        classes, cos, share = combine_descriptors(v, feats.to(v.dtype), index, counts, combine)
+        sims, contrib = list((scale * cos).split(counts, dim=1)), list((scale * share).split(counts, dim=1))
+        if mode != "learned" or not self.has_pn:
+            return Scores(mode, combine, scale * classes, sims, contrib)
+        neg, _, _ = combine_descriptors(v, self.negative_features(ds).to(v.dtype), index, counts, combine)
+        weight = float(self.model.negative_weight)
+        negative_contrib = -scale * weight * neg
+        logits = scale * classes + negative_contrib
+        return Scores(mode, combine, logits, sims, contrib, positive=classes, negative=neg,
+                      negative_contributions=negative_contrib, negative_weight=weight)

@@ -5,6 +5,10 @@ the **current** one. Re-scoring compares the three for the current clips (zero-s
 side, per-descriptor contributions) and, when a labelled evaluation set is attached, recomputes UAR, WAR,
 per-class recall and the confusion matrix. Video embeddings are computed once per clip (in memory, and on disk
 for evaluation sets); only descriptions whose text changed are re-encoded (:mod:`dferclip.scoring`).
+
+With a positive/negative-descriptor model (FineCLIPER) the learned mode scores each description as a positive
+descriptor (written into ``model.descriptor_templates``) against the class's negative one, and the per-clip
+results carry both cosines per class for the three versions (``"pn"``) and the negative terms of the logits.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from .scoring import (
     VideoEmbedding,
     VideoEmbeddingCache,
     file_digest,
+    has_pn_descriptors,
 )
 
 log = logging.getLogger(__name__)
@@ -231,6 +236,20 @@ def embed_clips(model, clips: Sequence[LabelledClip], cache: VideoEmbeddingCache
     return EmbeddedSet(paths, torch.as_tensor(labels), torch.stack(learned), torch.stack(zero), failed)
 
 
+def _pn_report(i: int, now: Scores, previous: Optional[Scores], baseline: Optional[Scores]) -> Optional[dict]:
+    """Clip ``i``'s positive and negative cosines per class for the three versions (None: not a PN score)."""
+    if now.positive is None:
+        return None
+
+    def one(s: Optional[Scores]) -> Optional[dict]:
+        if s is None or s.positive is None:
+            return None
+        return {"positive": s.positive[i].tolist(), "negative": s.negative[i].tolist()}
+
+    return {"negative_weight": now.negative_weight, "current": one(now), "previous": one(previous),
+            "baseline": one(baseline)}
+
+
 # --- the workbench -------------------------------------------------------------------------------
 def _metric_delta(a: Metrics, b: Optional[Metrics]) -> Optional[dict]:
     if b is None:
@@ -309,14 +328,29 @@ class Workbench:
         from .llm import check_description
 
         ds = ds or self.current
-        n_ctx = self.model.config.prompt.n_ctx
+        reserved = self.reserved_tokens()
         templates = self.scorer.templates
         rows = []
         for cls, descs in zip(ds.classes, ds.descriptions):
             for d in descs:
-                for f in check_description(d, cls, ds.classes, reserved_tokens=n_ctx, templates=templates):
+                for f in check_description(d, cls, ds.classes, reserved_tokens=reserved, templates=templates):
                     rows.append({"class": cls, "description": d, "kind": f.kind, "message": f.message})
         return rows
+
+    @property
+    def has_pn(self) -> bool:
+        """Whether the model scores classes by positive and negative descriptors (FineCLIPER)."""
+        return has_pn_descriptors(self.model)
+
+    def reserved_tokens(self) -> int:
+        """Tokens the learned path puts around a description: DFER-CLIP's context tokens, or the words of a
+        PN model's positive descriptor template (the longest over its classes)."""
+        if not self.has_pn:
+            return self.model.config.prompt.n_ctx
+        from .text import token_count
+
+        template = self.model.descriptor_templates[0]
+        return max(token_count(template.format(name=c, description="").strip()) - 2 for c in self.model.class_names)
 
     # --- clips -----------------------------------------------------------------------------------
     def add_clip(self, video: torch.Tensor, name: Optional[str] = None) -> str:
@@ -388,6 +422,7 @@ class Workbench:
             prev = self._scores(v, self.previous, mode) if self._comparable(self.previous) else None
             base = self._scores(v, self.baseline, mode) if self._comparable(self.baseline) else None
             probs = now.probs * 100
+            negatives = self.scorer.negative_texts(self.current) if now.negative is not None else None
             for i, name in enumerate(names):
                 rows = []
                 for c, (cls, descs) in enumerate(zip(self.current.classes, self.current.descriptions)):
@@ -402,6 +437,12 @@ class Workbench:
                     "delta_previous": None if prev is None else (probs[i] - prev.probs[i] * 100).tolist(),
                     "delta_baseline": None if base is None else (probs[i] - base.probs[i] * 100).tolist(),
                     "descriptors": rows,
+                    "pn": _pn_report(i, now, prev, base),
+                    "negative_terms": [] if negatives is None else [
+                        {"class": cls, "texts": negatives[c],
+                         "similarity": float(self.scorer.logit_scale * now.negative[i, c]),
+                         "contribution": float(now.negative_contributions[i, c])}
+                        for c, cls in enumerate(self.current.classes)],
                 }
         return out
 
@@ -442,8 +483,7 @@ class Workbench:
         ones and the result becomes current. Returns the :class:`dferclip.llm.Generation`."""
         from .llm import generate
 
-        gen = generate(self.current.classes, style, only=only,
-                       reserved_tokens=self.model.config.prompt.n_ctx, **llm_kwargs)
+        gen = generate(self.current.classes, style, only=only, reserved_tokens=self.reserved_tokens(), **llm_kwargs)
         new = [list(d) for d in self.current.descriptions]
         for cls, descs in zip(gen.classes, gen.descriptions):
             i = self.current.classes.index(cls)

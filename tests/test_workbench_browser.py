@@ -1,4 +1,5 @@
-"""A real browser (Debian chromium via playwright) edits a description cell and sees the scores change."""
+"""A real browser (Debian chromium via playwright) edits a description cell and sees the scores change; with a
+FineCLIPER model it sees the positive/negative descriptor bars."""
 import re
 import shutil
 import socket
@@ -12,6 +13,7 @@ pytestmark = [pytest.mark.browser,
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 KEY = "random:dferclip-tiny"
+FINE_KEY = "random:fineclipper-tiny"  # what DFERCLIP_MODEL=random:fineclipper-tiny puts first in the app
 NUMBER = re.compile(r"-?\d+\.\d{3}")
 
 
@@ -21,8 +23,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def app_url():
+def serve(key: str, frames: int):
+    """The model bar and the workbench tab for model ``key``, with a random clip of ``frames`` frames as the
+    page's current clip; returns (url, demo)."""
     import gradio as gr
     import torch
 
@@ -30,17 +33,30 @@ def app_url():
     from dferclip.ui.context import AppContext, ClipRecord, build_model_bar
     from dferclip.ui.workbench import build_workbench_tab
 
-    ctx = AppContext(ModelRegistry([ModelEntry(KEY, "tiny random model", "default")], dev="cpu"))
+    ctx = AppContext(ModelRegistry([ModelEntry(key, "tiny random model", "explicit")], dev="cpu"))
     torch.manual_seed(0)
-    clip = ClipRecord(path="clip.webm", model_key=KEY, ingest=SimpleNamespace(video=torch.rand(1, 16, 3, 64, 64)),
-                      prediction=None)
+    clip = ClipRecord(path="clip.webm", model_key=key,
+                      ingest=SimpleNamespace(video=torch.rand(1, frames, 3, 64, 64)), prediction=None)
     with gr.Blocks() as demo:
         build_model_bar(ctx)
         ctx.clip = gr.State(clip)  # the page's current clip, as the predict tab would leave it
         build_workbench_tab(ctx)
     port = free_port()
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
+    return f"http://127.0.0.1:{port}/", demo
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    url, demo = serve(KEY, 16)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def fine_app_url():
+    url, demo = serve(FINE_KEY, 8)
+    yield url
     demo.close()
 
 
@@ -80,6 +96,44 @@ def test_edit_a_cell_and_the_scores_change(app_url, tmp_path):
         assert 1 <= len(new_numbers) <= 4, new_numbers
         assert text_of(page, "workbench-scores") != scores_before
         page.wait_for_selector("canvas, svg.marks", timeout=30_000)
+        expect(page.locator("#workbench-pn")).to_be_hidden()  # DFER-CLIP: no positive/negative descriptors
+        expect(page.locator("#workbench-pn-note")).to_be_hidden()
         page.screenshot(path=str(tmp_path / "workbench.png"), full_page=True)
         browser.close()
     assert not errors, errors
+
+
+def test_fineclipper_shows_positive_and_negative_bars(fine_app_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1600})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(fine_app_url)
+        pn = page.locator("#workbench-pn")
+        expect(pn).to_be_hidden()
+        page.get_by_role("button", name="Re-score").click()
+        expect(page.locator("#workbench-status")).to_contain_text("same as baseline", timeout=120_000)
+        expect(pn).to_be_visible(timeout=30_000)
+        expect(pn).to_contain_text("positive vs negative descriptors")
+        expect(page.locator("#workbench-pn-note")).to_contain_text("cos⁻")
+        expect(page.locator("#workbench-contributions")).to_contain_text(
+            "negative: A person with an expression of no anger", timeout=30_000)
+        pn.locator("canvas, svg.marks").first.wait_for(timeout=30_000)
+        pn.scroll_into_view_if_needed()
+        page.wait_for_timeout(1000)  # let vega draw
+        legend = pn.inner_text()
+        assert "positive" in legend and "negative" in legend, legend
+        pn.screenshot(path=str(tmp_path / "pn.png"))
+        browser.close()
+    assert not errors, errors
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(tmp_path / "pn.png").convert("RGB"))
+    # the fixed colour map: positive bars green (0, 128, 0), negative ones red (255, 0, 0)
+    for rgb in ((0, 128, 0), (255, 0, 0)):
+        assert (pixels == rgb).all(axis=-1).sum() > 200, rgb

@@ -3,6 +3,11 @@
 Per page, the tab keeps plain data in ``gr.State`` (the baseline / previous / current description sets and the
 evaluation set's embeddings); models and the bounded text/video embedding caches are shared app-wide, so an edit
 re-encodes only the changed descriptions and re-scores cached clip embeddings.
+
+For a model with positive and negative descriptors (FineCLIPER) the tab also shows the first clip's positive
+(green) and negative (red) descriptor cosines per class, the paper's Fig. 3 view, with a note on how they make
+the logit; for DFER-CLIP models that plot and note are hidden. The event functions that score
+(:func:`start_event`, :func:`rescore_event`) are module-level so that tests can call them directly.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from ..descriptions import (
 )
 from ..errors import DferclipError
 from ..llm import LLMSettings, get_style, prompt_styles
-from ..scoring import COMBINE_MODES, TextEmbeddingCache, VideoEmbeddingCache
+from ..scoring import COMBINE_MODES, TextEmbeddingCache, VideoEmbeddingCache, has_pn_descriptors
 from ..workbench import (
     Workbench,
     class_set_choices,
@@ -38,6 +43,10 @@ log = logging.getLogger(__name__)
 
 HEADERS = ["class", "description"]
 MODE_LABELS = {"zero-shot": "zero-shot (CLIP towers)", "learned": "learned prompts (DFER-CLIP contexts)"}
+PN_LEARNED_LABEL = "learned (FineCLIPER positive/negative adapters)"
+PN_TITLE = "positive vs negative descriptors (current clip, learned)"
+PN_COLUMNS = ["bar", "cosine", "descriptor"]
+PN_COLORS = {"positive": "green", "negative": "red"}
 
 
 class _Shared:
@@ -86,16 +95,27 @@ def _fmt_delta(x) -> str:
     return "±0.00" if abs(x) < 0.005 else f"{x:+.2f}"
 
 
+def _pn_bars(classes: list[str], pn: Optional[dict]) -> Optional[pd.DataFrame]:
+    """The current version's positive (green) and negative (red) cosines per class, or None."""
+    if pn is None or pn["current"] is None:
+        return None
+    rows = []
+    for c, pos, neg in zip(classes, pn["current"]["positive"], pn["current"]["negative"]):
+        rows += [{"bar": f"{c} · pos", "cosine": pos, "descriptor": "positive"},
+                 {"bar": f"{c} · neg", "cosine": neg, "descriptor": "negative"}]
+    return pd.DataFrame(rows, columns=PN_COLUMNS)
+
+
 def _score_outputs(wb: Workbench, clip_names: list[str]):
-    """(scores table, zero-shot bars, learned bars, contributions table) for the first clip."""
+    """(scores table, zero-shot bars, learned bars, contributions table, PN bars or None) for the first clip."""
     classes = wb.current.classes
     empty_bars = pd.DataFrame({"bar": [], "probability (%)": [], "version": []})
     if not clip_names:
         return pd.DataFrame({"class": classes}), empty_bars, empty_bars, pd.DataFrame(
-            columns=["mode", "class", "description", "similarity", "contribution"])
+            columns=["mode", "class", "description", "similarity", "contribution"]), None
     report = wb.score_clips(clip_names[:1])["clips"][clip_names[0]]
     table = {"class": classes}
-    bars, contrib = {}, []
+    bars, contrib, pn = {}, [], None
     for mode in ("zero-shot", "learned"):
         r = report.get(mode)
         if r is None:
@@ -106,6 +126,10 @@ def _score_outputs(wb: Workbench, clip_names: list[str]):
         table[f"{mode} %"] = [f"{p:.1f}" for p in r["probs"]]
         table[f"{mode} Δ prev"] = [_fmt_delta(d) for d in (r["delta_previous"] or [None] * len(classes))]
         table[f"{mode} Δ base"] = [_fmt_delta(d) for d in (r["delta_baseline"] or [None] * len(classes))]
+        if r.get("pn") is not None:
+            pn = _pn_bars(classes, r["pn"])
+            table[f"{mode} cos⁺"] = [f"{x:.4f}" for x in r["pn"]["current"]["positive"]]
+            table[f"{mode} cos⁻"] = [f"{x:.4f}" for x in r["pn"]["current"]["negative"]]
         rows = []
         for i, c in enumerate(classes):
             rows.append({"bar": f"{c} · now", "probability (%)": r["probs"][i], "version": "current"})
@@ -116,7 +140,29 @@ def _score_outputs(wb: Workbench, clip_names: list[str]):
         contrib += [{"mode": mode, "class": d["class"], "description": d["description"],
                      "similarity": round(d["similarity"], 3), "contribution": round(d["contribution"], 3)}
                     for d in r["descriptors"]]
-    return pd.DataFrame(table), bars["zero-shot"], bars["learned"], pd.DataFrame(contrib)
+        contrib += [{"mode": mode, "class": t["class"], "description": "negative: " + " / ".join(t["texts"]),
+                     "similarity": round(t["similarity"], 3), "contribution": round(t["contribution"], 3)}
+                    for t in r.get("negative_terms") or []]
+    return pd.DataFrame(table), bars["zero-shot"], bars["learned"], pd.DataFrame(contrib), pn
+
+
+def pn_note(model) -> str:
+    """How a PN model's learned scores are made (Markdown); "" for other models."""
+    if not has_pn_descriptors(model):
+        return ""
+    pos_t, neg_t = model.descriptor_templates
+    scale, weight = float(model.logit_scale), float(model.negative_weight)
+    text = (f"**Positive vs negative descriptors.** This model's learned logit of a class is "
+            f"{scale:g}·(cos⁺ − λ·cos⁻) with λ = {weight:g}: cos⁺ (green) is the clip's cosine with the "
+            f"positive descriptor `{pos_t}` through the positive text adapters, cos⁻ (red) with the negative one "
+            f"`{neg_t}` through the negative adapters. The negative term is one row per class in the "
+            f"contributions table.")
+    if getattr(getattr(model, "settings", None), "descriptors", None) == "label":
+        own = model.settings.label_templates[0]
+        text += (f" The model's own positive descriptor is the class label (`{own}`); here the descriptions go "
+                 f"through the positive adapter as written (the paper's description alternative), so these "
+                 f"scores are not the model's own predictions.")
+    return text
 
 
 def _eval_outputs(wb: Workbench):
@@ -147,6 +193,65 @@ def _flags_md(wb: Workbench) -> str:
     if not flags:
         return "No flags: no description names an emotion, all fit CLIP's 77-token context."
     return "\n".join(f"- **{f['class']}** ({f['kind']}): {f['message']} — _{f['description'][:80]}_" for f in flags)
+
+
+# --- event functions that score (module-level: tests call them directly) ----------------------------
+def workbench_outputs(wb: Workbench, clip, eval_set, message: str = "") -> tuple:
+    """Values of the scoring outputs: (state, status, flags, zero-shot bars, learned bars, PN bars, PN note,
+    scores table, contributions table, metrics, recall, confusion). ``clip``: the page's ClipRecord or None."""
+    names = []
+    if clip is not None:
+        if clip.video.shape[-1] == wb.model.input_config.image_size:
+            names = [wb.add_clip(clip.video, Path(getattr(clip, "path", "clip")).name)]
+        else:
+            message += " The current clip was prepared for another model; predict it again with this one."
+    if eval_set is not None:
+        wb.set_evaluation_embeddings(eval_set)
+    before = wb.text_cache.encoded
+    table_out, zero, learned, contrib, pn = _score_outputs(wb, names)
+    metrics_out, recall_out, confusion_out = _eval_outputs(wb)
+    encoded = wb.text_cache.encoded - before
+    if not names:
+        message += " No clip yet: classify one in the video tab (or load an evaluation set)."
+    changed = [r["class"] for r in diff_description_sets(wb.baseline, wb.current)]
+    vs_base = f"differs from baseline in: {', '.join(changed)}" if changed else "same as baseline"
+    text = (f"{wb.current.name} v{wb.current.version} · {vs_base} · {encoded} description text(s) encoded. "
+            f"{message}").strip()
+    has_pn = wb.has_pn
+    zero = gr.BarPlot(value=zero, sort=list(zero["bar"]))
+    learned = gr.BarPlot(value=learned, sort=list(learned["bar"]),
+                         title=PN_LEARNED_LABEL if has_pn else MODE_LABELS["learned"])
+    if pn is not None:
+        pn_plot = gr.BarPlot(value=pn, sort=list(pn["bar"]), visible=True)
+    else:
+        pn_plot = gr.BarPlot(visible=False)  # no value: an empty untyped frame would break its next drawing
+    note = gr.Markdown(pn_note(wb.model), visible=has_pn)
+    return (_state(wb), text, _flags_md(wb), zero, learned, pn_plot, note, table_out, contrib, metrics_out,
+            recall_out, confusion_out)
+
+
+def start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set) -> tuple:
+    """Start from a class set, a saved set or custom classes: (table, class choices) + the scoring outputs."""
+    wb = _workbench(ctx, model_key, None)
+    try:
+        ds = load_description_set(saved_v) if saved_v else starting_set(class_set_v, (custom_v or "").split(","))
+    except DferclipError as e:
+        raise gr.Error(str(e)) from None
+    wb.start_from(ds)
+    wb.combine = combine_v
+    out = workbench_outputs(wb, clip, eval_set)
+    return (_rows_df(ds), gr.update(choices=ds.classes, value=[])) + out
+
+
+def rescore_event(ctx, model_key, rows, state_v, combine_v, clip, eval_set) -> tuple:
+    """The table's rows become the current version; the scoring outputs."""
+    wb = _workbench(ctx, model_key, state_v)
+    wb.combine = combine_v
+    try:
+        wb.edit_rows(_rows(rows))
+    except DferclipError as e:
+        raise gr.Error(str(e)) from None
+    return workbench_outputs(wb, clip, eval_set)
 
 
 # --- the tab ---------------------------------------------------------------------------------------
@@ -181,6 +286,10 @@ def build_workbench_tab(ctx) -> None:
                                    y_lim=[0, 100], x_label_angle=-45, height=320)
             bars_learned = gr.BarPlot(x="bar", y="probability (%)", color="version", title=MODE_LABELS["learned"],
                                       y_lim=[0, 100], x_label_angle=-45, height=320)
+        # positive/negative descriptor models only (FineCLIPER); hidden for the others
+        bars_pn = gr.BarPlot(x="bar", y="cosine", color="descriptor", color_map=PN_COLORS, title=PN_TITLE,
+                             x_label_angle=-45, height=320, visible=False, elem_id="workbench-pn")
+        pn_md = gr.Markdown(visible=False, elem_id="workbench-pn-note")
         scores = gr.Dataframe(label="Scores of the current clip (logit = 100·cos; %; Δ of % in points)", interactive=False,
                               elem_id="workbench-scores")
         with gr.Accordion("Per-descriptor contributions", open=True):
@@ -235,54 +344,18 @@ def build_workbench_tab(ctx) -> None:
             diff_md = gr.Markdown()
 
     # --- event functions ---------------------------------------------------------------------------
-    def everything(wb: Workbench, clip, eval_set, message: str = ""):
-        names = []
-        if clip is not None:
-            if clip.video.shape[-1] == wb.model.input_config.image_size:
-                names = [wb.add_clip(clip.video, Path(getattr(clip, "path", "clip")).name)]
-            else:
-                message += " The current clip was prepared for another model; predict it again with this one."
-        if eval_set is not None:
-            wb.set_evaluation_embeddings(eval_set)
-        before = wb.text_cache.encoded
-        table_out, zero, learned, contrib = _score_outputs(wb, names)
-        metrics_out, recall_out, confusion_out = _eval_outputs(wb)
-        encoded = wb.text_cache.encoded - before
-        if not names:
-            message += " No clip yet: classify one in the video tab (or load an evaluation set)."
-        changed = [r["class"] for r in diff_description_sets(wb.baseline, wb.current)]
-        vs_base = f"differs from baseline in: {', '.join(changed)}" if changed else "same as baseline"
-        text = (f"{wb.current.name} v{wb.current.version} · {vs_base} · {encoded} description text(s) encoded. "
-                f"{message}").strip()
-        zero, learned = (gr.BarPlot(value=df, sort=list(df["bar"])) for df in (zero, learned))
-        return (_state(wb), text, _flags_md(wb), zero, learned, table_out, contrib, metrics_out, recall_out,
-                confusion_out)
-
-    score_outputs = [state, status, flags, bars_zero, bars_learned, scores, contributions, metrics, recall, confusion]
+    score_outputs = [state, status, flags, bars_zero, bars_learned, bars_pn, pn_md, scores, contributions, metrics,
+                     recall, confusion]
 
     def start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set):
-        wb = _workbench(ctx, model_key, None)
-        try:
-            ds = load_description_set(saved_v) if saved_v else starting_set(class_set_v, (custom_v or "").split(","))
-        except DferclipError as e:
-            raise gr.Error(str(e)) from None
-        wb.start_from(ds)
-        wb.combine = combine_v
-        out = everything(wb, clip, eval_set)
-        return (_rows_df(ds), gr.update(choices=ds.classes, value=[])) + out
+        return start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set)
 
     start_inputs = [ctx.model_dropdown, class_set, custom, saved, combine, ctx.clip, eval_state]
     start_outputs = [table, only] + score_outputs
     run_kw = {"concurrency_id": ctx.concurrency_id, "concurrency_limit": ctx.concurrency_limit}
 
     def rescore(model_key, rows, state_v, combine_v, clip, eval_set):
-        wb = _workbench(ctx, model_key, state_v)
-        wb.combine = combine_v
-        try:
-            wb.edit_rows(_rows(rows))
-        except DferclipError as e:
-            raise gr.Error(str(e)) from None
-        return everything(wb, clip, eval_set)
+        return rescore_event(ctx, model_key, rows, state_v, combine_v, clip, eval_set)
 
     rescore_inputs = [ctx.model_dropdown, table, state, combine, ctx.clip, eval_state]
 
@@ -308,7 +381,8 @@ def build_workbench_tab(ctx) -> None:
         except DferclipError as e:
             raise gr.Error(str(e)) from None
         sent_text = "\n\n".join(f"[{c}] {p}" for c, p in zip(gen.classes, gen.prompts))
-        return (_rows_df(wb.current), sent_text) + everything(wb, clip, eval_set, f"Generated with {settings.model}.")
+        return (_rows_df(wb.current), sent_text) + workbench_outputs(wb, clip, eval_set,
+                                                                     f"Generated with {settings.model}.")
 
     def load_eval(model_key, files, folder, csv_path, hf_path, state_v, clip, progress=gr.Progress()):
         wb = _workbench(ctx, model_key, state_v)
@@ -335,7 +409,7 @@ def build_workbench_tab(ctx) -> None:
                 clips, progress=lambda i, n, p: progress(i / max(n, 1), desc=f"embedding {Path(p).name}"))
         except DferclipError as e:
             raise gr.Error(str(e)) from None
-        return (embedded,) + everything(wb, clip, embedded, f"Evaluation set: {len(embedded)} clips.")
+        return (embedded,) + workbench_outputs(wb, clip, embedded, f"Evaluation set: {len(embedded)} clips.")
 
     def save(model_key, name, state_v):
         wb = _workbench(ctx, model_key, state_v)
@@ -365,7 +439,7 @@ def build_workbench_tab(ctx) -> None:
         wb = _workbench(ctx, model_key, None)
         wb.start_from(ds)
         wb.combine = combine_v
-        return (_rows_df(ds), gr.update(choices=ds.classes, value=[])) + everything(wb, clip, eval_set)
+        return (_rows_df(ds), gr.update(choices=ds.classes, value=[])) + workbench_outputs(wb, clip, eval_set)
 
     def do_diff(model_key, a, b, state_v):
         wb = _workbench(ctx, model_key, state_v)
