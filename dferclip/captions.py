@@ -137,8 +137,17 @@ def refine_caption(text: str, extra_words: Sequence[str] = ()) -> RefinedCaption
 
 # --- clip identity and the cache --------------------------------------------------------------------------
 def clip_key(path: str | Path) -> str:
-    """Content hash of a video file, or of a frame folder's images (names and bytes, in frame order)."""
+    """Content hash of a video file, or of a frame folder's images (names and bytes, in frame order). A frame
+    folder extracted from a video (:func:`dferclip.data.ingest_videos`) has its video's key."""
+    from .data import SOURCE_KEY_FILE
+
     p = Path(path)
+    stored = p / SOURCE_KEY_FILE
+    if p.is_dir() and stored.is_file():
+        key = stored.read_text().strip()
+        if re.fullmatch(r"[0-9a-f]{32}", key):
+            return key
+        log.warning("ignoring malformed %s in %s", SOURCE_KEY_FILE, p)
     h = hashlib.blake2b(digest_size=16)
     if p.is_file():
         files = [p]
@@ -398,7 +407,7 @@ def caption_clips(clips: Iterable[tuple[str, Callable[[], Sequence[np.ndarray]],
                   flush_every: int = 20, extra_leak_words: Sequence[str] = ()) -> CaptionReport:
     """Describe and refine each ``(key, load_frames, source)``; cached clips are skipped. A clip that fails is
     reported and the rest go on; errors no clip can get past (no key, no GPU, no weights) stop the run."""
-    from .errors import LLMConfigError
+    from .errors import LLMConfigError, LLMConnectionError
 
     report = CaptionReport()
     try:
@@ -409,8 +418,8 @@ def caption_clips(clips: Iterable[tuple[str, Callable[[], Sequence[np.ndarray]],
             try:
                 frames = load_frames()
                 raw = captioner.describe(frames)
-            except (LLMConfigError, CaptionBackendUnavailable):
-                raise
+            except (LLMConfigError, LLMConnectionError, CaptionBackendUnavailable):
+                raise  # no later clip would get past these
             except DferclipError as e:
                 report.failed.append((key, str(e)))
                 log.warning("caption for %s failed: %s", source or key, e)

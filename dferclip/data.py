@@ -182,7 +182,7 @@ def scan_class_folders(root: str | Path, class_names: Sequence[str]) -> list[Cli
     root = Path(root)
     index = {c.lower(): i for i, c in enumerate(class_names)}
     records = []
-    for cdir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for cdir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if cdir.name.lower() not in index:
             raise DataError(f"{cdir} is not a class of {list(class_names)}")
         for clip in sorted((p for p in cdir.iterdir() if p.is_dir()), key=lambda p: _natural_key(p.name)):
@@ -412,6 +412,9 @@ def subset(ds: ClipDataset, indices: Sequence[int], *, train: Optional[bool] = N
 
 
 # --- raw videos through the ingestion pipeline -------------------------------------------------
+SOURCE_KEY_FILE = ".clip-key"  # in frame folders extracted from a video: the video's clip_key
+
+
 def _frame_dir_name(video: Path) -> str:
     digest = hashlib.sha1(str(video.resolve()).encode()).hexdigest()[:10]
     return f"{video.stem}-{digest}"
@@ -422,6 +425,7 @@ def ingest_videos(videos: Sequence[tuple[str | Path, int]], out_dir: str | Path,
     """Run each video once through ``dferclip.ingest`` (decode, face tracking, square crops) and keep the
     crops as a frame folder; returns an official-format list of them. Already-extracted videos are reused.
     Videos that cannot be read are reported and skipped."""
+    from .captions import clip_key
     from .errors import DferclipError
     from .ingest import ingest
 
@@ -445,6 +449,8 @@ def ingest_videos(videos: Sequence[tuple[str | Path, int]], out_dir: str | Path,
             kept = _distinct_frames(res)
             for k, crop in enumerate(kept):
                 crop.save(tmp / f"{k:05d}.jpg", quality=95)
+            # the clip's identity is its video's content, whatever crop size or cache folder (captions use it)
+            (tmp / SOURCE_KEY_FILE).write_text(clip_key(video) + "\n")
             os.replace(tmp, folder)
             frames = list_frames(folder)
         records.append(ClipRecord(str(folder), len(frames), int(label), i))
@@ -468,7 +474,7 @@ def scan_video_folders(root: str | Path, class_names: Sequence[str]) -> list[tup
     root = Path(root)
     index = {c.lower(): i for i, c in enumerate(class_names)}
     pairs = []
-    for cdir in sorted(p for p in root.iterdir() if p.is_dir()):
+    for cdir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):  # not caches
         if cdir.name.lower() not in index:
             raise DataError(f"{cdir} is not a class of {list(class_names)}")
         pairs += [(v, index[cdir.name.lower()]) for v in sorted(cdir.iterdir())
