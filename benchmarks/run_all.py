@@ -25,6 +25,9 @@ BENCHES = {  # name: (title, script, extra arguments; {json} is replaced by a re
     "workbench": ("Description workbench re-scoring (issue 5)", "bench_workbench.py", ["--out", "{json}"]),
     "train": ("Training and data loading (issue 6)", "bench_train.py", ["--json", "{json}"]),
     "fineclipper": ("FineCLIPER vs DFER-CLIP (issue 7)", "bench_fineclipper.py", ["--json", "{json}"]),
+    "app-fineclipper": ("App predict endpoint with FineCLIPER ViT-B/16, all streams (issue 7)", "bench_app.py",
+                        ["--model", "random:fineclipper-vit-b-16", "--repeats", "2", "--no-precision",
+                         "--json", "{json}"]),
 }
 
 
