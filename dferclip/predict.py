@@ -156,10 +156,13 @@ def score_sequences(model, frames: torch.Tensor, positions: torch.Tensor, *, dev
     with runtime.inference(dev, dtype):
         renders = None if renders is None else {k: v.to(dev) for k, v in renders.items()}
         feats = _batched(model.frame_features, frames.to(dev), renders, batch)
-        video_emb = model.embed_sequences(feats, positions.to(dev))
+        weights = None
+        if hasattr(model, "visual_streams"):  # multi-stream (FineCLIPER): the clip's fusion weights too
+            video_emb, weights = model.embed_sequences(feats, positions.to(dev), return_weights=True)
+            weights = weights.float().cpu()
+        else:
+            video_emb = model.embed_sequences(feats, positions.to(dev))
         logits = model.score(video_emb, model.class_embeddings())
-        weights = (model.sequence_stream_weights(feats, positions.to(dev)).float().cpu()
-                   if hasattr(model, "sequence_stream_weights") else None)
     return logits.float().cpu(), video_emb.float().cpu(), weights
 
 

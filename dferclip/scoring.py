@@ -148,9 +148,7 @@ def has_pn_descriptors(model) -> bool:
 
 def negative_texts(model, texts: Sequence[str], class_index: Sequence[int]) -> list[str]:
     """The negative descriptor texts a PN model writes these descriptions into (its negative template)."""
-    template = model.descriptor_templates[1]
-    names = model.class_names
-    return [template.format(name=names[c], description=t.strip()) for t, c in zip(texts, class_index)]
+    return model.descriptor_prompts(texts, class_index, negative=True)
 
 
 # --- text embeddings ---------------------------------------------------------------------------------

@@ -273,13 +273,17 @@ class FineCLIPER(ModelFacts, nn.Module):
         own = self._templates()
         return own if "{description}" in own[0] else self.settings.description_templates
 
+    def descriptor_prompts(self, texts: Sequence[str], class_index: Sequence[int], negative: bool = False) -> list[str]:
+        """Descriptions ``texts`` of classes ``class_index`` written into :attr:`descriptor_templates`."""
+        names = self.descriptions.classes
+        template = self.descriptor_templates[1 if negative else 0]
+        return [template.format(name=names[c], description=t.strip()) for t, c in zip(texts, class_index)]
+
     def encode_prompts(self, texts: Sequence[str], class_index: Sequence[int], negative: bool = False) -> torch.Tensor:
         """Descriptor features (P, D) before normalisation for descriptions ``texts`` of classes
         ``class_index`` (the workbench's learned path), written into :attr:`descriptor_templates`: positive
         ones through the positive adapters, or negative ones through the negative adapters (``negative=True``)."""
-        names = self.descriptions.classes
-        template = self.descriptor_templates[1 if negative else 0]
-        built = [template.format(name=names[c], description=t.strip()) for t, c in zip(texts, class_index)]
+        built = self.descriptor_prompts(texts, class_index, negative)
         return self._encode_text([(self._label_streams()[1 if negative else 0], built)])[0]
 
     def encode_classes(self, descriptions: Optional[DescriptionSet] = None) -> torch.Tensor:
@@ -400,16 +404,13 @@ class FineCLIPER(ModelFacts, nn.Module):
             present["caption"] = torch.zeros(n, dtype=torch.bool, device=ref.device)
         return feats, present
 
-    def embed_sequences(self, features: Mapping[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
+    def embed_sequences(self, features: Mapping[str, torch.Tensor], positions: torch.Tensor,
+                        return_weights: bool = False):
         """Fused video embeddings (N, D) of N frame sequences given as (N, T) positions into ``features``
-        (without captions)."""
-        return self._fuse(*self._sequence_streams(features, positions))
-
-    def sequence_stream_weights(self, features: Mapping[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
-        """(N, S) fusion weights of :attr:`streams` for those sequences (a missing caption gets 0)."""
+        (without captions); with ``return_weights`` also their (N, S) fusion weights (a missing caption: 0)."""
         feats, present = self._sequence_streams(features, positions)
-        return self.fusion.weights(torch.stack([feats[k] for k in self.streams], 1),
-                                   torch.stack([present[k] for k in self.streams], 1))
+        fused = self._fuse(feats, present)
+        return (fused, self._fusion_weights(feats, present)) if return_weights else fused
 
     def _encode_captions(self, inputs: dict, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) normalised caption embeddings and (B,) presence; every row goes through the adapter so
@@ -446,11 +447,13 @@ class FineCLIPER(ModelFacts, nn.Module):
         feats, present = self.encode_streams(inputs)
         return self._fuse(feats, present)
 
-    def stream_weights(self, inputs) -> torch.Tensor:
-        """(B, S) fusion weights of :attr:`streams` for these clips."""
-        feats, present = self.encode_streams(inputs)
+    def _fusion_weights(self, feats: dict, present: dict) -> torch.Tensor:
         return self.fusion.weights(torch.stack([feats[n] for n in self.streams], 1),
                                    torch.stack([present[n] for n in self.streams], 1))
+
+    def stream_weights(self, inputs) -> torch.Tensor:
+        """(B, S) fusion weights of :attr:`streams` for these clips."""
+        return self._fusion_weights(*self.encode_streams(inputs))
 
     # --- scoring ---------------------------------------------------------------------------------------
     def positive_negative_scores(self, video_embedding: torch.Tensor, class_embedding: Optional[torch.Tensor] = None
