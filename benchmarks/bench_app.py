@@ -60,8 +60,9 @@ def free_port() -> int:
 
 def bench_endpoint(model: str, clip: Path, repeats: int) -> list[dict]:
     os.environ["DFERCLIP_MODEL"] = model
-    import app
     from gradio_client import Client, handle_file
+
+    import app
 
     port = free_port()
     app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
@@ -102,7 +103,7 @@ def precision_comparison(model_name: str, clip: Path) -> dict:
 
     import dferclip
     from dferclip import runtime
-    from dferclip.ingest import ingest
+    from dferclip.video.ingest import ingest
 
     model = dferclip.load_model(model_name)
     video = ingest(clip, model.input_config).video

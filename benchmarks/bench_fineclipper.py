@@ -74,7 +74,7 @@ def train_step(model, inputs, labels):
 
 def mediapipe_row(frames: int, image_size: int, repeat: int):
     try:
-        from dferclip.face_analysis import MediaPipeFaceAnalyzer, render_analysis
+        from dferclip.video.face_analysis import MediaPipeFaceAnalyzer, render_analysis
         from tests.media import astronaut_face
     except ImportError as e:
         return {"model": "MediaPipe renders", "note": f"skipped: {e}"}

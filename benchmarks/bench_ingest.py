@@ -22,10 +22,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from dferclip.faces import MTCNNDetector  # noqa: E402
-from dferclip.ingest import ingest  # noqa: E402
-from dferclip.video import VideoReader, sample_indices  # noqa: E402
 from media import astronaut_face, background, paste, write_video  # noqa: E402
+
+from dferclip.video.decode import VideoReader, sample_indices  # noqa: E402
+from dferclip.video.faces import MTCNNDetector  # noqa: E402
+from dferclip.video.ingest import ingest  # noqa: E402
 
 CLIPS = {  # name: (seconds, fps, x264 preset)
     "10s_720p": (10, 30, "veryfast"),

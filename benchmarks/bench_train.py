@@ -26,9 +26,15 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dferclip.config import InputConfig  # noqa: E402
-from dferclip.data import load_annotation_dataset  # noqa: E402
-from dferclip.synthetic import write_frame_dataset  # noqa: E402
-from dferclip.train import TrainConfig, build_for_training, make_optimizer, resolve_descriptions, trainable_groups  # noqa: E402
+from dferclip.training.data import load_annotation_dataset  # noqa: E402
+from dferclip.training.synthetic import write_frame_dataset  # noqa: E402
+from dferclip.training.train import (  # noqa: E402
+    TrainConfig,
+    build_for_training,
+    make_optimizer,
+    resolve_descriptions,
+    trainable_groups,
+)
 
 
 def bench_loading(list_file: Path, image_size: int, workers: int, batches: int = 4, batch: int = 8) -> float:

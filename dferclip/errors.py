@@ -95,3 +95,7 @@ class DataError(DferclipError):
 
 class TrainingError(DferclipError):
     """A training or evaluation setup that cannot run (bad config, incompatible checkpoint)."""
+
+
+class CaptionError(DferclipError):
+    """Describing a clip failed."""

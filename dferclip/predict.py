@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import runtime
-from .video import Limits, WindowSpec
+from .video.decode import Limits, WindowSpec
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def _batched(fn, frames: torch.Tensor, renders: Optional[dict], batch: int):
 
 def mid_level_renders(model, frames: torch.Tensor) -> Optional[dict]:
     """FineCLIPER's parsing/landmark renders (U, 3, S, S) of distinct frames, when the model uses them."""
-    if not getattr(model, "needs_face_analysis", False):
+    if not model.needs_face_analysis:
         return None
     return {k: v.squeeze(0) for k, v in model.render_mid_level(frames.unsqueeze(0)).items()}
 
@@ -156,12 +156,9 @@ def score_sequences(model, frames: torch.Tensor, positions: torch.Tensor, *, dev
     with runtime.inference(dev, dtype):
         renders = None if renders is None else {k: v.to(dev) for k, v in renders.items()}
         feats = _batched(model.frame_features, frames.to(dev), renders, batch)
-        weights = None
-        if hasattr(model, "visual_streams"):  # multi-stream (FineCLIPER): the clip's fusion weights too
-            video_emb, weights = model.embed_sequences(feats, positions.to(dev), return_weights=True)
-            weights = weights.float().cpu()
-        else:
-            video_emb = model.embed_sequences(feats, positions.to(dev))
+        # multi-stream models (FineCLIPER) also give the clip's fusion weights; single-stream ones give None
+        video_emb, weights = model.embed_sequences(feats, positions.to(dev), return_weights=True)
+        weights = None if weights is None else weights.float().cpu()
         logits = model.score(video_emb, model.class_embeddings())
     return logits.float().cpu(), video_emb.float().cpu(), weights
 
@@ -175,7 +172,7 @@ def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget:
     256 on CUDA, divided by the number of visual streams of a FineCLIPER model). Unusable files raise ``VideoError`` subclasses; a clip without a face is classified from
     centre crops, with a warning (``fallback="error"`` raises ``NoFaceFoundError`` instead).
     """
-    from .ingest import ingest
+    from .video.ingest import ingest
 
     t0 = time.perf_counter()
     dev = torch.device(dev) if dev is not None else next(model.parameters()).device
@@ -183,7 +180,7 @@ def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget:
     limits = limits or Limits()
     spec = None
     if windows:
-        budget = (default_frame_budget(dev, len(getattr(model, "visual_streams", ("video",))))
+        budget = (default_frame_budget(dev, len(model.visual_streams))
                   if frame_budget is None else frame_budget)
         spec = partial(timeline_spec, frame_budget=budget, num_frames=model.input_config.num_frames)
     result = ingest(path, model.input_config, detector=detector, fallback=fallback, windows=spec, limits=limits)

@@ -38,7 +38,8 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from .checkpoints import CHECKPOINTS_DIR, UNTRAINED_WARNING, discover_models, load_model
+from . import files
+from .weights.checkpoints import UNTRAINED_WARNING, discover_models, load_model
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def find_models(explicit: str | None = None, checkpoints_dir: Path | None = None
     found: list[tuple[str, str]] = []
     if explicit:
         found.append(("explicit", explicit))
-    found += [("checkpoints", str(p)) for p in discover_models(checkpoints_dir or CHECKPOINTS_DIR)]
+    found += [("checkpoints", str(p)) for p in discover_models(checkpoints_dir or files.checkpoints_dir())]
     hub = os.environ.get("DFERCLIP_HUB_REPO", "")
     found += [("hub", r.strip()) for r in hub.split(",") if r.strip()]
     found += [("default", DEFAULT_SOURCE)]

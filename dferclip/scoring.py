@@ -47,7 +47,7 @@ from typing import Hashable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .descriptions import DescriptionSet
+from .text.descriptions import DescriptionSet
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class LRUCache:
 # --- positive/negative descriptors ---------------------------------------------------------------------
 def has_pn_descriptors(model) -> bool:
     """Whether the model scores a class by a positive and a negative descriptor (FineCLIPER)."""
-    return hasattr(model, "positive_negative_scores")
+    return model.has_negative_prompts
 
 
 def negative_texts(model, texts: Sequence[str], class_index: Sequence[int]) -> list[str]:
@@ -300,21 +300,12 @@ class VideoEmbeddingCache:
         path = self._disk_path(full)
         if path is None:
             return
-        import os
-        import tempfile
-
         from safetensors.torch import save_file
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"learned": emb.learned.contiguous(), "zero_shot": emb.zero_shot.contiguous()}, tmp,
-                      metadata={"model": full[0], "clip": str(full[1])})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from .files import atomic_write_with
+
+        tensors = {"learned": emb.learned.contiguous(), "zero_shot": emb.zero_shot.contiguous()}
+        atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata={"model": full[0], "clip": str(full[1])}))
 
     def __len__(self) -> int:
         return len(self._cache)

@@ -25,14 +25,6 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .descriptions import (
-    DescriptionSet,
-    diff_description_sets,
-    load_class_sets,
-    load_description_set,
-    official_descriptions,
-    save_description_set,
-)
 from .errors import DataError, DescriptionError
 from .metrics import Metrics, compute_metrics
 from .scoring import (
@@ -45,6 +37,14 @@ from .scoring import (
     VideoEmbeddingCache,
     file_digest,
     has_pn_descriptors,
+)
+from .text.descriptions import (
+    DescriptionSet,
+    diff_description_sets,
+    load_class_sets,
+    load_description_set,
+    official_descriptions,
+    save_description_set,
 )
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class EmbeddedSet:
 
 def default_ingest(model) -> tuple[Callable[[str], torch.Tensor], dict]:
     """Ingestion of a file into model input (face crops, the model's sampler) and its settings for cache keys."""
-    from .ingest import ingest
+    from .video.ingest import ingest
 
     cfg = model.input_config
 
@@ -325,7 +325,7 @@ class Workbench:
 
     def flags(self, ds: Optional[DescriptionSet] = None) -> list[dict]:
         """Leak and length flags per descriptor (learned prompts reserve the model's context tokens)."""
-        from .llm import check_description
+        from .text.llm import check_description
 
         ds = ds or self.current
         reserved = self.reserved_tokens()
@@ -347,7 +347,7 @@ class Workbench:
         PN model's positive descriptor template (the longest over its classes)."""
         if not self.has_pn:
             return self.model.config.prompt.n_ctx
-        from .text import token_count
+        from .text.tokens import token_count
 
         template = self.model.descriptor_templates[0]
         return max(token_count(template.format(name=c, description="").strip()) - 2 for c in self.model.class_names)
@@ -481,7 +481,7 @@ class Workbench:
                  **llm_kwargs):
         """LLM descriptions for all classes (or ``only`` these); they replace (or are added to) the current
         ones and the result becomes current. Returns the :class:`dferclip.llm.Generation`."""
-        from .llm import generate
+        from .text.llm import generate
 
         gen = generate(self.current.classes, style, only=only, reserved_tokens=self.reserved_tokens(), **llm_kwargs)
         new = [list(d) for d in self.current.descriptions]

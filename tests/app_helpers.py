@@ -5,7 +5,6 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from media import feat_data_dir
 
 TINY = "random:dferclip-tiny"

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from app_helpers import TINY, feat_clip, free_port
 
 pytestmark = [pytest.mark.browser,

@@ -3,9 +3,8 @@ import importlib
 import math
 
 import pytest
-from gradio_client import Client, handle_file
-
 from app_helpers import TINY, corrupt_copy, feat_clip, free_port
+from gradio_client import Client, handle_file
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,26 @@
 import math
 
 import gradio as gr
-import pytest
-
 import numpy as np
-
-from dferclip.runtime import FINECLIPER_SOURCE, ModelEntry, ModelRegistry, find_models, weights_banner, ZERO_SHOT_SOURCE
-from dferclip.ui.context import AppContext, select_model
-from dferclip.ui.predict import TIMELINE_COLUMNS, clear_outputs, example_clips, run_prediction, uses_face_mesh
-
+import pytest
 from app_helpers import TINY, corrupt_copy, feat_clip
+
+from dferclip.runtime import (
+    FINECLIPER_SOURCE,
+    ZERO_SHOT_SOURCE,
+    ModelEntry,
+    ModelRegistry,
+    find_models,
+    weights_banner,
+)
+from dferclip.ui.context import AppContext, select_model
+from dferclip.ui.predict import (
+    TIMELINE_COLUMNS,
+    clear_outputs,
+    example_clips,
+    run_prediction,
+    uses_face_mesh,
+)
 
 FINE_TINY = "random:fineclipper-tiny"
 

@@ -9,14 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from workbench_helpers import FakeOpenAI, completion
 
 import dferclip
-from dferclip.captions import FINE_GRAINED_PROMPT, CaptionStore, clip_key, jpeg_data_url
 from dferclip.cli import main
-from dferclip.data import list_frames, open_dataset, read_annotation
 from dferclip.models.fineclipper import fineclipper_config
-from dferclip.synthetic import CLASS_NAMES, write_frame_dataset
-from workbench_helpers import FakeOpenAI, completion
+from dferclip.training.captions import (
+    FINE_GRAINED_PROMPT,
+    CaptionStore,
+    clip_key,
+    jpeg_data_url,
+)
+from dferclip.training.data import list_frames, open_dataset, read_annotation
+from dferclip.training.synthetic import CLASS_NAMES, write_frame_dataset
 
 KEY = "sk-caption-test-8152"
 LEAKY = ("The mouth corners pull up and the cheeks rise, and the eyes narrow slightly. She smiles broadly, "
@@ -183,8 +188,8 @@ def test_captions_emptied_by_refinement_are_pointed_out(server, data, tmp_path, 
 
 
 def test_caption_file_feeds_the_fineclipper_caption_stream(server, data, tmp_path, capsys):
-    from dferclip.evaluate import caption_coverage, open_captions
-    from dferclip.text import tokenize
+    from dferclip.text.tokens import tokenize
+    from dferclip.training.evaluate import caption_coverage, open_captions
 
     out = tmp_path / "captions.json"
     assert caption(server.url, data, out) == 0
@@ -210,8 +215,8 @@ def test_caption_file_feeds_the_fineclipper_caption_stream(server, data, tmp_pat
 def test_video_tree_captions_are_keyed_by_the_video_file(server, tmp_path, capsys):
     """Captions made from one extraction of the videos (default cache inside the tree, 224 px crops) are found
     by a dataset that extracted them again elsewhere at the model's size, as train does."""
-    from dferclip.data import SOURCE_KEY_FILE
-    from dferclip.synthetic import write_video_dataset
+    from dferclip.training.data import SOURCE_KEY_FILE
+    from dferclip.training.synthetic import write_video_dataset
 
     videos = tmp_path / "videos"
     write_video_dataset(videos, 1, size=64, frames=(8, 10), classes=CLASS_NAMES[:2])

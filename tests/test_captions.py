@@ -12,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dferclip.captions import (
+from dferclip.errors import LLMConfigError
+from dferclip.text.llm import LLMSettings
+from dferclip.training.captions import (
     FINE_GRAINED_PROMPT,
     CaptionBackendUnavailable,
     CaptionStore,
@@ -22,8 +24,6 @@ from dferclip.captions import (
     clip_key,
     refine_caption,
 )
-from dferclip.errors import LLMConfigError
-from dferclip.llm import LLMSettings
 
 # The paper's Fig. 7 example (generated -> refined), verbatim.
 GENERATED = ("The man's mouth is slightly open, revealing his teeth, and his eyes are squinting, indicating a sense "
@@ -198,9 +198,9 @@ def test_video_llava_fails_clearly_without_a_gpu(monkeypatch):
 
 def test_stream_dataset_feeds_cached_captions_and_reports_missing_ones(tmp_path):
     import dferclip
-    from dferclip.captions import CaptionRecord
-    from dferclip.data import ClipDataset, ClipRecord
     from dferclip.models.fineclipper import fineclipper_config
+    from dferclip.training.captions import CaptionRecord
+    from dferclip.training.data import ClipDataset, ClipRecord
 
     records = []
     for i in range(2):
@@ -216,7 +216,7 @@ def test_stream_dataset_feeds_cached_captions_and_reports_missing_ones(tmp_path)
     assert wrapped.missing_captions == [records[1].path]
     (a, la), (b, lb) = wrapped[0], wrapped[1]
     assert (la, lb) == (0, 1) and a["caption_present"].item() and not b["caption_present"].item()
-    from dferclip.text import tokenize
+    from dferclip.text.tokens import tokenize
 
     assert a["caption_tokens"].tolist() == tokenize([REFINED])[0].tolist()
     batch = {k: torch.stack([a[k], b[k]]) for k in a}

@@ -1,16 +1,18 @@
 """Loading is safe and every bad source gives a clear error naming the problem."""
-import io
 import json
 import os
 import time
-import zipfile
 
 import pytest
 import torch
 
 import dferclip
-from dferclip.checkpoints import infer_official_config, official_to_own, read_official
 from dferclip.errors import CheckpointError, DescriptionError, WeightsUnavailableError
+from dferclip.weights.checkpoints import (
+    infer_official_config,
+    official_to_own,
+    read_official,
+)
 
 MANIFEST = "dferclip_official_vitb32_dfew_state_dict_manifest.json"
 

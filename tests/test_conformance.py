@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dferclip
-from dferclip.checkpoints import read_official
+from dferclip.weights.checkpoints import read_official
 
 ATOL = 1e-4
 
@@ -80,10 +80,10 @@ def test_convert_gives_identical_logits_without_pickle(conformance_path, fixture
 
 
 def test_checkpoints_folder_name_resolves(conformance_path, tmp_path, monkeypatch, fixture):
-    import dferclip.checkpoints as ck
+    import dferclip.weights.checkpoints as ck
 
     dferclip.convert(conformance_path, tmp_path / "dfew-fold1")
-    monkeypatch.setattr(ck, "CHECKPOINTS_DIR", tmp_path)
+    monkeypatch.setenv("DFERCLIP_CHECKPOINTS", str(tmp_path))
     assert [p.name for p in ck.discover_models()] == ["dfew-fold1"]
     model = dferclip.load_model("dfew-fold1")
     with torch.no_grad():

@@ -7,12 +7,22 @@ import torch
 from PIL import Image
 
 from dferclip.config import InputConfig
-from dferclip.data import (
-    Augment, ClipDataset, augment_for, check_frames, clip_rng, list_frames, load_annotation_dataset,
-    open_dataset, read_annotation, stratified_split, middle_indices, train_indices,
-)
 from dferclip.errors import DataError
-from dferclip.video import sample_indices
+from dferclip.training.data import (
+    Augment,
+    ClipDataset,
+    augment_for,
+    check_frames,
+    clip_rng,
+    list_frames,
+    load_annotation_dataset,
+    middle_indices,
+    open_dataset,
+    read_annotation,
+    stratified_split,
+    train_indices,
+)
+from dferclip.video.decode import sample_indices
 
 
 def _frames(folder, n, size=(40, 30), color=None):
@@ -60,7 +70,7 @@ def test_missing_empty_and_mismatched_frames_are_reported_not_raised(tmp_path, c
     (tmp_path / "empty").mkdir()
     lst = tmp_path / "list.txt"
     lst.write_text("ok 20 0\nshort 16 1\nempty 10 2\ngone 10 3\n")
-    with caplog.at_level(logging.WARNING, logger="dferclip.data"):
+    with caplog.at_level(logging.WARNING, logger="dferclip.training.data"):
         ds = load_annotation_dataset(lst, InputConfig(num_frames=16, image_size=32), num_classes=7)
     assert [r.path.rsplit("/", 1)[1] for r in ds.records] == ["ok", "short"]
     assert ds.records[1].num_frames == 5
@@ -211,7 +221,7 @@ def test_clip_rng_depends_on_seed_epoch_and_index():
 
 
 def test_video_folder_goes_through_ingestion_once(tmp_path):
-    from dferclip.synthetic import write_video_dataset
+    from dferclip.training.synthetic import write_video_dataset
 
     classes = ["neutral", "surprise"]
     write_video_dataset(tmp_path / "videos", 1, seed=4, size=96, frames=(10, 12), classes=classes)

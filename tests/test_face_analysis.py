@@ -2,8 +2,9 @@
 the per-clip cache, and the renders inside the model's dataset wrapper."""
 import numpy as np
 import pytest
+from media import PORTRAITS, astronaut_face, feat_data_dir, portrait_face
 
-from dferclip.face_analysis import (
+from dferclip.video.face_analysis import (
     PARSING_CLASSES,
     PARSING_PALETTE,
     AnalysisCache,
@@ -14,7 +15,6 @@ from dferclip.face_analysis import (
     render_landmarks,
     render_parsing,
 )
-from media import PORTRAITS, astronaut_face, feat_data_dir, portrait_face
 
 mediapipe = pytest.importorskip("mediapipe", reason="mediapipe not installed (pip install --no-deps mediapipe==0.10.21 "
                                 "absl-py attrs flatbuffers 'protobuf>=4.25.3,<5')")
@@ -22,7 +22,7 @@ mediapipe = pytest.importorskip("mediapipe", reason="mediapipe not installed (pi
 
 @pytest.fixture(scope="module")
 def analyzer():
-    from dferclip.face_analysis import MediaPipeFaceAnalyzer
+    from dferclip.video.face_analysis import MediaPipeFaceAnalyzer
 
     return MediaPipeFaceAnalyzer()
 
@@ -130,8 +130,8 @@ def test_stream_dataset_renders_follow_the_video_augmentation(tmp_path):
     from PIL import Image
 
     import dferclip
-    from dferclip.data import ClipDataset, ClipRecord
     from dferclip.models.fineclipper import fineclipper_config
+    from dferclip.training.data import ClipDataset, ClipRecord
 
     image, _ = astronaut_face()
     folder = tmp_path / "clip"

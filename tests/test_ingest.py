@@ -4,13 +4,21 @@ import json
 import numpy as np
 import pytest
 import torch
+from media import (
+    astronaut_face,
+    face_clip,
+    feat_data_dir,
+    iou,
+    moving_face_frames,
+    portrait_face,
+    write_video,
+)
 
 from dferclip.config import CLIP_MEAN, CLIP_STD, InputConfig
 from dferclip.errors import ImageNotVideoError, NoFaceFoundError, NotAVideoError
-from dferclip.faces import MTCNNDetector, center_region
-from dferclip.ingest import IngestResult, ingest
-from dferclip.video import WindowSpec, sample_indices
-from media import astronaut_face, face_clip, feat_data_dir, iou, moving_face_frames, portrait_face, write_video
+from dferclip.video.decode import WindowSpec, sample_indices
+from dferclip.video.faces import MTCNNDetector, center_region
+from dferclip.video.ingest import IngestResult, ingest
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ import socket
 import time
 
 import pytest
+from workbench_helpers import FakeOpenAI, completion
 
-from dferclip import llm
 from dferclip.errors import (
     LLMConfigError,
     LLMConnectionError,
@@ -15,8 +15,14 @@ from dferclip.errors import (
     LLMServerError,
     LLMTimeoutError,
 )
-from dferclip.llm import LLMSettings, check_description, find_leaks, generate, parse_descriptions
-from workbench_helpers import FakeOpenAI, completion
+from dferclip.text import llm
+from dferclip.text.llm import (
+    LLMSettings,
+    check_description,
+    find_leaks,
+    generate,
+    parse_descriptions,
+)
 
 KEY = "sk-test-secret-4711"
 CLASSES = ["happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear"]
@@ -190,7 +196,7 @@ def test_label_leak_check():
 
 
 def test_length_check_counts_context_tokens():
-    from dferclip.text import token_count
+    from dferclip.text.tokens import token_count
 
     text = "a"
     while token_count(text) + 8 <= 77:

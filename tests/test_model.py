@@ -5,9 +5,15 @@ import torch.nn.functional as F
 
 import dferclip
 from dferclip.config import CLIP_MEAN, CLIP_STD, InputConfig, ModelConfig
-from dferclip.descriptions import (DescriptionSet, diff_description_sets, load_description_set,
-                                   official_descriptions, save_description_set, validate_name)
 from dferclip.errors import DescriptionError
+from dferclip.text.descriptions import (
+    DescriptionSet,
+    diff_description_sets,
+    load_description_set,
+    official_descriptions,
+    save_description_set,
+    validate_name,
+)
 
 
 def _video(model, b=2, t=16, seed=0):

@@ -5,15 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from app_helpers import TINY, corrupt_copy, feat_clip
 
 import dferclip
 from dferclip import runtime
 from dferclip.cli import main as cli_main
 from dferclip.errors import CorruptVideoError, NotAVideoError
 from dferclip.predict import predict_clip, timeline_spec
-from dferclip.video import sliding_windows
-
-from app_helpers import TINY, corrupt_copy, feat_clip
+from dferclip.video.decode import sliding_windows
 
 
 @pytest.fixture(scope="module")

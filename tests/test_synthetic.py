@@ -2,10 +2,17 @@
 import av
 import numpy as np
 
-from dferclip.data import load_annotation_dataset, read_annotation
 from dferclip.config import InputConfig
-from dferclip.synthetic import CLASS_NAMES, TEMPORAL_PAIR, generate_clip, intensity_curve, synthetic_descriptions, \
-    write_frame_dataset, write_video_dataset
+from dferclip.training.data import load_annotation_dataset, read_annotation
+from dferclip.training.synthetic import (
+    CLASS_NAMES,
+    TEMPORAL_PAIR,
+    generate_clip,
+    intensity_curve,
+    synthetic_descriptions,
+    write_frame_dataset,
+    write_video_dataset,
+)
 
 
 def _arr(frames):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from dferclip.checkpoints import load_model
-from dferclip.evaluate import evaluate_sources
-from dferclip.synthetic import CLASS_NAMES, TEMPORAL_PAIR, write_frame_dataset
-from dferclip.train import load_train_config, load_train_state, train
+from dferclip.training.evaluate import evaluate_sources
+from dferclip.training.synthetic import CLASS_NAMES, TEMPORAL_PAIR, write_frame_dataset
+from dferclip.training.train import load_train_config, load_train_state, train
+from dferclip.weights.checkpoints import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """FineCLIPER through the project's trainer and evaluator: dict batches with every stream (face-analysis renders,
 caption tokens, clips with and without a caption), the face-analysis cache, the missing-caption report, the
-evaluate command with --captions, two torchrun processes matching one, and train_configs/fineclipper.json."""
+evaluate command with --captions, two torchrun processes matching one, and training/configs/fineclipper.json."""
 import json
 import logging
 import os
@@ -13,11 +13,21 @@ import pytest
 import torch
 
 import dferclip
-from dferclip.captions import CaptionError, CaptionRecord, CaptionStore, clip_key
-from dferclip.data import read_annotation
 from dferclip.models.fineclipper import FineCLIPER, fineclipper_config
-from dferclip.synthetic import CLASS_NAMES, write_frame_dataset
-from dferclip.train import _datasets, load_train_config, load_train_state, train
+from dferclip.training.captions import (
+    CaptionError,
+    CaptionRecord,
+    CaptionStore,
+    clip_key,
+)
+from dferclip.training.data import read_annotation
+from dferclip.training.synthetic import CLASS_NAMES, write_frame_dataset
+from dferclip.training.train import (
+    _datasets,
+    load_train_config,
+    load_train_state,
+    train,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 STREAM_KEYS = {"video", "landmarks", "parsing", "caption_tokens", "caption_present"}
@@ -77,7 +87,7 @@ def full_run(data, tmp_path_factory):
         return forward(self, inputs)
 
     logs = _Records()
-    logger = logging.getLogger("dferclip.train")
+    logger = logging.getLogger("dferclip.training.train")
     level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(logs)
@@ -140,7 +150,7 @@ def test_missing_captions_are_counted_logged_and_kept_in_results(full_run, data)
 
 
 def test_wrapped_datasets_reach_the_base_set_and_pickle_for_workers(data, tmp_path):
-    from dferclip.train import build_for_training, resolve_descriptions
+    from dferclip.training.train import build_for_training, resolve_descriptions
 
     cfg = _config(data, tmp_path / "run")
     model = build_for_training(cfg, resolve_descriptions(cfg))
@@ -179,7 +189,7 @@ def test_evaluate_command_with_captions_prints_uar_war_and_matches_the_run(full_
 
 
 def test_without_a_caption_file_every_clip_is_reported_as_uncaptioned(full_run, data):
-    from dferclip.evaluate import evaluate_sources
+    from dferclip.training.evaluate import evaluate_sources
 
     cfg, _, _, _ = full_run
     res = evaluate_sources(str(Path(cfg.output) / "best"), str(data["test"]))
@@ -209,11 +219,16 @@ def test_two_torchrun_processes_match_one_with_dict_batches(full_run, data, tmp_
 
 
 def test_fineclipper_train_config_matches_the_models_parameter_groups(data, tmp_path):
-    from dferclip.train import build_for_training, make_optimizer, resolve_descriptions, trainable_groups
+    from dferclip.training.train import (
+        build_for_training,
+        make_optimizer,
+        resolve_descriptions,
+        trainable_groups,
+    )
 
     cfg = load_train_config("fineclipper")
     assert cfg.model == "fineclipper-vit-b-16" and cfg.init == "pretrained:openai" and cfg.optimizer == "adamw"
-    assert "_comment" in json.loads((REPO / "dferclip/train_configs/fineclipper.json").read_text())
+    assert "_comment" in json.loads((REPO / "dferclip/training/configs/fineclipper.json").read_text())
     assert max(cfg.milestones) < cfg.epochs
     tiny = cfg.with_overrides([f"model={json.dumps(str(data['model']))}", "init=random", "num_frames=4"])
     model = build_for_training(tiny, resolve_descriptions(tiny))

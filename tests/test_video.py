@@ -4,6 +4,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from media import feat_data_dir, marker_frames, read_index, write_video
 from PIL import Image
 
 from dferclip.errors import (
@@ -14,8 +15,16 @@ from dferclip.errors import (
     VideoTooLargeError,
     VideoTooShortError,
 )
-from dferclip.video import Limits, VideoReader, WindowSpec, probe, read_frames, sample_indices, sliding_windows
-from media import feat_data_dir, marker_frames, read_index, write_video
+from dferclip.video.decode import (
+    Limits,
+    VideoReader,
+    WindowSpec,
+    probe,
+    read_frames,
+    sample_indices,
+    sliding_windows,
+)
+
 
 def official_test_indices(n, T):
     """The sampler of DFER-CLIP's test loader, written out as in the paper's code."""

@@ -4,14 +4,15 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from workbench_helpers import FakeOpenAI, completion
 
 import dferclip
 from dferclip.cli import main as cli_main
-from dferclip.descriptions import DescriptionSet, load_description_set
 from dferclip.errors import DataError, DescriptionError, LLMConfigError
-from dferclip.llm import LLMSettings
 from dferclip.metrics import compute_metrics
 from dferclip.scoring import Scorer
+from dferclip.text.descriptions import DescriptionSet, load_description_set
+from dferclip.text.llm import LLMSettings
 from dferclip.workbench import (
     EmbeddedSet,
     Workbench,
@@ -20,7 +21,6 @@ from dferclip.workbench import (
     rows_to_descriptions,
     starting_set,
 )
-from workbench_helpers import FakeOpenAI, completion
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,12 @@ def test_save_validated_versioned_and_becomes_baseline(model, tmp_path):
     saved = load_description_set("my-set", tmp_path)
     assert saved.version == 2 and saved.descriptions[0][-1] == "crow's feet at the eyes"
     assert saved.provenance["edited_by"] == "test" and saved.provenance["derived_from"].startswith("dferclip-official")
-    assert wb.baseline.name == "my-set" and list(tmp_path.iterdir()) == [p]  # no temp files left
+    assert wb.baseline.name == "my-set" and sorted(tmp_path.iterdir()) == [tmp_path / ".history", p]  # no temp files
+    kept = load_description_set(tmp_path / ".history" / "my-set.v1.json")  # the first save is kept, not destroyed
+    assert kept.version == 1 and kept.descriptions == saved.descriptions
+    for shipped in ("class_sets", "dferclip-official-dfew"):
+        with pytest.raises(DescriptionError, match="shipped"):
+            wb.save(shipped, tmp_path)
 
 
 def test_flags(model):
@@ -259,8 +264,9 @@ def test_cli(tmp_path, capsys, monkeypatch):
 def test_evaluation_set_of_real_videos_through_ingestion(model, tmp_path, monkeypatch):
     """Real encoded clips (faces moving over a background) through dferclip.ingest; a second workbench on the
     same cache folder ingests nothing; a CLI run prints UAR/WAR."""
-    import dferclip.ingest
     from media import face_clip
+
+    import dferclip.video.ingest
 
     folder = tmp_path / "clips"
     folder.mkdir()
@@ -269,13 +275,13 @@ def test_evaluation_set_of_real_videos_through_ingestion(model, tmp_path, monkey
     (folder / "broken.mp4").write_bytes(b"\x00" * 100)
     csv_path = folder / "labels.csv"
     csv_path.write_text("path,label\nclip0.mp4,anger\nclip1.mp4,fear\nclip2.mp4,anger\nbroken.mp4,fear\n")
-    real_ingest, calls = dferclip.ingest.ingest, []
+    real_ingest, calls = dferclip.video.ingest.ingest, []
 
     def counting_ingest(path, *args, **kw):
         calls.append(path)
         return real_ingest(path, *args, **kw)
 
-    monkeypatch.setattr(dferclip.ingest, "ingest", counting_ingest)
+    monkeypatch.setattr(dferclip.video.ingest, "ingest", counting_ingest)
     clips = read_labels_csv(csv_path, model.class_names)
     wb = Workbench(model)
     embedded = wb.set_evaluation(clips, cache_dir=tmp_path / "cache")

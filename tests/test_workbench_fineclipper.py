@@ -10,7 +10,12 @@ import torch.nn.functional as F
 import dferclip
 from dferclip.metrics import compute_metrics
 from dferclip.models.fineclipper import fineclipper_config
-from dferclip.scoring import COMBINE_MODES, Scorer, TextEmbeddingCache, has_pn_descriptors
+from dferclip.scoring import (
+    COMBINE_MODES,
+    Scorer,
+    TextEmbeddingCache,
+    has_pn_descriptors,
+)
 from dferclip.workbench import EmbeddedSet, Workbench, descriptions_to_rows
 
 ANGER = 3

@@ -72,8 +72,8 @@ def open_clips(spec: str, *, label_base: int = 0, root=None, path_map=None, fram
     """The clip dataset of a data spec, whatever its labels: an annotation list is read without a class count,
     and a folder tree's sub-folders all count as classes (labels play no part in captioning)."""
     from ..config import InputConfig
-    from ..data import load_annotation_dataset, open_dataset
     from ..errors import DataError
+    from ..training.data import load_annotation_dataset, open_dataset
 
     if spec.startswith("hf:"):
         raise DataError("hf: datasets cannot be captioned: their clips are dataset rows, not files, and captions "
@@ -95,7 +95,7 @@ def load_clip_frames(frame_files, n: int) -> list[np.ndarray]:
     """``n`` frames spread evenly over the clip, decoded to RGB uint8 arrays."""
     from PIL import Image
 
-    from ..captions import CaptionError, pick_frames
+    from ..training.captions import CaptionError, pick_frames
 
     out = []
     for f in pick_frames(frame_files, n):
@@ -110,14 +110,14 @@ def load_clip_frames(frame_files, n: int) -> list[np.ndarray]:
 def _clip_items(records, n_frames: int, sources: dict, unreadable: list):
     """``(key, load_frames, source)`` per record for caption_clips; clips whose key cannot be computed are
     collected in ``unreadable`` as ``(path, message)``."""
-    from ..captions import CaptionError, clip_key
-    from ..data import list_frames
+    from ..errors import CaptionError, VideoError
+    from ..video.clips import clip_key, list_frames
 
     for r in records:
         try:
             key = clip_key(r.path)
             files = r.frames if r.frames is not None else list_frames(r.path)
-        except (CaptionError, OSError) as e:
+        except (CaptionError, VideoError, OSError) as e:
             unreadable.append((r.path, str(getattr(e, "message", e))))
             continue
         sources.setdefault(key, r.path)
@@ -125,9 +125,9 @@ def _clip_items(records, n_frames: int, sources: dict, unreadable: list):
 
 
 def make_captioner(args):
-    from ..captions import CaptionError, OpenAICaptioner, VideoLLaVACaptioner
     from ..errors import LLMConfigError
-    from ..llm import LLMSettings, make_client
+    from ..text.llm import LLMSettings, make_client
+    from ..training.captions import CaptionError, OpenAICaptioner, VideoLLaVACaptioner
 
     if args.backend == "video-llava":
         if args.base_url:
@@ -151,8 +151,8 @@ def _progress(items, total: int):
 
 
 def run(args) -> int:
-    from ..captions import CaptionStore, caption_clips
     from ..errors import LLMConnectionError
+    from ..training.captions import CaptionStore, caption_clips
 
     captioner = make_captioner(args)
     store = CaptionStore(args.output)

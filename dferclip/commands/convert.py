@@ -1,7 +1,7 @@
 """convert: an official DFER-CLIP checkpoint -> the project's format (safetensors + JSON, no pickle)."""
 from __future__ import annotations
 
-from ..checkpoints import convert
+from ..weights.checkpoints import convert
 
 
 def add_arguments(p):

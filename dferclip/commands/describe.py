@@ -12,8 +12,12 @@ from __future__ import annotations
 import json
 import sys
 
-from ..descriptions import diff_description_sets, list_description_sets, load_description_set
 from ..scoring import COMBINE_MODES
+from ..text.descriptions import (
+    diff_description_sets,
+    list_description_sets,
+    load_description_set,
+)
 
 
 def add_arguments(p):
@@ -68,8 +72,8 @@ def _list(args) -> int:
 
 
 def _generate(args) -> int:
-    from ..descriptions import save_description_set
-    from ..llm import LLMSettings, generate
+    from ..text.descriptions import save_description_set
+    from ..text.llm import LLMSettings, generate
     from ..workbench import starting_set
 
     base = starting_set(args.classes, args.classes.split(","))
@@ -92,7 +96,7 @@ def _generate(args) -> int:
 
 def _check(args) -> int:
     from ..config import ModelConfig
-    from ..llm import check_description
+    from ..text.llm import check_description
 
     ds = load_description_set(args.set)
     templates = ModelConfig().zero_shot_templates
@@ -117,7 +121,7 @@ def _diff(args) -> int:
 
 
 def _workbench(args):
-    from ..checkpoints import load_model
+    from ..weights.checkpoints import load_model
     from ..workbench import Workbench
 
     model = load_model(args.checkpoint or "random")

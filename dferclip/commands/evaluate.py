@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import DataError
-from ..evaluate import evaluate_sources, parse_folds, write_json
+from ..training.evaluate import evaluate_sources, parse_folds, write_json
 
 
 def add_arguments(p):

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 
-from ..evaluate import parse_folds
+from ..training.evaluate import parse_folds
 from .evaluate import parse_path_map
 
 
 def add_arguments(p):
     p.add_argument("--config", default="official",
-                   help="training config: a name in dferclip/train_configs (official, fineclipper, synthetic-tiny) "
+                   help="training config: a name in dferclip/training/configs (official, fineclipper, synthetic-tiny) "
                         "or a JSON file")
     p.add_argument("--train", help="training data: annotation list, <class>/<clip> folder tree or hf:<name>")
     p.add_argument("--val", help="validation data (default: a stratified split of --train)")
@@ -37,7 +37,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..train import load_train_config, train
+    from ..training.train import load_train_config, train
 
     cfg = load_train_config(args.config)
     overrides = list(args.set)

@@ -35,12 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import CLIP_MEAN, CLIP_STD, InputConfig, ModelConfig
-from ..descriptions import DescriptionSet
-from ..text import tokenize
+from ..config import ModelConfig
+from ..text.descriptions import DescriptionSet
+from ..text.tokens import tokenize
 from .adapters import AdapterSpec, adapt_transformer, adapter_parameters, route
+from .blocks import ModelFacts, TemporalTransformer, class_means
 from .clip_towers import build_clip, encode_token_embeddings
-from .dferclip import ModelFacts, TemporalTransformer
+from .registry import register_model
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +175,9 @@ class FineOutputs:
     caption_present: Optional[torch.Tensor] = None  # (B,) bool
 
 
+@register_model("fineclipper")
 class FineCLIPER(ModelFacts, nn.Module):
-    family = "fineclipper"
+    has_negative_prompts = True
 
     def __init__(self, config: ModelConfig, descriptions: DescriptionSet, clip_model: Optional[nn.Module] = None):
         super().__init__()
@@ -292,26 +294,10 @@ class FineCLIPER(ModelFacts, nn.Module):
         pos, neg, index = self.descriptor_texts(ds)
         pos_stream, neg_stream = self._label_streams()
         fp, fn = self._encode_text([(pos_stream, pos), (neg_stream, neg)])
-        idx = torch.as_tensor(index, device=fp.device)
-        out = []
-        for feats in (fp, fn):
-            summed = torch.zeros(ds.num_classes, feats.shape[1], device=feats.device, dtype=feats.dtype)
-            out.append(F.normalize(summed.index_add_(0, idx, F.normalize(feats, dim=-1)), dim=-1))
-        return torch.stack(out, dim=1)
+        return torch.stack([class_means(fp, index, ds.num_classes), class_means(fn, index, ds.num_classes)], dim=1)
 
     def _label_params(self) -> list[nn.Parameter]:
         return [p for st in self._label_streams() for p in adapter_parameters(self.text_blocks, st)]
-
-    def class_embeddings(self) -> torch.Tensor:
-        """The current classes' (C, 2, D) embeddings, cached while nothing can change them."""
-        if self.training or torch.is_grad_enabled():
-            return self.encode_classes()
-        params = self._label_params()
-        key = (id(self.descriptions), tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params),
-               self.clip.token_embedding.weight.device, self.clip.token_embedding.weight.dtype)
-        if self._class_cache is None or self._class_cache[0] != key:
-            self._class_cache = (key, self.encode_classes())
-        return self._class_cache[1]
 
     # --- video side ------------------------------------------------------------------------------------
     def prepare_inputs(self, video: torch.Tensor, captions: Optional[Sequence[Optional[str]]] = None) -> dict:
@@ -326,7 +312,11 @@ class FineCLIPER(ModelFacts, nn.Module):
 
     def render_mid_level(self, video: torch.Tensor) -> dict:
         """Parsing and landmark renders (B, T, 3, H, W) of model-input frames, normalised like them."""
-        from ..face_analysis import analyze_clip, default_analyzer, render_analysis
+        from ..video.face_analysis import (
+            analyze_clip,
+            default_analyzer,
+            render_analysis,
+        )
 
         analyzer = self.face_analyzer or default_analyzer()
         x01 = self.input_config.denormalize(video.detach().float().cpu()).clamp(0, 1)
@@ -533,12 +523,7 @@ class FineCLIPER(ModelFacts, nn.Module):
 
     # --- zero-shot path on the frozen towers (no adapters) ---------------------------------------------
     def zero_shot_video(self, video) -> torch.Tensor:
-        """Frame-averaged plain CLIP image embedding (B, D), L2-normalised, with CLIP's normalisation."""
-        video = video["video"] if isinstance(video, Mapping) else video
-        x = InputConfig(mean=CLIP_MEAN, std=CLIP_STD).normalize(self.input_config.denormalize(video))
-        b, t = x.shape[:2]
-        frames = self.clip.visual(x.flatten(0, 1).to(self.clip.visual.conv1.weight.dtype)).view(b, t, -1)
-        return F.normalize(F.normalize(frames, dim=-1).mean(dim=1), dim=-1)
+        return super().zero_shot_video(video["video"] if isinstance(video, Mapping) else video)
 
     # --- training helpers ------------------------------------------------------------------------------
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -602,7 +587,7 @@ class StreamDataset(torch.utils.data.Dataset):
                                 len(base.records), self.missing_captions[0])
 
     def key(self, index: int) -> str:
-        from ..captions import clip_key
+        from ..video.clips import clip_key
 
         if index not in self._keys:
             self._keys[index] = clip_key(self.base.records[index].path)
@@ -617,7 +602,11 @@ class StreamDataset(torch.utils.data.Dataset):
         return getattr(self.base, name)
 
     def __getitem__(self, index: int):
-        from ..face_analysis import analyze_clip, default_analyzer, render_analysis
+        from ..video.face_analysis import (
+            analyze_clip,
+            default_analyzer,
+            render_analysis,
+        )
 
         frames = self.base.load_frames(index)
         item: dict = {"video": self.base.transform(index, frames)}
@@ -644,12 +633,3 @@ def fineclipper_config(variant: str = "full", base: str = "fineclipper-vit-b-16"
     extra |= {"streams": list(VARIANTS[variant])} | settings
     FineSettings.from_extra(extra)
     return cfg.replace(extra=extra)
-
-
-def _register() -> None:
-    from . import register_family
-
-    register_family("fineclipper", FineCLIPER)
-
-
-_register()

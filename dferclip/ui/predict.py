@@ -17,7 +17,7 @@ import pandas as pd
 from ..errors import DferclipError, VideoError
 from ..predict import Prediction, predict_clip
 from ..runtime import gpu
-from ..video import Limits
+from ..video.decode import Limits
 from .context import AppContext, ClipRecord
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 MAX_CLIP_SECONDS = 60.0
 MAX_UPLOAD = "100mb"
 APP_LIMITS = Limits(max_file_bytes=100 * 1024**2, max_duration_s=MAX_CLIP_SECONDS, decode_timeout_s=30.0)
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent.parent / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TIMELINE_COLUMNS = ["time", "expression", "probability"]
 
 

@@ -20,16 +20,21 @@ from typing import Optional
 import gradio as gr
 import pandas as pd
 
-from ..descriptions import (
+from ..errors import DferclipError
+from ..scoring import (
+    COMBINE_MODES,
+    TextEmbeddingCache,
+    VideoEmbeddingCache,
+    has_pn_descriptors,
+)
+from ..text.descriptions import (
     DescriptionSet,
     diff_description_sets,
     list_description_sets,
     load_description_set,
     validate_name,
 )
-from ..errors import DferclipError
-from ..llm import LLMSettings, get_style, prompt_styles
-from ..scoring import COMBINE_MODES, TextEmbeddingCache, VideoEmbeddingCache, has_pn_descriptors
+from ..text.llm import LLMSettings, get_style, prompt_styles
 from ..workbench import (
     Workbench,
     class_set_choices,

@@ -22,17 +22,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import InputConfig, ModelConfig, PromptConfig, TemporalConfig, get_config
-from .descriptions import DescriptionSet, as_description_set, official_descriptions
-from .errors import CheckpointError, DescriptionError
-from .models import build_model
+from ..config import InputConfig, ModelConfig, PromptConfig, TemporalConfig, get_config
+from ..errors import CheckpointError, DescriptionError
+from ..files import checkpoints_dir
+from ..models import build_model
+from ..text.descriptions import (
+    DescriptionSet,
+    as_description_set,
+    official_descriptions,
+)
 
 log = logging.getLogger(__name__)
 
 OWN_FORMAT = "dferclip.model/1"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_CONFIG = "dferclip-vit-b-32"
 UNTRAINED_WARNING = "untrained weights: predictions are meaningless"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -245,7 +249,7 @@ def load_own(path: str | Path, descriptions=None) -> nn.Module:
     except RuntimeError as e:
         raise CheckpointError(f"{weights.name} does not fit its config: {str(e).splitlines()[0]} ...") from None
     model.weights_info = dict(info.get("weights") or {}) | {"source": str(folder)}
-    model.weights_info.setdefault("kind", getattr(model, "family", "dferclip"))
+    model.weights_info.setdefault("kind", model.family)
     model.weights_info.setdefault("trained", True)
     return model
 
@@ -255,7 +259,7 @@ def _random(config_name: str, descriptions) -> nn.Module:
     model = build_model(get_config(config_name), descriptions, num_classes=7)
     model.weights_info = {"kind": "random", "trained": False, "source": f"random:{config_name}",
                           "warning": UNTRAINED_WARNING}
-    family = {"dferclip": "DFER-CLIP", "fineclipper": "FineCLIPER"}.get(getattr(model, "family", ""), "model")
+    family = {"dferclip": "DFER-CLIP", "fineclipper": "FineCLIPER"}.get(model.family, "model")
     log.warning("%s model %s has random, %s", family, config_name, UNTRAINED_WARNING)
     return model
 
@@ -263,7 +267,7 @@ def _random(config_name: str, descriptions) -> nn.Module:
 def resolve_source(source: str | Path) -> str | Path:
     """A name in checkpoints/ -> its path; anything else unchanged."""
     if isinstance(source, str) and not Path(source).exists():
-        local = CHECKPOINTS_DIR / source
+        local = checkpoints_dir() / source
         if local.exists():
             return local
     return source
@@ -296,7 +300,7 @@ def load_model(source: str | Path | None = None, device: str | torch.device = "c
         model.weights_info["source"] = f"hf://{s}"
     else:
         raise CheckpointError(
-            f"cannot find weights {s!r}: not a file, not a folder, not in {CHECKPOINTS_DIR}, not a Hub repo id"
+            f"cannot find weights {s!r}: not a file, not a folder, not in {checkpoints_dir()}, not a Hub repo id"
         )
     model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
     return model.eval()
@@ -310,7 +314,7 @@ def convert(official_path: str | Path, out_dir: str | Path) -> Path:
 
 def discover_models(folder: Path | None = None) -> list[Path]:
     """Loadable weights in ``checkpoints/``: own-format folders and official files."""
-    folder = Path(folder or CHECKPOINTS_DIR)
+    folder = Path(folder or checkpoints_dir())
     if not folder.is_dir():
         return []
     found = [p for p in sorted(folder.iterdir()) if p.is_dir() and (p / CONFIG_FILE).is_file()]

@@ -25,7 +25,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import av
 import numpy as np
 
-from .errors import (
+from ..errors import (
     CorruptVideoError,
     DecodeTimeoutError,
     ImageNotVideoError,

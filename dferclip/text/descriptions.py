@@ -18,23 +18,26 @@ A class may have several descriptions; they are ensembled when class embeddings 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
-import tempfile
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from .errors import DescriptionError
+from ..errors import DescriptionError
+from ..files import user_descriptions_dir, write_json
 
 FORMAT = "dferclip.descriptions/1"
-DESCRIPTIONS_DIR = Path(__file__).resolve().parent.parent / "descriptions"
+SHIPPED_DIR = Path(__file__).resolve().parent / "data"  # read-only: class sets and the official sets
+HISTORY_DIR = ".history"  # earlier versions of a user's saved sets, inside its folder
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def load_class_sets(path: Path | None = None) -> dict[str, list[str]]:
-    data = json.loads((path or DESCRIPTIONS_DIR / "class_sets.json").read_text())
+    data = json.loads((path or SHIPPED_DIR / "class_sets.json").read_text())
     return {k: list(v) for k, v in data["class_sets"].items()}
 
 
@@ -105,6 +108,11 @@ class DescriptionSet:
         )
 
     # --- (de)serialisation -------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A hash of the classes and their descriptions (what class embeddings depend on)."""
+        blob = json.dumps([self.classes, self.descriptions], ensure_ascii=False).encode()
+        return hashlib.blake2b(blob, digest_size=12).hexdigest()
+
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
@@ -134,21 +142,33 @@ class DescriptionSet:
         )
 
 
+def shipped_names() -> set[str]:
+    """Names no saved set may take: the shipped sets and ``class_sets``."""
+    return {p.stem for p in SHIPPED_DIR.glob("*.json")}
+
+
 def list_description_sets(folder: Path | None = None) -> list[str]:
-    folder = folder or DESCRIPTIONS_DIR
-    return sorted(p.stem for p in folder.glob("*.json") if p.name != "class_sets.json")
+    """The shipped sets, then the user's (``folder``, default :func:`dferclip.files.user_descriptions_dir`)."""
+    folder = Path(folder) if folder is not None else user_descriptions_dir()
+    shipped = sorted(shipped_names() - {"class_sets"})
+    own = sorted(p.stem for p in folder.glob("*.json") if p.stem not in shipped_names()) if folder.is_dir() else []
+    return shipped + own
 
 
 def load_description_set(name_or_path: str | Path, folder: Path | None = None) -> DescriptionSet:
+    """A set by name (shipped sets first, then ``folder``) or by the path of a ``.json`` file."""
     p = Path(name_or_path)
     if p.suffix != ".json":
-        p = (folder or DESCRIPTIONS_DIR) / f"{validate_name(str(name_or_path))}.json"
+        name = validate_name(str(name_or_path))
+        p = SHIPPED_DIR / f"{name}.json"
+        if name == "class_sets" or not p.is_file():
+            p = (Path(folder) if folder is not None else user_descriptions_dir()) / f"{name}.json"
     if not p.is_file():
         raise DescriptionError(
             f"no description set {str(name_or_path)!r}; available: {', '.join(list_description_sets(folder))}"
         )
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DescriptionError(f"{p.name} is not valid JSON: {e}") from None
     return DescriptionSet.from_dict(data)
@@ -160,28 +180,32 @@ def official_descriptions(num_classes: int) -> DescriptionSet:
     return load_description_set(f"dferclip-official-{name.lower()}")
 
 
-def save_description_set(ds: DescriptionSet, folder: Path | None = None, *, overwrite: bool = True) -> Path:
-    """Write atomically as ``<folder>/<name>.json``; bumps the version if the name exists."""
-    folder = Path(folder or DESCRIPTIONS_DIR)
+def save_description_set(ds: DescriptionSet, folder: Path | None = None) -> Path:
+    """Write ``<folder>/<name>.json`` atomically. A shipped set's name is refused. Saving under a name that
+    exists keeps the earlier file as ``<folder>/.history/<name>.v<version>.json`` and bumps the version, so
+    nothing saved is ever lost."""
+    folder = Path(folder) if folder is not None else user_descriptions_dir()
     validate_name(ds.name)
-    folder.mkdir(parents=True, exist_ok=True)
+    if ds.name in shipped_names():
+        raise DescriptionError(f"{ds.name!r} is a shipped set's name and cannot be saved over; pick another name")
     target = folder / f"{ds.name}.json"
     if target.exists():
-        if not overwrite:
-            raise DescriptionError(f"description set {ds.name!r} exists already")
         try:
-            ds.version = int(json.loads(target.read_text()).get("version", 0)) + 1
-        except (json.JSONDecodeError, OSError):
-            pass
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{ds.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(ds.to_dict(), f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            previous = int(json.loads(target.read_text(encoding="utf-8")).get("version", 0))
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
+            previous = 0
+        history = folder / HISTORY_DIR
+        history.mkdir(parents=True, exist_ok=True)
+        keep = history / f"{ds.name}.v{previous}.json"
+        n = 1
+        while keep.exists():
+            keep, n = history / f"{ds.name}.v{previous}.{n}.json", n + 1
+        try:
+            os.link(target, keep)  # the earlier version stays reachable whatever happens next
+        except OSError:
+            shutil.copy2(target, keep)
+        ds.version = previous + 1
+    write_json(target, ds.to_dict())
     return target
 
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
 
-from .errors import WeightsUnavailableError
+from ..errors import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,11 @@ def hub_reachable(timeout: float = 1.5) -> bool:
 def hub_download(repo_id: str, filename: str, revision: str | None = None) -> str:
     """A file from a Hub model repo, from the cache when offline. Raises WeightsUnavailableError."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     online = hub_reachable()
     try:

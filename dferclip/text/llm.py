@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .errors import (
+from ..errors import (
     LLMConfigError,
     LLMConnectionError,
     LLMError,
@@ -30,7 +30,7 @@ from .errors import (
     LLMServerError,
     LLMTimeoutError,
 )
-from .text import CONTEXT_LENGTH, token_count
+from .tokens import CONTEXT_LENGTH, token_count
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..text.descriptions import DescriptionSet
 from .data import ClipRecord, write_annotation
-from .descriptions import DescriptionSet
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,18 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import InputConfig
-from .errors import NoFaceFoundError
+from ..config import InputConfig
+from ..errors import NoFaceFoundError
+from .decode import (
+    DecodedFrame,
+    Limits,
+    VideoInfo,
+    VideoReader,
+    Window,
+    WindowSpec,
+    sample_indices,
+    sliding_windows,
+)
 from .faces import (
     Detection,
     FaceDetector,
@@ -31,7 +41,6 @@ from .faces import (
     fill_track,
     main_face_track,
 )
-from .video import DecodedFrame, Limits, VideoInfo, VideoReader, Window, WindowSpec, sample_indices, sliding_windows
 
 log = logging.getLogger(__name__)
 

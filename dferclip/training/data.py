@@ -23,7 +23,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
@@ -33,14 +32,20 @@ import torch
 from PIL import Image, ImageEnhance
 from torch.utils.data import Dataset
 
-from .config import InputConfig
-from .errors import DataError
-from .video import sample_indices
+from ..config import InputConfig
+from ..errors import DataError
+from ..video.clips import (  # noqa: F401
+    IMAGE_EXTENSIONS,
+    SOURCE_KEY_FILE,
+    VIDEO_EXTENSIONS,
+    _natural_key,
+    clip_key,
+    list_frames,
+)
+from ..video.decode import sample_indices
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
 
 
 # --- annotation lists ------------------------------------------------------------------------
@@ -88,19 +93,6 @@ class DataReport:
         return {"source": self.source, "listed": self.listed, "bad_lines": self.bad_lines,
                 "missing": self.missing, "empty": self.empty, "mismatched": self.mismatched,
                 "notes": self.notes}
-
-
-def _natural_key(name: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def list_frames(folder: str | Path) -> list[str]:
-    """Image files in a clip folder, in frame order (numbers compared as numbers; the same order as the
-    official lexicographic sort for zero-padded names)."""
-    with os.scandir(folder) as it:
-        names = [e.name for e in it if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)]
-    names.sort(key=_natural_key)
-    return [os.path.join(folder, n) for n in names]
 
 
 def _map_path(path: str, base: Path, path_map: dict) -> str:
@@ -412,7 +404,6 @@ def subset(ds: ClipDataset, indices: Sequence[int], *, train: Optional[bool] = N
 
 
 # --- raw videos through the ingestion pipeline -------------------------------------------------
-SOURCE_KEY_FILE = ".clip-key"  # in frame folders extracted from a video: the video's clip_key
 
 
 def _frame_dir_name(video: Path) -> str:
@@ -425,9 +416,8 @@ def ingest_videos(videos: Sequence[tuple[str | Path, int]], out_dir: str | Path,
     """Run each video once through ``dferclip.ingest`` (decode, face tracking, square crops) and keep the
     crops as a frame folder; returns an official-format list of them. Already-extracted videos are reused.
     Videos that cannot be read are reported and skipped."""
-    from .captions import clip_key
-    from .errors import DferclipError
-    from .ingest import ingest
+    from ..errors import DferclipError
+    from ..video.ingest import ingest
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

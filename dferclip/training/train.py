@@ -16,7 +16,7 @@ Model selection uses a validation split carved from the training list (stratifie
 Every random choice in the data comes from (seed, epoch, clip index), so a run gives the same result on any
 number of processes with the same global batch, and a resumed run continues exactly.
 
-Models with several input streams (FineCLIPER, ``train_configs/fineclipper.json``) get their datasets wrapped
+Models with several input streams (FineCLIPER, ``training/configs/fineclipper.json``) get their datasets wrapped
 after the validation split (:func:`dferclip.evaluate.wrap_for_model`): items become input dicts with the
 face-analysis renders and caption tokens. ``captions`` names the caption file (``dferclip.captions``); the
 face analysis of each clip is cached in ``face_cache`` (default ``<output>/../face-cache``, beside
@@ -38,27 +38,42 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .config import CLIP_MEAN, CLIP_STD, ModelConfig, PromptConfig, get_config
+from ..config import CLIP_MEAN, CLIP_STD, ModelConfig, PromptConfig, get_config
+from ..errors import TrainingError
+from ..files import atomic_write_with
+from ..metrics import compute_metrics
+from ..text.descriptions import (
+    DescriptionSet,
+    as_description_set,
+    load_description_set,
+    official_descriptions,
+)
 from .data import augment_for, open_dataset, stratified_split, subset
-from .descriptions import DescriptionSet, as_description_set, load_description_set, official_descriptions
-from .errors import TrainingError
-from .evaluate import (aggregate_folds, caption_coverage, encode_dataset, open_captions, plot_confusion,
-                       predict_from_embeddings, to_device, worker_context, wrap_for_model, write_json)
-from .metrics import compute_metrics
+from .evaluate import (
+    aggregate_folds,
+    caption_coverage,
+    encode_dataset,
+    open_captions,
+    plot_confusion,
+    predict_from_embeddings,
+    to_device,
+    worker_context,
+    wrap_for_model,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).parent / "train_configs"
+CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = "official"
 STATE_FILE = "train_state.pt"
 
 
 @dataclass
 class TrainConfig:
-    """Training settings as data. Defaults = the official recipe (``train_configs/official.json``)."""
+    """Training settings as data. Defaults = the official recipe (``training/configs/official.json``)."""
 
     model: str = "dferclip-vit-b-32"  # a model config name or JSON path (architecture)
     init: str = "pretrained:openai"  # pretrained[:tag] | random | any dferclip.load_model source
@@ -239,8 +254,8 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
 
 def build_for_training(cfg: TrainConfig, descriptions: DescriptionSet):
     """A fresh model (random or open_clip pretrained towers) or one loaded to fine-tune."""
-    from .checkpoints import load_model
-    from .models import build_model
+    from ..models import build_model
+    from ..weights.checkpoints import load_model
 
     kind, _, tag = cfg.init.partition(":")
     if kind == "random":
@@ -256,7 +271,7 @@ def build_for_training(cfg: TrainConfig, descriptions: DescriptionSet):
         if model.input_config.num_frames != cfg.num_frames:
             raise TrainingError(f"{cfg.init} takes {model.input_config.num_frames} frames; num_frames is "
                                 f"{cfg.num_frames}")
-    model.weights_info = {"kind": getattr(model, "family", "dferclip"), "trained": False, "source": None, "init": cfg.init}
+    model.weights_info = {"kind": model.family, "trained": False, "source": None, "init": cfg.init}
     return model
 
 
@@ -369,9 +384,7 @@ def _state(model, optimizer, scheduler, scaler, epoch, best, history, cfg) -> di
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write_with(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_train_state(path: str | Path) -> dict:
@@ -411,11 +424,8 @@ def _datasets(cfg: TrainConfig, model, out: Path):
             train_ds, val_ds = subset(train_ds, tr), subset(train_ds, va, train=False)
     elif cfg.selection != "last":
         raise TrainingError(f"selection must be val, test or last, not {cfg.selection!r}")
-    if hasattr(model, "wrap_dataset"):  # after the split: subset() needs the plain clip dataset
-        train_ds, val_ds, test_ds = _wrap_streams(cfg, model, out, train_ds, val_ds, test_ds)
-    elif cfg.captions:
-        log.warning("captions=%s ignored: the %s model takes no captions", cfg.captions,
-                    getattr(model, "family", "dferclip"))
+    # after the split: subset() needs the plain clip dataset
+    train_ds, val_ds, test_ds = _wrap_streams(cfg, model, out, train_ds, val_ds, test_ds)
     return train_ds, val_ds, test_ds
 
 
@@ -425,16 +435,16 @@ def face_cache_dir(cfg: TrainConfig, out: Path) -> Path:
 
 def _wrap_streams(cfg: TrainConfig, model, out: Path, *datasets):
     """Each distinct dataset wrapped once for a multi-stream model (val may be the test set)."""
-    from .face_analysis import AnalysisCache
+    from ..video.face_analysis import AnalysisCache
 
     captions = None
-    if cfg.captions and not getattr(model, "uses_captions", False):
-        log.warning("captions=%s ignored: this model (streams %s) has no caption stream", cfg.captions,
-                    ", ".join(getattr(model, "streams", ())))
+    if cfg.captions and not model.uses_captions:
+        log.warning("captions=%s ignored: this %s model (streams %s) has no caption stream", cfg.captions,
+                    model.family, ", ".join(model.streams))
     elif cfg.captions:
         captions = open_captions(cfg.captions)
     cache = None
-    if getattr(model, "needs_face_analysis", False):
+    if model.needs_face_analysis:
         cache = AnalysisCache(face_cache_dir(cfg, out))
         log.info("face analysis cached in %s", cache.folder)
     wrapped: dict[int, Any] = {}
@@ -518,8 +528,7 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
                 label = label.to(d.device, non_blocking=True)
                 with _autocast(d, use_amp):
                     logits = ddp(inputs)
-                # a family with its own objective (FineCLIPER's positive/negative loss) provides model.loss
-                loss = model.loss(logits, label) if hasattr(model, "loss") else F.cross_entropy(logits.float(), label)
+                loss = model.loss(logits, label)  # the family's objective (cross-entropy, or FineCLIPER's PN loss)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -565,9 +574,9 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
                 log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                                                                if isinstance(v, float)))
                 if improved:
-                    model.weights_info = {"kind": getattr(model, "family", "dferclip"), "trained": True, "source": None, "init": cfg.init,
+                    model.weights_info = {"kind": model.family, "trained": True, "source": None, "init": cfg.init,
                                           "epoch": epoch + 1, "selection": best}
-                    from .checkpoints import save_model
+                    from ..weights.checkpoints import save_model
 
                     save_model(model, out / "best")
                 _atomic_save(_state(model, optimizer, scheduler, scaler, epoch + 1, best, history, cfg),
@@ -581,7 +590,7 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
 
 def _finish(cfg, model, best_state, test_ds, d: Dist, eval_bs, use_amp, best, out: Path, captions: dict) -> dict:
     """Test the selected model, write results.json and the confusion plot."""
-    from .checkpoints import load_own
+    from ..weights.checkpoints import load_own
 
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)

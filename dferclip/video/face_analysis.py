@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,8 @@ from typing import Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .errors import DferclipError
+from ..errors import DferclipError
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -282,16 +281,9 @@ class AnalysisCache:
             if a.landmarks is not None:
                 lms[i] = a.landmarks
         path = self._path(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, landmarks=lms, parsing=np.stack([a.parsing for a in analysis]),
-                                    found=np.array([a.face_found for a in analysis]))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "wb") as f:
+            np.savez_compressed(f, landmarks=lms, parsing=np.stack([a.parsing for a in analysis]),
+                                found=np.array([a.face_found for a in analysis]))
 
 
 def analyze_clip(frames: Sequence[np.ndarray], analyzer: FaceAnalyzer,

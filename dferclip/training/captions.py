@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import hashlib
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Protocol, Sequence
 
 import numpy as np
 
-from .errors import DferclipError
+from ..errors import CaptionError, DferclipError
+from ..files import write_json
+from ..video.clips import clip_key  # noqa: F401  (re-exported: captions are keyed by it)
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,6 @@ FINE_GRAINED_PROMPT = (
     "concisely."
 )
 FRAMES_NOTE = "The images are {n} frames of one video clip, in temporal order."
-
-
-class CaptionError(DferclipError):
-    """Describing a clip failed."""
 
 
 class CaptionBackendUnavailable(CaptionError):
@@ -76,7 +71,7 @@ _SENTENCE = re.compile(r"[^.!?]+(?:[.!?]+|$)")
 
 def leak_words(extra: Sequence[str] = ()) -> tuple[str, ...]:
     """Every word the refinement removes (emotion families of all classes, extras, expression words)."""
-    from .llm import emotion_words
+    from ..text.llm import emotion_words
 
     words = [w for family in emotion_words().values() for w in family]
     return tuple(dict.fromkeys([w.lower() for w in (*words, *EXTRA_EMOTION_WORDS, *EXPRESSION_WORDS, *extra)]))
@@ -136,37 +131,6 @@ def refine_caption(text: str, extra_words: Sequence[str] = ()) -> RefinedCaption
 
 
 # --- clip identity and the cache --------------------------------------------------------------------------
-def clip_key(path: str | Path) -> str:
-    """Content hash of a video file, or of a frame folder's images (names and bytes, in frame order). A frame
-    folder extracted from a video (:func:`dferclip.data.ingest_videos`) has its video's key."""
-    from .data import SOURCE_KEY_FILE
-
-    p = Path(path)
-    stored = p / SOURCE_KEY_FILE
-    if p.is_dir() and stored.is_file():
-        key = stored.read_text().strip()
-        if re.fullmatch(r"[0-9a-f]{32}", key):
-            return key
-        log.warning("ignoring malformed %s in %s", SOURCE_KEY_FILE, p)
-    h = hashlib.blake2b(digest_size=16)
-    if p.is_file():
-        files = [p]
-    elif p.is_dir():
-        from .data import list_frames
-
-        files = [Path(f) for f in list_frames(p)]
-        if not files:
-            raise CaptionError(f"no frames in {p}")
-    else:
-        raise CaptionError(f"no such clip: {p}")
-    for f in files:
-        h.update(f.name.encode() + b"\0" if p.is_dir() else b"")
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
-
-
 @dataclass
 class CaptionRecord:
     raw: str
@@ -224,15 +188,7 @@ class CaptionStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"format": FORMAT, "prompt": self.prompt,
                 "items": {k: asdict(v) for k, v in sorted(self.items.items())}}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".json.tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, ensure_ascii=False)
-                f.write("\n")
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(self.path, data, indent=1)
         self._dirty = False
 
 
@@ -272,7 +228,7 @@ class OpenAICaptioner:
 
     def __init__(self, settings=None, client=None, *, num_frames: int = 8, image_size: int = 336,
                  max_tokens: int = 300, detail: Optional[str] = None):
-        from .llm import LLMSettings
+        from ..text.llm import LLMSettings
 
         self.settings = settings or LLMSettings.from_env(temperature=0.2)
         self.client = client
@@ -299,8 +255,8 @@ class OpenAICaptioner:
     def describe(self, frames: Sequence[np.ndarray]) -> str:
         import openai
 
-        from .errors import LLMReplyError
-        from .llm import _translate, make_client
+        from ..errors import LLMReplyError
+        from ..text.llm import _translate, make_client
 
         if not len(frames):
             raise CaptionError("a clip without frames cannot be described")
@@ -351,7 +307,10 @@ class VideoLLaVACaptioner:
             raise CaptionBackendUnavailable("Video-LLaVA needs a CUDA GPU and none is available here; use the "
                                "OpenAI-compatible back-end or run the captioning step on a GPU machine")
         try:
-            from transformers import VideoLlavaForConditionalGeneration, VideoLlavaProcessor
+            from transformers import (
+                VideoLlavaForConditionalGeneration,
+                VideoLlavaProcessor,
+            )
         except ImportError:
             raise CaptionBackendUnavailable("Video-LLaVA needs transformers>=4.42 (pip install transformers "
                                "accelerate)") from None
@@ -407,7 +366,7 @@ def caption_clips(clips: Iterable[tuple[str, Callable[[], Sequence[np.ndarray]],
                   flush_every: int = 20, extra_leak_words: Sequence[str] = ()) -> CaptionReport:
     """Describe and refine each ``(key, load_frames, source)``; cached clips are skipped. A clip that fails is
     reported and the rest go on; errors no clip can get past (no key, no GPU, no weights) stop the run."""
-    from .errors import LLMConfigError, LLMConnectionError
+    from ..errors import LLMConfigError, LLMConnectionError
 
     report = CaptionReport()
     try:

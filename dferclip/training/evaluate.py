@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .metrics import Metrics, compute_metrics
+from ..metrics import Metrics, compute_metrics
 
 log = logging.getLogger(__name__)
 
@@ -71,26 +71,21 @@ def open_captions(path: str | Path):
 
 
 def wrap_for_model(model, dataset, *, captions=None, face_cache=None):
-    """The dataset as the model takes it: models with ``wrap_dataset`` (FineCLIPER) get ``(input dict, label)``
+    """The dataset as the model takes it (``model.wrap_dataset``): FineCLIPER gets ``(input dict, label)``
     items with every stream; ``captions`` is a CaptionStore or a path, ``face_cache`` an AnalysisCache or a
     folder. Other models, and datasets that are not plain clip datasets, are returned as they are."""
     from .data import ClipDataset
 
-    if not hasattr(model, "wrap_dataset"):
-        if captions is not None:
-            log.warning("captions given, but this %s model takes no captions: ignored",
-                        getattr(model, "family", "dferclip"))
-        return dataset
+    if captions is not None and not model.uses_captions:
+        log.warning("captions given, but this %s model (streams %s) has no caption stream: ignored",
+                    model.family, ", ".join(model.streams))
+        captions = None
     if not isinstance(dataset, ClipDataset):
         return dataset
-    if captions is not None and not getattr(model, "uses_captions", False):
-        log.warning("captions given, but this model (streams %s) has no caption stream: ignored",
-                    ", ".join(getattr(model, "streams", ())))
-        captions = None
     if isinstance(captions, (str, Path)):
         captions = open_captions(captions)
     if isinstance(face_cache, (str, Path)):
-        from .face_analysis import AnalysisCache
+        from ..video.face_analysis import AnalysisCache
 
         face_cache = AnalysisCache(face_cache)
     return model.wrap_dataset(dataset, captions=captions, analysis_cache=face_cache)
@@ -238,7 +233,7 @@ def evaluate_sources(checkpoint: str, data: str, *, folds: Optional[Sequence[int
 
     FineCLIPER models: ``captions`` (a caption file or folder, may hold ``{fold}``) feeds the caption
     stream, ``face_cache`` (a folder) keeps the face analysis of each clip for later runs (default: none)."""
-    from .checkpoints import load_model
+    from ..weights.checkpoints import load_model
     from .data import open_dataset
 
     def one(ck: str, spec: str, tag: str, caps: Optional[str]) -> dict:

@@ -1,0 +1,75 @@
+"""Where the library's files live, and the one way it writes them (atomically).
+
+- Shipped, read-only data (class sets, official descriptions, prompt styles, configs) is package data.
+- The user's own files: ``checkpoints/`` and ``descriptions/`` in the working folder, or ``DFERCLIP_CHECKPOINTS``
+  and ``DFERCLIP_DESCRIPTIONS``.
+- Caches (downloaded weights, embeddings): ``DFERCLIP_CACHE``, else ``/data/dferclip-cache`` on a Space with
+  persistent storage, else ``$XDG_CACHE_HOME/dferclip`` (``~/.cache/dferclip``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def checkpoints_dir() -> Path:
+    return Path(os.environ.get("DFERCLIP_CHECKPOINTS") or "checkpoints").resolve()
+
+
+def user_descriptions_dir() -> Path:
+    return Path(os.environ.get("DFERCLIP_DESCRIPTIONS") or "descriptions").resolve()
+
+
+def cache_dir() -> Path:
+    if os.environ.get("DFERCLIP_CACHE"):
+        return Path(os.environ["DFERCLIP_CACHE"]).resolve()
+    if os.environ.get("SPACE_ID") and os.path.isdir("/data") and os.access("/data", os.W_OK):
+        return Path("/data/dferclip-cache")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dferclip"
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success it replaces ``path`` in one step, on any error it is
+    removed and ``path`` is untouched. ``mode``: "w" (text, UTF-8) or "wb"."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_with(path: str | Path, writer: Callable[[str], None]) -> None:
+    """For writers that take a file name (``torch.save``, ``safetensors.save_file``): ``writer(tmp_name)``,
+    then the same replace-or-remove as :func:`atomic_write`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: Any, indent: int = 2) -> Path:
+    with atomic_write(path) as f:
+        json.dump(data, f, indent=indent, ensure_ascii=False)
+        f.write("\n")
+    return Path(path)

@@ -1,0 +1,167 @@
+"""Blocks both model families share: the temporal transformer, the common model facts, per-class means."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import CLIP_MEAN, CLIP_STD, InputConfig, TemporalConfig
+from ..text.descriptions import DescriptionSet
+from ..text.tokens import tokenize
+from .clip_towers import encode_token_embeddings
+
+
+def class_means(feats: torch.Tensor, index: Sequence[int], num_classes: int) -> torch.Tensor:
+    """Per class, the L2-normalised mean of its rows' L2-normalised features: (N, D) -> (C, D)."""
+    feats = F.normalize(feats, dim=-1)
+    summed = torch.zeros(num_classes, feats.shape[1], dtype=feats.dtype, device=feats.device)
+    summed.index_add_(0, torch.as_tensor(list(index), device=feats.device), feats)
+    return F.normalize(summed, dim=-1)
+
+
+class TemporalAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads = heads
+        inner = heads * dim_head
+        self.qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.proj = nn.Linear(inner, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class TemporalBlock(nn.Module):
+    """Pre-norm block: LayerNorm eps 1e-5, qkv without bias, MLP with tanh-approximated GELU."""
+
+    def __init__(self, dim: int, cfg: TemporalConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-5)
+        self.attn = TemporalAttention(dim, cfg.heads, cfg.dim_head)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-5)
+        self.fc1 = nn.Linear(dim, cfg.mlp_dim)
+        self.fc2 = nn.Linear(cfg.mlp_dim, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
+
+
+class TemporalTransformer(nn.Module):
+    """Learnable class token + positional embedding for T+1 positions; output = class token."""
+
+    def __init__(self, dim: int, num_frames: int, cfg: TemporalConfig):
+        super().__init__()
+        self.num_frames = num_frames
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos_embedding = nn.Parameter(torch.randn(1, num_frames + 1, dim))
+        self.layers = nn.ModuleList(TemporalBlock(dim, cfg) for _ in range(cfg.layers))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
+        b, t, _ = frames.shape
+        if t > self.num_frames:
+            raise ValueError(f"model takes at most {self.num_frames} frames, got {t}")
+        x = torch.cat([self.cls_token.expand(b, -1, -1).to(frames.dtype), frames], dim=1)
+        x = x + self.pos_embedding[:, : t + 1].to(frames.dtype)
+        for layer in self.layers:
+            x = layer(x)
+        return x[:, 0]
+
+
+class ModelFacts:
+    """What every model family shares: input convention, classes, embedding size, the cached class embeddings,
+    the plain-CLIP zero-shot side (descriptions in prompt templates, ensembled; frame-averaged CLIP image
+    features), and the defaults of :class:`dferclip.models.interface.DferModel` for a single-stream model."""
+
+    family = "model"
+    streams: tuple = ("video",)
+    visual_streams: tuple = ("video",)
+    needs_face_analysis = False
+    uses_captions = False
+    has_negative_prompts = False
+    _class_cache = None
+
+    @property
+    def input_config(self) -> InputConfig:
+        return self.config.input
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.descriptions.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.descriptions.num_classes
+
+    @property
+    def embed_dim(self) -> int:
+        return self.clip.text_projection.shape[1]
+
+    def zero_shot_texts(self, descriptions: Optional[DescriptionSet] = None, templates=None):
+        """The prompt strings of the zero-shot classifier: per class, templates x descriptions."""
+        ds = descriptions or self.descriptions
+        templates = templates or self.config.zero_shot_templates
+        texts, index = [], []
+        for c, (name, descs) in enumerate(zip(ds.classes, ds.descriptions)):
+            for d in descs:
+                for t in templates:
+                    texts.append(t.format(name=name, description=d.rstrip(".")) + ".")
+                    index.append(c)
+        return texts, index
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Plain CLIP text features (N, D), L2-normalised."""
+        tokens = tokenize(list(texts), self.clip.context_length).to(self.clip.token_embedding.weight.device)
+        return F.normalize(encode_token_embeddings(self.clip, self.clip.token_embedding(tokens), tokens), dim=-1)
+
+    def zero_shot_classes(self, descriptions: Optional[DescriptionSet] = None, templates=None) -> torch.Tensor:
+        """CLIP prompt ensembling: mean of normalised prompt embeddings per class, re-normalised."""
+        texts, index = self.zero_shot_texts(descriptions, templates)
+        feats = self.encode_texts(texts)
+        n = (descriptions or self.descriptions).num_classes
+        return class_means(feats, index, n)
+
+    # --- class embeddings, cached while nothing that makes them can change ----------------------------
+    def _label_params(self) -> list[nn.Parameter]:
+        """The trainable parameters class embeddings depend on (besides the frozen text tower)."""
+        return []
+
+    def class_embeddings(self) -> torch.Tensor:
+        """The current descriptions' class embeddings. In eval without grad they are cached, keyed by the
+        descriptions, every parameter that makes them (version, storage, dtype, device) and the autocast dtype."""
+        if self.training or torch.is_grad_enabled():
+            return self.encode_classes()
+        tok = self.clip.token_embedding.weight
+        device_type = tok.device.type
+        autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        key = (id(self.descriptions), self.descriptions.fingerprint(),
+               tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in self._label_params()),
+               tok.device, tok.dtype, autocast)
+        if self._class_cache is None or self._class_cache[0] != key:
+            self._class_cache = (key, self.encode_classes())
+        return self._class_cache[1]
+
+    # --- plain-CLIP zero-shot video side ----------------------------------------------------------------
+    def zero_shot_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Frame-averaged plain CLIP image embedding (B, D), L2-normalised, with CLIP's own normalisation."""
+        x = InputConfig(mean=CLIP_MEAN, std=CLIP_STD).normalize(self.input_config.denormalize(video))
+        b, t = x.shape[:2]
+        frames = self.clip.visual(x.flatten(0, 1).to(self.clip.visual.conv1.weight.dtype)).view(b, t, -1)
+        return F.normalize(F.normalize(frames, dim=-1).mean(dim=1), dim=-1)
+
+    # --- what a single-stream model does where FineCLIPER does more -------------------------------------
+    def prepare_inputs(self, video: torch.Tensor, captions=None):
+        """Model input for a batch of clips: the video tensor itself."""
+        return video
+
+    def wrap_dataset(self, dataset, captions=None, analysis_cache=None):
+        """The dataset a trainer iterates: unchanged for a single-stream model."""
+        return dataset
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels)
