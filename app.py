@@ -1,10 +1,11 @@
 """dferclip Space: dynamic facial expression recognition from video with CLIP.
 
-    python app.py [--model SRC] [--host 0.0.0.0] [--port 7860]
+    python app.py [--model SRC] [--host 0.0.0.0] [--port 7860] [--mode public|local]
 
 The UI only: models, video and scoring live in the ``dferclip`` library. Which weights run is decided by
 ``dferclip.runtime`` (``--model`` / ``DFERCLIP_MODEL``, then ``checkpoints/``, ``DFERCLIP_HUB_REPO``, then the
-untrained offline default, which the page says in a banner).
+untrained offline default, which the page says in a banner). Public or local mode (docs/security.md):
+``--mode``/``DFERCLIP_MODE``, else public on a Space or when bound to a non-loopback address.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import gradio as gr
 
 from dferclip.runtime import ModelRegistry
 from dferclip.ui.context import AppContext, build_model_bar
+from dferclip.ui.policy import Policy
 from dferclip.ui.predict import MAX_UPLOAD, build_predict_tab
 
 try:
@@ -46,9 +48,12 @@ footer {opacity: 0.85;}
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="pink")
 
 
-def build_demo(model: str | None = None) -> gr.Blocks:
-    """The app. Loads the first model on offer (to say truthfully what runs); others load on selection."""
-    ctx = AppContext(ModelRegistry.discover(model))
+def build_demo(model: str | None = None, host: str | None = None, mode: str | None = None) -> gr.Blocks:
+    """The app. Loads the first model on offer (to say truthfully what runs); others load on selection.
+    ``host``/``mode`` decide public or local mode (:mod:`dferclip.ui.policy`)."""
+    policy = Policy.from_env(host, mode)
+    logging.getLogger(__name__).info("app mode: %s", policy.mode)
+    ctx = AppContext(ModelRegistry.discover(model), policy)
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(INTRO)
         build_model_bar(ctx)
@@ -56,7 +61,7 @@ def build_demo(model: str | None = None) -> gr.Blocks:
             build_predict_tab(ctx)
             if build_workbench_tab is not None:
                 build_workbench_tab(ctx)
-    demo.queue(max_size=32, default_concurrency_limit=ctx.concurrency_limit)
+    demo.queue(max_size=policy.queue_size, default_concurrency_limit=ctx.concurrency_limit)
     demo.ctx = ctx
     return demo
 
@@ -71,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="dferclip Gradio app")
     parser.add_argument("--model", default=None, help="weights to run first (overrides DFERCLIP_MODEL)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if on_space else "127.0.0.1"))
+    parser.add_argument("--mode", choices=["public", "local"], default=None,
+                        help="public: visitors are strangers (default on a Space or a non-loopback host)")
     parser.add_argument("--port", type=int,
                         default=int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860))
     return parser.parse_args(argv)
@@ -92,7 +99,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     ARGS = parse_args()
     ensure_no_deps_packages()
-    demo = build_demo(ARGS.model)
+    demo = build_demo(ARGS.model, ARGS.host, ARGS.mode)
     demo.launch(server_name=ARGS.host, server_port=ARGS.port, **launch_kwargs())
 else:
-    demo = build_demo()
+    demo = build_demo(host=os.environ.get("GRADIO_SERVER_NAME"))

@@ -175,7 +175,10 @@ def weights_banner(weights_info: dict) -> tuple[str, Optional[str]]:
 
 
 class ModelRegistry:
-    """Models on offer and the loaded ones (lazily, thread-safely, at most ``max_loaded`` at a time)."""
+    """Models on offer and the loaded ones (lazily, thread-safely, at most ``max_loaded`` at a time).
+
+    Loading one model (maybe a download) holds only that model's lock: requests for models already loaded
+    are served meanwhile, and two requests for the same model wait for one load."""
 
     def __init__(self, entries: list[ModelEntry], dev: torch.device | str | None = None, max_loaded: int = 2):
         if not entries:
@@ -185,7 +188,8 @@ class ModelRegistry:
         self.dtype = compute_dtype(self.device)
         self.max_loaded = max_loaded
         self._loaded: "OrderedDict[str, torch.nn.Module]" = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the dicts only, never held while loading
+        self._loading: dict[str, threading.Lock] = {}
 
     @classmethod
     def discover(cls, explicit: str | None = None, **kwargs) -> "ModelRegistry":
@@ -203,7 +207,10 @@ class ModelRegistry:
         for e in self.entries:
             if e.key == key:
                 return e
-        raise KeyError(f"no model {key!r} on offer")
+        from .errors import CheckpointError
+
+        shown = key[:80] if isinstance(key, str) else type(key).__name__
+        raise CheckpointError(f"no model {shown!r} on offer here; choose one of the list")
 
     def is_loaded(self, key: str) -> bool:
         return key in self._loaded
@@ -216,11 +223,17 @@ class ModelRegistry:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # one load per model; other models stay available meanwhile
+            with self._lock:
+                if key in self._loaded:
+                    return self._loaded[key]
             model = load_model(key, device=self.device)
             model.requires_grad_(False)
             log.info("loaded %s on %s (%s): %s", key, self.device, dtype_name(self.dtype), model.weights_info)
-            self._loaded[key] = model
-            while len(self._loaded) > self.max_loaded:
-                dropped, _ = self._loaded.popitem(last=False)
-                log.info("unloaded %s", dropped)
+            with self._lock:
+                self._loaded[key] = model
+                while len(self._loaded) > self.max_loaded:
+                    dropped, _ = self._loaded.popitem(last=False)
+                    log.info("unloaded %s", dropped)
             return model

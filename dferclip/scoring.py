@@ -28,15 +28,21 @@ the negative ones alike, giving per class the cosines ``pos_c`` and ``neg_c``; t
 ``scale * pos_c`` as above, and the class's negative term ``-scale * negative_weight * neg_c`` is
 ``Scores.negative_contributions[:, c]``; together they add up exactly to the logit.
 
-Model identity (:func:`model_fingerprint`): SHA-256 over the config, ``weights_info`` and a strided sample
-(<= 64 values) of every parameter with its name, shape and dtype. It is memoised per model object and
-recomputed when any parameter's in-place version counter moves (an optimiser step), so it is cheap to call.
+Model identity (:func:`model_fingerprint`): SHA-256 over the config (architecture and input normalisation),
+``weights_info`` and a strided sample (<= 64 values) of every parameter with its name, shape and dtype. It is
+memoised per model object and recomputed when any parameter's in-place version counter moves (an optimiser
+step), so it is cheap to call. Cache keys use :func:`encoding_key`: the fingerprint plus the device and the
+autocast precision the embeddings are computed under, since those change the numbers too.
+
+Devices: cached embeddings are float32 on the CPU, whatever device the model runs on, and every scoring
+tensor is made on the device of the video embeddings it scores, so nothing mixes devices.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -83,6 +89,13 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     digest = h.hexdigest()[:24]
     _fingerprints[model] = (versions, digest)
     return digest
+
+
+def encoding_key(model: torch.nn.Module) -> str:
+    """What a cached embedding depends on: the model's fingerprint, its device and the autocast dtype in force."""
+    dev = next(model.parameters()).device
+    autocast = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else None
+    return f"{model_fingerprint(model)}|{dev}|{autocast}"
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -152,46 +165,56 @@ def negative_texts(model, texts: Sequence[str], class_index: Sequence[int]) -> l
 
 
 # --- text embeddings ---------------------------------------------------------------------------------
+class Tally:
+    """How many texts one caller's lookups encoded (the shared cache's own counter counts everyone's)."""
+
+    def __init__(self):
+        self.encoded = 0
+
+
 class TextEmbeddingCache:
     """Normalised text features per (model, mode, [class,] text); only unseen texts are encoded.
 
-    ``encoded`` counts the texts actually run through the text tower (for tests and the UI's status line).
+    ``encoded`` counts the texts run through the text tower by all users of the cache; a caller that wants
+    its own count passes a :class:`Tally`. Features are stored as float32 on the CPU.
     """
 
     def __init__(self, maxsize: int = 50_000):
         self._cache = LRUCache(maxsize)
         self.encoded = 0
 
-    def learned(self, model, texts: Sequence[str], class_index: Sequence[int]) -> torch.Tensor:
+    def learned(self, model, texts: Sequence[str], class_index: Sequence[int], tally: Optional[Tally] = None
+                ) -> torch.Tensor:
         """Learned-prompt features (P, D), L2-normalised, for descriptions with their class's context
         (for a PN model: the positive descriptors)."""
-        fp = model_fingerprint(model)
+        fp = encoding_key(model)
         keys = [(fp, "learned", int(c), t) for t, c in zip(texts, class_index)]
 
         def encode(idx):
             return F.normalize(model.encode_prompts([texts[i] for i in idx], [class_index[i] for i in idx]), dim=-1)
 
-        return self._lookup(keys, encode)
+        return self._lookup(keys, encode, tally)
 
-    def learned_negative(self, model, texts: Sequence[str], class_index: Sequence[int]) -> torch.Tensor:
+    def learned_negative(self, model, texts: Sequence[str], class_index: Sequence[int],
+                         tally: Optional[Tally] = None) -> torch.Tensor:
         """A PN model's negative descriptor features (P, D), L2-normalised, one per description; keyed by the
         negative text, so descriptions whose negatives read the same share one encoding."""
-        fp = model_fingerprint(model)
+        fp = encoding_key(model)
         keys = [(fp, "learned-neg", int(c), n) for n, c in zip(negative_texts(model, texts, class_index), class_index)]
 
         def encode(idx):
             return F.normalize(model.encode_prompts([texts[i] for i in idx], [class_index[i] for i in idx],
                                                     negative=True), dim=-1)
 
-        return self._lookup(keys, encode)
+        return self._lookup(keys, encode, tally)
 
-    def zero_shot(self, model, texts: Sequence[str]) -> torch.Tensor:
+    def zero_shot(self, model, texts: Sequence[str], tally: Optional[Tally] = None) -> torch.Tensor:
         """Plain CLIP text features (N, D), L2-normalised."""
-        fp = model_fingerprint(model)
+        fp = encoding_key(model)
         keys = [(fp, "zero-shot", t) for t in texts]
-        return self._lookup(keys, lambda idx: model.encode_texts([texts[i] for i in idx]))
+        return self._lookup(keys, lambda idx: model.encode_texts([texts[i] for i in idx]), tally)
 
-    def _lookup(self, keys: list, encode) -> torch.Tensor:
+    def _lookup(self, keys: list, encode, tally: Optional[Tally] = None) -> torch.Tensor:
         found = [self._cache.get(k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         first: dict = {}  # a text may appear twice in one call: encode it once
@@ -200,8 +223,10 @@ class TextEmbeddingCache:
         unique, idx = list(first), list(first.values())
         if unique:
             with torch.no_grad():
-                feats = encode(idx).detach()
+                feats = encode(idx).detach().float().cpu()
             self.encoded += len(idx)
+            if tally is not None:
+                tally.encoded += len(idx)
             for k, f in zip(unique, feats):
                 self._cache.put(k, f)
             fresh = dict(zip(unique, feats))
@@ -230,14 +255,14 @@ class VideoEmbedding:
 
 
 def encode_clip(model, video: torch.Tensor) -> VideoEmbedding:
-    """Both embeddings of a (1, T, 3, H, W) or (T, 3, H, W) model-input tensor."""
+    """Both embeddings of a (1, T, 3, H, W) or (T, 3, H, W) model-input tensor, as float32 on the CPU."""
     if video.dim() == 4:
         video = video.unsqueeze(0)
     device = next(model.parameters()).device
     with torch.no_grad():
         video = video.to(device)
         learned = F.normalize(model.encode_video(video).float(), dim=-1)[0].cpu()
-        zero_shot = model.zero_shot_video(video).float()[0].cpu()
+        zero_shot = model.zero_shot_video(video).float()[0].cpu()  # scoring happens where these live
     return VideoEmbedding(learned, zero_shot)
 
 
@@ -245,13 +270,17 @@ class VideoEmbeddingCache:
     """Clip embeddings per (model fingerprint, clip key); bounded; optionally mirrored on disk.
 
     The clip key is the tensor's content hash, or a caller's key (e.g. file hash + ingestion settings).
-    Disk entries are safetensors files ``<folder>/<sha>.safetensors`` named by a hash of the full key.
+    Disk entries are safetensors files ``<folder>/<sha>.safetensors`` named by a hash of the full key; the
+    folder holds at most ``max_bytes`` (least recently used files are deleted first).
     """
 
-    def __init__(self, maxsize: int = 4096, folder: Optional[str | Path] = None):
+    def __init__(self, maxsize: int = 4096, folder: Optional[str | Path] = None, max_bytes: int = 256 << 20):
         self._cache = LRUCache(maxsize)
         self.folder = Path(folder) if folder else None
+        self.max_bytes = int(max_bytes)
         self.encoded = 0
+        self._disk_lock = threading.Lock()
+        self._disk_bytes: Optional[int] = None  # known total, measured on the first write
 
     def get(self, model, video: Optional[torch.Tensor] = None, key: Optional[str] = None,
             load_video=None) -> VideoEmbedding:
@@ -260,7 +289,7 @@ class VideoEmbeddingCache:
             if video is None:
                 raise ValueError("give a video tensor or a key")
             key = tensor_digest(video)
-        full = (model_fingerprint(model), key)
+        full = (encoding_key(model), key)
         hit = self._cache.get(full)
         if hit is not None:
             return hit
@@ -291,6 +320,7 @@ class VideoEmbeddingCache:
 
         try:
             t = load_file(str(path))
+            os.utime(path)  # recently used: evicted last
             return VideoEmbedding(t["learned"], t["zero_shot"])
         except (SafetensorError, OSError, KeyError) as e:
             log.warning("ignoring unreadable cache entry %s: %s", path.name, e)
@@ -306,6 +336,32 @@ class VideoEmbeddingCache:
 
         tensors = {"learned": emb.learned.contiguous(), "zero_shot": emb.zero_shot.contiguous()}
         atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata={"model": full[0], "clip": str(full[1])}))
+        self._account(path.stat().st_size)
+
+    def _account(self, added: int) -> None:
+        """Keep the folder under ``max_bytes``: past it, delete least recently used entries down to 90 %."""
+        with self._disk_lock:
+            if self._disk_bytes is None:
+                self._disk_bytes = sum(e.stat().st_size for e in os.scandir(self.folder)
+                                       if e.name.endswith(".safetensors"))
+            else:
+                self._disk_bytes += added
+            if self._disk_bytes <= self.max_bytes:
+                return
+            entries = sorted((e.stat().st_mtime, e.stat().st_size, e.path) for e in os.scandir(self.folder)
+                             if e.name.endswith(".safetensors"))
+            total = sum(size for _, size, _ in entries)
+            for _, size, path in entries:
+                if total <= 0.9 * self.max_bytes:
+                    break
+                Path(path).unlink(missing_ok=True)
+                total -= size
+            self._disk_bytes = total
+
+    def disk_bytes(self) -> int:
+        if self.folder is None or not self.folder.is_dir():
+            return 0
+        return sum(e.stat().st_size for e in os.scandir(self.folder) if e.name.endswith(".safetensors"))
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -348,15 +404,17 @@ def combine_descriptors(v: torch.Tensor, feats: torch.Tensor, index: torch.Tenso
                         combine: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Class cosines (N, C) from descriptor features (P, D) of classes ``index``; also each descriptor's
     cosine (N, P) and its share of its class's cosine (N, P; the shares of a class add up to its cosine)."""
+    dev = v.device  # every tensor below lives where the video embeddings do
+    feats, index = feats.to(dev, v.dtype), index.to(dev)
     cos = v @ F.normalize(feats, dim=-1).t()
     if combine == "mean-embedding":
-        summed = torch.zeros(len(counts), feats.shape[1], dtype=feats.dtype).index_add_(0, index, feats)
+        summed = torch.zeros(len(counts), feats.shape[1], dtype=feats.dtype, device=dev).index_add_(0, index, feats)
         norms = summed.norm(dim=-1)
         share = (v @ feats.t()) / norms[index]
         classes = v @ (summed / norms[:, None]).t()
     elif combine == "mean-similarity":
-        share = cos / torch.as_tensor(counts, dtype=v.dtype)[index]
-        classes = torch.zeros(v.shape[0], len(counts), dtype=v.dtype).index_add_(1, index, share)
+        share = cos / torch.as_tensor(counts, dtype=v.dtype, device=dev)[index]
+        classes = torch.zeros(v.shape[0], len(counts), dtype=v.dtype, device=dev).index_add_(1, index, share)
     elif combine == "max":
         per_class = cos.split(list(counts), dim=1)
         classes = torch.stack([c.max(dim=1).values for c in per_class], dim=1)
@@ -374,6 +432,7 @@ class Scorer:
         self.model = model
         self.text_cache = text_cache if text_cache is not None else TextEmbeddingCache()
         self.templates = tuple(templates) if templates else tuple(model.config.zero_shot_templates)
+        self.tally = Tally()  # texts this scorer had encoded (the shared cache counts everyone's)
 
     @property
     def logit_scale(self) -> float:
@@ -398,22 +457,23 @@ class Scorer:
         of the descriptor's normalised template features (not re-normalised, so summing them gives CLIP's
         prompt ensemble exactly).
         """
-        index = torch.as_tensor([c for c, descs in enumerate(ds.descriptions) for _ in descs])
+        index = torch.as_tensor([c for c, descs in enumerate(ds.descriptions) for _ in descs], device="cpu")
         flat = [d for descs in ds.descriptions for d in descs]
         if mode == "learned":
             self._check_learned(ds)
-            return self.text_cache.learned(self.model, flat, index.tolist()), index
+            return self.text_cache.learned(self.model, flat, index.tolist(), self.tally), index
         if mode != "zero-shot":
             raise ValueError(f"unknown scoring mode {mode!r}; use one of {SCORE_MODES}")
         texts, _ = self.model.zero_shot_texts(ds, self.templates)
-        feats = self.text_cache.zero_shot(self.model, texts)
+        feats = self.text_cache.zero_shot(self.model, texts, self.tally)
         return feats.view(len(flat), len(self.templates), -1).mean(dim=1), index
 
     def negative_features(self, ds: DescriptionSet) -> torch.Tensor:
         """A PN model's (P, D) normalised negative descriptor features, one per descriptor of ``ds``."""
         self._check_learned(ds)
         index = [c for c, descs in enumerate(ds.descriptions) for _ in descs]
-        return self.text_cache.learned_negative(self.model, [d for descs in ds.descriptions for d in descs], index)
+        return self.text_cache.learned_negative(self.model, [d for descs in ds.descriptions for d in descs], index,
+                                                self.tally)
 
     def negative_texts(self, ds: DescriptionSet) -> list[list[str]]:
         """Per class, the distinct negative descriptor texts of a PN model for ``ds``."""

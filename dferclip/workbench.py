@@ -21,7 +21,7 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -49,7 +49,7 @@ from .text.descriptions import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "dferclip" / "embeddings"
+DEFAULT_CACHE_DIR = "default"  # set_evaluation: dferclip.files.cache_dir() / "embeddings"
 MAX_CLIPS = 64
 
 
@@ -101,7 +101,7 @@ class LabelledClip:
     label: int
 
 
-def _label_index(value, classes: Sequence[str], where: str) -> int:
+def label_index(value, classes: Sequence[str], where: str) -> int:
     text = str(value).strip()
     lowered = [c.lower() for c in classes]
     if text.lower() in lowered:
@@ -124,24 +124,62 @@ def read_labels_csv(csv_path: str | Path, classes: Sequence[str], folder: str | 
         raise DataError(f"no such labels file: {csv_path}")
     base = Path(folder) if folder else csv_path.parent
     clips, missing = [], []
-    with open(csv_path, newline="") as f:
-        for n, row in enumerate(csv.reader(f), start=1):
-            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-                continue
-            if n == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
-                continue
-            if len(row) < 2:
-                raise DataError(f"{csv_path.name} line {n}: expected 'path,label'")
-            p = Path(row[0].strip())
-            p = p if p.is_absolute() else base / p
-            if not p.is_file():
-                missing.append(str(p))
-                continue
-            clips.append(LabelledClip(str(p), _label_index(row[1], classes, f"{csv_path.name} line {n}")))
+    for n, name, label in labels_csv_rows(csv_path):
+        p = Path(name)
+        p = p if p.is_absolute() else base / p
+        if not p.is_file():
+            missing.append(str(p))
+            continue
+        clips.append(LabelledClip(str(p), label_index(label, classes, f"{csv_path.name} line {n}")))
     if missing:
         log.warning("%d listed clips are missing, e.g. %s", len(missing), missing[0])
     if not clips:
         raise DataError(f"{csv_path.name} lists no existing clips" + (f" (missing: {missing[0]} ...)" if missing else ""))
+    return clips
+
+
+MAX_LABELS_CSV_BYTES = 4 << 20
+
+
+def labels_csv_rows(csv_path: str | Path) -> Iterator[tuple[int, str, str]]:
+    """(line number, path, label) of a ``path,label`` CSV (header, blank and ``#`` lines skipped)."""
+    csv_path = Path(csv_path)
+    if csv_path.stat().st_size > MAX_LABELS_CSV_BYTES:
+        raise DataError(f"{csv_path.name} is larger than {MAX_LABELS_CSV_BYTES >> 20} MB")
+    try:
+        text = csv_path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise DataError(f"{csv_path.name} is not UTF-8 text") from None
+    for n, row in enumerate(csv.reader(text.splitlines()), start=1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if n == 1 and [c.strip().lower() for c in row[:2]] == ["path", "label"]:
+            continue
+        if len(row) < 2:
+            raise DataError(f"{csv_path.name} line {n}: expected 'path,label'")
+        yield n, row[0].strip(), row[1]
+
+
+def read_uploaded_labels(csv_path: str | Path, uploaded: dict[str, str], classes: Sequence[str],
+                         max_clips: int, *, allow_local_paths: bool = False) -> list[LabelledClip]:
+    """A labels CSV uploaded with its clips (``uploaded``: file name -> its upload path). Rows name uploaded
+    files by name; a row naming anything else is an error that says nothing about the server's disk, unless
+    ``allow_local_paths`` (the app's local mode), where it may be a path on this machine."""
+    csv_name = Path(csv_path).name
+    clips = []
+    for n, name, label in labels_csv_rows(csv_path):
+        if name in uploaded:
+            path = uploaded[name]
+        elif allow_local_paths and Path(name).is_file():
+            path = name
+        else:
+            raise DataError(f"{csv_name} line {n}: {name[:80]!r} is not one of the uploaded clips; the CSV may "
+                            "only name files uploaded with it, by file name")
+        clips.append(LabelledClip(path, label_index(label, classes, f"{csv_name} line {n}")))
+        if len(clips) > max_clips:
+            raise DataError(f"more than {max_clips} clips: an evaluation set here holds at most {max_clips}")
+    if not clips:
+        raise DataError(f"{csv_name} lists no clips")
     return clips
 
 
@@ -170,7 +208,7 @@ def read_hf_dataset(path: str | Path, classes: Sequence[str], split: Optional[st
         value = row[path_col]
         p = value.get("path") if isinstance(value, dict) else value
         label = names[row["label"]] if names else row["label"]
-        clips.append(LabelledClip(str(p), _label_index(label, classes, f"row {i}")))
+        clips.append(LabelledClip(str(p), label_index(label, classes, f"row {i}")))
     if not clips:
         raise DataError(f"the dataset at {path} is empty")
     return clips
@@ -233,7 +271,7 @@ def embed_clips(model, clips: Sequence[LabelledClip], cache: VideoEmbeddingCache
         progress(len(clips), len(clips), "")
     if not paths:
         raise DataError(f"none of the {len(clips)} clips could be read; first problem: {failed[0][1] if failed else '-'}")
-    return EmbeddedSet(paths, torch.as_tensor(labels), torch.stack(learned), torch.stack(zero), failed)
+    return EmbeddedSet(paths, torch.as_tensor(labels, device="cpu"), torch.stack(learned), torch.stack(zero), failed)
 
 
 def _pn_report(i: int, now: Scores, previous: Optional[Scores], baseline: Optional[Scores]) -> Optional[dict]:
@@ -307,16 +345,25 @@ class Workbench:
     def edit_rows(self, rows: Sequence[Sequence[str]]) -> list[dict]:
         return self.edit(rows_to_descriptions(rows, self.current))
 
-    def save(self, name: str, folder: Optional[Path] = None, **provenance) -> Path:
-        """Save the current set as ``name`` (validated, atomic, versioned); it becomes the baseline."""
+    def save_as(self, name: str, version: Optional[int] = None, **provenance) -> DescriptionSet:
+        """The current set renamed ``name`` (validated), with provenance; it becomes current and baseline.
+        Nothing is written (the app's public mode keeps it in the visitor's session)."""
+        from .text.descriptions import validate_name
+
         prov = dict(self.current.provenance)
         prov.update({k: v for k, v in provenance.items() if v is not None})
         if self.current.name != name:
             prov.setdefault("derived_from", f"{self.current.name} v{self.current.version}")
-        ds = dataclasses.replace(self.current, name=name, provenance=prov)
-        path = save_description_set(ds, folder)
+        ds = dataclasses.replace(self.current, name=validate_name(name), provenance=prov,
+                                 version=version or self.current.version)
         self.current = self.baseline = ds
-        return path
+        return ds
+
+    def save(self, name: str, folder: Optional[Path] = None, **provenance) -> Path:
+        """Save the current set as ``name`` (validated, atomic; an earlier version is kept in the folder's
+        history, a shipped name is refused); it becomes the baseline."""
+        ds = self.save_as(name, **provenance)
+        return save_description_set(ds, folder)
 
     def load(self, name_or_path: str | Path, folder: Optional[Path] = None) -> DescriptionSet:
         ds = load_description_set(name_or_path, folder)
@@ -382,11 +429,18 @@ class Workbench:
         return hashlib.sha256(repr(self.model.input_config).encode()).hexdigest()[:12]
 
     def set_evaluation(self, clips: Sequence[LabelledClip], *, cache_dir: Optional[str | Path] = DEFAULT_CACHE_DIR,
-                       ingest_fn=None, ingest_settings=None, progress=None) -> EmbeddedSet:
-        """Attach a labelled set: embeddings computed once (with progress) and cached on disk in ``cache_dir``."""
-        cache = self.video_cache
-        if cache_dir is not None and cache.folder != Path(cache_dir):
-            cache = VideoEmbeddingCache(maxsize=max(4096, len(clips)), folder=cache_dir)
+                       cache: Optional[VideoEmbeddingCache] = None, ingest_fn=None, ingest_settings=None,
+                       progress=None) -> EmbeddedSet:
+        """Attach a labelled set: embeddings computed once (with progress) and cached on disk in ``cache_dir``
+        (or in ``cache``, e.g. the app's bounded one)."""
+        if cache is None:
+            cache = self.video_cache
+            if cache_dir == DEFAULT_CACHE_DIR:
+                from .files import cache_dir as root
+
+                cache_dir = root() / "embeddings"
+            if cache_dir is not None and cache.folder != Path(cache_dir):
+                cache = VideoEmbeddingCache(maxsize=max(4096, len(clips)), folder=cache_dir)
         self.evaluation = embed_clips(self.model, clips, cache, ingest_fn=ingest_fn,
                                       ingest_settings=ingest_settings, progress=progress)
         return self.evaluation
@@ -474,7 +528,7 @@ class Workbench:
 
     def rescore(self) -> dict:
         return {"clips": self.score_clips(), "evaluation": self.evaluate(), "flags": self.flags(),
-                "text_encodings": self.text_cache.encoded}
+                "text_encodings": self.scorer.tally.encoded}
 
     # --- generation ------------------------------------------------------------------------------
     def generate(self, style: str = "dferclip", *, only: Optional[Sequence[str]] = None, replace: bool = True,

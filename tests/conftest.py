@@ -4,6 +4,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the suite never writes the user's descriptions/ folder or cache
+_SCRATCH = __import__("tempfile").mkdtemp(prefix="dferclip-tests-")
+os.environ.setdefault("DFERCLIP_DESCRIPTIONS", os.path.join(_SCRATCH, "descriptions"))
+os.environ.setdefault("DFERCLIP_CACHE", os.path.join(_SCRATCH, "cache"))
 
 from pathlib import Path  # noqa: E402
 

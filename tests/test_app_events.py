@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from app_helpers import TINY, corrupt_copy, feat_clip
 
+from dferclip.errors import DferclipError
 from dferclip.runtime import (
     FINECLIPER_SOURCE,
     ZERO_SHOT_SOURCE,
@@ -139,7 +140,7 @@ def test_registry_loads_lazily_and_bounds_memory():
     assert reg.is_loaded(TINY) and reg.get(TINY) is model and not model.training
     reg.get(other)
     assert reg.is_loaded(other) and not reg.is_loaded(TINY)
-    with pytest.raises(KeyError):
+    with pytest.raises(DferclipError, match="on offer"):
         reg.get("not-on-offer")
 
 
@@ -150,3 +151,52 @@ def test_examples_and_clear():
     label, gallery, timeline, note, renders, record = clear_outputs()
     assert label is None and record is None and renders == []
     assert timeline.empty and list(timeline.columns) == TIMELINE_COLUMNS and timeline["probability"].dtype.kind == "f"
+
+
+def test_a_clip_is_renormalised_for_a_model_with_other_input_statistics():
+    """The page's clip, ingested for DFER-CLIP ([0, 1] pixels), scored by FineCLIPER (CLIP mean/std): the
+    workbench must see exactly what a fresh ingest for FineCLIPER would give, not the DFER-CLIP tensor."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import torch
+
+    from dferclip.config import CLIP_MEAN, CLIP_STD, InputConfig
+    from dferclip.ui.context import ClipRecord
+
+    plain = InputConfig(image_size=64)
+    clip_norm = dataclasses.replace(plain, mean=CLIP_MEAN, std=CLIP_STD)
+    pixels = torch.rand(1, 16, 3, 64, 64)
+    record = ClipRecord("c.webm", TINY, SimpleNamespace(video=plain.normalize(pixels), input_config=plain), None)
+    torch.testing.assert_close(record.video_for(clip_norm), clip_norm.normalize(pixels))
+    assert record.video_for(plain) is record.video
+    assert record.video_for(dataclasses.replace(plain, image_size=224)) is None
+    assert record.video_for(dataclasses.replace(clip_norm, num_frames=8)) is None
+
+
+def test_a_slow_model_load_does_not_hold_up_the_other_models(monkeypatch):
+    import threading
+
+    import dferclip.runtime as runtime
+
+    slow, release, started = "random:dferclip-vit-b-32", threading.Event(), threading.Event()
+    real = runtime.load_model
+
+    def load(key, device=None):
+        if key == slow:  # stands in for a long download
+            started.set()
+            release.wait(30)
+        return real(key, device=device)
+
+    monkeypatch.setattr(runtime, "load_model", load)
+    reg = ModelRegistry([ModelEntry(TINY, "a", "explicit"), ModelEntry(slow, "b", "default")], dev="cpu")
+    reg.get(TINY)
+    loader = threading.Thread(target=reg.get, args=(slow,))
+    loader.start()
+    assert started.wait(30)
+    try:
+        assert reg.get(TINY) is not None and not reg.is_loaded(slow)  # served while the other one loads
+    finally:
+        release.set()
+        loader.join(60)
+    assert reg.is_loaded(slow)

@@ -197,3 +197,51 @@ def test_uar_war_from_scores_against_hand_computed(model):
     assert m.uar == pytest.approx((200 / 3 + 50 + 100 + 50) / 4)
     assert m.war == pytest.approx(5 / 8 * 100)
     assert m.confusion[0].tolist()[:4] == [2, 1, 0, 0] and m.confusion[3].tolist()[:4] == [1, 0, 0, 1]
+
+
+def test_disk_cache_is_bounded_and_evicts_the_least_recently_used(model, videos, tmp_path):
+    one = VideoEmbeddingCache(maxsize=1, folder=tmp_path)
+    one.get(model, videos[:1])
+    entry = next(tmp_path.glob("*.safetensors")).stat().st_size
+    cache = VideoEmbeddingCache(maxsize=1, folder=tmp_path, max_bytes=int(2.5 * entry))
+    import os
+    import time
+
+    first = next(tmp_path.glob("*.safetensors"))
+    os.utime(first, (time.time() - 100, time.time() - 100))
+    cache.get(model, videos[1:2])
+    time.sleep(0.01)
+    cache.get(model, videos[:1])  # a disk hit: now the most recently used
+    cache.get(model, videos[2:3])  # over the bound: the least recently used (videos[1]) goes
+    files = list(tmp_path.glob("*.safetensors"))
+    assert cache.disk_bytes() <= 2.5 * entry and len(files) == 2 and first in files
+    count = Counting(model)
+    VideoEmbeddingCache(maxsize=1, folder=tmp_path).get(model, videos[1:2])
+    assert count.videos == 1  # evicted, so encoded again
+
+
+def test_cache_keys_hold_device_and_precision(model, videos):
+    cache = TextEmbeddingCache()
+    cache.zero_shot(model, ["a smile"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = cache.zero_shot(model, ["a smile"])
+    assert cache.encoded == 2 and bf16.dtype == torch.float32 and bf16.device.type == "cpu"
+    with torch.no_grad():
+        fp32 = model.class_embeddings()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.class_embeddings()
+        again = model.class_embeddings()
+    assert low is not fp32 and again is not low and torch.equal(again, fp32)
+
+
+def test_scoring_makes_every_tensor_on_the_embeddings_device(model, videos):
+    """Text features cached on the CPU, clip embeddings on another device: the 'meta' device computes nothing
+    but fails on any tensor made elsewhere without saying where, so the whole scoring path is checked."""
+    learned, _ = embed(model, videos)
+    scorer = Scorer(model)
+    ds = model.descriptions.with_descriptions([list(d) + ["another look"] for d in model.descriptions.descriptions])
+    for combine in COMBINE_MODES:
+        on_cpu = scorer.score(learned, ds, "learned", combine)
+        on_meta = scorer.score(learned.to("meta"), ds, "learned", combine)
+        assert on_meta.logits.device.type == "meta" and on_meta.logits.shape == on_cpu.logits.shape
+        assert all(c.device.type == "meta" for c in on_meta.contributions)

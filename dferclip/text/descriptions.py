@@ -33,6 +33,12 @@ from ..files import user_descriptions_dir, write_json
 FORMAT = "dferclip.descriptions/1"
 SHIPPED_DIR = Path(__file__).resolve().parent / "data"  # read-only: class sets and the official sets
 HISTORY_DIR = ".history"  # earlier versions of a user's saved sets, inside its folder
+# Bounds of one set (shipped sets are far inside them): a set anyone can upload must stay cheap to encode.
+MAX_CLASSES = 100
+MAX_DESCRIPTIONS_PER_CLASS = 50
+MAX_TEXT_CHARS = 1000  # a class name or one description (CLIP reads 77 tokens of it anyway)
+MAX_FILE_BYTES = 1 << 20  # a description-set file
+MAX_PROVENANCE_CHARS = 20_000
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -72,6 +78,19 @@ class DescriptionSet:
     provenance: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        if not isinstance(self.classes, list) or not all(isinstance(c, str) for c in self.classes):
+            raise DescriptionError("class names must be a list of strings")
+        if not isinstance(self.descriptions, (list, tuple)):
+            raise DescriptionError("descriptions must be a list per class")
+        self.classes = [c.strip() for c in self.classes]
+        if len(self.classes) > MAX_CLASSES:
+            raise DescriptionError(f"{len(self.classes)} classes: a description set has at most {MAX_CLASSES}")
+        if any(not c or len(c) > MAX_TEXT_CHARS for c in self.classes):
+            raise DescriptionError(f"class names must be 1-{MAX_TEXT_CHARS} characters")
+        if not isinstance(self.provenance, dict):
+            raise DescriptionError("provenance must be an object")
+        if len(json.dumps(self.provenance, ensure_ascii=False, default=str)) > MAX_PROVENANCE_CHARS:
+            raise DescriptionError(f"provenance is longer than {MAX_PROVENANCE_CHARS} characters")
         if len(self.classes) != len(self.descriptions):
             raise DescriptionError(
                 f"{len(self.classes)} classes but {len(self.descriptions)} description lists"
@@ -84,9 +103,16 @@ class DescriptionSet:
         for cls, descs in zip(self.classes, self.descriptions):
             if isinstance(descs, str):
                 descs = [descs]
-            descs = [d.strip() for d in descs if isinstance(d, str) and d.strip()]
+            if not isinstance(descs, (list, tuple)) or not all(isinstance(d, str) for d in descs):
+                raise DescriptionError(f"class {cls[:60]!r}: descriptions must be strings")
+            descs = [d.strip() for d in descs if d.strip()]
             if not descs:
-                raise DescriptionError(f"class {cls!r} has no description")
+                raise DescriptionError(f"class {cls[:60]!r} has no description")
+            if len(descs) > MAX_DESCRIPTIONS_PER_CLASS:
+                raise DescriptionError(f"class {cls[:60]!r} has {len(descs)} descriptions; at most "
+                                       f"{MAX_DESCRIPTIONS_PER_CLASS} per class")
+            if any(len(d) > MAX_TEXT_CHARS for d in descs):
+                raise DescriptionError(f"class {cls[:60]!r}: a description is longer than {MAX_TEXT_CHARS} characters")
             cleaned.append(descs)
         self.descriptions = cleaned
 
@@ -127,17 +153,27 @@ class DescriptionSet:
     def from_dict(cls, data: dict) -> "DescriptionSet":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise DescriptionError(f"not a description set (expected \"format\": \"{FORMAT}\")")
+        items = data.get("classes")
+        if not isinstance(items, list) or not all(isinstance(c, dict) for c in items):
+            raise DescriptionError("malformed description set: \"classes\" must be a list of objects")
+        if len(items) > MAX_CLASSES:
+            raise DescriptionError(f"{len(items)} classes: a description set has at most {MAX_CLASSES}")
         try:
-            classes = [c["name"] for c in data["classes"]]
-            descs = [c["descriptions"] for c in data["classes"]]
-        except (KeyError, TypeError) as e:
+            classes = [c["name"] for c in items]
+            descs = [c["descriptions"] for c in items]
+        except KeyError as e:
             raise DescriptionError(f"malformed description set: missing {e}") from None
+        name, class_set, version = data.get("name", "custom"), data.get("class_set", "custom"), data.get("version", 1)
+        if not isinstance(class_set, str) or len(class_set) > 100:
+            raise DescriptionError("malformed description set: \"class_set\" must be a short string")
+        if isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 10**9:
+            raise DescriptionError("malformed description set: \"version\" must be a positive integer")
         return cls(
             classes=classes,
             descriptions=descs,
-            name=data.get("name", "custom"),
-            class_set=data.get("class_set", "custom"),
-            version=int(data.get("version", 1)),
+            name=validate_name(name),
+            class_set=class_set,
+            version=version,
             provenance=data.get("provenance") or {},
         )
 
@@ -167,10 +203,22 @@ def load_description_set(name_or_path: str | Path, folder: Path | None = None) -
         raise DescriptionError(
             f"no description set {str(name_or_path)!r}; available: {', '.join(list_description_sets(folder))}"
         )
+    return read_description_file(p)
+
+
+def read_description_file(path: str | Path) -> DescriptionSet:
+    """A description-set file, checked: at most :data:`MAX_FILE_BYTES`, UTF-8 JSON, the format's types."""
+    p = Path(path)
+    size = p.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise DescriptionError(f"{p.name} is {size / 1e6:.1f} MB; a description set file is at most "
+                               f"{MAX_FILE_BYTES // 1024} kB")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DescriptionError(f"{p.name} is not valid JSON: {e}") from None
+        data = json.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DescriptionError(f"{p.name} is not UTF-8 text") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise DescriptionError(f"{p.name} is not valid JSON: {str(e)[:100]}") from None
     return DescriptionSet.from_dict(data)
 
 

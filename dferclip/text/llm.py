@@ -1,8 +1,11 @@
 """Class descriptions from a language model, through any OpenAI-compatible chat-completions server.
 
 - Settings come from the environment (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``DFERCLIP_LLM_MODEL``) or are
-  typed in for the session; the key lives only in :class:`LLMSettings` (hidden from ``repr``), is never logged
-  or saved, and is sent only to the chosen base URL (as the ``Authorization`` header, by the openai client).
+  typed in for the session (:func:`visitor_settings`). The server's key is used only with the server's own
+  base URL: a base URL someone types needs a key they type too. A key lives only in :class:`LLMSettings`
+  (hidden from ``repr``), is never logged, shown or saved, and is sent only to its base URL (as the
+  ``Authorization`` header, by the openai client). Credentials inside a URL (``user:pass@host``) are stripped
+  wherever a URL is shown or stored (:func:`redact_url`).
 - Prompt styles are data (``dferclip/prompts/styles.json``); the prompt is a template the caller may edit.
 - Replies are parsed tolerantly (JSON, JSON in code fences, bullet or numbered lists, one comma-separated line);
   ``response_format`` json_schema is asked for where the server accepts it.
@@ -78,8 +81,97 @@ class LLMSettings:
         return cls(**values)
 
     def describe(self) -> str:
-        """A printable summary without the key."""
-        return f"model {self.model} at {self.base_url or 'https://api.openai.com/v1'}"
+        """A printable summary without the key (and without credentials embedded in the URL)."""
+        return f"model {self.model} at {redact_url(self.base_url or OPENAI_URL)}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with this key and any URL credentials blanked out (for messages that quote a server)."""
+        if self.api_key and len(self.api_key) >= 4:
+            text = text.replace(self.api_key, "***")
+        if self.base_url:
+            text = text.replace(self.base_url, redact_url(self.base_url))
+        return text
+
+
+OPENAI_URL = "https://api.openai.com/v1"
+
+
+def redact_url(url: Optional[str]) -> str:
+    """The URL without ``user:password@`` (and without a query string, which can carry tokens)."""
+    if not url:
+        return ""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return "<invalid URL>"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _same_server(a: Optional[str], b: Optional[str]) -> bool:
+    def norm(u):
+        return redact_url(u or OPENAI_URL).rstrip("/").lower()
+
+    return norm(a) == norm(b)
+
+
+def visitor_settings(model: str = "", base_url: str = "", api_key: str = "", *,
+                     allow_private_urls: bool = True) -> LLMSettings:
+    """Settings for a request from someone who is not the server's operator (a visitor of the app).
+
+    The server's key (``OPENAI_API_KEY``) is used only when the request goes to the server's own base URL
+    (``OPENAI_BASE_URL`` or OpenAI's). A base URL the visitor names needs a key the visitor types: it never
+    falls back to the server's key. With ``allow_private_urls=False`` (a public app) a visitor's base URL
+    must be an http(s) URL whose host resolves to public addresses only (no loopback, private or link-local
+    address of the server's network)."""
+    server = LLMSettings.from_env()
+    model, base_url, api_key = (model or "").strip(), (base_url or "").strip(), (api_key or "").strip()
+    own_url = base_url and not _same_server(base_url, server.base_url)
+    if own_url:
+        if not api_key:
+            raise LLMConfigError(
+                f"{redact_url(base_url)} is not this app's configured server, so its API key cannot be used "
+                "there: type the key for that server (any non-empty value for a local server without keys)"
+            )
+        _check_visitor_url(base_url, allow_private_urls)
+    return replace(server, model=model or server.model, base_url=base_url if own_url else server.base_url,
+                   api_key=api_key or (None if own_url else server.api_key))
+
+
+def _check_visitor_url(url: str, allow_private: bool) -> None:
+    import ipaddress
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise LLMConfigError("the base URL is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise LLMConfigError("the base URL must start with http:// or https:// and name a host")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port or 443, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        raise LLMConnectionError(f"cannot resolve {host}") from None
+    for info in infos:
+        ip = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not ip.is_global:
+            raise LLMConfigError(
+                f"{redact_url(url)} points into the app server's own network ({ip}); on a public app a typed "
+                "base URL must be a public server"
+            )
 
 
 def make_client(settings: LLMSettings, http_client=None):
@@ -319,7 +411,7 @@ def _translate(e: Exception, settings: LLMSettings) -> LLMError:
     """openai's exceptions -> our typed errors with plain messages (never containing the key)."""
     import openai
 
-    where = settings.describe()
+    where = settings.describe()  # never the key, never URL credentials
     if isinstance(e, openai.APITimeoutError):
         return LLMTimeoutError(f"{where} did not answer within {settings.timeout:g} s; try again or raise the timeout")
     if isinstance(e, openai.APIConnectionError):
@@ -425,7 +517,7 @@ def generate(
     provenance = {
         "generated_by": {
             "model": settings.model,
-            "base_url": settings.base_url or "https://api.openai.com/v1",
+            "base_url": redact_url(settings.base_url or OPENAI_URL),
             "prompt_style": style,
             "system_prompt": system,
             "prompt": template,

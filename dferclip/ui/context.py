@@ -27,6 +27,7 @@ For a tab's event functions:
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -36,6 +37,7 @@ import torch
 
 from ..errors import DferclipError
 from ..runtime import ModelRegistry, dtype_name, weights_banner
+from .policy import Policy, RateLimiter
 
 
 @dataclass
@@ -52,10 +54,24 @@ class ClipRecord:
         """The model-input tensor (1, T, 3, S, S) of ``model_key``'s input config."""
         return self.ingest.video
 
+    def video_for(self, input_config) -> Optional[torch.Tensor]:
+        """The clip as input for a model with ``input_config``: the same tensor, re-normalised when only the
+        normalisation differs (DFER-CLIP takes [0, 1] pixels, FineCLIPER CLIP's mean/std), None when the
+        frame size or count differs (the clip must be ingested again)."""
+        own = getattr(self.ingest, "input_config", None)
+        video = self.video
+        if own is None or own == input_config:
+            return video if video.shape[-1] == input_config.image_size else None
+        if dataclasses.replace(own, mean=input_config.mean, std=input_config.std) != input_config:
+            return None  # other frames or another size: not a matter of normalisation
+        return input_config.normalize(own.denormalize(video))
+
 
 class AppContext:
-    def __init__(self, registry: ModelRegistry):
+    def __init__(self, registry: ModelRegistry, policy: Optional[Policy] = None):
         self.registry = registry
+        self.policy = policy or Policy()
+        self.llm_limiter = RateLimiter(self.policy.llm_requests_per_minute, self.policy.llm_requests_per_minute_total)
         self.concurrency_id = "model"
         self.concurrency_limit = 1 if registry.device.type == "cpu" else 2
         self.model_dropdown: Optional[gr.Dropdown] = None

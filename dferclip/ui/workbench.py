@@ -1,8 +1,13 @@
 """The "Descriptions" tab: edit, generate and compare class descriptions with instant re-scoring.
 
-Per page, the tab keeps plain data in ``gr.State`` (the baseline / previous / current description sets and the
-evaluation set's embeddings); models and the bounded text/video embedding caches are shared app-wide, so an edit
-re-encodes only the changed descriptions and re-scores cached clip embeddings.
+Per page, the tab keeps plain data in ``gr.State`` (the baseline / previous / current description sets, the
+evaluation set's embeddings, and in public mode the visitor's saved sets); models and the bounded text/video
+embedding caches are shared app-wide (read-only models; caches keyed by everything that changes a value), so
+an edit re-encodes only the changed descriptions and re-scores cached clip embeddings.
+
+What a visitor can send is bounded by :class:`dferclip.ui.policy.Policy` (docs/security.md): set names are
+names, never paths; shipped sets are read-only; in public mode nothing is read from or written to the server's
+disk on a visitor's word, and LLM requests are rate-limited per visitor and in total.
 
 For a model with positive and negative descriptors (FineCLIPER) the tab also shows the first clip's positive
 (green) and negative (red) descriptor cosines per class, the paper's Fig. 3 view, with a note on how they make
@@ -11,7 +16,7 @@ the logit; for DFER-CLIP models that plot and note are hidden. The event functio
 """
 from __future__ import annotations
 
-import json
+import csv
 import logging
 import tempfile
 from pathlib import Path
@@ -20,7 +25,8 @@ from typing import Optional
 import gradio as gr
 import pandas as pd
 
-from ..errors import DferclipError
+from ..errors import DataError, DescriptionError, DferclipError, LLMRateLimitError
+from ..files import write_json
 from ..scoring import (
     COMBINE_MODES,
     TextEmbeddingCache,
@@ -32,10 +38,14 @@ from ..text.descriptions import (
     diff_description_sets,
     list_description_sets,
     load_description_set,
+    read_description_file,
+    shipped_names,
     validate_name,
 )
-from ..text.llm import LLMSettings, get_style, prompt_styles
+from ..text.llm import get_style, prompt_styles, visitor_settings
 from ..workbench import (
+    LabelledClip,
+    read_uploaded_labels,
     Workbench,
     class_set_choices,
     descriptions_to_rows,
@@ -59,6 +69,37 @@ class _Shared:
 
     text_cache = TextEmbeddingCache(maxsize=50_000)
     video_cache = VideoEmbeddingCache(maxsize=512)
+    eval_caches: dict = {}  # folder -> the bounded on-disk cache of evaluation-set embeddings
+
+
+def _eval_cache(ctx) -> VideoEmbeddingCache:
+    from ..files import cache_dir
+
+    folder = cache_dir() / "embeddings"
+    if folder not in _Shared.eval_caches:
+        _Shared.eval_caches[folder] = VideoEmbeddingCache(maxsize=4096, folder=folder,
+                                                          max_bytes=ctx.policy.embedding_cache_bytes)
+    return _Shared.eval_caches[folder]
+
+
+# --- description sets by name: shipped ones, and the visitor's own ----------------------------------
+def saved_set_names(ctx, own: Optional[dict]) -> list[str]:
+    """The sets a visitor can start from: the shipped ones, then their own (public: this session's saves;
+    local: the descriptions/ folder)."""
+    if ctx.policy.public:
+        return sorted(shipped_names() - {"class_sets"}) + sorted(own or {})
+    return list_description_sets()
+
+
+def load_named_set(ctx, name: str, own: Optional[dict]) -> DescriptionSet:
+    """A set by name (validated: never a path). Public mode: a shipped set or one saved in this session."""
+    name = validate_name(str(name or ""))
+    if own and name in own:
+        return DescriptionSet.from_dict(own[name])
+    if ctx.policy.public and name not in shipped_names():
+        raise DescriptionError(f"no description set {name!r} in this session; shipped sets: "
+                               + ", ".join(sorted(shipped_names() - {"class_sets"})))
+    return load_description_set(name)
 
 
 # --- state <-> workbench -------------------------------------------------------------------------
@@ -206,16 +247,16 @@ def workbench_outputs(wb: Workbench, clip, eval_set, message: str = "") -> tuple
     scores table, contributions table, metrics, recall, confusion). ``clip``: the page's ClipRecord or None."""
     names = []
     if clip is not None:
-        if clip.video.shape[-1] == wb.model.input_config.image_size:
-            names = [wb.add_clip(clip.video, Path(getattr(clip, "path", "clip")).name)]
+        video = clip.video_for(wb.model.input_config) if hasattr(clip, "video_for") else clip.video
+        if video is not None:
+            names = [wb.add_clip(video, Path(getattr(clip, "path", "clip")).name)]
         else:
             message += " The current clip was prepared for another model; predict it again with this one."
     if eval_set is not None:
         wb.set_evaluation_embeddings(eval_set)
-    before = wb.text_cache.encoded
     table_out, zero, learned, contrib, pn = _score_outputs(wb, names)
     metrics_out, recall_out, confusion_out = _eval_outputs(wb)
-    encoded = wb.text_cache.encoded - before
+    encoded = wb.scorer.tally.encoded  # this request's own encodings, not other visitors'
     if not names:
         message += " No clip yet: classify one in the video tab (or load an evaluation set)."
     changed = [r["class"] for r in diff_description_sets(wb.baseline, wb.current)]
@@ -235,11 +276,14 @@ def workbench_outputs(wb: Workbench, clip, eval_set, message: str = "") -> tuple
             recall_out, confusion_out)
 
 
-def start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set) -> tuple:
+def start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own=None) -> tuple:
     """Start from a class set, a saved set or custom classes: (table, class choices) + the scoring outputs."""
     wb = _workbench(ctx, model_key, None)
     try:
-        ds = load_description_set(saved_v) if saved_v else starting_set(class_set_v, (custom_v or "").split(","))
+        if saved_v:
+            ds = load_named_set(ctx, saved_v, own)
+        else:
+            ds = starting_set(str(class_set_v or ""), next(csv.reader([str(custom_v or "")]), []))
     except DferclipError as e:
         raise gr.Error(str(e)) from None
     wb.start_from(ds)
@@ -259,6 +303,33 @@ def rescore_event(ctx, model_key, rows, state_v, combine_v, clip, eval_set) -> t
     return workbench_outputs(wb, clip, eval_set)
 
 
+def evaluation_clips(ctx, classes, files, folder="", csv_path="", hf_path="") -> list[LabelledClip]:
+    """The labelled clips a visitor asked for: uploaded files (a labels CSV naming only uploaded clips) or, in
+    local mode only, a folder, labels CSV or datasets folder on this machine."""
+    server = [v for v in (folder, csv_path, hf_path) if v]
+    if server and ctx.policy.public:
+        raise DataError("this is a public app: it reads no file of its server; upload the clips and their CSV")
+    limit = ctx.policy.max_eval_clips
+    if files:
+        paths = [Path(getattr(f, "name", None) or getattr(f, "path", None) or str(f)) for f in files]
+        csvs = [p for p in paths if p.suffix.lower() == ".csv"]
+        if len(csvs) != 1:
+            raise DataError("upload exactly one labels CSV with the clips")
+        if len(paths) - 1 > limit:
+            raise DataError(f"{len(paths) - 1} clips uploaded: an evaluation set here holds at most {limit}")
+        uploaded = {p.name: str(p) for p in paths if p != csvs[0]}
+        return read_uploaded_labels(csvs[0], uploaded, classes, limit, allow_local_paths=not ctx.policy.public)
+    elif hf_path:
+        clips = read_hf_dataset(hf_path, classes)
+    elif csv_path:
+        clips = read_labels_csv(csv_path, classes, folder or None)
+    else:
+        raise DataError("give a labels CSV with clips" + ("" if ctx.policy.public else ", or a datasets folder"))
+    if len(clips) > limit:
+        raise DataError(f"{len(clips)} clips: an evaluation set here holds at most {limit}")
+    return clips
+
+
 # --- the tab ---------------------------------------------------------------------------------------
 def build_workbench_tab(ctx) -> None:
     """The "Descriptions" tab. Needs ``ctx.model_dropdown``, ``ctx.model(key)`` and ``ctx.clip`` (see context.py)."""
@@ -274,10 +345,12 @@ def build_workbench_tab(ctx) -> None:
         state = gr.State({"baseline": first.to_dict(), "previous": first.to_dict(), "current": first.to_dict(),
                           "combine": COMBINE_MODES[0]})
         eval_state = gr.State(None)
+        own_sets = gr.State({})  # public mode: the sets this visitor saved (name -> set dict)
+        public = ctx.policy.public
         with gr.Row():
             class_set = gr.Radio(list(sets) + ["custom"], value=next(iter(sets)), label="Class set", scale=2)
             custom = gr.Textbox(label="Custom classes (comma-separated)", scale=2)
-            saved = gr.Dropdown(list_description_sets(), value=None, label="Start from a saved set", scale=2)
+            saved = gr.Dropdown(saved_set_names(ctx, None), value=None, label="Start from a saved set", scale=2)
             combine = gr.Radio(list(COMBINE_MODES), value="mean-embedding", label="Combine descriptors", scale=2)
         table = gr.Dataframe(_rows_df(first), headers=HEADERS, datatype=["str", "str"], type="pandas", interactive=True,
                              static_columns=[0], wrap=True, label="Descriptions", elem_id="descriptions-table")
@@ -321,15 +394,25 @@ def build_workbench_tab(ctx) -> None:
             sent = gr.Textbox(label="Prompts sent", lines=4, interactive=False)
 
         with gr.Accordion("Evaluation set (clips + labels)", open=False):
-            gr.Markdown("A CSV of `path,label` rows (labels: class names or 0-based indices) with the clips, as "
-                        "uploaded files or a server folder; or a `datasets` folder. Embeddings are computed once.")
-            with gr.Row():
+            limit = f"at most {ctx.policy.max_eval_clips} clips"
+            if public:  # no input that names a file on the server: neither in the page nor in the API
+                gr.Markdown(f"Upload the clips with a CSV of `file name,label` rows (labels: class names or 0-based "
+                            f"indices; {limit}). Embeddings are computed once.")
                 eval_files = gr.File(file_count="multiple", label="Clips and labels CSV (upload)")
-                with gr.Column():
-                    eval_folder = gr.Textbox(label="or: server folder with the clips")
-                    eval_csv = gr.Textbox(label="and its labels CSV (path)")
-                    eval_hf = gr.Textbox(label="or: datasets folder (save_to_disk)")
-                    eval_btn = gr.Button("Load evaluation set")
+                eval_btn = gr.Button("Load evaluation set")
+                server_inputs = []
+            else:
+                gr.Markdown(f"A CSV of `path,label` rows (labels: class names or 0-based indices; {limit}) with the "
+                            "clips, as uploaded files or a folder on this machine; or a `datasets` folder. "
+                            "Embeddings are computed once.")
+                with gr.Row():
+                    eval_files = gr.File(file_count="multiple", label="Clips and labels CSV (upload)")
+                    with gr.Column():
+                        eval_folder = gr.Textbox(label="or: folder on this machine with the clips")
+                        eval_csv = gr.Textbox(label="and its labels CSV (path)")
+                        eval_hf = gr.Textbox(label="or: datasets folder (save_to_disk)")
+                        eval_btn = gr.Button("Load evaluation set")
+                server_inputs = [eval_folder, eval_csv, eval_hf]
             metrics = gr.Dataframe(label="UAR / WAR (%)", interactive=False, elem_id="workbench-metrics")
             recall = gr.Dataframe(label="Per-class recall (%)", interactive=False)
             confusion = gr.Markdown()
@@ -342,8 +425,8 @@ def build_workbench_tab(ctx) -> None:
                 download = gr.File(label="Download current set")
                 upload = gr.File(label="Upload a set (.json)", file_types=[".json"])
             with gr.Row():
-                diff_a = gr.Dropdown(["baseline", "previous"] + list_description_sets(), value="baseline", label="A")
-                diff_b = gr.Dropdown(["current", "baseline", "previous"] + list_description_sets(), value="current",
+                diff_a = gr.Dropdown(["baseline", "previous"] + saved_set_names(ctx, None), value="baseline", label="A")
+                diff_b = gr.Dropdown(["current", "baseline", "previous"] + saved_set_names(ctx, None), value="current",
                                      label="B")
                 diff_btn = gr.Button("Diff")
             diff_md = gr.Markdown()
@@ -352,10 +435,10 @@ def build_workbench_tab(ctx) -> None:
     score_outputs = [state, status, flags, bars_zero, bars_learned, bars_pn, pn_md, scores, contributions, metrics,
                      recall, confusion]
 
-    def start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set):
-        return start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set)
+    def start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own):
+        return start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own)
 
-    start_inputs = [ctx.model_dropdown, class_set, custom, saved, combine, ctx.clip, eval_state]
+    start_inputs = [ctx.model_dropdown, class_set, custom, saved, combine, ctx.clip, eval_state, own_sets]
     start_outputs = [table, only] + score_outputs
     run_kw = {"concurrency_id": ctx.concurrency_id, "concurrency_limit": ctx.concurrency_limit}
 
@@ -374,12 +457,17 @@ def build_workbench_tab(ctx) -> None:
         return st.user, st.system, st.n, f"_Source: {st.source}_"
 
     def generate(model_key, state_v, style_v, model_v, url_v, key_v, only_v, n_v, mode_v, system_v, prompt_v,
-                 combine_v, clip, eval_set, progress=gr.Progress()):
+                 combine_v, clip, eval_set, request: gr.Request, progress=gr.Progress()):
         wb = _workbench(ctx, model_key, state_v)
         wb.combine = combine_v
-        settings = LLMSettings.from_env(model=(model_v or "").strip(), base_url=(url_v or "").strip(),
-                                        api_key=(key_v or "").strip())
         try:
+            settings = visitor_settings(str(model_v or ""), str(url_v or ""), str(key_v or ""),
+                                        allow_private_urls=ctx.policy.allow_private_llm_urls)
+            requests = len([c for c in wb.current.classes if not only_v or c in only_v])
+            wait = ctx.llm_limiter.take(getattr(request, "session_hash", None) or "anonymous", requests)
+            if wait is not None:
+                raise LLMRateLimitError(f"too many LLM requests: this app allows {ctx.policy.llm_requests_per_minute} "
+                                        f"a minute per visitor; try again in {wait:.0f} s")
             gen = wb.generate(style_v, only=only_v or None, replace=mode_v == "replace", settings=settings,
                               template=prompt_v, system=system_v, n=int(n_v or 0) or None,
                               progress=lambda i, n, c: progress(i / max(n, 1), desc=f"asking for {c}"))
@@ -389,56 +477,54 @@ def build_workbench_tab(ctx) -> None:
         return (_rows_df(wb.current), sent_text) + workbench_outputs(wb, clip, eval_set,
                                                                      f"Generated with {settings.model}.")
 
-    def load_eval(model_key, files, folder, csv_path, hf_path, state_v, clip, progress=gr.Progress()):
+    def load_eval(model_key, files, *rest, progress=gr.Progress()):
+        folder, csv_path, hf_path = rest[:-2] if len(rest) == 5 else ("", "", "")
+        state_v, clip = rest[-2:]
         wb = _workbench(ctx, model_key, state_v)
-        classes = wb.current.classes
         try:
-            if hf_path:
-                clips = read_hf_dataset(hf_path, classes)
-            elif files:
-                paths = [Path(getattr(f, "name", f)) for f in files]
-                csvs = [p for p in paths if p.suffix.lower() == ".csv"]
-                if len(csvs) != 1:
-                    raise gr.Error("upload exactly one labels CSV with the clips")
-                by_name = {p.name: p for p in paths if p.suffix.lower() != ".csv"}
-                rows = [r.split(",", 1) for r in csvs[0].read_text().splitlines() if r.strip()]
-                fixed = Path(tempfile.mkdtemp(prefix="dferclip-eval-")) / "labels.csv"
-                fixed.write_text("\n".join(f"{by_name.get(Path(p.strip()).name, p.strip())},{lab}"
-                                           for p, lab in (r if len(r) == 2 else (r[0], "") for r in rows)))
-                clips = read_labels_csv(fixed, classes, fixed.parent)
-            elif csv_path:
-                clips = read_labels_csv(csv_path, classes, folder or None)
-            else:
-                raise gr.Error("give a labels CSV with clips, or a datasets folder")
+            clips = evaluation_clips(ctx, wb.current.classes, files, folder, csv_path, hf_path)
             embedded = wb.set_evaluation(
-                clips, progress=lambda i, n, p: progress(i / max(n, 1), desc=f"embedding {Path(p).name}"))
+                clips, cache=_eval_cache(ctx),
+                progress=lambda i, n, p: progress(i / max(n, 1), desc=f"embedding {Path(p).name}"))
         except DferclipError as e:
             raise gr.Error(str(e)) from None
         return (embedded,) + workbench_outputs(wb, clip, embedded, f"Evaluation set: {len(embedded)} clips.")
 
-    def save(model_key, name, state_v):
+    def save(model_key, name, state_v, own):
         wb = _workbench(ctx, model_key, state_v)
+        own = dict(own or {})
         try:
-            validate_name(name)
-            path = wb.save(name, edited_in="dferclip workbench")
+            validate_name(str(name or ""))
+            if name in shipped_names():
+                raise DescriptionError(f"{name!r} is a shipped set's name and cannot be saved over; pick another name")
+            if public:  # the visitor's session keeps it; the server's disk is not touched
+                version = own[name]["version"] + 1 if name in own else 1
+                wb.save_as(name, version=version, edited_in="dferclip workbench")
+                own[name] = wb.current.to_dict()
+                where = "in this session (download it to keep it)"
+            else:
+                path = wb.save(name, edited_in="dferclip workbench")
+                where = f"as {path.name}"
         except DferclipError as e:
             raise gr.Error(str(e)) from None
-        choices = list_description_sets()
-        return (_state(wb), f"Saved {path.name} (version {wb.current.version}); it is the new baseline.",
+        choices = saved_set_names(ctx, own)
+        return (_state(wb), own, f"Saved {name} version {wb.current.version} {where}; it is the new baseline.",
                 gr.update(choices=choices), gr.update(choices=["baseline", "previous"] + choices),
                 gr.update(choices=["current", "baseline", "previous"] + choices))
 
     def do_download(model_key, state_v):
         wb = _workbench(ctx, model_key, state_v)
-        out = Path(tempfile.mkdtemp(prefix="dferclip-set-")) / f"{wb.current.name}.json"
-        out.write_text(json.dumps(wb.current.to_dict(), indent=2, ensure_ascii=False) + "\n")
-        return str(out)
+        try:
+            name = validate_name(wb.current.name)
+        except DferclipError:
+            name = "descriptions"
+        return str(write_json(Path(tempfile.mkdtemp(prefix="dferclip-set-")) / f"{name}.json", wb.current.to_dict()))
 
     def do_upload(model_key, file, combine_v, clip, eval_set):
         if file is None:
             raise gr.Error("no file uploaded")
         try:
-            ds = load_description_set(Path(getattr(file, "name", file)))
+            ds = read_description_file(Path(getattr(file, "name", file)))
         except DferclipError as e:
             raise gr.Error(str(e)) from None
         wb = _workbench(ctx, model_key, None)
@@ -446,11 +532,13 @@ def build_workbench_tab(ctx) -> None:
         wb.combine = combine_v
         return (_rows_df(ds), gr.update(choices=ds.classes, value=[])) + workbench_outputs(wb, clip, eval_set)
 
-    def do_diff(model_key, a, b, state_v):
+    def do_diff(model_key, a, b, state_v, own):
         wb = _workbench(ctx, model_key, state_v)
 
         def pick(which):
-            return getattr(wb, which) if which in ("current", "baseline", "previous") else load_description_set(which)
+            if which in ("current", "baseline", "previous"):
+                return getattr(wb, which)
+            return load_named_set(ctx, which, own)
 
         try:
             rows = diff_description_sets(pick(a), pick(b))
@@ -474,13 +562,14 @@ def build_workbench_tab(ctx) -> None:
     style.input(on_style, [style], [prompt, system_prompt, n_desc, source_md], api_visibility="private")
     generate_btn.click(generate, gen_inputs, [table, sent] + score_outputs, api_name="generate_descriptions",
                        **run_kw)
-    eval_btn.click(load_eval, [ctx.model_dropdown, eval_files, eval_folder, eval_csv, eval_hf, state, ctx.clip],
+    eval_btn.click(load_eval, [ctx.model_dropdown, eval_files] + server_inputs + [state, ctx.clip],
                    [eval_state] + score_outputs, api_name="load_evaluation_set", **run_kw)
-    save_btn.click(save, [ctx.model_dropdown, save_name, state], [state, status, saved, diff_a, diff_b],
-                   api_name="save_descriptions")
+    save_btn.click(save, [ctx.model_dropdown, save_name, state, own_sets],
+                   [state, own_sets, status, saved, diff_a, diff_b], api_name="save_descriptions")
     download_btn.click(do_download, [ctx.model_dropdown, state], [download], api_name="download_descriptions")
     upload.upload(do_upload, [ctx.model_dropdown, upload, combine, ctx.clip, eval_state], start_outputs,
                   api_name="upload_descriptions", **run_kw)
-    diff_btn.click(do_diff, [ctx.model_dropdown, diff_a, diff_b, state], [diff_md], api_name="diff_descriptions")
+    diff_btn.click(do_diff, [ctx.model_dropdown, diff_a, diff_b, state, own_sets], [diff_md],
+                   api_name="diff_descriptions")
     if ctx.clip is not None:
         ctx.clip.change(rescore, rescore_inputs, score_outputs, api_visibility="private", **run_kw)
