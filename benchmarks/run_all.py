@@ -28,6 +28,7 @@ BENCHES = {  # name: (title, script, extra arguments; {json} is replaced by a re
     "app-fineclipper": ("App predict endpoint with FineCLIPER ViT-B/16, all streams (issue 7)", "bench_app.py",
                         ["--model", "random:fineclipper-vit-b-16", "--repeats", "2", "--no-precision",
                          "--json", "{json}"]),
+    "load": ("Public app under load: 16 concurrent visitors (issue 11)", "bench_load.py", ["--json", "{json}"]),
 }
 
 

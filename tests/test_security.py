@@ -1,6 +1,7 @@
 """Attacks on the running app as an anonymous visitor of a public Space would make them: the app is launched on
 127.0.0.1 in public mode and driven with gradio_client, bypassing the page (docs/security.md)."""
 import hashlib
+import os
 import json
 import threading
 from pathlib import Path
@@ -323,3 +324,14 @@ def test_two_visitors_at_once_do_not_disturb_each_other(public_app):
         t.join(timeout=120)
     assert not errors, errors
     assert all(d == alone for d in during)
+
+
+def test_sixteen_visitors_at_once(monkeypatch):
+    """A short run of benchmarks/bench_load.py (the benchmark runs a minute): no error, nothing lost."""
+    from benchmarks.bench_load import run_load
+
+    for k in ("DFERCLIP_CHECKPOINTS", "DFERCLIP_CACHE", "DFERCLIP_DESCRIPTIONS"):
+        monkeypatch.setenv(k, os.environ.get(k, ""))  # run_load sets them; restored afterwards
+    r = run_load(str(feat_clip("single_face.mp4")), clients=16, seconds=12)
+    assert r["errors"] == [] and r["lost"] == 0 and r["completed"] >= 16
+    assert all(v["n"] > 0 for v in r["per_op"].values())
