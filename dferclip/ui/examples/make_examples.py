@@ -4,7 +4,7 @@ The face is the astronaut portrait shipped with scikit-image (``skimage.data.ast
 NASA photograph, public domain). It drifts and zooms over a smooth synthetic background, so face detection
 and tracking have something to do. ``no_face.webm`` is the background alone (the app must warn, not fail).
 
-    python examples/make_examples.py            # writes examples/*.webm (about 100 kB in all)
+    python dferclip/ui/examples/make_examples.py   # writes dferclip/ui/examples/*.webm (about 100 kB in all)
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ EXAMPLES = {
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=HERE, help="output folder (default: examples/)")
+    parser.add_argument("--out", type=Path, default=HERE, help="output folder (default: dferclip/ui/examples/)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, make in EXAMPLES.items():
