@@ -55,6 +55,15 @@ class WeightsUnavailableError(CheckpointError):
     """Weights must be downloaded but cannot be (offline, unknown repo, missing file)."""
 
 
+class WeightsDownloadError(WeightsUnavailableError):
+    """A download of published weights failed; ``reason`` says how ("quota", "virus-scan", "permission",
+    "not-found", "html", "http", "interrupted") and the message what to do."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class DescriptionError(DferclipError):
     """A description set that is malformed, mismatched with the model, or badly named."""
 

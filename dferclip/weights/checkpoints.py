@@ -7,7 +7,9 @@ Sources ``load_model`` accepts:
 - the name of a folder or file in ``checkpoints/``;
 - a Hugging Face Hub repo id (``org/name``) holding the project's format;
 - ``random`` / ``random:<config>``: the offline default, untrained (predictions are meaningless);
-- ``pretrained:<config>[:<tag>]``: CLIP towers from open_clip pretrained weights (zero-shot start).
+- ``pretrained:<config>[:<tag>]``: CLIP towers from open_clip pretrained weights (zero-shot start);
+- a published name (``dfew-fold1``, ``mafw-fold3``, ...; see ``dferclip.weights.published``): fetched, verified
+  and converted once, then served from the cache.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from ..text.descriptions import (
     as_description_set,
     official_descriptions,
 )
+from . import published
 
 log = logging.getLogger(__name__)
 
@@ -298,9 +301,14 @@ def load_model(source: str | Path | None = None, device: str | torch.device = "c
         hub_download(s, WEIGHTS_FILE)
         model = load_own(Path(cfg).parent, descriptions)
         model.weights_info["source"] = f"hf://{s}"
+    elif (entry := published.get_entry(s)) is not None:
+        from .fetch import load_published
+
+        model = load_published(entry, descriptions)
     else:
         raise CheckpointError(
-            f"cannot find weights {s!r}: not a file, not a folder, not in {checkpoints_dir()}, not a Hub repo id"
+            f"cannot find weights {s!r}: not a file, not a folder, not in {checkpoints_dir()}, not a Hub repo id, "
+            f"not a published name ({', '.join(e.name for e in published.entries())})"
         )
     model = model.to(device=device, dtype=dtype) if dtype else model.to(device)
     return model.eval()

@@ -1,0 +1,437 @@
+"""Fetching published weights: download (gdown / huggingface_hub), verify, convert once, cache, serve offline.
+
+:func:`ensure_cached` is what ``load_model("dfew-fold1")`` runs:
+
+1. already converted in ``cache_dir()/weights/<name>/``: use it (no network);
+2. the host (Google Drive, ``DFERCLIP_WEIGHTS_MIRROR`` or the Hub) cannot be reached, or ``HF_HUB_OFFLINE=1``:
+   :class:`WeightsUnavailableError` within about 1.5 s;
+3. otherwise, under a file lock (a second process waits, then uses the result), gdown downloads to a ``.part``
+   file beside ``weights/.downloads/<name>.pth`` (resuming one left by an interrupted run) with a tqdm bar;
+   a web page instead of the file (Drive's quota, virus-scan or permission pages) is recognised and reported
+   with what to do; the file goes through the safe loader (weights-only unpickler and allow-list), must fit the
+   entry's architecture and class set, is converted to ``model.safetensors`` + ``config.json`` in a temporary
+   folder that is renamed into place in one step, and the pickle is deleted.
+
+A failed download keeps only a ``.part`` file (which the next run resumes, and which nothing takes as weights);
+an invalid file is deleted. ``DFERCLIP_WEIGHTS_MIRROR=URL`` downloads every Drive entry from ``URL/<name>.pth``
+through the same code path.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
+from ..errors import CheckpointError, DferclipError, WeightsDownloadError, WeightsUnavailableError
+from .published import PublishedWeights, cache_folder, is_cached, weights_root
+
+log = logging.getLogger(__name__)
+
+DRIVE_URL = "https://drive.google.com"
+REACHABLE_TTL_S = 30.0
+_reachability: dict = {}
+
+
+# --- is the host there? ----------------------------------------------------------------------
+def offline_mode() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def reachable(url: str, timeout: float = 1.5) -> bool:
+    """Whether ``url``'s host accepts a TCP connection within ``timeout`` seconds (name lookup included);
+    False in offline mode. Answers are remembered for 30 s."""
+    if offline_mode():
+        return False
+    u = urlparse(url)
+    key = (u.hostname, u.port or (443 if u.scheme == "https" else 80))
+    seen = _reachability.get(key)
+    if seen and time.monotonic() - seen[0] < REACHABLE_TTL_S:
+        return seen[1]
+    answer: list = []
+
+    def connect():
+        try:
+            socket.create_connection(key, timeout=timeout).close()
+            answer.append(True)
+        except OSError as e:
+            log.info("%s:%s unreachable: %s", *key, e)
+
+    t = threading.Thread(target=connect, daemon=True)  # getaddrinfo ignores socket timeouts
+    t.start()
+    t.join(timeout)
+    ok = bool(answer)
+    _reachability[key] = (time.monotonic(), ok)
+    return ok
+
+
+def mirror() -> Optional[str]:
+    return os.environ.get("DFERCLIP_WEIGHTS_MIRROR", "").strip().rstrip("/") or None
+
+
+def download_url(entry: PublishedWeights) -> str:
+    """Where the entry's file comes from: the mirror's ``<name>.pth``, Drive, or the Hub."""
+    kind = entry.host_kind
+    if kind == "drive":
+        m = mirror()
+        return f"{m}/{entry.name}.pth" if m else f"{DRIVE_URL}/uc?id={entry.host['drive']}"
+    if kind == "hub":
+        return f"https://huggingface.co/{entry.host['hub']}"
+    return "https://huggingface.co"
+
+
+def host_reachable(entry: PublishedWeights) -> bool:
+    if entry.host_kind == "drive":
+        return reachable(download_url(entry))
+    from .hub import hub_reachable
+
+    return hub_reachable()
+
+
+# --- progress, for the app --------------------------------------------------------------------
+@dataclass
+class DownloadStatus:
+    """How the fetch of one entry is going, in this process."""
+
+    name: str
+    state: str = "idle"  # idle | waiting | downloading | verifying | ready | failed
+    done: int = 0
+    total: Optional[int] = None
+    error: Optional[str] = None
+
+    def update(self, done: int, total: Optional[int]) -> None:
+        self.state, self.done, self.total = "downloading", done, total
+
+    @property
+    def text(self) -> str:
+        if self.state == "downloading":
+            mb = f"{self.done / 1e6:.0f}"
+            if self.total:
+                return f"downloading: {100 * self.done / self.total:.0f} % ({mb} of {self.total / 1e6:.0f} MB)"
+            return f"downloading: {mb} MB"
+        return {"idle": "about to download", "waiting": "waiting for another process that is downloading it",
+                "verifying": "verifying and converting", "ready": "ready",
+                "failed": f"failed: {self.error}"}[self.state]
+
+
+_statuses: dict[str, DownloadStatus] = {}
+_threads: dict[str, threading.Thread] = {}
+_locks: dict[str, threading.Lock] = {}
+
+
+def status(name: str) -> Optional[DownloadStatus]:
+    """A snapshot of the fetch of ``name`` in this process, or None if none was started."""
+    s = _statuses.get(name)
+    return replace(s) if s else None
+
+
+def in_progress(name: str) -> bool:
+    """Whether a background fetch of ``name`` is running in this process."""
+    t = _threads.get(name)
+    return t is not None and t.is_alive()
+
+
+def start_background(entry: PublishedWeights) -> DownloadStatus:
+    """Fetch ``entry`` in a daemon thread (once); poll :func:`status`."""
+    if not in_progress(entry.name):
+        _statuses[entry.name] = DownloadStatus(entry.name)
+
+        def run():
+            try:
+                ensure_cached(entry, quiet=True)
+            except DferclipError as e:
+                log.warning("fetching %s failed: %s", entry.name, e)
+
+        _threads[entry.name] = threading.Thread(target=run, name=f"fetch-{entry.name}", daemon=True)
+        _threads[entry.name].start()
+    return status(entry.name)
+
+
+# --- Drive's web pages --------------------------------------------------------------------------
+_PAGES = (  # reason, phrases (lower case), what happened
+    ("quota", ("too many users have viewed or downloaded", "quota exceeded", "download quota"),
+     "Google Drive refused the download: the file's download quota is exceeded (too many downloads lately)"),
+    ("virus-scan", ("can't scan this file for viruses", "cannot scan this file for viruses", "virus scan warning",
+                    "download-form", "download anyway"),
+     "Google Drive answered with its virus-scan confirmation page instead of the file"),
+    ("permission", ("you need access", "request access", "need permission", "servicelogin", "cannot retrieve the "
+                    "public link", "access denied", "permission denied"),
+     "Google Drive refused access: the file is not shared publicly, or access is denied"),
+    ("not-found", ("does not exist", "file not found", "404"),
+     "Google Drive says the file does not exist (deleted or moved)"),
+)
+
+
+def _looks_like_html(head: bytes) -> bool:
+    h = head.lstrip().lower()
+    return h.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml")) or b"<html" in h[:2048]
+
+
+def page_error(entry: PublishedWeights, text: str, url: str) -> WeightsDownloadError:
+    """The typed error for a web page (or gdown's report of one) where the checkpoint was expected."""
+    low = text.lower()
+    reason, what = "html", "the server answered with a web page instead of the checkpoint"
+    for r, phrases, message in _PAGES:
+        if any(p in low for p in phrases):
+            reason, what = r, message
+            break
+    page = f"{DRIVE_URL}/file/d/{entry.host['drive']}/view" if entry.host_kind == "drive" and not mirror() else url
+    todo = {"quota": "Try again in a few hours (Drive resets quotas within a day)",
+            "virus-scan": "Try again later",
+            "not-found": "Check the entry's Drive id against the source",
+            }.get(reason, "Check the address")
+    return WeightsDownloadError(
+        f"{entry.name}: {what}; nothing was cached. {todo}, or open {page} in a browser, save the file and run "
+        f"`python -m dferclip weights download {entry.name} --file PATH`, or set DFERCLIP_WEIGHTS_MIRROR to a "
+        "server that has it.", reason)
+
+
+# --- download -------------------------------------------------------------------------------------
+class _Sha256:
+    """gdown's ``hasher``: hashes every byte (resumed bytes first) and counts them."""
+
+    def __init__(self):
+        self.h, self.n = hashlib.sha256(), 0
+
+    def update(self, data: bytes) -> None:
+        self.h.update(data)
+        self.n += len(data)
+
+
+def _partials(target: Path) -> list[Path]:
+    return sorted(target.parent.glob(target.name + "*.part"))
+
+
+def _drop(target: Path) -> None:
+    for p in [target, *_partials(target)]:
+        p.unlink(missing_ok=True)
+
+
+def _download(entry: PublishedWeights, target: Path, st: DownloadStatus, retries: int, quiet: bool) -> dict:
+    """Drive or mirror -> ``target`` (via a resumable ``.part``); returns what was downloaded (url, size, sha256)."""
+    import gdown
+    import requests
+    from gdown.exceptions import DownloadCancelled, DownloadError, FileURLRetrievalError
+
+    url = download_url(entry)
+    where = {"url": url} if mirror() else {"id": entry.host["drive"]}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sha = _Sha256()
+    st.state = "downloading"
+    try:
+        gdown.download(output=str(target), quiet=quiet, resume=True, retries=retries, timeout=(10, 60),
+                       progress=st.update, hasher=sha, **where)
+    except FileURLRetrievalError as e:  # Drive answered with a page gdown could not get past
+        _drop(target)
+        raise page_error(entry, str(e), url) from None
+    except requests.HTTPError as e:
+        _drop(target)
+        code = e.response.status_code if e.response is not None else "?"
+        raise WeightsDownloadError(f"{entry.name}: {url} answered HTTP {code}; nothing was cached.", "http") from None
+    except (DownloadError, DownloadCancelled, requests.RequestException, OSError) as e:
+        kept = sum(p.stat().st_size for p in _partials(target))
+        raise WeightsDownloadError(
+            f"{entry.name}: the download from {url} was interrupted after {kept / 1e6:.0f} MB "
+            f"({str(e).splitlines()[0]}). Run the same command again: it resumes where it stopped.",
+            "interrupted") from None
+    if sha.n != target.stat().st_size:  # gdown found a finished file and skipped the transfer
+        sha = _Sha256()
+        with open(target, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+    return {"url": url, "size": sha.n, "sha256": sha.h.hexdigest()}
+
+
+# --- verify and convert ---------------------------------------------------------------------------
+def _arch_facts(config) -> dict:
+    import open_clip
+
+    clip = config.clip if isinstance(config.clip, dict) else open_clip.get_model_config(config.clip)
+    if not clip:
+        raise CheckpointError(f"unknown open_clip architecture {config.clip!r}")
+    v, t = clip["vision_cfg"], clip["text_cfg"]
+    return {"embedding width": clip["embed_dim"], "vision width": v["width"], "vision layers": v["layers"],
+            "patch size": v["patch_size"], "image size": v["image_size"], "text width": t["width"],
+            "text layers": t["layers"], "temporal layers": config.temporal.layers,
+            "temporal width": config.temporal.heads * config.temporal.dim_head,
+            "temporal MLP width": config.temporal.mlp_dim, "context tokens": config.prompt.n_ctx,
+            "frames": config.input.num_frames}
+
+
+def check_fits(model, entry: PublishedWeights) -> None:
+    """The loaded checkpoint must have the entry's architecture and class count."""
+    from ..config import get_config
+    from ..text.descriptions import load_class_sets
+
+    want, got = _arch_facts(get_config(entry.config)), _arch_facts(model.config)
+    diffs = [f"{k} {got[k]} (expected {want[k]})" for k in want if got[k] != want[k]]
+    classes = load_class_sets().get(entry.class_set)
+    if classes is not None and model.num_classes != len(classes):
+        diffs.append(f"{model.num_classes} classes (expected {len(classes)}, {entry.class_set})")
+    if diffs:
+        raise CheckpointError(f"{entry.name}: the file's tensors do not fit {entry.config}: " + ", ".join(diffs))
+
+
+def _check_file(entry: PublishedWeights, path: Path, seen: dict) -> None:
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if _looks_like_html(head):
+        with open(path, "rb") as f:
+            raise page_error(entry, f.read(1 << 20).decode("utf-8", "replace"), seen.get("url", str(path)))
+    for key in ("size", "sha256"):
+        expected = getattr(entry, key)
+        if expected is not None and seen.get(key) != expected:
+            raise CheckpointError(f"{entry.name}: {key} {seen.get(key)} differs from the published {expected}")
+
+
+def _install(entry: PublishedWeights, path: Path, seen: dict) -> Path:
+    """Verify the official checkpoint at ``path`` and write it converted into the entry's cache folder."""
+    from .checkpoints import load_official, save_model
+
+    _check_file(entry, path, seen)
+    model = load_official(path)  # weights-only unpickler with the official allow-list
+    check_fits(model, entry)
+    model.weights_info = {"kind": "published", "trained": True, **entry.facts()}
+    root = weights_root()
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{entry.name}.", suffix=".tmp"))
+    try:
+        save_model(model, tmp, meta={"file": seen, "fetched": datetime.datetime.now(datetime.timezone.utc)
+                                     .isoformat(timespec="seconds")})
+        final = cache_folder(entry)
+        if final.exists():  # an incomplete folder (never written by this code): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+class _EntryLock:
+    """This entry's file lock (other processes) and thread lock (this process); says when it waits."""
+
+    def __init__(self, entry: PublishedWeights, st: DownloadStatus):
+        from filelock import FileLock
+
+        self.entry, self.st = entry, st
+        lock_dir = weights_root() / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        self.file = FileLock(str(lock_dir / f"{entry.name}.lock"), thread_local=False)
+        self.thread = _locks.setdefault(entry.name, threading.Lock())
+
+    def __enter__(self):
+        from filelock import Timeout
+
+        if not self.thread.acquire(blocking=False):
+            self._waiting()
+            self.thread.acquire()
+        try:
+            self.file.acquire(timeout=0)
+        except Timeout:
+            self._waiting()
+            self.file.acquire()
+        except BaseException:
+            self.thread.release()
+            raise
+        return self
+
+    def _waiting(self):
+        self.st.state = "waiting"
+        log.warning("%s: another download of these weights is running; waiting for it to finish", self.entry.name)
+
+    def __exit__(self, *exc):
+        self.file.release()
+        self.thread.release()
+
+
+def ensure_cached(entry: PublishedWeights, *, retries: int = 3, quiet: bool = False) -> Path:
+    """The entry's folder in the project's format, fetched, verified and converted first if needed.
+    Raises :class:`WeightsUnavailableError` (offline), :class:`WeightsDownloadError` (what went wrong and what
+    to do) or :class:`CheckpointError` (a file that is not the published checkpoint). See the module docstring."""
+    kind = entry.host_kind
+    if kind == "open_clip":
+        raise ValueError(f"{entry.name} is served by open_clip: load {entry.load_source!r}")
+    if kind == "hub" and not entry.host.get("file"):  # the project's format on the Hub: its own cache
+        from .checkpoints import CONFIG_FILE, WEIGHTS_FILE
+        from .hub import hub_download
+
+        hub_download(entry.host["hub"], WEIGHTS_FILE)
+        return Path(hub_download(entry.host["hub"], CONFIG_FILE)).parent
+    folder = cache_folder(entry)
+    if is_cached(entry):
+        return folder
+    st = _statuses.setdefault(entry.name, DownloadStatus(entry.name))
+    if not host_reachable(entry):
+        st.state, st.error = "failed", "offline"
+        raise WeightsUnavailableError(
+            f"{entry.name} is not in the cache ({folder}) and {download_url(entry)} cannot be reached "
+            f"({'HF_HUB_OFFLINE is set' if offline_mode() else 'offline?'}). Run `python -m dferclip weights "
+            f"download {entry.name}` on a connected machine and copy {folder} here, or pick other weights.")
+    try:
+        with _EntryLock(entry, st):
+            if is_cached(entry):  # another process (or thread) finished it while we waited
+                st.state = "ready"
+                return folder
+            if kind == "hub":  # an official pickle on the Hub: huggingface_hub downloads and resumes it
+                from .hub import hub_download
+
+                path = Path(hub_download(entry.host["hub"], entry.host["file"]))
+                seen = {"url": download_url(entry), "size": path.stat().st_size}
+                st.state = "verifying"
+                _install(entry, path, seen)
+            else:
+                target = weights_root() / ".downloads" / f"{entry.name}.pth"
+                seen = _download(entry, target, st, retries, quiet)
+                st.state = "verifying"
+                try:
+                    _install(entry, target, seen)
+                except DferclipError:
+                    _drop(target)  # not the published checkpoint: never resume or reuse it
+                    raise
+                target.unlink(missing_ok=True)
+    except DferclipError as e:
+        st.state, st.error = "failed", str(e)
+        raise
+    st.state = "ready"
+    log.info("%s: ready in %s", entry.name, folder)
+    return folder
+
+
+def install_file(entry: PublishedWeights, path: str | Path) -> Path:
+    """A checkpoint downloaded by hand (e.g. from Drive in a browser) -> the entry's cache folder, verified
+    exactly as a download is. The file itself is left in place."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such file: {path}")
+    if entry.host_kind not in ("drive", "hub") or not (entry.host_kind == "drive" or entry.host.get("file")):
+        raise CheckpointError(f"{entry.name} is not published as an official checkpoint file")
+    st = _statuses.setdefault(entry.name, DownloadStatus(entry.name))
+    with _EntryLock(entry, st):
+        sha = _Sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+        st.state = "verifying"
+        folder = _install(entry, path, {"url": path.name, "size": sha.n, "sha256": sha.h.hexdigest()})
+    st.state = "ready"
+    return folder
+
+
+def load_published(entry: PublishedWeights, descriptions=None):
+    """The entry's model (fetched first if needed); ``weights_info`` carries the entry's facts."""
+    from .checkpoints import load_model, load_own
+
+    if entry.load_source:
+        model = load_model(entry.load_source, descriptions=descriptions)
+    else:
+        model = load_own(ensure_cached(entry), descriptions)
+    model.weights_info = entry.facts() | model.weights_info | {"published": entry.name}
+    return model
