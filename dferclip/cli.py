@@ -16,6 +16,7 @@ COMMANDS = {
     "convert": "official DFER-CLIP .pth -> the project's safetensors format",
     "describe": "generate, check, diff and score class descriptions",
     "caption": "FineCLIPER: describe each clip's facial movements with a multimodal LLM (caption file)",
+    "weights": "published weights by name: list, info, download, push to the Hugging Face Hub",
 }
 
 

@@ -196,3 +196,96 @@ def test_offline_without_a_cache_fails_fast(env, monkeypatch):
         dferclip.load_model("dfew-fold1")
     assert time.perf_counter() - t0 < 2
     assert not (env / "weights" / "dfew-fold1").exists()
+
+
+LOAD_SCRIPT = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+import dferclip
+model = dferclip.load_model(sys.argv[1])
+print("loaded", model.weights_info["published"], model.num_classes, flush=True)
+"""
+
+
+def wait_for(condition, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow  # two fresh Python processes importing torch
+def test_two_processes_share_one_download(server, env, tmp_path):
+    """Two processes start at once: the one that gets the lock downloads (held halfway by the server until the
+    other says it waits), the other waits and then uses its result. One download; both load the weights."""
+    import threading
+
+    server.gates["/dfew-fold1.pth"] = gate = threading.Event()
+    env_vars = dict(os.environ, PYTHONPATH=str(ROOT))
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT, "dfew-fold1"], env=env_vars, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=log.open("w"), text=True) for log in logs]
+    try:
+        wait_for(server.halfway.is_set, 120, "a download to reach halfway")
+        wait_for(lambda: any("waiting for it to finish" in log.read_text() for log in logs), 120,
+                 "the other process to wait")
+        gate.set()
+        outs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        gate.set()
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [log.read_text()[-2000:] for log in logs]
+    assert outs == ["loaded dfew-fold1 7\n"] * 2
+    assert server.requests_for("/dfew-fold1.pth") == [None]  # one download
+    assert published.is_cached(published.get_entry("dfew-fold1"))
+
+
+# --- the command line ------------------------------------------------------------------------------------
+def test_cli_list_download_info_and_push_folder(server, official, env, tmp_path, capsys, monkeypatch):
+    import hashlib
+
+    from dferclip.cli import main
+
+    assert main(["weights", "list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert rows["dfew-fold1"].endswith("no") and "MAFW fold 1 of 5" in rows["mafw-fold1"]
+    assert main(["weights", "download", "dfew-fold1"]) == 0
+    assert str(env / "weights" / "dfew-fold1") in capsys.readouterr().out
+    assert main(["weights", "list"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert rows["dfew-fold1"].endswith(f"{len(official[0]) / 1e6:.0f} MB  yes") and rows["dfew-fold2"].endswith("no")
+    assert main(["weights", "info", "dfew-fold1", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["cached"] and info["downloaded"]["sha256"] == hashlib.sha256(official[0]).hexdigest()
+    assert info["classes"][0] == "happiness" and info["paper"]["uar"] == 59.61
+
+    out = tmp_path / "repo"
+    assert main(["weights", "push", "dfew-fold1", "someone/dfer-clip-dfew-fold1", "--folder", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlicense: mit\nlibrary_name: dferclip\n")
+    for fact in ("DFER-CLIP, DFEW fold 1 of 5", "vision width 192", "0 happiness", "6 fear", "| 59.61 | 71.25 |",
+                 "academic-request dataset", "zengqunzhao/DFER-CLIP", hashlib.sha256(official[0]).hexdigest(),
+                 'dferclip.load_model("someone/dfer-clip-dfew-fold1")'):
+        assert fact in card, fact
+    with torch.no_grad():
+        assert (dferclip.load_model(out)(official[1]) - official[2]).abs().max() <= ATOL
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a real upload needs the Hub: a clear error without it
+    assert main(["weights", "push", "dfew-fold1", "someone/dfer-clip-dfew-fold1"]) == 2
+    assert "Hugging Face Hub cannot be reached" in capsys.readouterr().err
+
+
+def test_cli_download_from_a_file_fetched_by_hand(official, env, tmp_path, capsys, monkeypatch):
+    from dferclip.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    by_hand = tmp_path / "DFEW-set1-model_best.pth"
+    by_hand.write_bytes(official[0])
+    assert main(["weights", "download", "dfew-fold1", "--file", str(by_hand)]) == 0
+    assert by_hand.is_file() and published.is_cached(published.get_entry("dfew-fold1"))
+    with torch.no_grad():
+        assert (dferclip.load_model("dfew-fold1")(official[1]) - official[2]).abs().max() <= ATOL
+    assert main(["weights", "info", "nope"]) == 2 and "no published weights called 'nope'" in capsys.readouterr().err

@@ -10,8 +10,9 @@ from .. import runtime
 
 def add_arguments(p):
     p.add_argument("video", help="video file (mp4, webm, mov, ...)")
-    p.add_argument("--checkpoint", "--model", dest="checkpoint", default=None,
-                   help="weights: official .pth, own folder, name in checkpoints/, Hub id, random[:config], "
+    p.add_argument("--checkpoint", "--model", "--weights", dest="checkpoint", default=None,
+                   help="weights: a published name (dfew-fold1, ...; see `weights list`), official .pth, own folder, "
+                        "name in checkpoints/, Hub id, random[:config], "
                         "pretrained:config[:tag] (default: DFERCLIP_MODEL, then the app's model order)")
     p.add_argument("--json", action="store_true", help="print one JSON object (probabilities, timeline, ingestion)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
