@@ -16,11 +16,15 @@ The registry (:class:`ModelRegistry`) lists the models the app can switch betwee
 1. an explicit source (``--model`` flag or ``DFERCLIP_MODEL``), anything ``dferclip.load_model`` accepts;
 2. ``checkpoints/``: the project's folders and official ``.pth`` files (``dferclip.discover_models``);
 3. Hugging Face Hub repo ids from ``DFERCLIP_HUB_REPO`` (comma-separated);
-4. the offline default ``random`` (ViT-B/32, untrained: :data:`dferclip.checkpoints.UNTRAINED_WARNING`);
+4. the published default (``dfew-fold1``, or ``DFERCLIP_DEFAULT_WEIGHTS``) when cached or its host answers;
+5. zero-shot CLIP (``pretrained:dferclip-vit-b-32:openai``) when cached or the Hub answers;
+6. the offline default ``random`` (ViT-B/32, untrained: :data:`dferclip.checkpoints.UNTRAINED_WARNING`);
    then an untrained FineCLIPER ViT-B/16 (``random:fineclipper-vit-b-16``) when mediapipe is installed;
-5. zero-shot CLIP (``pretrained:dferclip-vit-b-32:openai``; needs a download, fails clearly offline).
+7. every other published entry (``dferclip.weights.published``; DFEW, FERV39k, MAFW), marked cached or not,
+   and zero-shot CLIP if it was not offered above.
 
-The first entry is the default. Models load lazily on first use, at most :attr:`ModelRegistry.max_loaded`
+The first entry is the default. Offline with nothing cached, the reachability checks run in parallel and cost
+under two seconds together. Models load lazily on first use, at most :attr:`ModelRegistry.max_loaded`
 at a time (least recently used ones are dropped).
 """
 from __future__ import annotations
@@ -39,6 +43,8 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from . import files
+from .errors import DferclipError, WeightsUnavailableError
+from .weights import fetch, published
 from .weights.checkpoints import UNTRAINED_WARNING, discover_models, load_model
 
 log = logging.getLogger(__name__)
@@ -115,7 +121,7 @@ class ModelEntry:
 
     key: str
     label: str
-    origin: str  # "explicit" | "checkpoints" | "hub" | "default" | "fineclipper" | "zero-shot"
+    origin: str  # "explicit" | "checkpoints" | "hub" | "published" | "default" | "fineclipper" | "zero-shot"
 
 
 def _label(origin: str, source: str) -> str:
@@ -128,8 +134,44 @@ def _label(origin: str, source: str) -> str:
     if origin == "fineclipper":
         return "random FineCLIPER ViT-B/16 (untrained; video + face-mesh streams)"
     if origin == "zero-shot":
-        return "zero-shot CLIP ViT-B/32 (OpenAI weights, download)"
+        return "zero-shot CLIP ViT-B/32 (OpenAI weights)"
+    if origin == "published":
+        entry = published.get_entry(source)
+        return f"{entry.title} ({len(_classes(entry))} classes, published)"
     return f"{source} (explicit)"
+
+
+def _classes(entry: published.PublishedWeights) -> list[str]:
+    from .text.descriptions import load_class_sets
+
+    return load_class_sets().get(entry.class_set, [])
+
+
+def _published_entries() -> list[published.PublishedWeights]:
+    try:
+        return published.entries()
+    except DferclipError as e:  # a broken DFERCLIP_PUBLISHED must not stop the app
+        log.warning("published weights not offered: %s", e)
+        return []
+
+
+def _available(entries: list) -> dict[str, bool]:
+    """name -> cached, or its host reachable; hosts are checked in parallel, ~1.5 s at most in all."""
+    from concurrent.futures import ThreadPoolExecutor, TimeoutError, wait
+
+    todo = [e for e in entries if not published.is_cached(e)]
+    out = {e.name: True for e in entries if e not in todo}
+    if todo:
+        pool = ThreadPoolExecutor(max_workers=len(todo))
+        futures = {e.name: pool.submit(fetch.host_reachable, e) for e in todo}
+        wait(futures.values(), timeout=1.8)
+        pool.shutdown(wait=False)
+        for name, f in futures.items():
+            try:
+                out[name] = f.done() and f.result(timeout=0)
+            except (TimeoutError, OSError):
+                out[name] = False
+    return out
 
 
 def find_models(explicit: str | None = None, checkpoints_dir: Path | None = None) -> list[ModelEntry]:
@@ -142,9 +184,19 @@ def find_models(explicit: str | None = None, checkpoints_dir: Path | None = None
     found += [("checkpoints", str(p)) for p in discover_models(checkpoints_dir or files.checkpoints_dir())]
     hub = os.environ.get("DFERCLIP_HUB_REPO", "")
     found += [("hub", r.strip()) for r in hub.split(",") if r.strip()]
+    pubs = _published_entries()
+    default_pub = next((e for e in pubs if e.name == published.default_name()), None)
+    zero_shot = next((e for e in pubs if e.load_source == ZERO_SHOT_SOURCE), None)
+    if not found:  # only then does the app's default depend on the network
+        available = _available([e for e in (default_pub, zero_shot) if e is not None])
+        if default_pub is not None and available[default_pub.name]:
+            found.append(("published", default_pub.name))
+        if zero_shot is None or available[zero_shot.name]:
+            found.append(("zero-shot", ZERO_SHOT_SOURCE))
     found += [("default", DEFAULT_SOURCE)]
     if importlib.util.find_spec("mediapipe") is not None:  # its landmark and parsing streams need the face mesh
         found.append(("fineclipper", FINECLIPER_SOURCE))
+    found += [("published", e.name) for e in pubs if not e.load_source]
     found.append(("zero-shot", ZERO_SHOT_SOURCE))
     entries, seen = [], set()
     for origin, source in found:
@@ -158,6 +210,8 @@ def weights_banner(weights_info: dict) -> tuple[str, Optional[str]]:
     """(what runs, warning or None) for a loaded model's ``weights_info``. Untrained weights always warn."""
     kind = weights_info.get("kind", "?")
     source = weights_info.get("source") or "?"
+    if weights_info.get("published") and kind != "pretrained-clip":
+        return published_banner(weights_info), weights_info.get("warning")
     what = {"random": "random initialisation", "official": "official DFER-CLIP checkpoint",
             "dferclip": "dferclip checkpoint", "fineclipper": "FineCLIPER checkpoint (dferclip re-implementation)",
             "pretrained-clip": "pretrained CLIP (zero-shot towers)"}.get(kind, kind)
@@ -172,6 +226,26 @@ def weights_banner(weights_info: dict) -> tuple[str, Optional[str]]:
         if kind == "pretrained-clip":
             warning = "the learned prompts and temporal model are untrained: use zero-shot scoring; " + warning
     return text, warning
+
+
+def published_banner(facts: dict) -> str:
+    """What published weights are: title, dataset and fold, source, host, licences, the paper's figures."""
+    p, lic = facts.get("paper") or {}, facts.get("licence") or {}
+    parts = [f"{facts.get('title', facts['published'])} (published weights '{facts['published']}')",
+             f"source: {facts.get('origin', '?')}, {facts.get('host', '')}".rstrip(", ")]
+    if lic:
+        parts.append("licence: " + "; ".join(f"{k}: {v}" for k, v in lic.items()))
+    if p.get("uar") is not None:
+        parts.append(f"paper: UAR {p['uar']:.2f} / WAR {p['war']:.2f} ({p.get('scope', '')})")
+    return " · ".join(parts)
+
+
+def download_text(key: str) -> Optional[str]:
+    """While published weights ``key`` download in this process: a sentence saying so, with progress."""
+    if not fetch.in_progress(key):
+        return None
+    entry = published.get_entry(key)
+    return f"{entry.title if entry else key}: {fetch.status(key).text}"
 
 
 class ModelRegistry:
@@ -201,7 +275,15 @@ class ModelRegistry:
 
     def choices(self) -> list[tuple[str, str]]:
         """(label, key) pairs, for a dropdown."""
-        return [(e.label, e.key) for e in self.entries]
+        return [(self._mark(e), e.key) for e in self.entries]
+
+    @staticmethod
+    def _mark(e: ModelEntry) -> str:
+        """Published entries say whether they are cached (checked now: a download may have finished)."""
+        entry = published.entry_for_source(e.key) if e.origin in ("published", "zero-shot") else None
+        if entry is None:
+            return e.label
+        return f"{e.label} · {'cached' if published.is_cached(entry) else 'not downloaded yet'}"
 
     def entry(self, key: str) -> ModelEntry:
         for e in self.entries:
@@ -219,6 +301,11 @@ class ModelRegistry:
         """The loaded model for ``key`` (default: the first entry). Raises DferclipError subclasses."""
         key = key or self.default_key
         self.entry(key)
+        downloading = download_text(key)
+        if downloading and key not in self._loaded:
+            raise WeightsUnavailableError(f"The weights are still downloading ({downloading}). They are used as soon as "
+                                          "they are ready; "
+                                          "until then, pick another model.")
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)

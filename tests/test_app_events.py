@@ -82,7 +82,11 @@ def test_failed_model_switch_keeps_the_previous_model(ctx, monkeypatch):
     assert select_model(ctx, TINY, TINY)[0] == TINY
 
 
+PUBLISHED = ["published"] * 11  # the DFER-CLIP entries of dferclip/weights/published.json (zero-shot: last)
+
+
 def test_model_discovery_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("DFERCLIP_CACHE", str(tmp_path / "cache"))  # nothing cached, and offline (conftest)
     ckpt = tmp_path / "checkpoints"
     (ckpt / "dfew-fold1").mkdir(parents=True)
     (ckpt / "dfew-fold1" / "config.json").write_text("{}")
@@ -91,11 +95,12 @@ def test_model_discovery_order(tmp_path, monkeypatch):
     monkeypatch.setenv("DFERCLIP_MODEL", TINY)
     entries = find_models(checkpoints_dir=ckpt)
     assert [e.origin for e in entries] == ["explicit", "checkpoints", "checkpoints", "hub", "hub", "default",
-                                           "fineclipper", "zero-shot"]
+                                           "fineclipper", *PUBLISHED, "zero-shot"]
     assert entries[0].key == TINY and entries[5].key == "random" and entries[6].key == FINECLIPER_SOURCE
     monkeypatch.delenv("DFERCLIP_MODEL")
     monkeypatch.delenv("DFERCLIP_HUB_REPO")
-    assert [e.origin for e in find_models(checkpoints_dir=tmp_path / "none")] == ["default", "fineclipper", "zero-shot"]
+    assert [e.origin for e in find_models(checkpoints_dir=tmp_path / "none")] == ["default", "fineclipper", *PUBLISHED,
+                                                                                  "zero-shot"]
 
 
 def test_fineclipper_is_offered_only_with_the_face_mesh(tmp_path, monkeypatch):
@@ -103,7 +108,8 @@ def test_fineclipper_is_offered_only_with_the_face_mesh(tmp_path, monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mediapipe" else real(name, *a))
-    assert [e.origin for e in find_models(checkpoints_dir=tmp_path / "none")] == ["default", "zero-shot"]
+    monkeypatch.setenv("DFERCLIP_CACHE", str(tmp_path / "cache"))
+    assert [e.origin for e in find_models(checkpoints_dir=tmp_path / "none")] == ["default", *PUBLISHED, "zero-shot"]
 
 
 def test_fineclipper_prediction_shows_its_streams_and_renders():

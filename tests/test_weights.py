@@ -289,3 +289,103 @@ def test_cli_download_from_a_file_fetched_by_hand(official, env, tmp_path, capsy
     with torch.no_grad():
         assert (dferclip.load_model("dfew-fold1")(official[1]) - official[2]).abs().max() <= ATOL
     assert main(["weights", "info", "nope"]) == 2 and "no published weights called 'nope'" in capsys.readouterr().err
+
+
+# --- the app ------------------------------------------------------------------------------------------------
+class ServedApp:
+    """app.build_demo() served on 127.0.0.1 and a gradio_client for it; ``build_s``: how long building took."""
+
+    def __init__(self):
+        from app_helpers import free_port
+        from gradio_client import Client
+
+        import app
+
+        t0 = time.perf_counter()
+        self.demo = app.build_demo()
+        self.build_s = time.perf_counter() - t0
+        port = free_port()
+        self.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                         **app.launch_kwargs())
+        self.url = f"http://127.0.0.1:{port}/"
+        self.client = Client(self.url, verbose=False, download_files=False)
+
+    def dropdown(self) -> dict:
+        """The model dropdown as a new page gets it: {key: label}, and its value."""
+        import requests
+
+        config = requests.get(self.url + "config", timeout=30).json()
+        dd = next(c["props"] for c in config["components"] if c["props"].get("label") == "Model")
+        return {key: label for label, key in dd["choices"]}, dd["value"]
+
+    def weights_status(self) -> tuple[str, dict]:
+        """(banner, dropdown update or None) from the page's download timer."""
+        banner, dropdown, _timer = self.client.predict(api_name="/weights_status")
+        return banner, dropdown if isinstance(dropdown, dict) else None
+
+    def close(self):
+        self.demo.close()
+
+
+@pytest.mark.slow  # two app builds, a download and a conversion
+def test_app_downloads_in_the_background_then_switches_and_serves_from_the_cache(server, env, monkeypatch):
+    from app_helpers import feat_clip
+
+    server.gates["/dfew-fold1.pth"] = gate = __import__("threading").Event()
+    served = ServedApp()  # starts at once: the download waits halfway on the server
+    try:
+        assert server.halfway.wait(60)
+        choices, value = served.dropdown()
+        assert value == "dfew-fold1"
+        assert set(choices) >= {"dfew-fold1", "dfew-fold2", "mafw-fold1", "pretrained:dferclip-vit-b-32:openai"}
+        assert "11 classes" in choices["mafw-fold1"] and choices["dfew-fold2"].endswith("not downloaded yet")
+        banner, _ = served.weights_status()
+        assert "Downloading the weights" in banner and "%" in banner and "DFEW fold 1 of 5" in banner
+        with pytest.raises(Exception, match="still downloading"):  # a visitor who predicts now is told why
+            served.client.predict(__import__("gradio_client").handle_file(str(feat_clip("single_face.mp4"))),
+                                  "dfew-fold1", api_name="/predict")
+        gate.set()
+        wait_for(lambda: "Downloading" not in served.weights_status()[0], 120,
+                 "the banner to switch")
+        banner, dropdown = served.weights_status()
+        assert dropdown["value"] == "dfew-fold1"
+        assert dict((k, v) for v, k in dropdown["choices"])["dfew-fold1"].endswith("cached")
+        for fact in ("DFER-CLIP, DFEW fold 1 of 5", "published weights", "zengqunzhao/DFER-CLIP",
+                     "academic-request dataset", "UAR 59.61 / WAR 71.25", "7 classes:", "happiness"):
+            assert fact in banner, fact
+        assert "untrained" not in banner
+    finally:
+        gate.set()
+        served.close()
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline now, with the cache: the same weights, no request
+    n = len(server.requests)
+    served = ServedApp()
+    try:
+        choices, value = served.dropdown()
+        assert value == "dfew-fold1" and choices["dfew-fold1"].endswith("cached")
+        key, banner = served.client.predict("dfew-fold1", api_name="/select_model")
+        assert key == "dfew-fold1" and "DFEW fold 1 of 5" in banner and "untrained" not in banner
+    finally:
+        served.close()
+    assert len(server.requests) == n
+
+
+def test_app_offline_without_a_cache(env, monkeypatch):
+    from dferclip.runtime import find_models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    entries = find_models()
+    assert time.perf_counter() - t0 < 2  # the whole check
+    assert entries[0].key == "random"
+    served = ServedApp()
+    try:
+        choices, value = served.dropdown()
+        assert value == "random"
+        assert all(choices[k].endswith("not downloaded yet") for k in ("dfew-fold1", "dfew-fold2", "mafw-fold1"))
+        assert "11 classes" in choices["mafw-fold1"]
+        key, banner = served.client.predict("mafw-fold1", api_name="/select_model")  # warns, keeps the model
+        assert key == "random" and "untrained weights: predictions are meaningless" in banner
+    finally:
+        served.close()

@@ -36,7 +36,8 @@ import gradio as gr
 import torch
 
 from ..errors import DferclipError
-from ..runtime import ModelRegistry, dtype_name, weights_banner
+from ..runtime import ModelRegistry, download_text, dtype_name, weights_banner
+from ..weights import fetch, published
 from .policy import Policy, RateLimiter
 
 
@@ -112,11 +113,65 @@ def build_model_bar(ctx: AppContext) -> None:
     with gr.Row(equal_height=True, elem_id="model-bar"):
         ctx.model_dropdown = gr.Dropdown(ctx.registry.choices(), value=default, label="Model", scale=2,
                                          info="weights found: explicit setting, checkpoints/, Hub, defaults")
-        ctx.banner = gr.HTML(ctx.banner_text(default), elem_id="weights-banner")
+        ctx.banner = gr.HTML(initial_banner(ctx, default), elem_id="weights-banner")
     last_good = gr.State(default)
     ctx.clip = gr.State(None)
+    watch_download(ctx, default, last_good)
     ctx.model_selected = ctx.model_dropdown.input(
         lambda key, good: select_model(ctx, key, good), [ctx.model_dropdown, last_good],
         [ctx.model_dropdown, ctx.banner, last_good], api_name="select_model",
         concurrency_id=ctx.concurrency_id, concurrency_limit=ctx.concurrency_limit,
     )
+
+
+# --- published weights downloading in the background (the page starts at once) -----------------------
+def initial_banner(ctx: AppContext, key: str) -> str:
+    """The banner for the page's first model; published weights not yet cached start downloading now."""
+    entry = published.get_entry(key)
+    if entry is not None and not entry.load_source and not published.is_cached(entry):
+        fetch.start_background(entry)
+        return downloading_banner(key)
+    return ctx.banner_text(key)
+
+
+def downloading_banner(key: str) -> str:
+    entry = published.get_entry(key)
+    return ('<div class="weights-banner untrained downloading">&#8987; <b>Downloading the weights</b> (first start '
+            f"only): {html.escape(download_text(key) or key)}. The page switches to them when they are ready; "
+            "until then, pick another model.<br>"
+            f"{html.escape(weights_banner(entry.facts())[0])}</div>")
+
+
+def download_progress(ctx: AppContext, key: str, value: str, last_good: str):
+    """Timer tick: progress while ``key`` downloads, then its banner (or, if it failed, the next model's)."""
+    if fetch.in_progress(key):
+        banner = downloading_banner(key) if value == key else gr.skip()
+        return banner, gr.skip(), last_good, gr.Timer(active=True)
+    st = fetch.status(key)
+    choices = ctx.registry.choices()
+    if value != key:
+        return gr.skip(), gr.Dropdown(choices=choices), last_good, gr.Timer(active=False)
+    if st is None or st.state == "ready":
+        try:
+            return ctx.banner_text(key), gr.Dropdown(choices=choices, value=key), key, gr.Timer(active=False)
+        except DferclipError as e:
+            st = fetch.DownloadStatus(key, "failed", error=str(e))
+    note = (f'<div class="weights-banner untrained">&#9888; <b>Could not get {html.escape(key)}:</b> '
+            f"{html.escape(st.error or st.state)}</div>")
+    for fallback in [e.key for e in ctx.registry.entries if e.origin != "published"]:  # "random" always loads
+        try:
+            banner = ctx.banner_text(fallback)
+        except DferclipError:
+            continue
+        return note + banner, gr.Dropdown(choices=choices, value=fallback), fallback, gr.Timer(active=False)
+    return note, gr.Dropdown(choices=choices), last_good, gr.Timer(active=False)
+
+
+def watch_download(ctx: AppContext, key: str, last_good) -> None:
+    """A timer that follows a background download of ``key`` (api ``/weights_status``)."""
+    if not fetch.in_progress(key) and fetch.status(key) is None:
+        return
+    timer = gr.Timer(1.0, active=True)
+    timer.tick(lambda value, good: download_progress(ctx, key, value, good), [ctx.model_dropdown, last_good],
+               [ctx.banner, ctx.model_dropdown, last_good, timer], api_name="weights_status", queue=False,
+               show_progress="hidden")
