@@ -16,9 +16,17 @@ import torch
 from weights_server import DRIVE_QUOTA_PAGE, DRIVE_VIRUS_SCAN_PAGE, WeightsServer
 
 import dferclip
-from dferclip.errors import CheckpointError, WeightsDownloadError, WeightsUnavailableError
+from dferclip.errors import (
+    CheckpointError,
+    WeightsDownloadError,
+    WeightsUnavailableError,
+)
 from dferclip.weights import fetch, published
-from dferclip.weights.checkpoints import RecorderMeter, infer_official_config, read_official
+from dferclip.weights.checkpoints import (
+    RecorderMeter,
+    infer_official_config,
+    read_official,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ATOL = 1e-4
@@ -151,6 +159,19 @@ def test_a_drive_page_instead_of_the_file_is_a_clear_error(server, env, page, re
     assert "weights download dfew-fold1 --file" in str(info.value)
     assert_nothing_cached(env, "dfew-fold1")
     assert list((env / "weights" / ".downloads").iterdir()) == []
+
+
+def test_what_gdown_reports_for_drive_pages_is_named(registry_file, monkeypatch):
+    """On Drive itself gdown raises FileURLRetrievalError with the page's text: each kind gets its own advice."""
+    monkeypatch.setenv("DFERCLIP_PUBLISHED", str(registry_file))
+    monkeypatch.delenv("DFERCLIP_WEIGHTS_MIRROR", raising=False)
+    entry = published.get_entry("dfew-fold1")
+    permission = ("Failed to retrieve file url: Cannot retrieve the public link of the file. You may need to change "
+                  "the permission to 'Anyone with the link', or have had many accesses.")
+    quota = "Too many users have viewed or downloaded this file recently. Please try accessing the file again later."
+    for text, reason in ((permission, "permission"), (quota, "quota")):
+        err = fetch.page_error(entry, text, fetch.download_url(entry))
+        assert err.reason == reason and f"drive.google.com/file/d/{entry.host['drive']}/view" in str(err)
 
 
 def test_a_missing_file_on_the_mirror_is_a_clear_error(server, env):
@@ -349,7 +370,7 @@ def test_app_downloads_in_the_background_then_switches_and_serves_from_the_cache
                  "the banner to switch")
         banner, dropdown = served.weights_status()
         assert dropdown["value"] == "dfew-fold1"
-        assert dict((k, v) for v, k in dropdown["choices"])["dfew-fold1"].endswith("cached")
+        assert {k: v for v, k in dropdown["choices"]}["dfew-fold1"].endswith("cached")
         for fact in ("DFER-CLIP, DFEW fold 1 of 5", "published weights", "zengqunzhao/DFER-CLIP",
                      "academic-request dataset", "UAR 59.61 / WAR 71.25", "7 classes:", "happiness"):
             assert fact in banner, fact

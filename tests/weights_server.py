@@ -92,7 +92,7 @@ class WeightsServer:
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def __enter__(self) -> "WeightsServer":
+    def __enter__(self) -> WeightsServer:
         self.thread.start()
         return self
 

@@ -29,10 +29,14 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
 from urllib.parse import urlparse
 
-from ..errors import CheckpointError, DferclipError, WeightsDownloadError, WeightsUnavailableError
+from ..errors import (
+    CheckpointError,
+    DferclipError,
+    WeightsDownloadError,
+    WeightsUnavailableError,
+)
 from .published import PublishedWeights, cache_folder, is_cached, weights_root
 
 log = logging.getLogger(__name__)
@@ -74,7 +78,7 @@ def reachable(url: str, timeout: float = 1.5) -> bool:
     return ok
 
 
-def mirror() -> Optional[str]:
+def mirror() -> str | None:
     return os.environ.get("DFERCLIP_WEIGHTS_MIRROR", "").strip().rstrip("/") or None
 
 
@@ -105,10 +109,10 @@ class DownloadStatus:
     name: str
     state: str = "idle"  # idle | waiting | downloading | verifying | ready | failed
     done: int = 0
-    total: Optional[int] = None
-    error: Optional[str] = None
+    total: int | None = None
+    error: str | None = None
 
-    def update(self, done: int, total: Optional[int]) -> None:
+    def update(self, done: int, total: int | None) -> None:
         self.state, self.done, self.total = "downloading", done, total
 
     @property
@@ -128,7 +132,7 @@ _threads: dict[str, threading.Thread] = {}
 _locks: dict[str, threading.Lock] = {}
 
 
-def status(name: str) -> Optional[DownloadStatus]:
+def status(name: str) -> DownloadStatus | None:
     """A snapshot of the fetch of ``name`` in this process, or None if none was started."""
     s = _statuses.get(name)
     return replace(s) if s else None
@@ -163,8 +167,8 @@ _PAGES = (  # reason, phrases (lower case), what happened
     ("virus-scan", ("can't scan this file for viruses", "cannot scan this file for viruses", "virus scan warning",
                     "download-form", "download anyway"),
      "Google Drive answered with its virus-scan confirmation page instead of the file"),
-    ("permission", ("you need access", "request access", "need permission", "servicelogin", "cannot retrieve the "
-                    "public link", "access denied", "permission denied"),
+    ("permission", ("you need access", "request access", "need permission", "servicelogin",
+                    "cannot retrieve the public link", "access denied", "permission denied"),
      "Google Drive refused access: the file is not shared publicly, or access is denied"),
     ("not-found", ("does not exist", "file not found", "404"),
      "Google Drive says the file does not exist (deleted or moved)"),

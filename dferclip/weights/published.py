@@ -15,7 +15,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..errors import CheckpointError
 from ..files import cache_dir
@@ -38,14 +37,14 @@ class PublishedWeights:
     source: str
     licence: dict = field(default_factory=dict)
     paper: dict = field(default_factory=dict)
-    dataset: Optional[str] = None
-    fold: Optional[int] = None
-    folds: Optional[int] = None
-    size: Optional[int] = None
-    sha256: Optional[str] = None
+    dataset: str | None = None
+    fold: int | None = None
+    folds: int | None = None
+    size: int | None = None
+    sha256: str | None = None
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PublishedWeights":
+    def from_dict(cls, d: dict) -> PublishedWeights:
         try:
             entry = cls(**d)
         except TypeError as e:
@@ -59,7 +58,7 @@ class PublishedWeights:
         return next(k for k in HOSTS if k in self.host)
 
     @property
-    def load_source(self) -> Optional[str]:
+    def load_source(self) -> str | None:
         """The ``load_model`` source that serves this entry without the cache (open_clip entries), else None."""
         if self.host_kind == "open_clip":
             return f"pretrained:{self.config}:{self.host['open_clip']}"
@@ -100,7 +99,7 @@ class PublishedWeights:
 @dataclass(frozen=True)
 class Registry:
     entries: dict  # name -> PublishedWeights, in file order
-    default: Optional[str]
+    default: str | None
     path: Path
 
 
@@ -140,14 +139,14 @@ def entries(path: str | Path | None = None) -> list[PublishedWeights]:
     return list(load_registry(path).entries.values())
 
 
-def get_entry(name: str, path: str | Path | None = None) -> Optional[PublishedWeights]:
+def get_entry(name: str, path: str | Path | None = None) -> PublishedWeights | None:
     """The entry called ``name``, or None when ``name`` is not a published name."""
     if not isinstance(name, str) or "/" in name or ":" in name:
         return None
     return load_registry(path).entries.get(name)
 
 
-def entry_for_source(source: str) -> Optional[PublishedWeights]:
+def entry_for_source(source: str) -> PublishedWeights | None:
     """The entry whose name or ``load_source`` is ``source``."""
     e = get_entry(source)
     if e is not None:
@@ -155,7 +154,7 @@ def entry_for_source(source: str) -> Optional[PublishedWeights]:
     return next((e for e in entries() if e.load_source == source), None)
 
 
-def default_name(path: str | Path | None = None) -> Optional[str]:
+def default_name(path: str | Path | None = None) -> str | None:
     """``DFERCLIP_DEFAULT_WEIGHTS``, else the registry's default."""
     return os.environ.get("DFERCLIP_DEFAULT_WEIGHTS", "").strip() or load_registry(path).default
 

@@ -28,9 +28,9 @@ def model_card(entry: PublishedWeights, info: dict, repo_id: str) -> str:
         "---", "license: mit", "library_name: dferclip", "pipeline_tag: video-classification",
         "tags: [facial-expression-recognition, dynamic-facial-expression-recognition, clip, dfer-clip, dferclip]",
         "---", "", f"# {entry.title}", "",
-        f"The published {entry.title} weights, converted by the dferclip library "
-        "to safetensors + `config.json` (no pickle). The official checkpoint was read with PyTorch's "
-        "weights-only unpickler and checked against the architecture below before conversion.", "",
+        (f"The published {entry.title} weights, converted by the dferclip library to safetensors + `config.json` "
+         "(no pickle). The official checkpoint was read with PyTorch's weights-only unpickler and checked against "
+         "the architecture below before conversion."), "",
         "```python", "import dferclip", f'model = dferclip.load_model("{repo_id}")   # logits: model(video)',
         "```", "",
         "## Architecture", "",
