@@ -6,10 +6,14 @@
     pred = predict_clip(load_model("random:dferclip-tiny"), "clip.mp4")
     pred.top, pred.probabilities            # "happiness", {"happiness": 0.61, ...}
     pred.timeline                           # per sliding 16-frame window: start/end seconds, probabilities
-    pred.timings                            # {"ingestion": s, "model": s, "other": s, "total": s}
+    pred.timings                            # {"ingestion": s, "model": s, "label": s, "other": s, "total": s}
+
+    for pred in iter_predict(model, "clip.mp4"):   # the label first, then the timeline window by window
+        show(pred.probabilities, pred.timeline)     # pred.complete on the last one
 
 The clip's 16 model frames and the timeline's sliding windows share frames, so every distinct frame goes
-through the CLIP image tower once, in batches; only the (cheap) temporal model runs per window. Windows
+through the CLIP image tower once, the clip's own frames first (so its label is ready after one 16-frame
+forward), then each window's new frames; only the (cheap) temporal model runs per window. Windows
 overlap by half, so they share half their frames; their number follows a frame budget (small on CPU).
 A FineCLIPER model works the same way: each distinct frame's parsing/landmark renders are made once, its
 visual streams share one routed tower pass, and ``pred.streams`` holds the clip's fusion weights.
@@ -18,10 +22,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -72,6 +76,12 @@ class Prediction:
     encoded_frames: int = 0  # distinct frames through the image tower (clip + timeline)
     streams: Optional[dict[str, float]] = None  # multi-stream models: each stream's fusion weight for the clip
     renders: Optional[dict[str, list]] = None  # FineCLIPER: the clip's parsing/landmark renders (uint8 RGB)
+    windows_total: int = 0  # timeline windows the clip has; the timeline is complete when it holds them all
+
+    @property
+    def complete(self) -> bool:
+        """Whether the timeline holds every window (always true without a timeline)."""
+        return self.timeline is None or len(self.timeline) == self.windows_total
 
     @property
     def top(self) -> str:
@@ -135,11 +145,8 @@ def default_frame_budget(dev: torch.device, visual_streams: int = 1) -> int:
 
 def _batched(fn, frames: torch.Tensor, renders: Optional[dict], batch: int):
     """``fn(frames, renders)`` over batches of frames; per-frame outputs (a tensor or a dict of them) joined."""
-    parts = [fn(frames[i : i + batch], None if renders is None else {k: v[i : i + batch] for k, v in renders.items()})
-             for i in range(0, len(frames), batch)]
-    if isinstance(parts[0], dict):
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    return torch.cat(parts)
+    return join_features([fn(frames[i : i + batch], None if renders is None else {k: v[i : i + batch] for k, v in renders.items()})
+                          for i in range(0, len(frames), batch)])
 
 
 def mid_level_renders(model, frames: torch.Tensor) -> Optional[dict]:
@@ -149,13 +156,18 @@ def mid_level_renders(model, frames: torch.Tensor) -> Optional[dict]:
     return {k: v.squeeze(0) for k, v in model.render_mid_level(frames.unsqueeze(0)).items()}
 
 
-def score_sequences(model, frames: torch.Tensor, positions: torch.Tensor, *, dev, dtype=None, renders=None,
-                    batch: int = FRAME_BATCH):
-    """Logits (N, C), video embeddings (N, D) and, for multi-stream models, fusion weights (N, S) of N frame
-    sequences over shared ``frames``: every distinct frame goes through the image tower(s) once."""
+def encode_frames(model, frames: torch.Tensor, *, dev, dtype=None, renders=None, batch: int = FRAME_BATCH):
+    """Per-frame tower features of ``frames`` (U, 3, S, S) (a tensor, or a dict of them for multi-stream
+    models), on ``dev``; ``renders`` are FineCLIPER's mid-level renders of the same frames."""
     with runtime.inference(dev, dtype):
         renders = None if renders is None else {k: v.to(dev) for k, v in renders.items()}
-        feats = _batched(model.frame_features, frames.to(dev), renders, batch)
+        return _batched(model.frame_features, frames.to(dev), renders, batch)
+
+
+def score_features(model, feats, positions: torch.Tensor, *, dev, dtype=None):
+    """Logits (N, C), video embeddings (N, D) and fusion weights (N, S) or None of N frame sequences given as
+    (N, T) positions into per-frame features ``feats`` (from :func:`encode_frames`)."""
+    with runtime.inference(dev, dtype):
         # multi-stream models (FineCLIPER) also give the clip's fusion weights; single-stream ones give None
         video_emb, weights = model.embed_sequences(feats, positions.to(dev), return_weights=True)
         weights = None if weights is None else weights.float().cpu()
@@ -163,14 +175,59 @@ def score_sequences(model, frames: torch.Tensor, positions: torch.Tensor, *, dev
     return logits.float().cpu(), video_emb.float().cpu(), weights
 
 
-def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
-                 detector=None, fallback: str = "center", limits: Optional[Limits] = None, dev=None,
-                 dtype=None) -> Prediction:
-    """Classify the clip at ``path`` (see the module docstring).
+def join_features(parts: list):
+    """Per-frame features encoded in parts (tensors or dicts of tensors), joined along the frame axis."""
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
 
-    ``windows`` adds the timeline; ``frame_budget`` bounds the extra frames it encodes (default: 48 on CPU,
-    256 on CUDA, divided by the number of visual streams of a FineCLIPER model). Unusable files raise ``VideoError`` subclasses; a clip without a face is classified from
-    centre crops, with a warning (``fallback="error"`` raises ``NoFaceFoundError`` instead).
+
+def score_sequences(model, frames: torch.Tensor, positions: torch.Tensor, *, dev, dtype=None, renders=None,
+                    batch: int = FRAME_BATCH):
+    """Logits (N, C), video embeddings (N, D) and, for multi-stream models, fusion weights (N, S) of N frame
+    sequences over shared ``frames``: every distinct frame goes through the image tower(s) once."""
+    feats = encode_frames(model, frames, dev=dev, dtype=dtype, renders=renders, batch=batch)
+    return score_features(model, feats, positions, dev=dev, dtype=dtype)
+
+
+class _FramesOnDemand:
+    """Shared distinct frames encoded in order, each once, as far as the sequences scored so far need them.
+
+    ``_shared_frames`` numbers frames in order of first use, so sequences 0..j need exactly frames [0, m_j)."""
+
+    def __init__(self, model, frames: torch.Tensor, *, dev, dtype):
+        self.model, self.frames, self.dev, self.dtype = model, frames, dev, dtype
+        self.parts: list = []
+        self.render_parts: list = []
+        self.done = 0
+        self.face_analysis_s = 0.0
+
+    def score(self, positions: torch.Tensor):
+        need = int(positions.max()) + 1
+        if need > self.done:
+            chunk = self.frames[self.done : need]
+            t0 = time.perf_counter()
+            renders = mid_level_renders(self.model, chunk)
+            self.face_analysis_s += time.perf_counter() - t0
+            if renders is not None:
+                self.render_parts.append(renders)
+            self.parts.append(encode_frames(self.model, chunk, dev=self.dev, dtype=self.dtype, renders=renders))
+            self.done = need
+        return score_features(self.model, join_features(self.parts), positions, dev=self.dev, dtype=self.dtype)
+
+    def renders(self) -> Optional[dict]:
+        return join_features(self.render_parts) if self.render_parts else None
+
+
+def iter_predict(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
+                 detector=None, fallback: str = "center", limits: Optional[Limits] = None, dev=None,
+                 dtype=None) -> Iterator[Prediction]:
+    """Classify the clip at ``path``, result first, timeline after (arguments as :func:`predict_clip`).
+
+    Yields the clip's :class:`Prediction` as soon as its own frames are encoded (label, probabilities, crops;
+    ``timeline`` empty, or None without ``windows``), then the same prediction with the timeline grown by one
+    window per yield, each window encoding only the frames no earlier sequence used. The last yield is
+    complete (``pred.complete``) and is what :func:`predict_clip` returns.
     """
     from .video.ingest import ingest
 
@@ -186,27 +243,57 @@ def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget:
     result = ingest(path, model.input_config, detector=detector, fallback=fallback, windows=spec, limits=limits)
     t1 = time.perf_counter()
     frames, positions = _shared_frames(result)
-    renders = mid_level_renders(model, frames)
-    t_mid = time.perf_counter()
-    logits, video_emb, weights = score_sequences(model, frames, positions, dev=dev, dtype=dtype, renders=renders)
+    encoder = _FramesOnDemand(model, frames, dev=dev, dtype=dtype)
+    logits, video_emb, weights = encoder.score(positions[:1])
     t2 = time.perf_counter()
     probs = logits.softmax(-1).numpy()
-    timeline = None
-    if result.windows is not None:
-        spans = result.windows.windows
-        timeline = Timeline([float(w.start_s) for w in spans], [float(w.end_s) for w in spans], probs[1:])
-    streams = None if weights is None else dict(zip(model.streams, map(float, weights[0])))
-    shown = None if renders is None else {k: _as_images(model, v[positions[0]]) for k, v in renders.items()}
-    t3 = time.perf_counter()
-    timings = {"ingestion": t1 - t0, "model": t2 - t1, "other": t3 - t2, "total": t3 - t0}
-    if renders is not None:
-        timings["face_analysis"] = t_mid - t1  # part of "model"
-    return Prediction(
+    renders = encoder.renders()
+    spans = [] if result.windows is None else result.windows.windows
+    pred = Prediction(
         classes=model.class_names, probs=probs[0], logits=logits[0].numpy(), video_embedding=video_emb[0],
-        ingest=result, timeline=timeline, weights=dict(model.weights_info), device=str(dev),
-        dtype=runtime.dtype_name(dtype), warnings=list(result.warnings), encoded_frames=len(frames),
-        timings=timings, streams=streams, renders=shown,
+        ingest=result, timeline=None if result.windows is None else Timeline([], [], probs[:0]),
+        weights=dict(model.weights_info), device=str(dev), dtype=runtime.dtype_name(dtype),
+        warnings=list(result.warnings), encoded_frames=encoder.done, timings={},
+        streams=None if weights is None else dict(zip(model.streams, map(float, weights[0]))),
+        renders=None if renders is None else {k: _as_images(model, v[positions[0]]) for k, v in renders.items()},
+        windows_total=len(spans),
     )
+    model_s, label_s = t2 - t1, time.perf_counter() - t0
+
+    def timed(p: Prediction) -> Prediction:
+        p.timings = {"ingestion": t1 - t0, "model": model_s, "label": label_s,
+                     "other": time.perf_counter() - t0 - (t1 - t0) - model_s, "total": time.perf_counter() - t0}
+        if renders is not None:
+            p.timings["face_analysis"] = encoder.face_analysis_s  # part of "model"
+        return p
+
+    yield timed(pred)
+    rows = []
+    for w, span in enumerate(spans, start=1):
+        t = time.perf_counter()
+        rows.append(encoder.score(positions[w : w + 1])[0].softmax(-1)[0].numpy())
+        model_s += time.perf_counter() - t
+        done = spans[:w]
+        pred = replace(pred, timeline=Timeline([float(s.start_s) for s in done], [float(s.end_s) for s in done],
+                                               np.stack(rows)), encoded_frames=encoder.done)
+        yield timed(pred)
+
+
+def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
+                 detector=None, fallback: str = "center", limits: Optional[Limits] = None, dev=None,
+                 dtype=None) -> Prediction:
+    """Classify the clip at ``path`` (see the module docstring); the last of :func:`iter_predict`'s results.
+
+    ``windows`` adds the timeline; ``frame_budget`` bounds the extra frames it encodes (default: 48 on CPU,
+    256 on CUDA, divided by the number of visual streams of a FineCLIPER model). Unusable files raise
+    ``VideoError`` subclasses; a clip without a face is classified from centre crops, with a warning
+    (``fallback="error"`` raises ``NoFaceFoundError`` instead).
+    """
+    pred = None
+    for pred in iter_predict(model, path, windows=windows, frame_budget=frame_budget, detector=detector,
+                             fallback=fallback, limits=limits, dev=dev, dtype=dtype):
+        pass
+    return pred
 
 
 def _as_images(model, x: torch.Tensor) -> list[np.ndarray]:

@@ -11,7 +11,7 @@ import dferclip
 from dferclip import runtime
 from dferclip.cli import main as cli_main
 from dferclip.errors import CorruptVideoError, NotAVideoError
-from dferclip.predict import predict_clip, timeline_spec
+from dferclip.predict import iter_predict, predict_clip, timeline_spec
 from dferclip.video.decode import sliding_windows
 
 
@@ -35,7 +35,7 @@ def test_prediction_of_a_face_clip(tiny, face_prediction):
     with torch.no_grad():
         direct = tiny(pred.ingest.video).softmax(-1)[0].numpy()
     np.testing.assert_allclose(pred.probs, direct, atol=1e-5)
-    assert set(pred.timings) == {"ingestion", "model", "other", "total"}
+    assert set(pred.timings) == {"ingestion", "model", "label", "other", "total"}
     assert pred.timings["total"] >= pred.timings["ingestion"] + pred.timings["model"] - 1e-6
 
 
@@ -54,6 +54,22 @@ def test_timeline_covers_the_clip_and_matches_per_window_forward(tiny, face_pred
     assert pred.encoded_frames < slots
     rows = tl.rows(pred.classes)
     assert len(rows) == len(tl) * len(pred.classes)
+
+
+def test_iter_predict_gives_the_label_first_then_the_timeline_window_by_window(tiny, face_prediction):
+    steps = list(iter_predict(tiny, feat_clip("single_face.mp4")))
+    first, last = steps[0], steps[-1]
+    # the label comes after encoding the clip's own frames only, with an empty timeline
+    assert len(first.timeline) == 0 and not first.complete and first.windows_total == len(face_prediction.timeline)
+    assert first.encoded_frames == len({f.index for f in first.ingest.frames})
+    np.testing.assert_allclose(first.probs, face_prediction.probs, atol=1e-6)
+    # then one more window per step, each encoding only frames not encoded before
+    assert [len(s.timeline) for s in steps] == list(range(len(steps)))
+    assert all(a.encoded_frames <= b.encoded_frames for a, b in zip(steps, steps[1:]))
+    assert last.complete and last.encoded_frames == face_prediction.encoded_frames
+    np.testing.assert_allclose(last.timeline.probabilities, face_prediction.timeline.probabilities, atol=1e-6)
+    assert last.timeline.start == face_prediction.timeline.start
+    assert first.timings["label"] <= last.timings["total"]
 
 
 def test_timeline_spec_keeps_to_the_frame_budget():
