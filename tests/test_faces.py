@@ -130,10 +130,21 @@ def test_fill_interpolates_between_hits_and_holds_at_ends():
     frames = [[], [det(100, 100, 80)], [], [], [det(160, 100, 80)], []]
     times = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
     track = main_face_track(frames, times, (640, 360))
-    boxes, filled = fill_track(track, times)
+    boxes, filled = fill_track(track, times, max_hold_s=1.5)
     assert filled == [True, False, True, True, False, True]
     assert boxes[0] == boxes[1] and boxes[5] == boxes[4]
     assert boxes[2][0] == pytest.approx(120) and boxes[3][0] == pytest.approx(140)
+
+
+def test_fill_track_never_holds_a_box_beyond_max_hold():
+    frames = [[], [], [], [], [det(100, 100, 80)], [], [], [det(160, 100, 80)], []]
+    times = [0.0, 1.0, 3.0, 3.6, 4.0, 4.2, 4.4, 4.6, 5.5]
+    track = main_face_track(frames, times, (640, 360))
+    boxes, filled = fill_track(track, times, max_hold_s=0.5)
+    assert boxes[:3] == [None, None, None] and filled[:3] == [False, False, False]  # seconds before the face
+    assert boxes[3] == boxes[4] and filled[3]  # 0.4 s before the first detection: held
+    assert boxes[5][0] == pytest.approx(120) and boxes[6][0] == pytest.approx(140)  # 0.6 s gap: interpolated
+    assert boxes[8] is None and not filled[8]  # 0.9 s after the last detection
 
 
 # --- crops -----------------------------------------------------------------------------------------

@@ -397,13 +397,16 @@ class TrackingConfig:
 
     A detection continues a track when its centre is within ``max_shift`` face sizes of the track's
     last box, plus ``speed`` face sizes per second elapsed (sampled frames may be seconds apart), and
-    its size is within ``max_size_ratio`` of it. Detections below ``min_score`` are ignored.
+    its size is within ``max_size_ratio`` of it. Detections below ``min_score`` are ignored. A frame
+    without a detection keeps the track's box only within ``max_hold_s`` of a detection (see
+    :func:`fill_track`): a face is never carried across seconds without one.
     """
 
     min_score: float = 0.9
     max_shift: float = 0.75
     speed: float = 1.0
     max_size_ratio: float = 1.6
+    max_hold_s: float = 0.5
 
 
 def link_tracks(
@@ -464,16 +467,18 @@ def main_face_track(
     return best
 
 
-def fill_track(track: FaceTrack, times: Sequence[float]) -> Tuple[List[Box], List[bool]]:
-    """A box for every frame: detected ones as they are, missed ones filled from neighbours.
+def fill_track(track: FaceTrack, times: Sequence[float],
+               max_hold_s: float = math.inf) -> Tuple[List[Optional[Box]], List[bool]]:
+    """A box for every frame near a detection: detected ones as they are, missed ones filled from neighbours.
 
-    Between two detections the box is interpolated linearly in time; before the first and after the
-    last detection the nearest detected box is held. Returns (boxes, filled flags).
+    A missed frame between two detections at most ``2 * max_hold_s`` apart gets a box interpolated
+    linearly in time; otherwise it holds the nearest detected box when that is at most ``max_hold_s``
+    away, and gets None (no face) beyond. Returns (boxes, filled flags).
     """
     hits = [i for i, d in enumerate(track.detections) if d is not None]
     if not hits:
         raise ValueError("fill_track needs a track with at least one detection")
-    boxes: List[Box] = []
+    boxes: List[Optional[Box]] = []
     filled: List[bool] = []
     for i, d in enumerate(track.detections):
         if d is not None:
@@ -482,14 +487,16 @@ def fill_track(track: FaceTrack, times: Sequence[float]) -> Tuple[List[Box], Lis
             continue
         after = next((h for h in hits if h > i), None)
         before = next((h for h in reversed(hits) if h < i), None)
-        if before is None or after is None:
-            boxes.append(track.detections[before if after is None else after].box)
-        else:
+        if before is not None and after is not None and times[after] - times[before] <= 2 * max_hold_s:
             span = times[after] - times[before]
             w = (times[i] - times[before]) / span if span > 0 else 0.5
             a, b = track.detections[before].box, track.detections[after].box
             boxes.append(tuple(x + w * (y - x) for x, y in zip(a, b)))
-        filled.append(True)
+        else:
+            near = [h for h in (before, after) if h is not None and abs(times[h] - times[i]) <= max_hold_s]
+            nearest = min(near, key=lambda h: abs(times[h] - times[i]), default=None)
+            boxes.append(None if nearest is None else track.detections[nearest].box)
+        filled.append(boxes[-1] is not None)
     return boxes, filled
 
 

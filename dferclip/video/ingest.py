@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -94,6 +94,7 @@ class IngestResult:
     warnings: List[str] = field(default_factory=list)
     timings: Dict[str, float] = field(default_factory=dict)
     windows: Optional[WindowBatch] = None
+    no_face_spans: List[Tuple[float, float]] = field(default_factory=list)  # seconds of the clip without the face
 
     @property
     def face_found(self) -> bool:
@@ -110,6 +111,7 @@ class IngestResult:
             "frames": [asdict(f) for f in self.frames],
             "timings": dict(self.timings),
             "windows": self.windows.to_dict() if self.windows is not None else None,
+            "no_face_spans": [list(span) for span in self.no_face_spans],
         }
 
 
@@ -161,20 +163,37 @@ def ingest(
             if len(frames) % chunk == 0 or len(frames) == len(wanted):
                 jobs.append(pool.submit(_detect, detector, frames[len(jobs) * chunk :]))
         info = reader.info
-        warnings.extend(reader.warnings)
         decode_done = time.perf_counter()
         results = [job.result() for job in jobs]
-    detections = [dets for chunk, _ in results for dets in chunk]
-    detect_s = sum(seconds for _, seconds in results)
+        detections = [dets for chunk, _ in results for dets in chunk]
+        detect_s = sum(seconds for _, seconds in results)
+        metas = _locate_faces(frames, detections, info, margin, tracking)
+        face_range = _face_range(metas)
+        lo, hi = face_range or (0, n)
+        if face_range is not None and any(m.box is None and not lo <= m.index <= hi
+                                           for m in metas if m.index in set(clip_indices)):
+            # the clip starts or ends without the face: the model's frames come from where the face is
+            clip_indices = [lo + i for i in sample_indices(hi - lo + 1, T, input_config.sampler)]
+            extra = sorted(set(clip_indices) - set(wanted))
+            if extra:
+                more = list(reader.iter_frames(extra))
+                found, seconds = _detect(detector, more)
+                detect_s += seconds
+                order = sorted(range(len(frames) + len(more)), key=lambda k: (frames + more)[k].index)
+                frames = [(frames + more)[k] for k in order]
+                detections = [(detections + found)[k] for k in order]
+                wanted = [f.index for f in frames]
+                metas = _locate_faces(frames, detections, info, margin, tracking)
+        warnings.extend(reader.warnings)
     detect_done = time.perf_counter()
     if n < T:
         warnings.append(f"the clip has only {n} frame{'s' if n > 1 else ''}; the model sees the last one repeated to make {T}")
     decoded = {f.index: f for f in frames}
 
-    metas = _locate_faces(frames, detections, info, margin, tracking)
     meta_of = dict(zip(wanted, metas))
     clip_unique = sorted(set(clip_indices))
     hits = sum(meta_of[i].confidence is not None for i in clip_unique)
+    no_face = _no_face_spans(metas, info.duration_s)
     if hits == 0 and not any(m.confidence is not None for m in metas):
         if fallback == "error":
             raise NoFaceFoundError(f"no face found in the {len(wanted)} sampled frames of {Path(info.path).name}")
@@ -184,8 +203,17 @@ def ingest(
         status = "ok"
     else:
         status = "partial"
-    if status != "no_face" and hits < len(clip_unique):
-        warnings.append(f"face detected in {hits} of {len(clip_unique)} sampled frames; the others use boxes filled from neighbouring frames")
+    if status != "no_face":
+        if no_face:
+            where = ", ".join(f"{a:.1f}–{b:.1f} s" for a, b in no_face)
+            first, last = meta_of[clip_unique[0]].time_s, meta_of[clip_unique[-1]].time_s
+            warnings.append(f"no face {where}; the model's frames come from {first:.1f}–{last:.1f} s")
+        boxed = sum(meta_of[i].box is not None for i in clip_unique)
+        if hits < boxed:
+            warnings.append(f"face detected in {hits} of {len(clip_unique)} model frames; {boxed - hits} hold the box "
+                            f"of a detection at most {tracking.max_hold_s:g} s away")
+        if boxed < len(clip_unique):
+            warnings.append(f"{len(clip_unique) - boxed} model frames have no face and show the frame's centre")
 
     size = input_config.image_size
     crops = {i: crop_square(decoded[i].image, _scaled(meta_of[i].crop, decoded[i].scale), size) for i in wanted}
@@ -224,7 +252,30 @@ def ingest(
         warnings=warnings,
         timings=timings,
         windows=window_batch,
+        no_face_spans=no_face,
     )
+
+
+def _face_range(metas: List[FrameMeta]) -> Optional[Tuple[int, int]]:
+    """First and last frame index where the main face was detected, None without one."""
+    seen = [m.index for m in metas if m.confidence is not None]
+    return (min(seen), max(seen)) if seen else None
+
+
+def _no_face_spans(metas: List[FrameMeta], duration_s: Optional[float]) -> List[Tuple[float, float]]:
+    """The stretches of the clip (seconds) whose sampled frames have no face box, from the clip's start or
+    the first frame without one to the next frame with one, or the clip's end."""
+    spans, start = [], None
+    for k, m in enumerate(metas):
+        if m.box is None and start is None:
+            start = 0.0 if k == 0 else m.time_s
+        elif m.box is not None and start is not None:
+            spans.append((round(start, 2), round(m.time_s, 2)))
+            start = None
+    if start is not None:
+        end = duration_s if duration_s else metas[-1].time_s
+        spans.append((round(start, 2), round(max(end, start), 2)))
+    return spans
 
 
 def _detect(detector: FaceDetector, frames: List[DecodedFrame]):
@@ -259,15 +310,16 @@ def _locate_faces(
     if track is None:
         region = _rounded(center_region(frame_size))
         return [FrameMeta(f.index, f.time_s, None, region, None, False) for f in frames]
-    boxes, filled = fill_track(track, times)
+    boxes, filled = fill_track(track, times, tracking.max_hold_s)
+    centre = _rounded(center_region(frame_size))
     metas = []
     for f, det, box, was_filled in zip(frames, track.detections, boxes, filled):
         metas.append(
             FrameMeta(
                 index=f.index,
                 time_s=f.time_s,
-                box=_rounded(box),
-                crop=_rounded(crop_region(box, margin, frame_size)),
+                box=None if box is None else _rounded(box),
+                crop=centre if box is None else _rounded(crop_region(box, margin, frame_size)),
                 confidence=None if det is None else round(det.score, 4),
                 filled=was_filled,
             )
