@@ -129,3 +129,16 @@ def test_predict_command_text_and_errors(capsys, tmp_path):
     bad = corrupt_copy(feat_clip("single_face.mp4"), tmp_path / "cut.mp4")
     assert cli_main(["predict", str(bad), "--checkpoint", TINY]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_predict_command_checks_the_input_before_loading_a_model(capsys, tmp_path):
+    """An empty file or an image is refused before the model loads: with weights that cannot load at all, the
+    error is still about the file (so nobody waits for a model build to learn that the file is empty)."""
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    photo = feat_clip("single_face.mp4").with_name("single_face.jpg")
+    for path, message in ((empty, "empty.mp4 is empty"), (tmp_path / "missing.mp4", "no such file"),
+                          (photo, "image, not a video")):
+        assert cli_main(["predict", str(path), "--checkpoint", "random:no-such-architecture"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "no-such-architecture" not in err, err

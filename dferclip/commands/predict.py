@@ -20,6 +20,9 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from ..video.decode import check_input
+
+    check_input(args.video)  # a bad path fails before the model loads
     from ..predict import predict_clip
 
     if args.device:

@@ -231,6 +231,31 @@ class _FrameTable:
     sequential: bool = False  # no usable timestamps or seeking: decode from the start
 
 
+def _checked(path: Path, limits: Limits) -> Tuple[int, bool]:
+    """(size in bytes, whether the first bytes look like a video container); raises for a file that cannot be one."""
+    if not path.exists():
+        raise NotAVideoError(f"no such file: {path}")
+    if not path.is_file():
+        raise NotAVideoError(f"not a file: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise NotAVideoError(f"{path.name} is empty")
+    if size > limits.max_file_bytes:
+        raise VideoTooLargeError(f"{path.name} is {_bytes(size)}; the limit is {_bytes(limits.max_file_bytes)}")
+    with open(path, "rb") as f:
+        head = f.read(256)
+    image_kind, looks_like_video = _sniff(head)
+    if image_kind:
+        raise ImageNotVideoError(f"{path.name} is a {image_kind} image, not a video")
+    return size, looks_like_video
+
+
+def check_input(path, limits: Limits = Limits()) -> None:
+    """Fail fast, before anything heavy loads, on a path that cannot be a usable video: missing, not a file,
+    empty, over the size limit, or an image (the same checks and errors as :class:`VideoReader`)."""
+    _checked(Path(path), limits)
+
+
 class VideoReader:
     """An open video: ``info`` after probing, ``read(indices)`` for frames. Use as a context manager."""
 
@@ -270,21 +295,7 @@ class VideoReader:
     # -- opening and probing -----------------------------------------------------------------
 
     def _check_file(self) -> int:
-        if not self.path.exists():
-            raise NotAVideoError(f"no such file: {self.path}")
-        if not self.path.is_file():
-            raise NotAVideoError(f"not a file: {self.path}")
-        size = self.path.stat().st_size
-        if size == 0:
-            raise NotAVideoError(f"{self.path.name} is empty")
-        if size > self.limits.max_file_bytes:
-            raise VideoTooLargeError(f"{self.path.name} is {_bytes(size)}; the limit is {_bytes(self.limits.max_file_bytes)}")
-        with open(self.path, "rb") as f:
-            head = f.read(256)
-        image_kind, looks_like_video = _sniff(head)
-        if image_kind:
-            raise ImageNotVideoError(f"{self.path.name} is a {image_kind} image, not a video")
-        self._looks_like_video = looks_like_video
+        size, self._looks_like_video = _checked(self.path, self.limits)
         return size
 
     def _open(self):
