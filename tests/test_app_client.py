@@ -25,9 +25,9 @@ def served():
 def test_api_endpoints(served):
     _, client = served
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/predict", "/select_model"} <= set(api)
-    params = [p["parameter_name"] for p in api["/predict"]["parameters"]]
-    assert params == ["video", "model_key"]
+    assert {"/predict", "/predict_stream", "/select_model"} <= set(api)
+    for name in ("/predict", "/predict_stream"):
+        assert [p["parameter_name"] for p in api[name]["parameters"]] == ["video", "model_key"]
 
 
 def test_predict_a_face_clip(served):
@@ -75,3 +75,32 @@ def test_switching_to_an_unavailable_model_keeps_the_current_one(served):
     _, client = served
     value, banner = client.predict("pretrained:dferclip-vit-b-32:openai", api_name="/select_model")
     assert value == TINY and "untrained weights: predictions are meaningless" in banner
+
+
+def test_streaming_endpoint_gives_the_label_before_the_timeline_and_ends_as_predict(served):
+    """/predict_stream yields the label (and crops) while the timeline is still empty, then grows the timeline
+    window by window; its last outputs equal /predict's single result."""
+    _, client = served
+    clip = handle_file(str(feat_clip("single_face.mp4")))
+    job = client.submit(clip, TINY, api_name="/predict_stream")
+    first = next(iter(job))  # the first yield, as soon as it arrives
+    job.result(timeout=120)
+    steps = job.outputs()  # every yield, in order
+    label, gallery, timeline, note, _ = first  # the page's outputs: label and plot come as updates
+    assert label["value"]["label"] and len(gallery) == 16 and timeline["value"]["data"] == []  # no window yet
+    assert "so far" in note
+    # one yield per window (the client patches earlier yields' data in place, so only their count is checked)
+    counts = [len({row[0] for row in step[2]["value"]["data"]}) for step in steps]
+    assert counts[0] == 0 and counts == sorted(counts) and len(steps) == 1 + counts[-1] >= 3
+    final = client.predict(clip, TINY, api_name="/predict")
+    last_label, last_gallery, last_timeline = steps[-1][0]["value"], steps[-1][1], steps[-1][2]["value"]
+    assert last_label["label"] == final[0]["label"] and len(last_gallery) == len(final[1]) == 16
+    assert confidences(last_label) == pytest.approx(confidences(final[0]), abs=1e-6)
+    assert [r[:2] for r in last_timeline["data"]] == [r[:2] for r in final[2]["data"]]
+    assert [r[2] for r in last_timeline["data"]] == pytest.approx([r[2] for r in final[2]["data"]], abs=1e-6)
+    last = steps[-1]
+    assert "so far" not in last[3] and last[3].split("Time:")[0] == final[3].split("Time:")[0]
+
+
+def confidences(label: dict) -> dict:
+    return {c["label"]: c["confidence"] for c in label["confidences"]}

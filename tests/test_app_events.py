@@ -25,6 +25,7 @@ from dferclip.ui.predict import (
     mark_stale,
     preview_note,
     run_prediction,
+    stream_prediction,
     timeline_plot,
     uses_face_mesh,
 )
@@ -49,8 +50,7 @@ def ctx():
 
 
 def test_predict_event_outputs(ctx):
-    label_widget, gallery, plot, note, renders, record = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
-    label, timeline = label_probs(label_widget), plot_frame(plot)
+    label, gallery, timeline, note, renders, record = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
     model = ctx.model(TINY)
     assert renders == [] and "Streams" not in note and not uses_face_mesh(ctx, TINY)  # DFER-CLIP: one stream
     assert set(label) == set(model.class_names) and math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
@@ -62,20 +62,33 @@ def test_predict_event_outputs(ctx):
     assert timeline["time"].between(0, record.ingest.source.duration_s).all()
     assert len(timeline) == len(record.prediction.timeline) * model.num_classes
     assert "Face found in 16/16" in note and "ingestion" in note
-    assert plot.x_lim == [0, round(record.ingest.source.duration_s, 2)]  # the x axis spans the clip
-    # untrained weights: said next to the label and first in the note
-    assert "untrained weights" in label_widget.label and note.startswith("⚠ **Untrained weights")
+    assert note.startswith("⚠ **Untrained weights")  # said first
     assert record.model_key == TINY and record.video.shape[1] == 16
-    assert record.prediction.probabilities == pytest.approx(label)
+    assert record.prediction.probabilities == label
 
 
 def test_no_face_warns_and_still_predicts(ctx):
     with pytest.warns(UserWarning, match="No face found"):
         label, gallery, _, note, _, record = run_prediction(ctx, str(feat_clip("no_face.mp4")), TINY)
-    label = label_probs(label)
     assert math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
     assert "No face found" in note and all("centre crop" in c for _, c in gallery)
     assert not record.ingest.face_found
+
+
+def test_streaming_event_label_first_then_the_timeline(ctx):
+    """The page's predict event: the label (headed by the untrained-weights warning), crops and an empty
+    timeline first; then timeline steps that leave the label and crops alone; the last step holds everything
+    and matches the single-result event."""
+    steps = list(stream_prediction(ctx, str(feat_clip("single_face.mp4")), TINY, progress=lambda *a, **k: None))
+    first, middle, last = steps[0], steps[1:-1], steps[-1]
+    assert first[0].label == "Expression · untrained weights: predictions are meaningless"
+    assert len(first[1]) == 16 and plot_frame(first[2]).empty
+    assert middle and all(step[0] == step[1] == gr.skip() for step in middle)  # label and crops left alone
+    assert [len(plot_frame(step[2])) for step in steps] == sorted(len(plot_frame(step[2])) for step in steps)
+    assert last[2].x_lim == [0, round(last[5].ingest.source.duration_s, 2)]  # the x axis spans the clip
+    label, _, timeline, *_ = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
+    assert label_probs(last[0]) == pytest.approx(label, abs=1e-6)
+    pd.testing.assert_frame_equal(plot_frame(last[2]), timeline, check_dtype=False, atol=1e-6)
 
 
 def test_bad_input_is_a_clean_error(ctx, tmp_path):
@@ -136,9 +149,8 @@ def test_fineclipper_prediction_shows_its_streams_and_renders():
     fusion weight, and the caption stream reported off (the app makes no captions)."""
     registry = ModelRegistry([ModelEntry(FINE_TINY, "fine", "explicit")], dev="cpu")
     fctx = AppContext(registry)
-    label, gallery, plot, note, renders, record = run_prediction(fctx, str(feat_clip("single_face.mp4")),
-                                                                 FINE_TINY)
-    label, timeline = label_probs(label), plot_frame(plot)
+    label, gallery, timeline, note, renders, record = run_prediction(fctx, str(feat_clip("single_face.mp4")),
+                                                                     FINE_TINY)
     model = fctx.model(FINE_TINY)
     assert set(label) == set(model.class_names) and math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
     n = model.input_config.num_frames

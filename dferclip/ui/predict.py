@@ -201,11 +201,12 @@ def stream_prediction(ctx: AppContext, video: Optional[str], model_key: Optional
 
 def run_prediction(ctx: AppContext, video: Optional[str], model_key: Optional[str]) -> tuple:
     """The predict event with one final result (the ``/predict`` endpoint): the last step of
-    :func:`stream_prediction`."""
+    :func:`stream_prediction`, as plain values (label probabilities, timeline DataFrame)."""
     out = None
     for out in stream_prediction(ctx, video, model_key, progress=lambda *args, **kwargs: None):
         pass
-    return out
+    _, crops, _, note, renders, record = out
+    return record.prediction.probabilities, crops, timeline_frame(record.prediction), note, renders, record
 
 
 @gpu(duration=60)
