@@ -20,6 +20,7 @@ import gradio as gr
 
 from dferclip.runtime import ModelRegistry
 from dferclip.ui.context import AppContext, build_model_bar
+from dferclip.ui.live import build_live_tab
 from dferclip.ui.policy import Policy
 from dferclip.ui.predict import MAX_UPLOAD, build_predict_tab
 
@@ -33,7 +34,8 @@ INTRO = """
 # dferclip: facial expressions in video, with CLIP
 Upload a short clip or record one with your webcam. The app finds the main face, samples 16 frames as
 [DFER-CLIP](https://github.com/zengqunzhao/DFER-CLIP) does, and scores them against text descriptions of each
-expression. The **Descriptions** tab lets you edit those descriptions and see how the scores move.
+expression. **Live** reads the expression from your webcam as you go. The **Descriptions** tab lets you
+edit those descriptions and see how the scores move.
 """
 CSS = """
 .weights-banner {padding: 0.6em 0.9em; border-radius: 8px; font-size: 0.92em; line-height: 1.45;}
@@ -59,6 +61,7 @@ def build_demo(model: str | None = None, host: str | None = None, mode: str | No
         build_model_bar(ctx)
         with gr.Tabs():
             build_predict_tab(ctx)
+            build_live_tab(ctx)
             if build_workbench_tab is not None:
                 build_workbench_tab(ctx)
     demo.queue(max_size=policy.queue_size, default_concurrency_limit=ctx.concurrency_limit)

