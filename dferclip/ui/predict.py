@@ -302,10 +302,13 @@ def build_predict_tab(ctx: AppContext) -> None:
         inputs = [video, ctx.model_dropdown]
         stream = functools.partial(stream_prediction, ctx)
         model_work = {"concurrency_id": ctx.concurrency_id, "concurrency_limit": ctx.concurrency_limit}
-        run.click(stream, inputs, outputs, api_name="predict_stream", show_progress_on=[timeline], **model_work)
+        # minimal progress on the timeline: a window count that does not cover the windows already drawn
+        run.click(stream, inputs, outputs, api_name="predict_stream", show_progress="minimal",
+                  show_progress_on=[timeline], **model_work)
         api_only.click(functools.partial(run_prediction, ctx), inputs, outputs, api_name="predict", **model_work)
         if examples:
-            ex.load_input_event.then(stream, inputs, outputs, api_visibility="private", show_progress_on=[timeline],
+            ex.load_input_event.then(stream, inputs, outputs, api_visibility="private", show_progress="minimal",
+                                     show_progress_on=[timeline],
                                      **model_work)
         video.change(preview_note, video, preview, api_visibility="private", queue=False)
         ctx.model_selected.then(lambda key: gr.Gallery(value=None, visible=uses_face_mesh(ctx, key)),
