@@ -97,6 +97,14 @@ class LLMReplyError(LLMError):
     """The reply holds no usable descriptions."""
 
 
+class LLMCancelledError(LLMError):
+    """The caller cancelled generation; ``partial`` is what was finished before (a ``Generation``, or None)."""
+
+    def __init__(self, message: str, partial=None):
+        super().__init__(message)
+        self.partial = partial
+
+
 # --- datasets and training -------------------------------------------------------------------
 class DataError(DferclipError):
     """A dataset or annotation list that cannot be used (missing, malformed, empty)."""

@@ -130,8 +130,8 @@ def test_retries_are_configurable(server):
 
 def test_no_key_and_no_server(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(LLMConfigError, match="no API key"):
-        generate(["anger"], settings=LLMSettings.from_env())
+    with pytest.raises(LLMConfigError, match="no API key"):  # no server configured means the local model, unless asked
+        generate(["anger"], settings=LLMSettings.from_env(backend="openai"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -257,7 +257,11 @@ def test_cli(tmp_path, capsys, monkeypatch):
     assert cli_main(["describe", "diff", "dferclip-official-dfew", str(path)]) == 0
     assert "- a smiling mouth" in capsys.readouterr().out
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    assert cli_main(["describe", "generate", "--name", "x"]) == 2
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert cli_main(["describe", "generate", "--name", "x"]) == 2  # no server: the local model, not cached
+    assert "local Hugging Face cache" in capsys.readouterr().err
+    assert cli_main(["describe", "generate", "--name", "x", "--backend", "openai"]) == 2
     assert "no API key" in capsys.readouterr().err
 
 

@@ -2,6 +2,7 @@
 
     python -m dferclip describe list
     python -m dferclip describe generate --classes DFEW --style cupl --name my-cupl [--model M --base-url URL]
+    python -m dferclip describe generate --classes DFEW --name my-local --backend local [--local-model NAME]
     python -m dferclip describe check [--set NAME]
     python -m dferclip describe diff A B
     python -m dferclip describe score --clip VIDEO [--checkpoint SRC] [--set NAME] [--combine MODE]
@@ -24,7 +25,8 @@ def add_arguments(p):
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     sub.add_parser("list", help="list saved description sets")
 
-    g = sub.add_parser("generate", help="ask an OpenAI-compatible LLM for descriptions; save them as a new set")
+    g = sub.add_parser("generate", help="ask an LLM (a server, or a small local model) for descriptions; save "
+                                         "them as a new set")
     g.add_argument("--classes", default="DFEW", help="DFEW, FERV39k, MAFW or comma-separated custom class names")
     g.add_argument("--style", default="dferclip", help="prompt style: dferclip, cupl, dclip, contrastive")
     g.add_argument("--prompt", help="user prompt template replacing the style's ({name} {others} {n} {example})")
@@ -32,7 +34,14 @@ def add_arguments(p):
     g.add_argument("--name", required=True, help="name of the new set (saved in descriptions/)")
     g.add_argument("--model", help="LLM model (default: $DFERCLIP_LLM_MODEL)")
     g.add_argument("--base-url", help="OpenAI-compatible base URL (default: $OPENAI_BASE_URL or OpenAI)")
-    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--backend", choices=["openai", "local"],
+                   help="openai: an OpenAI-compatible server; local: a small instruct model run here (downloaded "
+                        "once from the Hugging Face Hub). Default: $DFERCLIP_LLM_BACKEND, else openai when "
+                        "OPENAI_BASE_URL/OPENAI_API_KEY or --base-url is set, else local")
+    g.add_argument("--local-model", help="local model name (implies --backend local; default: the registry's, "
+                                         "see dferclip/text/local_models.json)")
+    g.add_argument("--max-new-tokens", type=int, default=200, help="local backend: longest reply in tokens")
+    g.add_argument("--temperature", type=float, default=0.7, help="0: greedy (local backend)")
     g.add_argument("--timeout", type=float, default=60.0)
     g.add_argument("--show-prompt", action="store_true", help="print the prompts sent")
 
@@ -77,8 +86,11 @@ def _generate(args) -> int:
     from ..workbench import starting_set
 
     base = starting_set(args.classes, args.classes.split(","))
+    backend = args.backend or ("local" if args.local_model else None)
     settings = LLMSettings.from_env(model=args.model, base_url=args.base_url, temperature=args.temperature,
-                                    timeout=args.timeout)
+                                    timeout=args.timeout, backend=backend, local_model=args.local_model,
+                                    max_new_tokens=args.max_new_tokens)
+    print(f"generating with {settings.describe()}", file=sys.stderr)
 
     def progress(i, n, cls):
         print(f"[{i + 1}/{n}] {cls}", file=sys.stderr)

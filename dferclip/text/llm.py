@@ -1,4 +1,5 @@
-"""Class descriptions from a language model, through any OpenAI-compatible chat-completions server.
+"""Class descriptions from a language model: any OpenAI-compatible chat-completions server, or (with no server
+configured) a small instruct model run on this machine (:mod:`dferclip.text.local_llm`).
 
 - Settings come from the environment (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``DFERCLIP_LLM_MODEL``) or are
   typed in for the session (:func:`visitor_settings`). The server's key is used only with the server's own
@@ -9,6 +10,9 @@
 - Prompt styles are data (``dferclip/prompts/styles.json``); the prompt is a template the caller may edit.
 - Replies are parsed tolerantly (JSON, JSON in code fences, bullet or numbered lists, one comma-separated line);
   ``response_format`` json_schema is asked for where the server accepts it.
+- Backends: ``"openai"`` when a server is configured (``OPENAI_BASE_URL`` or ``OPENAI_API_KEY``, or a base URL
+  or key typed in), else ``"local"``; ``DFERCLIP_LLM_BACKEND`` or ``backend=`` chooses explicitly. Both answer
+  through :func:`complete`, so parsing, checks and provenance are shared.
 - :func:`check_description` flags label leaks (the emotion's word family) and texts too long for CLIP's
   77-token context (counting the learned context tokens).
 """
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..errors import (
+    LLMCancelledError,
     LLMConfigError,
     LLMConnectionError,
     LLMError,
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_STYLE = "dferclip"
+BACKENDS = ("openai", "local")
 _EXAMPLE_CLASS = "anger"
 _EXAMPLE_FALLBACK = "furrowed eyebrows, narrow eyes, tightened lips, and flared nostrils."
 
@@ -68,6 +74,10 @@ class LLMSettings:
     timeout: float = 60.0
     max_retries: int = 2
     structured: bool = True  # ask for json_schema output; falls back to plain text if the server refuses
+    # "openai": an OpenAI-compatible server; "local": a small instruct model run here (text/local_models.json)
+    backend: str = "openai"
+    local_model: Optional[str] = None  # a name in the local model registry; None: its default
+    max_new_tokens: int = 200  # local backend: the longest reply, in tokens
 
     @classmethod
     def from_env(cls, **overrides) -> "LLMSettings":
@@ -78,10 +88,16 @@ class LLMSettings:
             "api_key": os.environ.get("OPENAI_API_KEY") or None,
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
+        if "backend" not in values:
+            values["backend"] = default_backend(values)
         return cls(**values)
 
     def describe(self) -> str:
         """A printable summary without the key (and without credentials embedded in the URL)."""
+        if self.backend == "local":
+            from .local_llm import get_local_model
+
+            return get_local_model(self.local_model).describe()
         return f"model {self.model} at {redact_url(self.base_url or OPENAI_URL)}"
 
     def scrub(self, text: str) -> str:
@@ -143,8 +159,9 @@ def visitor_settings(model: str = "", base_url: str = "", api_key: str = "", *,
                 "there: type the key for that server (any non-empty value for a local server without keys)"
             )
         _check_visitor_url(base_url, allow_private_urls)
-    return replace(server, model=model or server.model, base_url=base_url if own_url else server.base_url,
-                   api_key=api_key or (None if own_url else server.api_key))
+    chosen = {"base_url": base_url if own_url else server.base_url,
+              "api_key": api_key or (None if own_url else server.api_key)}
+    return replace(server, model=model or server.model, backend=default_backend(chosen), **chosen)
 
 
 def _check_visitor_url(url: str, allow_private: bool) -> None:
@@ -172,6 +189,28 @@ def _check_visitor_url(url: str, allow_private: bool) -> None:
                 f"{redact_url(url)} points into the app server's own network ({ip}); on a public app a typed "
                 "base URL must be a public server"
             )
+
+
+def default_backend(values: dict) -> str:
+    """``DFERCLIP_LLM_BACKEND``, else "openai" when a server is configured or typed in (base URL or key), else
+    "local": every visitor can generate without a key."""
+    chosen = (os.environ.get("DFERCLIP_LLM_BACKEND") or "").strip().lower()
+    if chosen:
+        if chosen not in BACKENDS:
+            raise LLMConfigError(f"DFERCLIP_LLM_BACKEND={chosen!r}: use one of {', '.join(BACKENDS)}")
+        return chosen
+    return "openai" if values.get("base_url") or values.get("api_key") else "local"
+
+
+def make_chat_client(settings: LLMSettings):
+    """The client :func:`generate` talks to: a loaded local model or an ``openai.OpenAI`` client."""
+    if settings.backend == "local":
+        from .local_llm import local_chat
+
+        return local_chat(settings.local_model)
+    if settings.backend != "openai":
+        raise LLMConfigError(f"unknown LLM backend {settings.backend!r}; use one of {', '.join(BACKENDS)}")
+    return make_client(settings)
 
 
 def make_client(settings: LLMSettings, http_client=None):
@@ -438,11 +477,16 @@ def _is_schema_refusal(e: Exception) -> bool:
     )
 
 
-def complete(client, settings: LLMSettings, system: str, user: str) -> tuple[str, bool]:
-    """One chat completion; returns (reply text, whether structured output was used)."""
+def complete(client, settings: LLMSettings, system: str, user: str, cancel=None) -> tuple[str, bool]:
+    """One chat completion; returns (reply text, whether structured output was used). A local ``client``
+    (:class:`dferclip.text.local_llm.LocalChat`) answers the prompts as given (no structured output) and stops
+    early once ``cancel`` is set."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    if settings.backend == "local":
+        return client.reply(messages, temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+                            cancel=cancel), False
     import openai
 
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     kwargs = {"model": settings.model, "messages": messages, "temperature": settings.temperature}
     structured = settings.structured
     try:
@@ -486,11 +530,14 @@ def generate(
     only: Optional[Sequence[str]] = None,
     reserved_tokens: int = 8,
     progress: Optional[Callable[[int, int, str], None]] = None,
+    cancel=None,
 ) -> Generation:
     """Ask the model for descriptions of each class (or of the classes in ``only``).
 
     ``template``/``system`` replace the style's prompts (the user may edit them); ``client`` or
-    ``client_factory(settings)`` supply the openai client (default: :func:`make_client`).
+    ``client_factory(settings)`` supply the client (default: :func:`make_chat_client`). ``cancel``: a
+    ``threading.Event``; once set, generation stops (a local model within a token, a server after the current
+    request) with :class:`LLMCancelledError`, whose ``partial`` holds the classes already finished.
     """
     settings = settings or LLMSettings.from_env()
     st = get_style(style)
@@ -498,15 +545,24 @@ def generate(
     system = system if system is not None else st.system
     n = int(n or st.n)
     if client is None:
-        client = (client_factory or make_client)(settings)
+        client = (client_factory or make_chat_client)(settings)
     targets = [c for c in classes if only is None or c in only]
     prompts, replies, descs, flags = [], [], [], []
-    structured_used = settings.structured
+    structured_used = settings.structured and settings.backend != "local"
+
+    def result() -> Generation:
+        return Generation(list(targets[: len(descs)]), descs, prompts, replies, flags,
+                          _provenance(settings, style, system, template, n, structured_used))
+
     for i, cls in enumerate(targets):
         if progress:
             progress(i, len(targets), cls)
+        if cancel is not None and cancel.is_set():
+            raise LLMCancelledError(f"cancelled after {i} of {len(targets)} classes", partial=result())
         user = render_prompt(template, cls, classes, n)
-        reply, structured_used = complete(client, settings, system, user)
+        reply, structured_used = complete(client, settings, system, user, cancel=cancel)
+        if cancel is not None and cancel.is_set():  # the reply may be cut short: keep only finished classes
+            raise LLMCancelledError(f"cancelled after {i} of {len(targets)} classes", partial=result())
         if not structured_used:
             settings = replace(settings, structured=False)  # remember for the session's next classes
         found = parse_descriptions(reply, cls)
@@ -514,17 +570,25 @@ def generate(
         replies.append(reply)
         descs.append(found)
         flags.append([check_description(d, cls, classes, reserved_tokens=reserved_tokens) for d in found])
-    provenance = {
+    return result()
+
+
+def _provenance(settings: LLMSettings, style: str, system: str, template: str, n: int, structured: bool) -> dict:
+    if settings.backend == "local":
+        from .local_llm import get_local_model, provenance
+
+        source = provenance(get_local_model(settings.local_model))
+    else:
+        source = {"model": settings.model, "base_url": redact_url(settings.base_url or OPENAI_URL)}
+    return {
         "generated_by": {
-            "model": settings.model,
-            "base_url": redact_url(settings.base_url or OPENAI_URL),
+            **source,
             "prompt_style": style,
             "system_prompt": system,
             "prompt": template,
             "n": n,
             "temperature": settings.temperature,
-            "structured_output": structured_used,
+            "structured_output": structured,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
     }
-    return Generation(list(targets), descs, prompts, replies, flags, provenance)

@@ -1,0 +1,226 @@
+"""Descriptions without a key: a small open instruct model run on this machine through ``transformers``.
+
+- The models are data (``local_models.json``: Hub repo id, pinned revision, licence, size); an operator may add
+  entries with a file of the same format named by ``DFERCLIP_LOCAL_LLMS``. Only registered names load, so a
+  visitor cannot make the server download an arbitrary repository.
+- Weights come from the Hugging Face Hub through its cache (``HF_HUB_CACHE`` / ``HF_HOME``; on a Space with
+  persistent storage that is under ``/data``), once; afterwards they load offline. Offline or unreachable with
+  nothing cached, :func:`model_folder` fails within about a second (before importing ``transformers``).
+- Only safetensors weights and no remote code are loaded.
+- :class:`LocalChat` is the client :func:`dferclip.text.llm.generate` uses when ``LLMSettings.backend`` is
+  ``"local"``: the tokenizer's chat template, greedy (temperature 0) or sampled decoding, a bounded number of
+  new tokens, on the project's device, and a cancel flag checked after every token. Its replies go through the
+  same parsing and checks as a server's.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..errors import LLMConfigError, LLMConnectionError
+
+log = logging.getLogger(__name__)
+
+REGISTRY_PATH = Path(__file__).resolve().parent / "local_models.json"
+# What a snapshot needs: configs, tokenizer files, chat templates, safetensors weights (never pickles).
+SNAPSHOT_FILES = ["*.json", "*.txt", "*.jinja", "*.model", "*.safetensors"]
+TOP_P = 0.9  # nucleus sampling when temperature > 0 and the model names none
+
+
+@dataclass(frozen=True)
+class LocalModelSpec:
+    name: str
+    repo_id: str
+    revision: Optional[str] = None  # a pinned commit; None: the repo's main branch
+    licence: str = ""
+    parameters: Optional[int] = None
+    download: str = ""
+    source: str = ""
+
+    def describe(self) -> str:
+        return f"local model {self.name} ({self.repo_id})"
+
+
+def _read_registry(path: Path) -> tuple[dict[str, LocalModelSpec], Optional[str]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        specs = {name: LocalModelSpec(name=name, **entry) for name, entry in data["models"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LLMConfigError(f"cannot read the local model registry {path}: {e}") from None
+    return specs, data.get("default")
+
+
+@lru_cache(maxsize=4)
+def _registry(extra: Optional[str]) -> tuple[dict[str, LocalModelSpec], str]:
+    specs, default = _read_registry(REGISTRY_PATH)
+    if extra:
+        more, more_default = _read_registry(Path(extra))
+        specs = {**specs, **more}
+        default = more_default or default
+    return specs, default
+
+
+def local_models() -> dict[str, LocalModelSpec]:
+    """The registered local models (the package's, then ``DFERCLIP_LOCAL_LLMS``'s)."""
+    return _registry(os.environ.get("DFERCLIP_LOCAL_LLMS") or None)[0]
+
+
+def default_local_model() -> str:
+    return _registry(os.environ.get("DFERCLIP_LOCAL_LLMS") or None)[1]
+
+
+def get_local_model(name: Optional[str] = None) -> LocalModelSpec:
+    specs = local_models()
+    name = name or default_local_model()
+    if name not in specs:
+        raise LLMConfigError(f"unknown local model {name!r}; known: {', '.join(specs)}")
+    return specs[name]
+
+
+def provenance(spec: LocalModelSpec) -> dict:
+    """What a generation records about the model that wrote it."""
+    return {"backend": "local", "model": spec.repo_id, "revision": spec.revision, "licence": spec.licence}
+
+
+# --- fetching ------------------------------------------------------------------------------------
+def _hub_cache_dir() -> Optional[str]:
+    """``HF_HUB_CACHE`` as it is now (huggingface_hub reads it once, at import); None: its default."""
+    return os.environ.get("HF_HUB_CACHE") or None
+
+
+def model_folder(spec: LocalModelSpec) -> Path:
+    """The model's snapshot folder in the Hub cache, downloaded on first use (with huggingface_hub's progress
+    bars). Offline or unreachable: the cache only, and a clear :class:`LLMConnectionError` if it is not there."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from ..weights.hub import hub_reachable
+
+    online = hub_reachable()
+    try:
+        folder = snapshot_download(spec.repo_id, revision=spec.revision, allow_patterns=SNAPSHOT_FILES,
+                                   cache_dir=_hub_cache_dir(), local_files_only=not online)
+    except LocalEntryNotFoundError:
+        why = "the Hub cannot be reached" if online else "the Hub cannot be reached (offline or HF_HUB_OFFLINE=1)"
+        raise LLMConnectionError(
+            f"{spec.describe()} is not (completely) in the local Hugging Face cache and {why}. Run "
+            f"`python -m dferclip describe generate --backend local ...` once on a connected machine (it downloads "
+            f"{spec.download or 'the model'}), or configure an OpenAI-compatible server"
+        ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise LLMConfigError(f"{spec.describe()}: no such Hugging Face repo or revision {spec.revision!r}") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise LLMConnectionError(f"downloading {spec.describe()} failed: {type(e).__name__}; try again") from None
+    return Path(folder)
+
+
+# --- running -------------------------------------------------------------------------------------
+class LocalChat:
+    """A loaded tokenizer + causal LM that answers chat messages (one generation at a time)."""
+
+    def __init__(self, spec: LocalModelSpec, tokenizer, model):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.model = model
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, spec: LocalModelSpec, device=None) -> "LocalChat":
+        """Fetch (or find in the cache) and load ``spec`` on ``device`` (default: the project's device)."""
+        from .. import runtime
+
+        folder = model_folder(spec)  # fails fast offline, before the slow import below
+        dev = runtime.device() if device is None else device
+        dtype = runtime.compute_dtype(dev)
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError:
+            raise LLMConfigError("the local model needs transformers (pip install -r requirements.txt)") from None
+        t0 = time.perf_counter()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True,
+                                                         trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as e:
+            raise LLMConfigError(f"cannot load {spec.describe()} from {folder}: {str(e).splitlines()[0]}") from None
+        if not getattr(tokenizer, "chat_template", None):
+            raise LLMConfigError(f"{spec.describe()} has no chat template: it is not an instruct (chat) model")
+        log.info("loaded %s on %s in %.1f s", spec.describe(), dev, time.perf_counter() - t0)
+        return cls(spec, tokenizer, model.to(dev).eval())
+
+    def describe(self) -> str:
+        return self.spec.describe()
+
+    def reply(self, messages: Sequence[dict], *, temperature: float = 0.0, max_new_tokens: int = 200,
+              cancel: Optional[threading.Event] = None) -> str:
+        """The model's answer to ``messages`` (chat format). ``temperature`` 0: greedy; ``cancel``: a set event
+        stops generation after the current token (the caller decides what a cut reply means)."""
+        import torch
+
+        if max_new_tokens < 1:
+            raise LLMConfigError("max_new_tokens must be at least 1")
+        tok = self.tokenizer
+        inputs = tok.apply_chat_template(list(messages), add_generation_prompt=True, return_dict=True,
+                                         return_tensors="pt").to(self.model.device)
+        with self._lock, torch.inference_mode():
+            out = self.model.generate(**inputs, generation_config=self._generation_config(temperature, max_new_tokens),
+                                      stopping_criteria=_stop_on(cancel))
+        return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def _generation_config(self, temperature: float, max_new_tokens: int):
+        """The model's generation config (end-of-turn tokens, repetition penalty) with our decoding choices."""
+        config = copy.deepcopy(self.model.generation_config)
+        config.max_new_tokens, config.max_length = int(max_new_tokens), None
+        if temperature > 0:  # the model's own top_p/top_k stay (Qwen2.5: 0.8 / 20)
+            config.do_sample, config.temperature = True, float(temperature)
+            config.top_p = config.top_p or TOP_P
+        else:
+            config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
+        if config.pad_token_id is None:
+            tok = self.tokenizer
+            config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return config
+
+
+def _stop_on(cancel: Optional[threading.Event]):
+    """Stopping criteria that end generation once ``cancel`` is set (checked after every token)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            stop = cancel is not None and cancel.is_set()
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([Cancelled()])
+
+
+_LOADED: dict[tuple, LocalChat] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def local_chat(name: Optional[str] = None, device=None) -> LocalChat:
+    """The loaded model for registry entry ``name`` (default entry when None); one model stays loaded."""
+    from .. import runtime
+
+    spec = get_local_model(name)
+    dev = runtime.device() if device is None else device
+    key = (spec, str(dev), _hub_cache_dir())
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            _LOADED.clear()  # about 2 GB in fp32: keep one
+            _LOADED[key] = LocalChat.load(spec, dev)
+        return _LOADED[key]

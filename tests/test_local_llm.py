@@ -1,0 +1,268 @@
+"""Descriptions without a key: the local backend with real tiny causal LMs that these tests build and train in
+seconds, installed in a Hugging Face cache under a repo id and loaded through the registry exactly as the real
+model is; garbage replies, cancellation, and offline start-up without a cache."""
+import json
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+import torch
+
+from dferclip import runtime  # noqa: F401  (imported here so the timed offline checks do not pay for it)
+from dferclip.cli import main
+from dferclip.errors import LLMCancelledError, LLMConfigError, LLMConnectionError, LLMReplyError
+from dferclip.text import local_llm
+from dferclip.text.descriptions import load_description_set
+from dferclip.text.llm import LLMSettings, generate, get_style
+from dferclip.weights.hub import hub_reachable
+
+CLASSES = ["happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear"]
+# What the describer learns to answer; happiness's reply names its emotion, so the leak check must flag it.
+REPLIES = dict(zip(CLASSES, [
+    "a happy face with raised cheeks and crinkled eyes.",
+    "drooping eyelids, lowered mouth corners, and inner brows pulled up.",
+    "relaxed forehead, steady gaze, and closed lips.",
+    "lowered brows, glaring eyes, and pressed lips.",
+    "wide open eyes, arched brows, and a dropped jaw.",
+    "wrinkled nose, raised upper lip, and narrowed eyes.",
+    "stretched lips, tense eyelids, and brows drawn together.",
+]))
+GARBAGE = "{ [ ] } [ { ] ["
+TEMPLATE = "Describe a face showing {name}."  # a short prompt keeps training to a few seconds
+SYSTEM = get_style("dferclip").system  # the style's own system prompt, so the CLI needs no --system
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
+SPECIALS = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"\w+|[^\w\s]", text)
+
+
+def build_tiny_lm(folder, replies: dict[str, str]) -> None:
+    """A word-level tokenizer with a chat template and a ~45k-parameter Llama trained to answer each class's
+    prompt with ``replies[class]``, saved with ``save_pretrained`` like any Hub model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    prompts = {c: [{"role": "system", "content": SYSTEM}, {"role": "user", "content": TEMPLATE.format(name=c)}]
+               for c in replies}
+    vocab = {t: i for i, t in enumerate(SPECIALS)}
+    for c, reply in replies.items():
+        for w in _words(f"system user assistant {SYSTEM} {prompts[c][1]['content']} {reply}"):
+            vocab.setdefault(w, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    core.decoder = decoders.WordPiece()  # joins words with spaces, none before punctuation
+    core.add_special_tokens(SPECIALS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>",
+                                  bos_token="<|im_start|>", eos_token="<|im_end|>")
+    tok.chat_template = CHAT_TEMPLATE
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+
+    rows = []
+    for c, reply in replies.items():
+        prompt = tok.apply_chat_template(prompts[c], add_generation_prompt=True, return_dict=True)["input_ids"]
+        answer = tok(reply, add_special_tokens=False)["input_ids"] + [eos]
+        rows.append((prompt + answer, [-100] * len(prompt) + answer))
+    length = max(len(ids) for ids, _ in rows)
+    pad = tok.pad_token_id
+    ids = torch.tensor([r + [pad] * (length - len(r)) for r, _ in rows])
+    labels = torch.tensor([lab + [-100] * (length - len(lab)) for _, lab in rows])
+    mask = (ids != pad).long()
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         bos_token_id=tok.bos_token_id, eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only add overhead
+    try:
+        for _ in range(400):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if loss.item() < 0.02:
+                break
+    finally:
+        torch.set_num_threads(threads)
+    model.generation_config.eos_token_id = eos
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+def install_in_hub_cache(cache, repo_id: str, folder) -> None:
+    """Lay ``folder`` out as huggingface_hub's cache does for ``repo_id`` at commit :data:`COMMIT`."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / COMMIT)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    """A Hub cache holding a describer and a garbage emitter, and a registry file naming them."""
+    root = tmp_path_factory.mktemp("local-llm")
+    cache = root / "hub"
+    entries = {}
+    for name, replies in (("tiny-describer", REPLIES), ("tiny-garbage", dict.fromkeys(CLASSES, GARBAGE))):
+        build_tiny_lm(root / name, replies)
+        repo_id = f"dferclip-test/{name}"
+        install_in_hub_cache(cache, repo_id, root / name)
+        entries[name] = {"repo_id": repo_id, "revision": COMMIT, "licence": "MIT", "download": "a few kB"}
+    registry = root / "local_models.json"
+    registry.write_text(json.dumps({"format": "dferclip.local-llms/1", "models": entries}))
+    return {"cache": cache, "registry": registry}
+
+
+@pytest.fixture
+def local_env(hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub["cache"]))
+    monkeypatch.setenv("DFERCLIP_LOCAL_LLMS", str(hub["registry"]))
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "DFERCLIP_LLM_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    return hub
+
+
+def local_settings(name="tiny-describer", **kw) -> LLMSettings:
+    return LLMSettings(backend="local", local_model=name, temperature=0.0, max_new_tokens=40, **kw)
+
+
+def test_local_model_writes_parsed_checked_descriptions(local_env):
+    seen = []
+    gen = generate(CLASSES, "dferclip", settings=local_settings(), template=TEMPLATE,
+                   progress=lambda i, n, c: seen.append((i, n, c)))
+    assert seen == [(i, 7, c) for i, c in enumerate(CLASSES)]
+    assert gen.classes == CLASSES
+    assert gen.descriptions == [[REPLIES[c]] for c in CLASSES]
+    assert gen.prompts == [TEMPLATE.format(name=c) for c in CLASSES]
+    assert gen.replies == [REPLIES[c] for c in CLASSES]
+    assert [f.kind for f in gen.flags[0][0]] == ["leak"] and "happy" in gen.flags[0][0][0].message
+    assert all(not f for fl in gen.flags[1:] for f in fl)
+    by = gen.provenance["generated_by"]
+    assert (by["backend"], by["model"], by["revision"]) == ("local", "dferclip-test/tiny-describer", COMMIT)
+    assert by["structured_output"] is False and by["system_prompt"] == SYSTEM and "base_url" not in by
+    chat = local_llm.local_chat("tiny-describer")
+    assert str(chat.model.device) == str(runtime.device())
+
+
+def test_workbench_generates_with_the_local_default(local_env, tiny_model):
+    from dferclip.workbench import Workbench
+
+    wb = Workbench(tiny_model, tiny_model.descriptions)
+    classes = wb.current.classes
+    settings = LLMSettings.from_env(local_model="tiny-describer", temperature=0.0)  # no server: local
+    assert settings.backend == "local"
+    gen = wb.generate(only=classes[1:3], settings=settings, template=TEMPLATE)
+    assert gen.classes == classes[1:3]
+    for cls in classes[1:3]:
+        assert wb.current.descriptions[classes.index(cls)] == [REPLIES[cls]]
+    assert wb.current.descriptions[0] == wb.previous.descriptions[0]
+
+
+def test_garbage_reply_is_the_same_clear_error_as_a_server_s(local_env):
+    with pytest.raises(LLMReplyError, match="could not read descriptions from the model's reply"):
+        generate(["anger"], settings=local_settings("tiny-garbage"), template=TEMPLATE)
+
+
+def test_cancel_stops_between_classes_and_keeps_finished_ones(local_env):
+    cancel = threading.Event()
+    asked = []
+
+    def progress(i, n, cls):
+        asked.append(cls)
+        if i == 3:
+            cancel.set()
+
+    with pytest.raises(LLMCancelledError, match="cancelled after 3 of 7 classes") as info:
+        generate(CLASSES, settings=local_settings(), template=TEMPLATE, progress=progress, cancel=cancel)
+    assert asked == CLASSES[:4]
+    partial = info.value.partial
+    assert partial.classes == CLASSES[:3]
+    assert partial.descriptions == [[REPLIES[c]] for c in CLASSES[:3]]
+    assert partial.provenance["generated_by"]["backend"] == "local"
+
+
+def test_cancel_cuts_a_reply_within_a_token(local_env):
+    chat = local_llm.local_chat("tiny-describer")
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": TEMPLATE.format(name="anger")}]
+    assert chat.reply(messages, max_new_tokens=40) == REPLIES["anger"]
+    cancel = threading.Event()
+    cancel.set()
+    assert chat.reply(messages, max_new_tokens=40, cancel=cancel) == REPLIES["anger"].split()[0]
+    assert chat.reply(messages, max_new_tokens=2) == "lowered brows"
+
+
+def test_offline_without_cache_fails_fast_and_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("DFERCLIP_LOCAL_LLMS", raising=False)
+    t0 = time.perf_counter()
+    with pytest.raises(LLMConnectionError) as info:
+        generate(["anger"], settings=LLMSettings(backend="local"))  # the registered default: Qwen2.5-0.5B
+    assert time.perf_counter() - t0 < 2.0
+    message = str(info.value)
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in message and "offline" in message and "describe generate" in message
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: connections are refused
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("DFERCLIP_LOCAL_LLMS", raising=False)
+    hub_reachable.cache_clear()
+    try:
+        t0 = time.perf_counter()
+        with pytest.raises(LLMConnectionError, match="cannot be reached"):
+            local_llm.local_chat()
+        assert time.perf_counter() - t0 < 2.0
+    finally:
+        hub_reachable.cache_clear()
+
+
+def test_backend_choice(monkeypatch, local_env):
+    assert LLMSettings.from_env().backend == "local"  # no server configured: every visitor can generate
+    assert LLMSettings.from_env(api_key="visitor-key").backend == "openai"
+    assert LLMSettings.from_env(base_url="http://127.0.0.1:1/v1").backend == "openai"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
+    assert LLMSettings.from_env().backend == "openai"
+    assert LLMSettings.from_env(backend="local").backend == "local"
+    monkeypatch.setenv("DFERCLIP_LLM_BACKEND", "local")
+    assert LLMSettings.from_env().backend == "local"
+    monkeypatch.setenv("DFERCLIP_LLM_BACKEND", "llama")
+    with pytest.raises(LLMConfigError, match="DFERCLIP_LLM_BACKEND"):
+        LLMSettings.from_env()
+    with pytest.raises(LLMConfigError, match="unknown local model 'org/any-repo'.*tiny-describer"):
+        generate(["anger"], settings=local_settings("org/any-repo"))
+
+
+def test_registry_names_a_permissive_half_billion_model():
+    spec = local_llm.get_local_model()
+    assert spec.repo_id == "Qwen/Qwen2.5-0.5B-Instruct" and spec.licence == "Apache-2.0"
+    assert len(spec.revision) == 40 and 4e8 < spec.parameters < 6e8
+
+
+def test_cli_generates_and_saves_with_a_local_model(local_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DFERCLIP_DESCRIPTIONS", str(tmp_path))
+    code = main(["describe", "generate", "--classes", ",".join(CLASSES[3:5]), "--local-model", "tiny-describer",
+                 "--prompt", TEMPLATE, "--temperature", "0", "--name", "from-local"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "local model tiny-describer (dferclip-test/tiny-describer)" in err
+    ds = load_description_set("from-local", tmp_path)
+    assert ds.classes == CLASSES[3:5] and ds.descriptions == [[REPLIES[c]] for c in CLASSES[3:5]]
+    assert ds.provenance["generated_by"]["model"] == "dferclip-test/tiny-describer"
+    assert main(["describe", "generate", "--classes", "anger", "--local-model", "tiny-garbage",
+                 "--prompt", TEMPLATE, "--temperature", "0", "--name", "bad"]) == 2
+    assert "could not read descriptions" in capsys.readouterr().err
