@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -176,23 +175,21 @@ class LocalChat:
         inputs = tok.apply_chat_template(list(messages), add_generation_prompt=True, return_dict=True,
                                          return_tensors="pt").to(self.model.device)
         with self._lock, torch.inference_mode():
-            out = self.model.generate(**inputs, generation_config=self._generation_config(temperature, max_new_tokens),
+            out = self.model.generate(**inputs, **self.decoding(temperature, max_new_tokens),
                                       stopping_criteria=_stop_on(cancel))
         return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
-    def _generation_config(self, temperature: float, max_new_tokens: int):
-        """The model's generation config (end-of-turn tokens, repetition penalty) with our decoding choices."""
-        config = copy.deepcopy(self.model.generation_config)
-        config.max_new_tokens, config.max_length = int(max_new_tokens), None
-        if temperature > 0:  # the model's own top_p/top_k stay (Qwen2.5: 0.8 / 20)
-            config.do_sample, config.temperature = True, float(temperature)
-            config.top_p = config.top_p or TOP_P
-        else:
-            config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
-        if config.pad_token_id is None:
+    def decoding(self, temperature: float, max_new_tokens: int) -> dict:
+        """``generate`` arguments on top of the model's own generation config (end-of-turn tokens, repetition
+        penalty, top-k/top-p): greedy at temperature 0, else sampling at ``temperature``."""
+        own = self.model.generation_config
+        kwargs = {"max_new_tokens": int(max_new_tokens), "do_sample": temperature > 0}
+        if temperature > 0:
+            kwargs.update(temperature=float(temperature), top_p=own.top_p or TOP_P)
+        if own.pad_token_id is None:
             tok = self.tokenizer
-            config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        return config
+            kwargs["pad_token_id"] = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return kwargs
 
 
 def _stop_on(cancel: Optional[threading.Event]):
