@@ -1,11 +1,19 @@
 """Descriptions without a key: the local backend with real tiny causal LMs that these tests build and train in
 seconds, installed in a Hugging Face cache under a repo id and loaded through the registry exactly as the real
-model is; garbage replies, cancellation, and offline start-up without a cache."""
+model is; the first-use download from a Hub served on 127.0.0.1, garbage replies, cancellation, and offline
+start-up without a cache."""
+import hashlib
 import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 import torch
@@ -107,6 +115,60 @@ def install_in_hub_cache(cache, repo_id: str, folder) -> None:
     (repo / "refs" / "main").write_text(COMMIT)
 
 
+class FakeHub:
+    """The part of the Hugging Face Hub API that ``snapshot_download`` uses, for model repos given as folders:
+    the recursive tree listing and ``resolve`` (HEAD with the commit, ETag and size headers, then GET)."""
+
+    def __init__(self, repos: dict):
+        self.repos = repos  # repo id -> folder
+        self.requests = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_HEAD(self):
+                self.answer(body=False)
+
+            def do_GET(self):
+                self.answer(body=True)
+
+            def answer(self, body: bool):
+                path = unquote(urlparse(self.path).path)
+                outer.requests.append((self.command, path))
+                data, headers = outer.route(path)
+                self.send_response(200 if data is not None else 404)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data or b"")))
+                self.end_headers()
+                if body and data:
+                    self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def route(self, path: str):
+        for repo_id, folder in self.repos.items():
+            tree = f"/api/models/{repo_id}/tree/{COMMIT}"
+            resolve = f"/{repo_id}/resolve/{COMMIT}/"
+            if path == tree:
+                files = [{"type": "file", "path": p.name, "size": p.stat().st_size,
+                          "oid": hashlib.sha1(p.read_bytes()).hexdigest()} for p in sorted(folder.iterdir())]
+                return json.dumps(files).encode(), {"Content-Type": "application/json"}
+            if path.startswith(resolve) and (folder / path[len(resolve):]).is_file():
+                data = (folder / path[len(resolve):]).read_bytes()
+                return data, {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(data).hexdigest()}"'}
+        return None, {"X-Error-Code": "EntryNotFound"}
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """A Hub cache holding a describer and a garbage emitter, and a registry file naming them."""
@@ -120,7 +182,7 @@ def hub(tmp_path_factory):
         entries[name] = {"repo_id": repo_id, "revision": COMMIT, "licence": "MIT", "download": "a few kB"}
     registry = root / "local_models.json"
     registry.write_text(json.dumps({"format": "dferclip.local-llms/1", "models": entries}))
-    return {"cache": cache, "registry": registry}
+    return {"cache": cache, "registry": registry, "folders": {f"dferclip-test/{n}": root / n for n in entries}}
 
 
 @pytest.fixture
@@ -266,3 +328,35 @@ def test_cli_generates_and_saves_with_a_local_model(local_env, tmp_path, monkeyp
     assert main(["describe", "generate", "--classes", "anger", "--local-model", "tiny-garbage",
                  "--prompt", TEMPLATE, "--temperature", "0", "--name", "bad"]) == 2
     assert "could not read descriptions" in capsys.readouterr().err
+
+
+def test_first_use_downloads_from_the_hub_then_works_offline(local_env, tmp_path, monkeypatch):
+    """The real first run, in a fresh process (huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE at import):
+    the snapshot comes from a Hub on 127.0.0.1 into an empty cache, without pickled weights; later runs are
+    offline from that cache."""
+    folder = local_env["folders"]["dferclip-test/tiny-describer"]
+    shutil.copy(folder / "model.safetensors", folder / "pytorch_model.bin")  # a repo may also hold pickles
+    server = FakeHub({"dferclip-test/tiny-describer": folder})
+    cache = tmp_path / "hub"
+    env = dict(os.environ, HF_HUB_OFFLINE="0", HF_ENDPOINT=server.url, HF_HUB_CACHE=str(cache),
+               DFERCLIP_LOCAL_LLMS=str(local_env["registry"]), DFERCLIP_DESCRIPTIONS=str(tmp_path / "sets"),
+               HF_HUB_DISABLE_XET="1", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    try:
+        run = subprocess.run([sys.executable, "-m", "dferclip", "describe", "generate", "--classes", "fear",
+                              "--local-model", "tiny-describer", "--prompt", TEMPLATE, "--temperature", "0",
+                              "--name", "downloaded"], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        server.close()
+        (folder / "pytorch_model.bin").unlink()
+    assert run.returncode == 0, run.stderr
+    assert "fear: " + REPLIES["fear"] in run.stdout
+    fetched = {p.rsplit("/", 1)[-1] for m, p in server.requests if m == "GET" and "/resolve/" in p}
+    assert "model.safetensors" in fetched and "tokenizer.json" in fetched and "config.json" in fetched
+    assert "pytorch_model.bin" not in fetched
+    snapshot = cache / "models--dferclip-test--tiny-describer" / "snapshots" / COMMIT
+    assert (snapshot / "model.safetensors").is_file() and not (snapshot / "pytorch_model.bin").exists()
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))  # this process is offline (HF_HUB_OFFLINE=1): cache only
+    local_llm._LOADED.clear()
+    gen = generate(["fear"], settings=local_settings(), template=TEMPLATE)
+    assert gen.descriptions == [[REPLIES["fear"]]]
