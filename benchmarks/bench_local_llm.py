@@ -10,8 +10,8 @@ with random weights; time per token does not depend on the weight values. What i
   CLIP's BPE (a stand-in for Qwen's tokenizer, about as fine-grained on English) plus the chat template's
   tokens; random token ids of that length are fed;
 - reply lengths: a random model never stops, so each reply is forced to the length of the official
-  DFER-CLIP description of that class (+1 for the end-of-turn token). The worst case, a reply cut at
-  ``LLMSettings.max_new_tokens``, is estimated from the prefill time and the time per generated token.
+  DFER-CLIP description of that class (+1 for the end-of-turn token). The worst case, a reply cut at its token
+  budget (:func:`reply_budget`), is estimated from the prefill time and the time per generated token.
 
 Decoding uses :meth:`LocalChat.decoding` on top of the model's own generation config (repetition penalty,
 top-k/top-p) at the default temperature 0.7, i.e. the arguments ``generate`` uses. Wall time and this process's
@@ -37,7 +37,7 @@ from benchmarks.common import machine, write_json  # noqa: E402
 from dferclip import runtime  # noqa: E402
 from dferclip.text.descriptions import official_descriptions  # noqa: E402
 from dferclip.text.llm import LLMSettings, get_style, render_prompt  # noqa: E402
-from dferclip.text.local_llm import LocalChat, get_local_model  # noqa: E402
+from dferclip.text.local_llm import LocalChat, get_local_model, reply_budget  # noqa: E402
 from dferclip.text.tokens import token_count  # noqa: E402
 
 # Qwen/Qwen2.5-0.5B-Instruct config.json and generation_config.json (the values that set the compute).
@@ -121,7 +121,8 @@ def main():
     total, total_cpu = sum(r["s"] for r in rows), sum(r["cpu_s"] for r in rows)
     tokens = sum(r["reply_tokens"] - 1 for r in rows)
     per_token = (total - len(rows) * prefill_wall) / tokens
-    bound = prefill_wall + (settings.max_new_tokens - 1) * per_token
+    budget = reply_budget(settings.max_new_tokens, get_style(args.style).n)
+    bound = prefill_wall + (budget - 1) * per_token
     load_s = time_load(dtype) if args.load else None
     load2 = os.getloadavg()[0]
 
@@ -134,15 +135,15 @@ def main():
         print(f"| {r['class']} | {r['prompt_tokens']} | {r['reply_tokens']} | {r['s']:.1f} | {r['cpu_s']:.1f} |")
     print(f"| **7 classes** | | {sum(r['reply_tokens'] for r in rows)} | **{total:.1f}** | {total_cpu:.1f} |")
     print(f"\nPrefill of a {work[0][1]}-token prompt: {prefill_wall:.1f} s wall ({prefill_cpu:.1f} s CPU); then "
-          f"{per_token:.2f} s per generated token. Worst case per class (reply cut at max_new_tokens="
-          f"{settings.max_new_tokens}): about {bound:.0f} s.")
+          f"{per_token:.2f} s per generated token. Worst case per class (reply cut at its budget of {budget} "
+          f"tokens): about {bound:.0f} s.")
     if load_s is not None:
         print(f"Loading the weights from a local snapshot (bf16 -> {runtime.dtype_name(dtype)}): {load_s:.1f} s")
     print(f"load average before/after: {load1:.2f} / {load2:.2f} on {os.cpu_count()} CPUs")
     write_json(args.json, {"machine": machine(), "model": spec.repo_id, "parameters": params, "device": str(dev),
                            "dtype": runtime.dtype_name(dtype), "style": args.style, "classes": rows,
                            "total_s": total, "total_cpu_s": total_cpu, "prefill_s": prefill_wall,
-                           "per_token_s": per_token, "max_new_tokens": settings.max_new_tokens, "bound_s": bound,
+                           "per_token_s": per_token, "reply_budget": budget, "bound_s": bound,
                            "load_s": load_s, "loadavg": [load1, load2]})
 
 

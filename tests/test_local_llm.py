@@ -195,7 +195,7 @@ def local_env(hub, monkeypatch):
 
 
 def local_settings(name="tiny-describer", **kw) -> LLMSettings:
-    return LLMSettings(backend="local", local_model=name, temperature=0.0, max_new_tokens=40, **kw)
+    return LLMSettings(**{"backend": "local", "local_model": name, "temperature": 0.0, "max_new_tokens": 40, **kw})
 
 
 def test_local_model_writes_parsed_checked_descriptions(local_env):
@@ -260,7 +260,22 @@ def test_cancel_cuts_a_reply_within_a_token(local_env):
     cancel = threading.Event()
     cancel.set()
     assert chat.reply(messages, max_new_tokens=40, cancel=cancel) == REPLIES["anger"].split()[0]
+    with chat._lock:  # another caller's generation holds the model: a cancelled caller stops waiting
+        assert chat.reply(messages, max_new_tokens=40, cancel=cancel) == ""
     assert chat.reply(messages, max_new_tokens=2) == "lowered brows"
+
+
+def test_a_reply_that_never_ends_is_cut_at_its_budget(local_env):
+    chat = local_llm.local_chat("tiny-describer")
+    eos = chat.model.generation_config.eos_token_id
+    chat.model.generation_config.eos_token_id = None  # it now talks on after its answer
+    try:
+        gen = generate(["anger"], settings=local_settings(max_new_tokens=500), template=TEMPLATE, n=1)
+    finally:
+        chat.model.generation_config.eos_token_id = eos
+    words = gen.replies[0].replace(",", " ,").replace(".", " .").split()
+    assert gen.replies[0].startswith(REPLIES["anger"])
+    assert len(REPLIES["anger"].split()) + 10 < len(words) <= local_llm.reply_budget(500, 1) == 64
 
 
 def test_offline_without_cache_fails_fast_and_clearly(tmp_path, monkeypatch):

@@ -544,6 +544,10 @@ def generate(
     template = template if template is not None else st.user
     system = system if system is not None else st.system
     n = int(n or st.n)
+    if settings.backend == "local":
+        from .local_llm import reply_budget
+
+        settings = replace(settings, max_new_tokens=reply_budget(settings.max_new_tokens, n))
     if client is None:
         client = (client_factory or make_chat_client)(settings)
     targets = [c for c in classes if only is None or c in only]

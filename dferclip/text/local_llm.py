@@ -32,6 +32,9 @@ REGISTRY_PATH = Path(__file__).resolve().parent / "local_models.json"
 # What a snapshot needs: configs, tokenizer files, chat templates, safetensors weights (never pickles).
 SNAPSHOT_FILES = ["*.json", "*.txt", "*.jinja", "*.model", "*.safetensors"]
 TOP_P = 0.9  # nucleus sampling when temperature > 0 and the model names none
+# A reply's token budget per description asked for (official DFER-CLIP descriptions take 15-25 tokens; CLIP reads
+# at most 77), plus room for a list's framing: bounds the cost of a model that does not stop.
+TOKENS_PER_DESCRIPTION, TOKENS_FRAMING = 48, 16
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,11 @@ def get_local_model(name: Optional[str] = None) -> LocalModelSpec:
     if name not in specs:
         raise LLMConfigError(f"unknown local model {name!r}; known: {', '.join(specs)}")
     return specs[name]
+
+
+def reply_budget(max_new_tokens: int, n: int) -> int:
+    """The most new tokens for a reply with ``n`` descriptions (never more than ``max_new_tokens``)."""
+    return max(1, min(int(max_new_tokens), TOKENS_PER_DESCRIPTION * max(1, n) + TOKENS_FRAMING))
 
 
 def provenance(spec: LocalModelSpec) -> dict:
@@ -150,7 +158,7 @@ class LocalChat:
             raise LLMConfigError("the local model needs transformers (pip install -r requirements.txt)") from None
         t0 = time.perf_counter()
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True,
                                                          trust_remote_code=False)
         except (OSError, ValueError, KeyError) as e:
@@ -166,7 +174,8 @@ class LocalChat:
     def reply(self, messages: Sequence[dict], *, temperature: float = 0.0, max_new_tokens: int = 200,
               cancel: Optional[threading.Event] = None) -> str:
         """The model's answer to ``messages`` (chat format). ``temperature`` 0: greedy; ``cancel``: a set event
-        stops generation after the current token (the caller decides what a cut reply means)."""
+        stops generation after the current token, or the wait for another caller's generation (the caller
+        decides what a cut reply means)."""
         import torch
 
         if max_new_tokens < 1:
@@ -174,9 +183,15 @@ class LocalChat:
         tok = self.tokenizer
         inputs = tok.apply_chat_template(list(messages), add_generation_prompt=True, return_dict=True,
                                          return_tensors="pt").to(self.model.device)
-        with self._lock, torch.inference_mode():
-            out = self.model.generate(**inputs, **self.decoding(temperature, max_new_tokens),
-                                      stopping_criteria=_stop_on(cancel))
+        while not self._lock.acquire(timeout=0.1):  # one generation at a time: they share the CPU cores
+            if cancel is not None and cancel.is_set():
+                return ""
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(**inputs, **self.decoding(temperature, max_new_tokens),
+                                          stopping_criteria=_stop_on(cancel))
+        finally:
+            self._lock.release()
         return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def decoding(self, temperature: float, max_new_tokens: int) -> dict:
