@@ -29,6 +29,8 @@ BENCHES = {  # name: (title, script, extra arguments; {json} is replaced by a re
                         ["--model", "random:fineclipper-vit-b-16", "--repeats", "2", "--no-precision",
                          "--json", "{json}"]),
     "load": ("Public app under load: 16 concurrent visitors (issue 11)", "bench_load.py", ["--json", "{json}"]),
+    "local-llm": ("Local description model, Qwen2.5-0.5B-Instruct shape (issue 12)", "bench_local_llm.py",
+                  ["--load", "--json", "{json}"]),
 }
 
 
