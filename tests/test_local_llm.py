@@ -23,7 +23,7 @@ from dferclip.cli import main
 from dferclip.errors import LLMCancelledError, LLMConfigError, LLMConnectionError, LLMReplyError
 from dferclip.text import local_llm
 from dferclip.text.descriptions import load_description_set
-from dferclip.text.llm import LLMSettings, generate, get_style
+from dferclip.text.llm import LLMSettings, generate, get_style, visitor_settings
 from dferclip.weights.hub import hub_reachable
 
 CLASSES = ["happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear"]
@@ -312,6 +312,8 @@ def test_backend_choice(monkeypatch, local_env):
     assert LLMSettings.from_env().backend == "local"  # no server configured: every visitor can generate
     assert LLMSettings.from_env(api_key="visitor-key").backend == "openai"
     assert LLMSettings.from_env(base_url="http://127.0.0.1:1/v1").backend == "openai"
+    assert visitor_settings().backend == "local"  # an app visitor who types nothing
+    assert visitor_settings("m", "http://127.0.0.1:1/v1", "visitor-key").backend == "openai"
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
     assert LLMSettings.from_env().backend == "openai"
     assert LLMSettings.from_env(backend="local").backend == "local"
