@@ -19,10 +19,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from ..errors import LLMConfigError, LLMConnectionError
 
@@ -145,7 +146,7 @@ class LocalChat:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, spec: LocalModelSpec, device=None) -> "LocalChat":
+    def load(cls, spec: LocalModelSpec, device=None) -> LocalChat:
         """Fetch (or find in the cache) and load ``spec`` on ``device`` (default: the project's device)."""
         from .. import runtime
 
