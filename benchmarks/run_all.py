@@ -29,6 +29,8 @@ BENCHES = {  # name: (title, script, extra arguments; {json} is replaced by a re
                         ["--model", "random:fineclipper-vit-b-16", "--repeats", "2", "--no-precision",
                          "--json", "{json}"]),
     "load": ("Public app under load: 16 concurrent visitors (issue 11)", "bench_load.py", ["--json", "{json}"]),
+    "explain": ("Explanations: relevancy maps + frame importance vs a forward pass (issue 14)", "bench_explain.py",
+                ["--json", "{json}"]),
 }
 
 
