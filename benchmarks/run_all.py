@@ -31,6 +31,8 @@ BENCHES = {  # name: (title, script, extra arguments; {json} is replaced by a re
     "load": ("Public app under load: 16 concurrent visitors (issue 11)", "bench_load.py", ["--json", "{json}"]),
     "local-llm": ("Local description model, Qwen2.5-0.5B-Instruct shape (issue 12)", "bench_local_llm.py",
                   ["--load", "--json", "{json}"]),
+    "explain": ("Explanations: relevancy maps + frame importance vs a forward pass (issue 14)", "bench_explain.py",
+                ["--json", "{json}"]),
 }
 
 

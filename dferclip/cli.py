@@ -15,6 +15,7 @@ COMMANDS = {
     "train": "train a model (official DFER-CLIP recipe by default)",
     "convert": "official DFER-CLIP .pth -> the project's safetensors format",
     "describe": "generate, check, diff and score class descriptions",
+    "explain": "where (face regions) and when (frames) a clip matched a class or a text: heat maps",
     "caption": "FineCLIPER: describe each clip's facial movements with a multimodal LLM (caption file)",
     "weights": "published weights by name: list, info, download, push to the Hugging Face Hub",
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -55,6 +55,20 @@ CLASSES: dict[str, tuple[Expression, str]] = {
 }
 CLASS_NAMES = list(CLASSES)
 TEMPORAL_PAIR = ("happiness", "fading smile")  # same frames, opposite order
+
+
+# Where the moving parts can be, in face units (x right, y down, face radius 1; see render_face), over every
+# expression's range: the mouth (corners lift or drop, lips part) and the brows (raise, tilt), without the eyes.
+FACE_PARTS = {"mouth": (-0.45, 0.25, 0.45, 0.85), "brows": (-0.5, -0.74, 0.5, -0.22)}
+
+
+def part_boxes(size: int) -> dict[str, tuple[int, int, int, int]]:
+    """Pixel boxes (x0, y0, x1, y1), end-exclusive, of :data:`FACE_PARTS` in a ``size`` x ``size`` frame of a
+    clip made with ``variation=0`` (centred, upright, frontal face of radius 0.42 x size)."""
+    r = 0.42 * size
+    return {name: (int(np.floor(size / 2 + r * x0)), int(np.floor(size / 2 + r * y0)),
+                   int(np.ceil(size / 2 + r * x1)), int(np.ceil(size / 2 + r * y1)))
+            for name, (x0, y0, x1, y1) in FACE_PARTS.items()}
 
 
 def synthetic_descriptions(classes: Sequence[str] = CLASS_NAMES) -> DescriptionSet:
@@ -195,8 +209,17 @@ def generate_clip(label: int | str, rng: np.random.Generator, num_frames: int = 
     """One clip of class ``label`` (an index into ``classes`` or a name) as RGB frames; ``variation``
     scales the random head position, size, pose, background texture, lighting and noise (0: centred
     frontal faces on flat backgrounds)."""
+    return generate_clip_with_intensity(label, rng, num_frames, size, classes, variation)[0]
+
+
+def generate_clip_with_intensity(label: int | str, rng: np.random.Generator, num_frames: int = 24, size: int = 64,
+                                 classes: Sequence[str] = CLASS_NAMES, variation: float = 1.0,
+                                 expressions: Optional[Mapping[str, Expression]] = None
+                                 ) -> tuple[list[Image.Image], np.ndarray]:
+    """:func:`generate_clip` and the expression's intensity in each frame (num_frames,), in [0, 1].
+    ``expressions``: class name -> :class:`Expression` for classes of one's own (default: :data:`CLASSES`)."""
     name = classes[label] if isinstance(label, (int, np.integer)) else label
-    expr, _ = CLASSES[name]
+    expr = expressions[name] if expressions is not None else CLASSES[name][0]
     reverse = expr.dynamics == "apex-offset"  # the reverse of an onset-apex clip, frame for frame
     dynamics = "onset-apex" if reverse else expr.dynamics
     look = _random_look(rng, size, variation)
@@ -212,7 +235,7 @@ def generate_clip(label: int | str, rng: np.random.Generator, num_frames: int = 
             ("smile", "mouth_open", "mouth_width", "brow_raise", "brow_tilt", "eye_open"))}
         e["mouth_open"] = max(0.0, e["mouth_open"])
         frames.append(render_face(look, e, float(blinks[k]), tuple(walk[k]), rng))
-    return frames[::-1] if reverse else frames
+    return (frames[::-1], curve[::-1].copy()) if reverse else (frames, curve)
 
 
 def _clip_plan(n_per_class: int, classes: Sequence[str], seed: int, frames: tuple[int, int]):

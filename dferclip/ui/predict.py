@@ -19,6 +19,7 @@ from ..predict import Prediction, iter_predict
 from ..runtime import UNTRAINED_WARNING, gpu
 from ..video.decode import Limits
 from .context import AppContext, ClipRecord
+from .explain import build_explain_section
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +299,7 @@ def build_predict_tab(ctx: AppContext) -> None:
                              columns=8, height=260, object_fit="contain", elem_id="stream-renders",
                              visible=uses_face_mesh(ctx, ctx.registry.default_key))
         api_only = gr.Button(visible=False, elem_id="predict-api")  # the single-result /predict endpoint
+        build_explain_section(ctx, "predict")
         outputs = [label, crops, timeline, note, renders, ctx.clip]
         inputs = [video, ctx.model_dropdown]
         stream = functools.partial(stream_prediction, ctx)

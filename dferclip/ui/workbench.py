@@ -53,6 +53,7 @@ from ..workbench import (
     read_labels_csv,
     starting_set,
 )
+from .explain import build_explain_section
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +375,7 @@ def build_workbench_tab(ctx) -> None:
             contributions = gr.Dataframe(interactive=False, wrap=True, elem_id="workbench-contributions",
                                          label="similarity = 100·cos(clip, descriptor); a class's logit is the "
                                                "sum of its contributions")
+        build_explain_section(ctx, "descriptor", table=table)
 
         with gr.Accordion("Generate with an LLM (OpenAI-compatible: OpenAI, vLLM, Ollama, LM Studio)", open=False):
             with gr.Row():

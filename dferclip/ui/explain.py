@@ -1,0 +1,205 @@
+""""Why this expression?": heat maps over the face crops and the frame-importance strip, in the app.
+
+Two sections, each added to its tab by one call to :func:`build_explain_section`:
+
+- predict tab (``kind="predict"``): the page's current clip and a class (default: the predicted one);
+- workbench tab (``kind="descriptor"``): the page's current clip and one descriptor row of the description table
+  (class + text, as the workbench's learned rows), so an edited text shows its new map.
+
+Both are API endpoints (``/explain_expression``, ``/explain_descriptor``) returning the overlays (gallery), the
+strip (a bar plot's rows), a note (with the untrained-weights warning the banner gives) and the maps as arrays
+(JSON: per stream, (T, grid, grid) at the ViT's patch resolution, rounded; the images are their bilinear
+upsampling to the crop).
+"""
+from __future__ import annotations
+
+import html
+from typing import Optional
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import DferclipError
+from ..explain import Explanation, explain_clip, overlay
+from ..runtime import gpu, weights_banner
+from .context import AppContext
+
+PREDICTED = "predicted class"
+STRIP_COLUMNS = ["frame", "share (%)", "measure"]
+ROLLOUT = "temporal relevancy"
+OCCLUSION = "occlusion drop"
+
+
+# --- the pieces ---------------------------------------------------------------------------------------
+def strip_frame(ex: Explanation, times: list[float]) -> pd.DataFrame:
+    """Rows for a grouped bar plot: per frame, its relevancy share and its share of the positive occlusion
+    drops (both in %), so the two measures of "when" can be compared."""
+    drops = np.clip(ex.frame_occlusion, 0, None)
+    drops = drops / drops.sum() if drops.sum() > 0 else drops
+    rows = []
+    for k, (share, drop) in enumerate(zip(ex.frame_relevancy, drops)):
+        label = f"{k + 1:02d} · {times[k]:.2f} s" if k < len(times) else f"{k + 1:02d}"
+        rows += [{"frame": label, "share (%)": round(100 * float(share), 2), "measure": ROLLOUT},
+                 {"frame": label, "share (%)": round(100 * float(drop), 2), "measure": OCCLUSION}]
+    return pd.DataFrame(rows, columns=STRIP_COLUMNS)
+
+
+def empty_strip() -> pd.DataFrame:
+    return pd.DataFrame({"frame": pd.Series(dtype="str"), "share (%)": pd.Series(dtype="float64"),
+                         "measure": pd.Series(dtype="str")})
+
+
+def overlay_items(ex: Explanation, crops: list, times: list[float]) -> list[tuple]:
+    """(overlay, caption) per frame of each stream."""
+    items = []
+    for name, maps in ex.maps.items():
+        prefix = f"{name} · " if len(ex.maps) > 1 else ""
+        for k, (crop, m) in enumerate(zip(crops, maps)):
+            t = f"{times[k]:.2f} s · " if k < len(times) else ""
+            items.append((overlay(crop, m), f"{prefix}{t}{100 * ex.frame_relevancy[k]:.0f} %"))
+    return items
+
+
+def arrays(ex: Explanation) -> dict:
+    """The JSON output: maps at the patch grid and the frame measures, rounded."""
+    return ex.to_dict(decimals=3)
+
+
+def note_for(model, ex: Explanation) -> str:
+    what, warning = weights_banner(model.weights_info)
+    lines = [(f"**{html.escape(ex.target)}**: logit {ex.score:.3f}. Heat maps: gradient-weighted attention rollout "
+              f"of the image tower ({ex.grid[0]}×{ex.grid[1]} patches); each frame's caption is its share of the "
+              "temporal relevancy. The strip compares it with the drop of the logit when the frame is replaced by "
+              "its neighbours.")]
+    if ex.stream_weights:
+        lines.append("Streams (fusion weight): " + ", ".join(f"{k} {100 * w:.0f} %" for k, w in ex.stream_weights.items()
+                                                             if k in ex.maps) + ".")
+    if warning:
+        lines.insert(0, f"⚠ **{html.escape(warning)}** ({html.escape(what)}): these maps explain meaningless "
+                        "predictions.")
+    return "\n\n".join(lines)
+
+
+def _renders_of(model, record, model_key: str) -> Optional[dict]:
+    """The clip's FineCLIPER renders made by the predict tab (same model), as model input; else None."""
+    pred = getattr(record, "prediction", None)
+    if record.model_key != model_key or not getattr(pred, "renders", None):
+        return None
+    ic = model.input_config
+    return {k: ic.normalize(torch.from_numpy(np.stack(v)).permute(0, 3, 1, 2).float().div(255))
+            for k, v in pred.renders.items()}
+
+
+def _clip_for(ctx: AppContext, model_key: Optional[str], record):
+    if record is None:
+        raise gr.Error("No clip yet: predict one in the Predict tab first.", print_exception=False)
+    model_key = model_key or ctx.registry.default_key
+    try:
+        model = ctx.model(model_key)
+    except DferclipError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    ic = model.input_config
+    if tuple(record.video.shape[1:]) != (ic.num_frames, 3, ic.image_size, ic.image_size):
+        raise gr.Error("The current clip was prepared for another model: predict it again with this one.",
+                       print_exception=False)
+    return model, model_key
+
+
+def _outputs(model, ex: Explanation, record) -> tuple:
+    times = [f.time_s for f in record.ingest.frames]
+    return overlay_items(ex, record.ingest.crops, times), strip_frame(ex, times), note_for(model, ex), arrays(ex)
+
+
+@gpu(duration=60)
+def _explain_on_device(model, video, **kwargs) -> Explanation:
+    return explain_clip(model, video, **kwargs)
+
+
+# --- events ---------------------------------------------------------------------------------------------
+def explain_expression(ctx: AppContext, model_key: Optional[str], record, class_choice: Optional[str]) -> tuple:
+    """(overlays, strip rows, note, arrays) for the page's clip and a class (``PREDICTED`` or None: the
+    model's top class)."""
+    model, model_key = _clip_for(ctx, model_key, record)
+    cls = None if class_choice in (None, "", PREDICTED) else class_choice
+    try:
+        ex = _explain_on_device(model, record.video, class_index=cls, renders=_renders_of(model, record, model_key))
+    except DferclipError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    return _outputs(model, ex, record)
+
+
+def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_name: str, text: str) -> tuple:
+    """(overlays, strip rows, note, arrays) for the page's clip and one descriptor (class + text)."""
+    model, model_key = _clip_for(ctx, model_key, record)
+    if not (text or "").strip():
+        raise gr.Error("Pick a descriptor row (or type a text) to explain.", print_exception=False)
+    try:
+        ex = _explain_on_device(model, record.video, text=text, class_index=class_name or None,
+                                renders=_renders_of(model, record, model_key))
+    except DferclipError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    return _outputs(model, ex, record)
+
+
+def class_choices(ctx: AppContext, model_key: Optional[str]) -> list[str]:
+    try:
+        return [PREDICTED] + ctx.model(model_key or ctx.registry.default_key).class_names
+    except DferclipError:
+        return [PREDICTED]
+
+
+def _row_of(evt: gr.SelectData, rows) -> tuple[str, str]:
+    """(class, text) of the selected description-table row."""
+    data = rows.values.tolist() if isinstance(rows, pd.DataFrame) else list((rows or {}).get("data", rows or []))
+    r = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    if r is None or not 0 <= r < len(data):
+        return gr.update(), gr.update()
+    return str(data[r][0]), str(data[r][1])
+
+
+# --- the section ----------------------------------------------------------------------------------------
+def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optional[gr.Dataframe] = None) -> None:
+    """An accordion with the explanation of the page's clip (inside a tab, after the components it reads).
+    ``kind="predict"``: for a class; ``kind="descriptor"``: for a description-table row (``table``)."""
+    run_kw = {"concurrency_id": ctx.concurrency_id, "concurrency_limit": ctx.concurrency_limit}
+    title = "Why this expression? Where and when the model matched it" if kind == "predict" else \
+        "Where and when the current clip matches a descriptor"
+    with gr.Accordion(title, open=False, elem_id=f"explain-{kind}"):
+        with gr.Row():
+            if kind == "predict":
+                choice = gr.Dropdown(class_choices(ctx, ctx.registry.default_key), value=PREDICTED,
+                                     label="Explain the class", scale=2, elem_id="explain-class")
+                inputs = [ctx.model_dropdown, ctx.clip, choice]
+            else:
+                choice = gr.Textbox(label="Class", scale=1, elem_id="explain-row-class")
+                text = gr.Textbox(label="Descriptor text (select a table row, or edit)", scale=3,
+                                  elem_id="explain-row-text")
+                inputs = [ctx.model_dropdown, ctx.clip, choice, text]
+            button = gr.Button("Explain", variant="secondary", scale=1, elem_id=f"explain-{kind}-button")
+        note = gr.Markdown(elem_id=f"explain-{kind}-note")
+        gallery = gr.Gallery(label="Relevancy over the face crops", columns=8, height=260, object_fit="contain",
+                             elem_id=f"explain-{kind}-maps")
+        strip = gr.BarPlot(None, x="frame", y="share (%)", color="measure", title="Frame importance",
+                           x_label_angle=-45, height=240, elem_id=f"explain-{kind}-strip")
+        with gr.Accordion("Maps as arrays (JSON)", open=False):
+            data = gr.JSON(elem_id=f"explain-{kind}-json")
+    outputs = [gallery, strip, note, data]
+    if kind == "predict":
+        def fn(key, record, c):
+            return explain_expression(ctx, key, record, c)
+
+        button.click(fn, inputs, outputs, api_name="explain_expression", **run_kw)
+        choice.input(fn, inputs, outputs, api_visibility="private", **run_kw)
+        ctx.model_selected.then(lambda key: gr.Dropdown(choices=class_choices(ctx, key), value=PREDICTED),
+                                ctx.model_dropdown, choice, api_visibility="private")
+    else:
+        def fn(key, record, c, t):
+            return explain_descriptor(ctx, key, record, c, t)
+
+        button.click(fn, inputs, outputs, api_name="explain_descriptor", **run_kw)
+        text.submit(fn, inputs, outputs, api_visibility="private", **run_kw)
+        if table is not None:
+            table.select(_row_of, [table], [choice, text], api_visibility="private").then(
+                fn, inputs, outputs, api_visibility="private", **run_kw)
