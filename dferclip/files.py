@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,6 +66,31 @@ def atomic_write_with(path: str | Path, writer: Callable[[str], None]) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_folder(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh hidden folder beside ``path`` to fill; on success it becomes ``path`` in one rename, on
+    any error it is removed and ``path`` is untouched. An existing non-empty ``path`` raises FileExistsError
+    unless ``overwrite``: then it is swapped out (renamed aside, the new folder renamed in, the old one
+    removed), so ``path`` never holds a mix of old and new files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
+        raise FileExistsError(f"{path} already exists")
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
