@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,6 +25,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dferclip.config import InputConfig  # noqa: E402
+from dferclip.files import write_json  # noqa: E402
 from dferclip.training.data import load_annotation_dataset  # noqa: E402
 from dferclip.training.synthetic import write_frame_dataset  # noqa: E402
 from dferclip.training.train import (  # noqa: E402
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"| {r['what']} | {r['device']} | {r['batch']} | {r.get('workers', '-')} | {r['clips_per_s']:.2f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "results": rows}, indent=2) + "\n")
+        write_json(args.json, {"machine": machine, "results": rows})
     return 0
 
 

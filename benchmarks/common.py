@@ -1,7 +1,6 @@
 """Helpers shared by the benchmark scripts: machine description, timing, output."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -39,5 +38,6 @@ def timeit(fn, repeat: int = 5, warmup: int = 1, sync=None) -> dict:
 
 def write_json(path: str | None, data: dict) -> None:
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+        from dferclip.files import write_json as write_atomically
+
+        write_atomically(path, data)

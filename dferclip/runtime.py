@@ -1,6 +1,7 @@
 """Where models run: the one place that decides device and dtype, the ZeroGPU decorator, and the model registry.
 
-Device and precision (:func:`device`, :func:`compute_dtype`, :func:`inference`):
+Device and precision (:func:`device`, :func:`compute_dtype`, :func:`autocast`, :func:`inference`), the one
+place that chooses them for the app, prediction, training and evaluation:
 
 - ``DFERCLIP_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``) overrides; otherwise CUDA when available, else CPU;
 - on CUDA the model runs under autocast in bf16 (fp16 on GPUs without bf16): the weights stay fp32 and
@@ -78,6 +79,21 @@ def compute_dtype(dev: torch.device | str | None = None) -> torch.dtype:
     return torch.float32
 
 
+def mixed_precision_dtype(dev: torch.device | str, amp: bool) -> torch.dtype:
+    """Training and evaluation: :func:`compute_dtype` when ``amp`` is asked for on CUDA, else fp32 (mixed
+    precision on GPU only)."""
+    dev = torch.device(dev)
+    return compute_dtype(dev) if amp and dev.type == "cuda" else torch.float32
+
+
+def autocast(dev: torch.device | str, dtype: torch.dtype):
+    """``torch.autocast`` on ``dev`` at ``dtype``; disabled (a plain fp32 region) when ``dtype`` is fp32."""
+    dev = torch.device(dev)
+    if dtype == torch.float32:
+        return torch.autocast(dev.type, enabled=False)
+    return torch.autocast(dev.type, dtype=dtype)
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
@@ -91,7 +107,7 @@ def inference(dev: torch.device | str | None = None, dtype: torch.dtype | None =
         if dtype == torch.float32:
             yield
         else:
-            with torch.autocast(dev.type, dtype=dtype):
+            with autocast(dev, dtype):
                 yield
 
 

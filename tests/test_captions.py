@@ -17,6 +17,7 @@ from dferclip.text.llm import LLMSettings
 from dferclip.training.captions import (
     FINE_GRAINED_PROMPT,
     CaptionBackendUnavailable,
+    CaptionRecord,
     CaptionStore,
     OpenAICaptioner,
     VideoLLaVACaptioner,
@@ -66,12 +67,15 @@ class FakeVisionServer:
         self.requests = []
         self.reply = reply
         self.fail_next = 0
+        self.on_request = None  # called as each request arrives
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                if server.on_request is not None:
+                    server.on_request()
                 if server.fail_next:
                     server.fail_next -= 1
                     self._send(500, {"error": {"message": "overloaded", "type": "server_error"}})
@@ -168,6 +172,23 @@ def test_caption_clips_caches_per_clip_and_reports_failures(tmp_path):
     rec = CaptionStore(store_path).get(missing[0])
     assert rec.raw == GENERATED and rec.refined == REFINED and rec.frames == 4 and rec.model == "fake-vision-1"
     assert CaptionStore(store_path).text(missing[0]) == REFINED
+
+
+def test_flush_every_counts_new_captions_only(tmp_path):
+    path = tmp_path / "captions.json"
+    store = CaptionStore(path)
+    for key in ("cached-1", "cached-2"):
+        store.put(key, CaptionRecord(GENERATED, REFINED, [], "earlier", "m", 2))
+    store.flush()
+    on_disk = []  # captions in the file when each request arrives
+    items = [(k, lambda: frames(2, 16), None) for k in ("cached-1", "cached-2", "fails", "new-1", "new-2", "new-3")]
+    with FakeVisionServer() as server:
+        server.fail_next = 1
+        server.on_request = lambda: on_disk.append(len(json.loads(path.read_text())["items"]))
+        report = caption_clips(items, captioner(server.url), CaptionStore(path), flush_every=2)
+    assert len(report.cached) == 2 and len(report.failed) == 1 and len(report.described) == 3
+    assert on_disk == [2, 2, 2, 4]  # written after the 2nd new caption, not after the 2nd clip seen
+    assert len(json.loads(path.read_text())["items"]) == 5
 
 
 def test_clip_key_is_content_based(tmp_path):

@@ -1,22 +1,17 @@
 """Training works offline: a tiny random model learns synthetic expressions (including the class that only
 temporal order separates), resuming continues exactly, and two torchrun processes match one."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from train_helpers import torchrun_train
 
 from dferclip.training.evaluate import evaluate_sources
 from dferclip.training.synthetic import CLASS_NAMES, TEMPORAL_PAIR, write_frame_dataset
 from dferclip.training.train import load_train_config, load_train_state, train
 from dferclip.weights.checkpoints import load_model
-
-REPO = Path(__file__).resolve().parent.parent
-
 
 def _config(out, train_list, test_list, **kw):
     overrides = [f"train={json.dumps(str(train_list))}", f"test={json.dumps(str(test_list))}",
@@ -81,14 +76,7 @@ def test_resume_gives_the_same_result(small_data, reference_run, tmp_path):
 def test_two_torchrun_processes_match_one(small_data, reference_run, tmp_path):
     cfg, ref_summary = reference_run
     out = tmp_path / "ddp"
-    cfg_file = tmp_path / "ddp.json"
-    cfg_file.write_text(json.dumps(_config(out, *small_data, **SMALL).to_dict()))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "dferclip", "train", "--config", str(cfg_file)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_train(_config(out, *small_data, **SMALL), tmp_path, timeout=240)
     a, b = _weights(cfg.output), _weights(out)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
@@ -137,3 +125,70 @@ def test_evaluate_command_with_folds(reference_run, tmp_path, capsys):
             assert Path(f["confusion_plot"]).stat().st_size > 1000
     assert "mean over 2 folds" in capsys.readouterr().out
     assert main(["evaluate", "--checkpoint", str(tmp_path / "model1"), "--data", str(tmp_path / "nope.txt")]) == 2
+
+
+def test_an_output_folder_holding_a_run_is_refused_and_replace_keeps_the_earlier_run(small_data, reference_run,
+                                                                                   tmp_path, capsys):
+    from dferclip.cli import main
+    from dferclip.errors import TrainingError
+
+    cfg, _ = reference_run
+    out = Path(cfg.output)
+    before = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    with pytest.raises(TrainingError, match="already holds a run.*--resume.*--replace"):
+        train(cfg)
+    assert main(["train", "--config", "synthetic-tiny", "--train", str(small_data[0]), "--output", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    after = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before  # metrics.jsonl not appended to, best/ not overwritten
+
+    run = tmp_path / "run"
+    train(_config(run, *small_data, **(SMALL | {"epochs": 1})))
+    first = (run / "metrics.jsonl").read_text()
+    train(_config(run, *small_data, **(SMALL | {"epochs": 1, "seed": 2})), replace=True)
+    (aside,) = tmp_path.glob("run.replaced-*")
+    assert (aside / "metrics.jsonl").read_text() == first and load_model(aside / "best").weights_info["epoch"] == 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert [json.loads((d / "config.json").read_text())["seed"] for d in (aside, run)] == [1, 2]
+
+
+def test_a_run_resumed_into_a_new_folder_logs_its_whole_history(small_data, tmp_path):
+    first = tmp_path / "first"
+    train(_config(first, *small_data, **(SMALL | {"epochs": 1})))
+    second = tmp_path / "second"
+    train(_config(second, *small_data, **(SMALL | {"epochs": 2})), resume=first)
+    logged = [json.loads(x) for x in (second / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in logged] == [1, 2]
+    assert logged == load_train_state(second)["history"]
+
+
+def test_resume_restores_the_random_streams_it_saved(tmp_path, caplog):
+    from dferclip.training.train import _atomic_save, restore_rng_state, rng_state
+
+    torch.manual_seed(5)
+    state = {"format": "dferclip.train_state/1", **rng_state()}
+    expected = torch.rand(3)
+    _atomic_save(state, tmp_path / "train_state.pt")
+    torch.rand(10)  # the stream moves on
+    loaded = load_train_state(tmp_path)
+    assert isinstance(loaded["rng_cuda"], list)
+    restore_rng_state(loaded)
+    assert torch.equal(torch.rand(3), expected)
+    if torch.cuda.is_available():
+        assert len(loaded["rng_cuda"]) == torch.cuda.device_count()
+    else:  # a state saved on a GPU machine resumes here, saying that the continuation is not exact
+        with caplog.at_level("WARNING"):
+            assert restore_rng_state(loaded | {"rng_cuda": [torch.get_rng_state()]}) == 0
+        assert "not an exact continuation" in caplog.text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resume_restores_the_cuda_random_streams(tmp_path):
+    from dferclip.training.train import _atomic_save, restore_rng_state, rng_state
+
+    torch.cuda.manual_seed_all(7)
+    _atomic_save({"format": "dferclip.train_state/1", **rng_state()}, tmp_path / "train_state.pt")
+    expected = torch.rand(3, device="cuda")
+    torch.rand(10, device="cuda")
+    assert restore_rng_state(load_train_state(tmp_path)) == torch.cuda.device_count()
+    assert torch.equal(torch.rand(3, device="cuda"), expected)

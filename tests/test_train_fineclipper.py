@@ -3,14 +3,12 @@ caption tokens, clips with and without a caption), the face-analysis cache, the 
 evaluate command with --captions, two torchrun processes matching one, and training/configs/fineclipper.json."""
 import json
 import logging
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import torchrun_train
 
 import dferclip
 from dferclip.models.fineclipper import FineCLIPER, fineclipper_config
@@ -200,14 +198,7 @@ def test_without_a_caption_file_every_clip_is_reported_as_uncaptioned(full_run, 
 def test_two_torchrun_processes_match_one_with_dict_batches(full_run, data, tmp_path):
     cfg, ref_summary, _, _ = full_run
     out = tmp_path / "ddp"
-    cfg_file = tmp_path / "ddp.json"
-    cfg_file.write_text(json.dumps(_config(data, out).to_dict()))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "dferclip", "train", "--config", str(cfg_file)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_train(_config(data, out), tmp_path)
     a, b = load_train_state(cfg.output)["model"], load_train_state(out)["model"]
     assert a.keys() == b.keys()
     for k in a:

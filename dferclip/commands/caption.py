@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import parse_path_map
+from .common import add_annotation_list_arguments, parse_path_map
 
 
 def _positive_int(text: str) -> int:
@@ -55,10 +55,7 @@ def add_arguments(p):
     p.add_argument("--max-retries", type=int, default=2, help="openai: retries of a request that failed")
     p.add_argument("--device", default="cuda", help="video-llava: torch device (default cuda)")
     p.add_argument("--load-in-4bit", action="store_true", help="video-llava: 4-bit weights (needs bitsandbytes)")
-    p.add_argument("--label-base", type=int, default=0, help="first label in the list (official lists: 0)")
-    p.add_argument("--data-root", help="resolve relative frame folders against this folder")
-    p.add_argument("--path-map", action="append", default=[], metavar="OLD=NEW",
-                   help="rewrite frame-folder prefixes, e.g. /data/EECS-IoannisLab/datasets=/srv/data")
+    add_annotation_list_arguments(p)
     p.add_argument("--frames-cache",
                    help="video trees: folder of the frames extracted from the videos (default <data>/.dferclip-"
                         "frames, as evaluate uses). Captions of videos are keyed by the video file's content, so "
@@ -142,16 +139,9 @@ def make_captioner(args):
     return OpenAICaptioner(settings, make_client(settings), num_frames=args.frames, image_size=args.image_size)
 
 
-def _progress(items, total: int):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, total=total, unit="clip", desc="captioning", file=sys.stderr, disable=None)
-
-
 def run(args) -> int:
     from ..errors import LLMConnectionError
+    from ..progress import progress_bar
     from ..training.captions import CaptionStore, caption_clips
 
     captioner = make_captioner(args)
@@ -165,7 +155,8 @@ def run(args) -> int:
           f"({args.frames} frames each) into {args.output}", file=sys.stderr)
     sources: dict = {}
     unreadable: list = []
-    items = _progress(_clip_items(records, args.frames, sources, unreadable), len(records))
+    items = progress_bar(_clip_items(records, args.frames, sources, unreadable), desc="captioning",
+                         total=len(records), unit="clip")
     try:
         report = caption_clips(items, captioner, store, overwrite=args.overwrite,
                                flush_every=args.flush_every, extra_leak_words=extra)

@@ -162,6 +162,7 @@ def _score(args) -> int:
 
 def _evaluate(args) -> int:
     from ..errors import DataError
+    from ..progress import progress_callback
     from ..workbench import DEFAULT_CACHE_DIR, read_hf_dataset, read_labels_csv
 
     wb, sets = _workbench(args)
@@ -172,13 +173,8 @@ def _evaluate(args) -> int:
     else:
         raise DataError("give --labels CSV (with --data FOLDER) or --hf-dataset FOLDER")
 
-    def progress(i, n, path):
-        if i < n:
-            print(f"\rembedding {i + 1}/{n}", end="", file=sys.stderr)
-        else:
-            print(file=sys.stderr)
-
-    wb.set_evaluation(clips, cache_dir=args.cache_dir or DEFAULT_CACHE_DIR, progress=progress)
+    wb.set_evaluation(clips, cache_dir=args.cache_dir or DEFAULT_CACHE_DIR,
+                      progress=progress_callback("embedding", unit="clip"))
     out = {}
     for ds in sets:
         wb.start_from(ds)

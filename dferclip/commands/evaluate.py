@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
-from ..errors import DataError
-from ..training.evaluate import evaluate_sources, parse_folds, write_json
+from ..files import write_json
+from ..progress import progress_bar
+from ..training.evaluate import evaluate_sources, parse_folds
+from .common import add_annotation_list_arguments, parse_path_map
 
 
 def add_arguments(p):
@@ -23,24 +26,11 @@ def add_arguments(p):
                                       "caption stream; may hold {fold}")
     p.add_argument("--face-cache", help="FineCLIPER: keep each clip's face analysis in this folder (default: none)")
     p.add_argument("--descriptions", help="evaluate with this description set instead of the model's own")
-    p.add_argument("--label-base", type=int, default=0, help="first label in the list (official lists: 0)")
-    p.add_argument("--data-root", help="resolve relative frame folders against this folder")
-    p.add_argument("--path-map", action="append", default=[], metavar="OLD=NEW",
-                   help="rewrite frame-folder prefixes, e.g. /data/EECS-IoannisLab/datasets=/srv/data")
+    add_annotation_list_arguments(p)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto")
     p.add_argument("--amp", action="store_true", help="mixed precision on GPU")
-
-
-def parse_path_map(items) -> dict:
-    out = {}
-    for item in items:
-        old, sep, new = item.partition("=")
-        if not sep:
-            raise DataError(f"--path-map {item!r}: expected OLD=NEW")
-        out[old] = new
-    return out
 
 
 def run(args) -> int:
@@ -48,14 +38,11 @@ def run(args) -> int:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     plot_dir = args.plot_dir or (str(Path(args.output).parent) if args.output else None)
-    try:
-        from tqdm.auto import tqdm as progress
-    except ImportError:
-        progress = None
     res = evaluate_sources(args.checkpoint, args.data, folds=parse_folds(args.folds), device=device,
                            batch_size=args.batch_size, workers=args.workers, amp=args.amp,
                            descriptions=args.descriptions, label_base=args.label_base, root=args.data_root,
-                           path_map=parse_path_map(args.path_map), plot_dir=plot_dir, progress=progress,
+                           path_map=parse_path_map(args.path_map), plot_dir=plot_dir,
+                           progress=partial(progress_bar, desc="evaluating", unit="batch"),
                            captions=args.captions, face_cache=args.face_cache)
     rows = res["folds"] if "folds" in res else [res]
     for r in rows:
@@ -69,7 +56,7 @@ def run(args) -> int:
         m = res["mean"]
         print(f"mean over {m['folds']} folds: UAR {m['uar']:.2f} ± {m['uar_std']:.2f}  WAR {m['war']:.2f} ± {m['war_std']:.2f}")
     if args.output:
-        write_json(res, args.output)
+        write_json(args.output, res)
         print(f"wrote {args.output}")
     elif not sys.stdout.isatty():
         print(json.dumps(res, indent=2))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from ..training.evaluate import parse_folds
-from .evaluate import parse_path_map
+from .common import add_path_map_argument, parse_path_map
 
 
 def add_arguments(p):
@@ -25,12 +25,15 @@ def add_arguments(p):
     p.add_argument("--device", help="auto, cpu, cuda")
     p.add_argument("--output", help="run folder (default runs/dferclip)")
     p.add_argument("--resume", help="continue from a run folder or its train_state.pt")
+    p.add_argument("--replace", action="store_true",
+                   help="start over in an --output folder that holds an earlier run: the earlier run is moved aside "
+                        "to <output>.replaced-<time>, never deleted (without --resume or --replace such a folder "
+                        "is refused)")
     p.add_argument("--captions", help="FineCLIPER: caption file (dferclip.captions) or a folder of them; may hold "
                                       "{fold}")
     p.add_argument("--face-cache", help="FineCLIPER: folder for the per-clip face-analysis cache "
                                         "(default <output>/../face-cache)")
-    p.add_argument("--path-map", action="append", default=[], metavar="OLD=NEW",
-                   help="rewrite frame-folder prefixes of the official lists")
+    add_path_map_argument(p)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key (JSON values), e.g. --set lr.temporal=0.005 --set amp=false")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -54,7 +57,7 @@ def run(args) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
-    summary = train(cfg, resume=args.resume)
+    summary = train(cfg, resume=args.resume, replace=args.replace)
     rows = summary.get("folds", [summary])
     for r in rows:
         if "test" in r:

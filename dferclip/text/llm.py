@@ -446,7 +446,7 @@ class Generation:
                               class_set=class_set, provenance=dict(self.provenance))
 
 
-def _translate(e: Exception, settings: LLMSettings) -> LLMError:
+def translate_error(e: Exception, settings: LLMSettings) -> LLMError:
     """openai's exceptions -> our typed errors with plain messages (never containing the key)."""
     import openai
 
@@ -505,7 +505,7 @@ def complete(client, settings: LLMSettings, system: str, user: str, cancel=None)
             messages[-1] = {"role": "user", "content": user + _JSON_HINT}
             resp = client.chat.completions.create(**kwargs)
     except openai.OpenAIError as e:
-        raise _translate(e, settings) from None
+        raise translate_error(e, settings) from None
     except ValueError:  # a body that is not JSON (json.JSONDecodeError)
         raise LLMReplyError(f"{settings.describe()} sent a reply that is not JSON") from None
     try:

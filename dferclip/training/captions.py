@@ -256,7 +256,7 @@ class OpenAICaptioner:
         import openai
 
         from ..errors import LLMReplyError
-        from ..text.llm import _translate, make_client
+        from ..text.llm import make_client, translate_error
 
         if not len(frames):
             raise CaptionError("a clip without frames cannot be described")
@@ -267,7 +267,7 @@ class OpenAICaptioner:
                                                        temperature=self.settings.temperature,
                                                        max_tokens=self.max_tokens)
         except openai.OpenAIError as e:
-            raise _translate(e, self.settings) from None
+            raise translate_error(e, self.settings) from None
         except ValueError:
             raise LLMReplyError(f"{self.settings.describe()} sent a reply that is not JSON") from None
         try:
@@ -370,7 +370,7 @@ def caption_clips(clips: Iterable[tuple[str, Callable[[], Sequence[np.ndarray]],
 
     report = CaptionReport()
     try:
-        for n, (key, load_frames, source) in enumerate(clips, 1):
+        for key, load_frames, source in clips:
             if key in store and not overwrite:
                 report.cached.append(key)
                 continue
@@ -387,7 +387,7 @@ def caption_clips(clips: Iterable[tuple[str, Callable[[], Sequence[np.ndarray]],
             store.put(key, CaptionRecord(raw, refined.text, refined.removed, captioner.name, captioner.model,
                                          len(frames), source, _dt.datetime.now(_dt.timezone.utc).isoformat()))
             report.described.append(key)
-            if flush_every and n % flush_every == 0:
+            if flush_every and len(report.described) % flush_every == 0:  # every N new captions
                 store.flush()
     finally:
         store.flush()

@@ -11,7 +11,6 @@ moved to the device with :func:`to_device`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -22,7 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ..files import atomic_write_with
 from ..metrics import Metrics, compute_metrics
+from ..runtime import autocast, mixed_precision_dtype
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,6 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return self.metrics.to_dict(self.class_names) | {"classes": list(self.class_names)}
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
 
 
 def to_device(inputs, device, non_blocking: bool = False):
@@ -116,6 +110,7 @@ def encode_dataset(model, dataset, *, batch_size: int = 16, device="cpu", worker
                    indices: Optional[Sequence[int]] = None, progress=None) -> tuple[torch.Tensor, np.ndarray]:
     """Video embeddings (N, D) (float32, on CPU, not normalised) and labels of a dataset (or a subset)."""
     device = torch.device(device)
+    dtype = mixed_precision_dtype(device, amp)
     data = Subset(dataset, list(indices)) if indices is not None else dataset
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", multiprocessing_context=worker_context(data, workers))
@@ -124,7 +119,7 @@ def encode_dataset(model, dataset, *, batch_size: int = 16, device="cpu", worker
     embs, labels = [], []
     try:
         for inputs, label in (progress(loader) if progress else loader):
-            with _autocast(device, amp):
+            with autocast(device, dtype):
                 embs.append(model.encode_video(to_device(inputs, device, non_blocking=True)).float().cpu())
             labels.append(label.numpy())
     finally:
@@ -200,16 +195,10 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str 
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def write_json(obj, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    try:
+        atomic_write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -11,6 +11,10 @@ A run folder holds::
     results.json       the selected model's test metrics (UAR, WAR, per-class recall, confusion)
     confusion.png      its confusion matrix (when matplotlib is installed)
 
+A run only writes into a new or empty folder, or into the run it resumes (``resume``); ``replace`` moves an
+earlier run aside to ``<output>.replaced-<time>``: earlier results are never overwritten or appended to. Every
+file is written atomically, ``best/`` as a whole folder.
+
 Model selection uses a validation split carved from the training list (stratified, seeded) unless
 ``selection="test"``, the official protocol (the best epoch on the test split, which flatters the numbers).
 Every random choice in the data comes from (seed, epoch, clip index), so a run gives the same result on any
@@ -42,8 +46,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import CLIP_MEAN, CLIP_STD, ModelConfig, PromptConfig, get_config
 from ..errors import TrainingError
-from ..files import atomic_write_with
+from ..files import atomic_write, atomic_write_with, write_json
 from ..metrics import compute_metrics
+from ..progress import progress_bar
+from ..runtime import autocast, mixed_precision_dtype
 from ..text.descriptions import (
     DescriptionSet,
     as_description_set,
@@ -61,7 +67,6 @@ from .evaluate import (
     to_device,
     worker_context,
     wrap_for_model,
-    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -303,11 +308,13 @@ def make_optimizer(cfg: TrainConfig, groups: dict):
 class RunLog:
     """metrics.jsonl always; TensorBoard scalars too when tensorboard is installed (rank 0 only)."""
 
-    def __init__(self, out: Path, enabled: bool):
+    def __init__(self, out: Path, enabled: bool, history: Sequence[dict] = ()):
         self.enabled = enabled
         self.path = out / "metrics.jsonl"
         self.tb = None
-        if enabled:
+        if enabled:  # a resumed run's log holds its saved epochs, nothing older or later
+            with atomic_write(self.path) as f:
+                f.write("".join(json.dumps(record) + "\n" for record in history))
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -331,21 +338,7 @@ class RunLog:
             self.tb.close()
 
 
-def _progress(iterable, enabled: bool, desc: str, total: Optional[int] = None):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, desc=desc, total=total, disable=not enabled or None, leave=False, dynamic_ncols=True)
-
-
 # --- the loop --------------------------------------------------------------------------------
-def _autocast(d: Dist, amp: bool):
-    if amp and d.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return torch.autocast(d.device.type, enabled=False)
-
-
 def evaluate_distributed(model, dataset, d: Dist, batch_size: int, workers: int, amp: bool):
     """Each process encodes every world-th clip; rank 0 gets all labels and predictions (None elsewhere)."""
     shard = list(range(d.rank, len(dataset), d.world))
@@ -377,10 +370,31 @@ def _state(model, optimizer, scheduler, scaler, epoch, best, history, cfg) -> di
         "scaler": scaler.state_dict() if scaler is not None else {},
         "best": best,
         "history": history,
-        "rng_torch": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        **rng_state(),
         "config": json.dumps(cfg.to_dict()),
     }
+
+
+def rng_state() -> dict:
+    """torch's random streams: the CPU generator's state and each CUDA device's (none without CUDA)."""
+    return {"rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def restore_rng_state(state: dict) -> int:
+    """Put back the streams :func:`rng_state` saved; returns how many CUDA devices got theirs back (those
+    present both then and now). A state saved with CUDA and resumed without it continues, with a warning:
+    the continuation is then not exact."""
+    torch.set_rng_state(state["rng_torch"])
+    saved = list(state.get("rng_cuda") or [])
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    restored = min(len(saved), available)
+    for index in range(restored):
+        torch.cuda.set_rng_state(saved[index], index)
+    if len(saved) > restored:
+        log.warning("the training state holds the random streams of %d CUDA device(s), this machine has %d: "
+                    "the resumed run is not an exact continuation", len(saved), available)
+    return restored
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -467,12 +481,61 @@ def _caption_report(cfg: TrainConfig, splits: dict) -> dict:
     return report
 
 
-def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info: Optional[Dist] = None) -> dict:
-    """One training run (one fold). Returns the summary written to ``results.json`` (on every rank)."""
+def claim_output(out: Path, *, resume: bool = False, replace: bool = False) -> Optional[Path]:
+    """Make sure a run may write into ``out``: a new or empty folder, or the earlier run being resumed. Another
+    earlier run there raises TrainingError, unless ``replace``: then it is moved aside to
+    ``<out>.replaced-<time>`` (returned), never deleted."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise TrainingError(f"output {out} is a file, not a folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries or resume:
+        return None
+    if not replace:
+        listed = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise TrainingError(f"{out} already holds a run ({listed}): continue it with --resume {out}, choose "
+                            f"another --output, or pass --replace to start over (the earlier run is then kept as "
+                            f"{out.name}.replaced-<time>)")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = out.with_name(f"{out.name}.replaced-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = out.with_name(f"{out.name}.replaced-{stamp}-{n}")
+    os.replace(out, aside)
+    log.warning("%s held an earlier run: moved to %s", out, aside)
+    return aside
+
+
+def _claim_on_main(d: Dist, out: Path, *, resume: bool, replace: bool) -> None:
+    """:func:`claim_output` on rank 0; every rank raises its refusal."""
+    problem = None
+    if d.main:
+        try:
+            claim_output(out, resume=resume, replace=replace)
+        except TrainingError as e:
+            problem = str(e)
+    if d.enabled:
+        box = [problem]
+        dist.broadcast_object_list(box, src=0)
+        problem = box[0]
+    if problem:
+        raise TrainingError(problem)
+
+
+def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, replace: bool = False,
+               dist_info: Optional[Dist] = None, output_claimed: bool = False) -> dict:
+    """One training run (one fold). Returns the summary written to ``results.json`` (on every rank).
+
+    The output folder must be new or empty, or hold the run being resumed; ``replace`` moves an earlier run
+    aside (:func:`claim_output`). ``output_claimed``: the caller has checked the folder already."""
     d = dist_info or setup_distributed(cfg.device)
     out = Path(cfg.output)
     if cfg.batch_size % d.world:
         raise TrainingError(f"batch_size {cfg.batch_size} must be divisible by the {d.world} processes")
+    if not output_claimed:
+        _claim_on_main(d, out, resume=bool(resume), replace=replace)
     seed_everything(cfg.seed)
     descriptions = resolve_descriptions(cfg)
     model = build_for_training(cfg, descriptions)
@@ -484,8 +547,9 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
     groups = trainable_groups(model)
     optimizer = make_optimizer(cfg, groups)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
-    use_amp = cfg.amp and d.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp and not torch.cuda.is_bf16_supported() else None
+    amp_dtype = mixed_precision_dtype(d.device, cfg.amp)
+    use_amp = amp_dtype != torch.float32
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     start_epoch, best, history, best_state = 0, {"score": -1.0, "epoch": -1}, [], None
     if resume:
@@ -495,7 +559,7 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_torch"])
+        restore_rng_state(state)
         start_epoch, best, history = state["epoch"], dict(state["best"]), list(state["history"])
         log.info("resumed from %s after epoch %d", resume, start_epoch)
 
@@ -508,11 +572,11 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
     eval_bs = cfg.eval_batch_size or per_rank
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(cfg.to_dict(), out / "config.json")
+        write_json(out / "config.json", cfg.to_dict())
         log.info("training %d clips, selecting on %s (%s clips), testing on %s clips, %d process(es), %s",
                  len(train_ds), cfg.selection, len(val_ds) if val_ds else 0, len(test_ds) if test_ds else 0,
                  d.world, d.device)
-    run_log = RunLog(out, d.main)
+    run_log = RunLog(out, d.main, history)
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
@@ -523,10 +587,11 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
                                 multiprocessing_context=worker_context(train_ds, cfg.workers))
             model.train()
             sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss * n, correct, n
-            for step, (inputs, label) in enumerate(_progress(loader, d.main, f"epoch {epoch + 1}/{cfg.epochs}")):
+            for step, (inputs, label) in enumerate(progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                                                                    unit="batch", enabled=d.main, leave=False)):
                 inputs = to_device(inputs, d.device, non_blocking=True)  # a video tensor or an input dict
                 label = label.to(d.device, non_blocking=True)
-                with _autocast(d, use_amp):
+                with autocast(d.device, amp_dtype):
                     logits = ddp(inputs)
                 loss = model.loss(logits, label)  # the family's objective (cross-entropy, or FineCLIPER's PN loss)
                 optimizer.zero_grad(set_to_none=True)
@@ -578,7 +643,7 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, dist_info:
                                           "epoch": epoch + 1, "selection": best}
                     from ..weights.checkpoints import save_model
 
-                    save_model(model, out / "best")
+                    save_model(model, out / "best", overwrite=True)  # this run's own best, swapped whole
                 _atomic_save(_state(model, optimizer, scheduler, scaler, epoch + 1, best, history, cfg),
                              out / STATE_FILE)
             if d.enabled:
@@ -611,17 +676,21 @@ def _finish(cfg, model, best_state, test_ds, d: Dist, eval_bs, use_amp, best, ou
                                  f"UAR {m.uar:.2f}  WAR {m.war:.2f}  (n={m.n})")
             summary["confusion_plot"] = str(png) if png else None
     if d.main:
-        write_json(summary, out / "results.json")
+        write_json(out / "results.json", summary)
     return summary
 
 
-def train(cfg: TrainConfig, *, resume: str | Path | None = None) -> dict:
+def train(cfg: TrainConfig, *, resume: str | Path | None = None, replace: bool = False) -> dict:
     """Train, looping over ``cfg.folds`` (``{fold}`` in data paths) with one run folder per fold; the fold
-    means of UAR and WAR go to ``<output>/folds.json``, as the official 5-fold driver reports them."""
+    means of UAR and WAR go to ``<output>/folds.json``, as the official 5-fold driver reports them.
+
+    ``cfg.output`` must be new or empty, or hold the run being resumed; with ``replace`` an earlier run there
+    is moved aside to ``<output>.replaced-<time>``. Nothing is ever deleted."""
     d = setup_distributed(cfg.device)
     try:
         if not cfg.folds:
-            return train_once(cfg, resume=resume, dist_info=d)
+            return train_once(cfg, resume=resume, replace=replace, dist_info=d)
+        _claim_on_main(d, Path(cfg.output), resume=bool(resume), replace=replace)
         results = []
         for k in cfg.folds:
             fold_cfg = dataclasses.replace(
@@ -631,12 +700,12 @@ def train(cfg: TrainConfig, *, resume: str | Path | None = None) -> dict:
             fold_resume = None
             if resume and (Path(resume) / f"fold{k}" / STATE_FILE).is_file():
                 fold_resume = Path(resume) / f"fold{k}"
-            results.append(train_once(fold_cfg, resume=fold_resume, dist_info=d))
+            results.append(train_once(fold_cfg, resume=fold_resume, dist_info=d, output_claimed=True))
         tested = [r["test"] for r in results if "test" in r]
         summary = {"folds": [dict(r, fold=k) for k, r in zip(cfg.folds, results)]}
         if d.main and tested:
             summary["mean"] = aggregate_folds(tested)
-            write_json(summary, Path(cfg.output) / "folds.json")
+            write_json(Path(cfg.output) / "folds.json", summary)
         return summary
     finally:
         if d.enabled and dist.is_initialized():
