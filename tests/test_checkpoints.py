@@ -136,3 +136,98 @@ def test_descriptions_must_match_what_the_checkpoint_was_trained_with(conformanc
     texts = [f"description number {i}" for i in range(7)]
     model = dferclip.load_model(other, descriptions=texts)  # the user says which texts
     assert model.descriptions.first_descriptions() == texts
+
+
+def test_save_model_writes_a_whole_folder_or_nothing(tiny_model, tmp_path):
+    out = dferclip.save_model(tiny_model, tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(CheckpointError, match="already exists"):
+        dferclip.save_model(tiny_model, out)
+    with pytest.raises(TypeError):  # the config cannot be written: the weights written before it must not land
+        dferclip.save_model(tiny_model, out, meta={"note": object()}, overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left behind
+    dferclip.save_model(tiny_model, out, meta={"note": "again"}, overwrite=True)
+    assert dferclip.load_model(out).weights_info["note"] == "again"
+
+
+def test_convert_refuses_to_overwrite_without_force(conformance_path, tmp_path, capsys):
+    from dferclip.cli import main
+
+    out = tmp_path / "conv"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["convert", str(conformance_path), str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
+    assert main(["convert", str(conformance_path), str(out), "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c.pop("model"), "malformed .*missing 'model'"),
+    (lambda c: c.pop("descriptions"), "malformed .*missing 'descriptions'"),
+    (lambda c: c["model"].update(temporal=[1, 2]), "malformed"),
+    (lambda c: c["model"].update(colour="blue"), "malformed .*unknown model config keys"),
+    (lambda c: c.update(descriptions={"format": "x"}), "malformed .*not a description set"),
+    (lambda c: c.update(weights=[1]), "malformed .*weights"),
+    (lambda c: c["model"]["temporal"].update(layers="two"), "no model this version can build"),
+])
+def test_malformed_own_config_is_a_clear_checkpoint_error(tiny_model, tmp_path, capsys, edit, message):
+    from dferclip.cli import main
+
+    out = dferclip.save_model(tiny_model, tmp_path / "m")
+    config = json.loads((out / "config.json").read_text())
+    edit(config)
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        dferclip.load_model(out)
+    (out / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="not a dferclip model config"):
+        dferclip.load_model(out)
+    assert main(["predict", str(tmp_path / "no-video.mp4"), "--checkpoint", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+def test_hub_reachability_is_probed_again_after_its_ttl(monkeypatch):
+    import socket
+
+    from dferclip.weights import hub
+
+    with socket.socket() as s:  # a free port, closed: the "Hub" is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(hub, "REACHABLE_TTL_S", 0.5)
+    assert hub.hub_reachable() is False
+    with socket.socket() as server:  # the Hub comes back
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        assert hub.hub_reachable() is False  # within the TTL: the answer holds, no probe per download
+        time.sleep(0.6)
+        assert hub.hub_reachable() is True
+
+
+def test_pretrained_clip_weights_in_the_cache_load_offline(tmp_path, monkeypatch):
+    """Offline, open_clip weights already in the Hugging Face cache are used (only missing ones are an error)."""
+    import huggingface_hub.constants as hc
+    import open_clip
+    from safetensors.torch import save_file
+
+    from dferclip.models.clip_towers import build_clip
+
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in build_clip("ViT-B-32-quickgelu").state_dict().items()}
+    weights = {k: torch.full(shape, 0.25, dtype=torch.float16) for k, shape in shapes.items()}
+    repo = open_clip.get_pretrained_cfg("ViT-B-32-quickgelu", "openai")["hf_hub"].strip("/")
+    root = tmp_path / f"models--{repo.replace('/', '--')}"
+    (root / "snapshots" / ("1" * 40)).mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("1" * 40)
+    save_file(weights, str(root / "snapshots" / ("1" * 40) / "open_clip_model.safetensors"))
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path))
+    model = dferclip.load_model("pretrained:dferclip-vit-b-32")
+    assert model.weights_info["kind"] == "pretrained-clip"
+    assert torch.all(model.clip.visual.conv1.weight == 0.25) and torch.all(model.clip.token_embedding.weight == 0.25)

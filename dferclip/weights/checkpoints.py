@@ -26,7 +26,7 @@ from torch import nn
 
 from ..config import InputConfig, ModelConfig, PromptConfig, TemporalConfig, get_config
 from ..errors import CheckpointError, DescriptionError
-from ..files import checkpoints_dir
+from ..files import atomic_folder, checkpoints_dir, write_json
 from ..models import build_model
 from ..text.descriptions import (
     DescriptionSet,
@@ -205,22 +205,27 @@ def _scalar(v):
 
 
 # --- the project's own format ----------------------------------------------------------------
-def save_model(model: nn.Module, out_dir: str | Path, meta: Optional[dict] = None) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` (architecture, descriptions, provenance)."""
+def save_model(model: nn.Module, out_dir: str | Path, meta: Optional[dict] = None, *, overwrite: bool = False) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (architecture, descriptions, provenance) as one folder: both
+    files go into a temporary folder that is renamed into place, so ``out_dir`` never holds half a model. A
+    non-empty ``out_dir`` raises CheckpointError unless ``overwrite`` (then it is replaced as a whole)."""
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": OWN_FORMAT})
     info = {
         "format": OWN_FORMAT,
         "model": model.config.to_dict(),
         "descriptions": model.descriptions.to_dict(),
         "weights": {k: v for k, v in model.weights_info.items() if k != "source"} | (meta or {}),
     }
-    (out / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    return out
+    try:
+        with atomic_folder(out_dir, overwrite=overwrite) as tmp:
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": OWN_FORMAT})
+            write_json(tmp / CONFIG_FILE, info)
+    except FileExistsError:
+        raise CheckpointError(f"{out_dir} already exists and is not empty: choose another folder, or replace it "
+                              "explicitly (overwrite=True; --force on the command line)") from None
+    return Path(out_dir)
 
 
 def load_own(path: str | Path, descriptions=None) -> nn.Module:
@@ -235,14 +240,23 @@ def load_own(path: str | Path, descriptions=None) -> nn.Module:
         raise CheckpointError(f"{folder} needs both {WEIGHTS_FILE} and {CONFIG_FILE}")
     try:
         info = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from None
-    if info.get("format") != OWN_FORMAT:
-        raise CheckpointError(f"{cfg_path} is not a dferclip model config (format {info.get('format')!r})")
-    config = ModelConfig.from_dict(info["model"])
-    saved = DescriptionSet.from_dict(info["descriptions"])
+    fmt = info.get("format") if isinstance(info, dict) else None
+    if fmt != OWN_FORMAT:
+        raise CheckpointError(f"{cfg_path} is not a dferclip model config (format {fmt!r})")
+    try:
+        config = ModelConfig.from_dict(info["model"])
+        saved = DescriptionSet.from_dict(info["descriptions"])
+        if not isinstance(info.get("weights") or {}, dict):
+            raise TypeError("weights is not a mapping")
+    except (KeyError, TypeError, ValueError, AttributeError, DescriptionError) as e:
+        raise CheckpointError(f"{cfg_path} is malformed ({_reason(e)})") from None
     ds = saved if descriptions is None else as_description_set(descriptions, saved.num_classes)
-    model = build_model(config, ds)
+    try:
+        model = build_model(config, ds)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{cfg_path} describes no model this version can build ({_reason(e)})") from None
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as e:
@@ -255,6 +269,13 @@ def load_own(path: str | Path, descriptions=None) -> nn.Module:
     model.weights_info.setdefault("kind", model.family)
     model.weights_info.setdefault("trained", True)
     return model
+
+
+def _reason(e: Exception) -> str:
+    """An exception as a short phrase ("missing 'model'", "unknown model config keys: [...]")."""
+    if isinstance(e, KeyError):
+        return f"missing {e}"
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 # --- one entry point -------------------------------------------------------------------------
@@ -314,10 +335,11 @@ def load_model(source: str | Path | None = None, device: str | torch.device = "c
     return model.eval()
 
 
-def convert(official_path: str | Path, out_dir: str | Path) -> Path:
-    """Official ``.pth`` -> the project's format (weights only, no pickle)."""
+def convert(official_path: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Official ``.pth`` -> the project's format (weights only, no pickle). A non-empty ``out_dir`` raises
+    CheckpointError unless ``overwrite``."""
     model = load_official(official_path)
-    return save_model(model, out_dir, meta={"converted_from": Path(official_path).name})
+    return save_model(model, out_dir, meta={"converted_from": Path(official_path).name}, overwrite=overwrite)
 
 
 def discover_models(folder: Path | None = None) -> list[Path]:

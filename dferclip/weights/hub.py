@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
 
@@ -23,12 +23,28 @@ def _env_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-@lru_cache(maxsize=1)
+REACHABLE_TTL_S = 60.0  # how long one answer of hub_reachable holds: an outage (or a recovery) is seen again
+_reachable_cache: dict[tuple[str, float], tuple[float, bool]] = {}  # (endpoint, timeout) -> (when, answer)
+_reachable_lock = threading.Lock()
+
+
 def hub_reachable(timeout: float = 1.5) -> bool:
-    """Whether the Hub endpoint accepts a TCP connection (cached for the process)."""
+    """Whether the Hub endpoint accepts a TCP connection. The answer is kept for :data:`REACHABLE_TTL_S`
+    seconds, so a burst of downloads probes once and a passing outage does not last for the process."""
     if _env_offline():
         return False
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    key = (endpoint, timeout)
+    with _reachable_lock:
+        cached = _reachable_cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < REACHABLE_TTL_S:
+            return cached[1]
+        answer = _probe(endpoint, timeout)
+        _reachable_cache[key] = (time.monotonic(), answer)
+        return answer
+
+
+def _probe(endpoint: str, timeout: float) -> bool:
     url = urlparse(endpoint)
     port = url.port or (443 if url.scheme == "https" else 80)
     t0 = time.perf_counter()
@@ -64,17 +80,41 @@ def hub_download(repo_id: str, filename: str, revision: str | None = None) -> st
 
 
 def pretrained_clip(clip: Any, tag: str):
-    """open_clip towers with pretrained weights (e.g. tag "openai"), or a local weights path."""
+    """open_clip towers with pretrained weights (e.g. tag "openai"), or a local weights path. Offline, weights
+    already in the Hugging Face cache are used; only missing ones are an error."""
     import open_clip
 
     if not isinstance(clip, str):
         raise WeightsUnavailableError("pretrained weights need a registered open_clip architecture name")
+    weights = tag
     if not os.path.isfile(tag) and not hub_reachable():
-        raise WeightsUnavailableError(
-            f"open_clip pretrained weights {clip}/{tag} must be downloaded from the Hugging Face Hub, "
-            "which cannot be reached (offline?). Pass a local weights file instead."
-        )
+        weights = cached_open_clip_weights(clip, tag)
+        if weights is None:
+            raise WeightsUnavailableError(
+                f"open_clip pretrained weights {clip}/{tag} are not in the local Hugging Face cache and the Hub "
+                "cannot be reached (offline?). Download them on a connected machine, or pass a local weights file."
+            )
+        log.info("Hub unreachable: open_clip weights %s/%s from the cache (%s)", clip, tag, weights)
     try:
-        return open_clip.create_model(clip, pretrained=tag, device="cpu")
+        return open_clip.create_model(clip, pretrained=weights, device="cpu")
     except RuntimeError as e:  # open_clip reports unknown tags and failed downloads this way
         raise WeightsUnavailableError(f"cannot load open_clip weights {clip}/{tag}: {e}") from None
+
+
+def cached_open_clip_weights(clip: str, tag: str) -> str | None:
+    """The local file of open_clip's pretrained weights ``clip``/``tag`` when the Hugging Face cache holds it
+    (the file names open_clip itself downloads: safetensors first), without any network access."""
+    from huggingface_hub import try_to_load_from_cache
+    from open_clip.constants import HF_WEIGHTS_NAME
+    from open_clip.pretrained import _get_safe_alternatives, get_pretrained_cfg
+
+    hub = get_pretrained_cfg(clip, tag).get("hf_hub", "")
+    if not hub:
+        return None
+    repo_id, filename = os.path.split(hub)  # "org/name/" -> the default file name, as open_clip reads it
+    filename = filename or HF_WEIGHTS_NAME
+    for name in (*_get_safe_alternatives(filename), filename):
+        found = try_to_load_from_cache(repo_id, name)
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
+    return None
