@@ -9,7 +9,6 @@ markdown table; writes the numbers, the machine's load and the versions as JSON 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -18,12 +17,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from media import astronaut_face, background, paste, write_video  # noqa: E402
 
+from dferclip.files import write_json  # noqa: E402
 from dferclip.video.decode import VideoReader, sample_indices  # noqa: E402
 from dferclip.video.faces import MTCNNDetector  # noqa: E402
 from dferclip.video.ingest import ingest  # noqa: E402
@@ -109,14 +110,17 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, help="JSON file to write")
     parser.add_argument("--cache-dir", default=str(ROOT / ".cache" / "bench_ingest"), help="where the generated clips are kept")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--detector-threads", type=int, default=1, help="torch threads for face detection")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for this process (0: torch's default); set once, never per call")
     parser.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
     args = parser.parse_args(argv)
 
     cache = Path(args.cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     paths = {name: make_clip(cache, name) for name in args.clips}
-    detector = MTCNNDetector(threads=args.detector_threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    detector = MTCNNDetector()
     load_before = os.getloadavg()
     results = {name: bench_clip(path, detector, args.repeats) for name, path in paths.items()}
     load_after = os.getloadavg()
@@ -136,11 +140,12 @@ def main(argv=None) -> None:
             "load_average_after": [round(v, 2) for v in load_after],
         },
         "versions": _versions(),
-        "detector": {"name": "MTCNN", "detect_side": detector.detect_side, "min_face": detector.min_face, "threads": detector.threads},
+        "detector": {"name": "MTCNN", "detect_side": detector.detect_side, "min_face": detector.min_face,
+                     "torch_threads": torch.get_num_threads()},
         "targets_s": {"10s_720p": 0.5, "10min_720p": 2.0},
         "clips": results,
     }
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_json(args.out, report)
 
     print("| clip | frames | decode s | detect s | crop s | total s (median) | total s (min) | CPU s | cold s | packets decoded | target s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

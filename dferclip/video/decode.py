@@ -397,8 +397,7 @@ class VideoReader:
             for packet in self._container.demux(stream):
                 if packet.size == 0:
                     continue
-                if num_packets % 256 == 0:
-                    self._check_deadline("reading the packets")
+                self._check_deadline("reading the packets")
                 if packet.is_keyframe or num_packets == 0:
                     starts.append(num_packets)
                     keys.append(packet)
@@ -488,6 +487,7 @@ class VideoReader:
                 break
             if packet.size == 0:
                 continue
+            self._check_deadline("decoding")
             self.decoded_packets += 1
             yield from codec.decode(packet)
         yield from codec.decode(None)
@@ -601,8 +601,6 @@ class VideoReader:
         index = 0
         try:
             for frame in self._decode_packets(self._container.demux(self._stream), limit=self._table.num_packets + 1):
-                if index % 64 == 0:
-                    self._check_deadline("decoding")
                 if index in targets:
                     yield self._to_decoded(frame, index)
                 index += 1
@@ -618,7 +616,6 @@ class VideoReader:
         for i in wanted:
             by_gop.setdefault(bisect.bisect_right(table.gop_first_frame, i) - 1, []).append(i)
         for gop, indices in sorted(by_gop.items()):
-            self._check_deadline("decoding")
             found = self._decode_gop(gop, self._gop_packets(gop), indices)
             for index in sorted(found):
                 yield found[index]
@@ -634,6 +631,7 @@ class VideoReader:
         self._pending = None
         try:
             for packet in self._container.demux(self._stream):
+                self._check_deadline("reading")
                 if packet.size == 0:
                     continue
                 if len(packets) == count:
@@ -708,7 +706,8 @@ class VideoReader:
                 output_rank += 1
 
         try:
-            for packet in packets[: last_pos + 1]:
+            for packet in packets[: last_pos + 1]:  # the deadline holds within a GOP: one may be the whole clip
+                self._check_deadline("decoding")
                 codec.skip_frame = "DEFAULT" if (not by_pts or packet.pts in target_pts) else "NONREF"
                 self.decoded_packets += 1
                 for frame in self._decode_tolerant(packet):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import math
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -134,8 +133,9 @@ class MTCNNDetector(FaceDetector):
     image of a same-size group has a face, the group is searched again at ``retry_side`` (None: no
     retry) for faces smaller than ``min_face`` at ``detect_side``. ``thresholds`` are the three stages'
     face-probability cut-offs; at most ``max_candidates`` boxes per image reach the last stage;
-    ``batch_size`` images go through the networks at once, on ``threads`` CPU threads (these small
-    convolutions gain little from more, and lose much when the CPU is busy).
+    ``batch_size`` images go through the networks at once. They run on torch's threads, which are the
+    process's to set (``torch.set_num_threads`` once, at start-up): a detector never changes them, since
+    the setting is global and detection runs on worker threads beside other requests.
     """
 
     def __init__(
@@ -148,7 +148,6 @@ class MTCNNDetector(FaceDetector):
         factor: float = 0.709,
         max_candidates: int = 8,
         batch_size: int = 32,
-        threads: Optional[int] = 1,
         device: str = "cpu",
     ):
         self.detect_side = detect_side
@@ -159,7 +158,6 @@ class MTCNNDetector(FaceDetector):
         self.factor = factor
         self.max_candidates = max_candidates
         self.batch_size = batch_size
-        self.threads = threads
         self.device = device
         self._nets = None
 
@@ -173,10 +171,9 @@ class MTCNNDetector(FaceDetector):
         by_size: dict = {}
         for i, image in enumerate(images):
             by_size.setdefault(image.shape[:2], []).append(i)
-        with _torch_threads(self.threads if self.device == "cpu" else None):
-            for members in by_size.values():
-                for i, dets in zip(members, self._detect_group([images[i] for i in members])):
-                    results[i] = dets
+        for members in by_size.values():
+            for i, dets in zip(members, self._detect_group([images[i] for i in members])):
+                results[i] = dets
         return results
 
     def _detect_group(self, images: List[np.ndarray]) -> List[List[Detection]]:
@@ -291,22 +288,6 @@ def _resize_all(images: List[np.ndarray], scale: float) -> np.ndarray:
     h, w = images[0].shape[:2]
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.stack([cv2.resize(image, size, interpolation=cv2.INTER_AREA) for image in images])
-
-
-@contextmanager
-def _torch_threads(threads: Optional[int]):
-    """Run with ``threads`` intra-op threads, restoring torch's setting after (None: leave it)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if threads is None or threads == previous:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _square(box):
