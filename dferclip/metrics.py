@@ -10,6 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import DataError
+
 
 @dataclass
 class Metrics:
@@ -29,8 +31,12 @@ class Metrics:
 
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    for name, y in (("true", y_true), ("predicted", y_pred)):
+        if y.size and (y.min() < 0 or y.max() >= num_classes):  # a -1 would land in the last class
+            raise DataError(f"{name} labels must lie in 0..{num_classes - 1}; found {int(y.min())}..{int(y.max())}")
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    np.add.at(cm, (y_true, y_pred), 1)
     return cm
 
 

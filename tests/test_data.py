@@ -1,5 +1,6 @@
 """Annotation lists, frame folders, the official samplers and clip-consistent augmentation."""
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +236,54 @@ def test_video_folder_goes_through_ingestion_once(tmp_path):
                          cache_dir=tmp_path / "cache")
     assert [r.path for r in again.records] == [r.path for r in ds.records]
     assert stamp == {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.jpg")}  # reused, not redone
+
+
+def test_unlabelled_hf_rows_are_skipped_and_reported_never_filed_under_the_last_class(tmp_path, caplog):
+    datasets = pytest.importorskip("datasets")
+    from dferclip.metrics import compute_metrics
+    from dferclip.training.data import subset
+
+    rng = np.random.default_rng(1)
+    clips = [[Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)) for _ in range(n)] for n in (3, 5, 7)]
+    features = datasets.Features({"frames": datasets.Sequence(datasets.Image()),
+                                  "label": datasets.ClassLabel(names=["happiness", "sadness"])})
+    datasets.Dataset.from_dict({"frames": clips, "label": [1, -1, 0]}, features=features).save_to_disk(
+        str(tmp_path / "hfds"))
+    with caplog.at_level(logging.WARNING):
+        ds = open_dataset(f"hf:{tmp_path / 'hfds'}", InputConfig(num_frames=2, image_size=16),
+                          class_names=["happiness", "sadness"])
+    assert ds.labels == [1, 0] and len(ds) == 2
+    assert ds.report.bad_lines[0][0] == 1 and "ClassLabel -1" in caplog.text
+    third = np.array(clips[2][middle_indices(7, 2)[0]].resize((16, 16), Image.BILINEAR))
+    assert torch.allclose(ds[1][0][0], torch.from_numpy(third).permute(2, 0, 1).float() / 255)  # row 2, not row 1
+    part = subset(ds, [1])
+    assert part.labels == [0] and torch.equal(part[0][0], ds[1][0])  # a split keeps reading the dataset's rows
+    with pytest.raises(DataError, match="0..6"):  # a -1 that slips through is an error, not the last class
+        compute_metrics([0, -1], [0, 6], 7)
+
+
+def test_video_cache_is_rebuilt_for_a_replaced_video_and_never_reuses_a_partial_folder(tmp_path):
+    from dferclip.training.data import ingest_videos
+    from dferclip.training.synthetic import write_video_dataset
+    from dferclip.video.clips import clip_key
+
+    write_video_dataset(tmp_path / "a", 1, seed=4, size=96, frames=(10, 10), classes=["neutral"])
+    write_video_dataset(tmp_path / "b", 1, seed=5, size=96, frames=(14, 14), classes=["neutral"])
+    (video,) = (tmp_path / "a" / "neutral").iterdir()
+    (other,) = (tmp_path / "b" / "neutral").iterdir()
+    cache = tmp_path / "cache"
+    lst, _ = ingest_videos([(video, 0)], cache, image_size=32)
+    (first,) = read_annotation(lst)[0]
+    folder = first.path
+    frames_before = list_frames(folder)
+    # an interrupted earlier run left a partial folder behind under the name the frames are written to first
+    leftover = cache / (Path(folder).name + ".part")
+    _frames(leftover, 30)
+    Path(folder).rename(tmp_path / "moved-away")
+    lst, _ = ingest_videos([(video, 0)], cache, image_size=32)
+    (again,) = read_annotation(lst)[0]
+    assert len(list_frames(again.path)) == len(frames_before) == 10  # no stray frames from the partial folder
+    other.replace(video)  # the same path now holds another video
+    lst, _ = ingest_videos([(video, 0)], cache, image_size=32)
+    (replaced,) = read_annotation(lst)[0]
+    assert replaced.num_frames == 14 and clip_key(replaced.path) == clip_key(video)

@@ -19,6 +19,7 @@ Missing folders, empty folders, bad lines and frame counts that differ from the 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -34,6 +35,7 @@ from torch.utils.data import Dataset
 
 from ..config import InputConfig
 from ..errors import DataError
+from ..files import atomic_folder, atomic_write
 from ..video.clips import (  # noqa: F401
     IMAGE_EXTENSIONS,
     SOURCE_KEY_FILE,
@@ -163,10 +165,9 @@ def check_frames(records: list[ClipRecord], report: DataReport) -> list[ClipReco
 
 def write_annotation(records: Sequence[ClipRecord], list_file: str | Path) -> Path:
     """Write an official-format list (0-based labels)."""
-    list_file = Path(list_file)
-    list_file.parent.mkdir(parents=True, exist_ok=True)
-    list_file.write_text("".join(f"{r.path} {r.num_frames} {r.label}\n" for r in records))
-    return list_file
+    with atomic_write(list_file) as f:
+        f.write("".join(f"{r.path} {r.num_frames} {r.label}\n" for r in records))
+    return Path(list_file)
 
 
 def scan_class_folders(root: str | Path, class_names: Sequence[str]) -> list[ClipRecord]:
@@ -293,6 +294,14 @@ def clip_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
+def _rgb(frame) -> Image.Image:
+    """An image file (path) or a PIL image, as RGB."""
+    if isinstance(frame, Image.Image):
+        return frame.convert("RGB")
+    with Image.open(frame) as im:
+        return im.convert("RGB")
+
+
 def frames_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
     """PIL RGB frames -> (T, 3, H, W) float in [0, 1]."""
     arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
@@ -335,18 +344,20 @@ class ClipDataset(Dataset):
             return train_indices(n, t, clip_rng(self.seed, self.epoch, index))
         return middle_indices(n, t)
 
-    def load_frames(self, index: int) -> list[Image.Image]:
-        r = self.records[index]
-        frames = r.frames if r.frames is not None else list_frames(r.path)
-        if not frames:
-            raise DataError(f"no frames in {r.path}")
+    def sample_frames(self, index: int, frames: Sequence, where: str) -> list[Image.Image]:
+        """The clip's sampled frames as RGB images; ``frames`` are files or images (each opened once)."""
+        if not len(frames):
+            raise DataError(f"no frames in {where}")
         idx = np.minimum(self.indices_for(index, len(frames)), len(frames) - 1)
         cache: dict = {}
         for i in idx:
             if i not in cache:
-                with Image.open(frames[i]) as im:
-                    cache[i] = im.convert("RGB")
+                cache[i] = _rgb(frames[i])
         return [cache[i] for i in idx]
+
+    def load_frames(self, index: int) -> list[Image.Image]:
+        r = self.records[index]
+        return self.sample_frames(index, r.frames if r.frames is not None else list_frames(r.path), r.path)
 
     def transform(self, index: int, images: list[Image.Image]) -> torch.Tensor:
         size = self.input_config.image_size
@@ -398,24 +409,29 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
 
 
 def subset(ds: ClipDataset, indices: Sequence[int], *, train: Optional[bool] = None) -> ClipDataset:
-    return ClipDataset([ds.records[i] for i in indices], ds.input_config,
-                       train=ds.train if train is None else train, augment=ds.augment, seed=ds.seed,
-                       report=ds.report, class_names=ds.class_names)
+    """The clips at ``indices``, as a dataset of the same kind (an HF subset still reads its rows)."""
+    out = copy.copy(ds)
+    out.records = [ds.records[i] for i in indices]
+    out.train = ds.train if train is None else train
+    return out
 
 
 # --- raw videos through the ingestion pipeline -------------------------------------------------
 
 
-def _frame_dir_name(video: Path) -> str:
-    digest = hashlib.sha1(str(video.resolve()).encode()).hexdigest()[:10]
-    return f"{video.stem}-{digest}"
+def _frame_dir_name(video: Path, settings: str) -> str:
+    """The cache folder of a video: its place, size and modification time (a replaced file gets a new folder)
+    and the ingestion settings."""
+    st = video.stat()
+    ident = f"{video.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{settings}"
+    return f"{video.stem}-{hashlib.sha1(ident.encode()).hexdigest()[:10]}"
 
 
 def ingest_videos(videos: Sequence[tuple[str | Path, int]], out_dir: str | Path, *, image_size: int = 224,
                   max_frames: int = 64, detector=None, fallback: str = "center") -> tuple[Path, DataReport]:
     """Run each video once through ``dferclip.ingest`` (decode, face tracking, square crops) and keep the
-    crops as a frame folder; returns an official-format list of them. Already-extracted videos are reused.
-    Videos that cannot be read are reported and skipped."""
+    crops as a frame folder; returns an official-format list of them. A video already extracted with the same
+    settings, and not changed since, is reused. Videos that cannot be read are reported and skipped."""
     from ..errors import DferclipError
     from ..video.ingest import ingest
 
@@ -423,29 +439,33 @@ def ingest_videos(videos: Sequence[tuple[str | Path, int]], out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     report = DataReport(source=str(out_dir))
     records = []
+    settings = f"size={image_size} frames={max_frames} fallback={fallback}"
     for i, (video, label) in enumerate(videos, 1):
         video = Path(video)
-        folder = out_dir / _frame_dir_name(video)
-        frames = list_frames(folder) if folder.is_dir() else []
-        if not frames:
-            try:
+        try:
+            folder = out_dir / _frame_dir_name(video, settings)
+            frames = list_frames(folder) if folder.is_dir() else []
+            if not frames:
                 res = ingest(video, InputConfig(num_frames=max_frames, image_size=image_size),
                              detector=detector, fallback=fallback)
-            except DferclipError as e:
-                report.bad_lines.append((i, str(video), str(e)))
-                continue
-            tmp = folder.with_name(folder.name + ".part")
-            tmp.mkdir(exist_ok=True)
-            kept = _distinct_frames(res)
-            for k, crop in enumerate(kept):
-                crop.save(tmp / f"{k:05d}.jpg", quality=95)
-            # the clip's identity is its video's content, whatever crop size or cache folder (captions use it)
-            (tmp / SOURCE_KEY_FILE).write_text(clip_key(video) + "\n")
-            os.replace(tmp, folder)
-            frames = list_frames(folder)
+                frames = _write_frame_folder(folder, _distinct_frames(res), clip_key(video))
+        except DferclipError as e:
+            report.bad_lines.append((i, str(video), str(e)))
+            continue
         records.append(ClipRecord(str(folder), len(frames), int(label), i))
     report.listed = len(records)
     return write_annotation(records, out_dir / "annotation.txt"), report
+
+
+def _write_frame_folder(folder: Path, crops: list, key: str) -> list[str]:
+    """The crops as a frame folder, written whole into a fresh temporary folder and renamed into place: a
+    folder is complete or absent, and what an interrupted run left behind is never reused."""
+    with atomic_folder(folder, overwrite=True) as tmp:
+        for k, crop in enumerate(crops):
+            crop.save(tmp / f"{k:05d}.jpg", quality=95)
+        # the clip's identity is its video's content, whatever crop size or cache folder (captions use it)
+        (tmp / SOURCE_KEY_FILE).write_text(key + "\n")
+    return list_frames(folder)
 
 
 def _distinct_frames(res) -> list:
@@ -480,32 +500,35 @@ class HFClipDataset(ClipDataset):
     """
 
     def __init__(self, hf_dataset, input_config: InputConfig = InputConfig(), *, frames_column: str = "frames",
-                 label_column: str = "label", **kw):
+                 label_column: str = "label", num_classes: Optional[int] = None, source: str = "", **kw):
         if frames_column not in hf_dataset.column_names or label_column not in hf_dataset.column_names:
             raise DataError(f"dataset needs columns {frames_column!r} and {label_column!r}; "
                             f"it has {hf_dataset.column_names}")
-        labels = hf_dataset[label_column]
-        records = [ClipRecord(f"row {i}", -1, int(lab), i) for i, lab in enumerate(labels)]
         names = getattr(hf_dataset.features[label_column], "names", None)
-        super().__init__(records, input_config, class_names=names, **kw)
+        num_classes = len(names) if names else num_classes
+        report = DataReport(source=source or "Hugging Face dataset")
+        records = []  # a record's ``line`` is its row in the dataset
+        for i, lab in enumerate(hf_dataset[label_column]):
+            if lab is None or int(lab) < 0 or (num_classes is not None and int(lab) >= num_classes):
+                why = "no label (ClassLabel -1)" if lab is None or int(lab) == -1 else "label out of range"
+                report.bad_lines.append((i, f"row {i}: label {lab}", why))
+                continue
+            records.append(ClipRecord(f"row {i}", -1, int(lab), i))
+        report.listed = len(records)
+        if report.problems:
+            log.warning("%s", report.summary())
+        if not records:
+            raise DataError(f"{report.source}: no labelled rows ({report.summary()})")
+        super().__init__(records, input_config, class_names=names, report=report, **kw)
         self.hf = hf_dataset
         self.frames_column = frames_column
 
     def load_frames(self, index: int) -> list[Image.Image]:
-        value = self.hf[index][self.frames_column]
+        row = self.records[index].line
+        value = self.hf[row][self.frames_column]
         if isinstance(value, (str, os.PathLike)):
-            frames = list_frames(value)
-            opened = [lambda p=p: Image.open(p) for p in frames]
-        else:
-            opened = [lambda im=im: im if isinstance(im, Image.Image) else Image.open(im["path"]) for im in value]
-        if not opened:
-            raise DataError(f"row {index} has no frames")
-        idx = np.minimum(self.indices_for(index, len(opened)), len(opened) - 1)
-        cache: dict = {}
-        for i in idx:
-            if i not in cache:
-                cache[i] = opened[i]().convert("RGB")
-        return [cache[i] for i in idx]
+            value = list_frames(value)
+        return self.sample_frames(index, [v["path"] if isinstance(v, dict) else v for v in value], f"row {row}")
 
 
 def load_hf_dataset(name_or_path: str, split: str = "train", input_config: InputConfig = InputConfig(), *,
@@ -526,7 +549,8 @@ def load_hf_dataset(name_or_path: str, split: str = "train", input_config: Input
             ds = datasets.load_dataset(name_or_path, split=split)
         except Exception as e:  # datasets raises many types for missing repos, offline, bad files
             raise DataError(f"cannot load dataset {name_or_path!r} split {split!r}: {e}") from None
-    return HFClipDataset(ds, input_config, frames_column=frames_column, label_column=label_column, **kw)
+    return HFClipDataset(ds, input_config, frames_column=frames_column, label_column=label_column,
+                         source=f"{name_or_path}@{split}", **kw)
 
 
 # --- one entry point -------------------------------------------------------------------------
@@ -544,7 +568,7 @@ def open_dataset(spec: str | Path, input_config: InputConfig = InputConfig(), *,
     s = str(spec)
     if s.startswith("hf:"):
         name, _, split = s[3:].partition("@")
-        return load_hf_dataset(name, split or hf_split, input_config, **kw)
+        return load_hf_dataset(name, split or hf_split, input_config, num_classes=len(class_names), **kw)
     p = Path(s)
     if p.is_file():
         return load_annotation_dataset(p, input_config, num_classes=len(class_names), label_base=label_base,
