@@ -228,6 +228,26 @@ def test_fusion_weights_are_softmax_normalised_and_skip_missing_captions():
     assert gated.stream_weights(gated.prepare_inputs(video())).shape == (2, 3)
 
 
+def test_a_caption_only_model_gives_even_scores_not_nan_for_a_clip_without_caption():
+    from dferclip.text.tokens import tokenize
+
+    m = build("text", streams=["caption"])
+    perturb_adapters(m)
+    m.eval()
+    with torch.no_grad():
+        logits = m(m.prepare_inputs(video(), captions=[None, "the brows rise"]))
+        assert torch.isfinite(logits).all()
+        assert torch.equal(logits[0], torch.zeros_like(logits[0])) and logits[1].std() > 0
+        # tokens without a presence flag: an empty caption (start and end tokens only) is no caption
+        tokens = tokenize(["", "the brows rise"], m.clip.context_length)
+        w = m.stream_weights({"video": video(), "caption_tokens": tokens})
+    assert w[:, 0].tolist() == [0.0, 1.0]
+    m.train()
+    loss = m.loss(m(m.prepare_inputs(video(), captions=["", "the eyes widen"])), torch.tensor([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
 def test_captions_change_the_video_embedding_and_missing_mid_level_is_rendered():
     m = build("full")
     perturb_adapters(m)

@@ -150,14 +150,16 @@ class Fusion(nn.Module):
             self.register_buffer("fixed", torch.log(torch.tensor(w).clamp_min(1e-12)), persistent=False)
 
     def weights(self, feats: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """(B, S, D) normalised stream embeddings, (B, S) bool -> (B, S) weights summing to 1 per clip."""
+        """(B, S, D) normalised stream embeddings, (B, S) bool -> (B, S) weights summing to 1 per clip (all 0 for a
+        clip with no stream present: its fused embedding is 0 and its class scores are even)."""
         if self.kind == "learned":
             logits = self.logits.to(feats.dtype).expand(feats.shape[0], -1)
         elif self.kind == "gated":
             logits = self.gate((feats * present[..., None]).flatten(1).to(self.gate.weight.dtype)).to(feats.dtype)
         else:
             logits = self.fixed.to(feats.dtype).expand(feats.shape[0], -1)
-        return logits.masked_fill(~present, float("-inf")).softmax(dim=-1)
+        # finfo.min rather than -inf: a clip with no stream at all gets all-zero weights, not 0/0 = NaN
+        return logits.masked_fill(~present, torch.finfo(logits.dtype).min).softmax(dim=-1) * present
 
     def forward(self, feats: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         w = self.weights(feats, present)
@@ -411,7 +413,9 @@ class FineCLIPER(ModelFacts, nn.Module):
             tokens = tokenize([""] * batch, self.clip.context_length)
             present = torch.zeros(batch, dtype=torch.bool)
         else:
-            present = inputs.get("caption_present", (tokens != 0).any(dim=1))
+            present = inputs.get("caption_present")
+            if present is None:  # a caption is there when it has a token besides start and end
+                present = (tokens != 0).sum(dim=1) > 2
         feats = self._encode_tokens(tokens.to(device), [("caption", batch)])[0]
         return F.normalize(feats, dim=-1), present.to(device=device, dtype=torch.bool)
 
