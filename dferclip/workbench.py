@@ -405,8 +405,11 @@ class Workbench:
         from .scoring import tensor_digest
 
         key = tensor_digest(video)
-        name = name or key[:12]
-        self.clips[name] = self.video_cache.get(self.model, video, key=key)
+        return self._keep_clip(name or key[:12], self.video_cache.get(self.model, video, key=key))
+
+    def _keep_clip(self, name: str, embedding) -> str:
+        """Remember a clip's embedding under ``name``, dropping the oldest beyond :data:`MAX_CLIPS`."""
+        self.clips[name] = embedding
         self.clips.move_to_end(name)
         while len(self.clips) > MAX_CLIPS:
             self.clips.popitem(last=False)
@@ -421,9 +424,7 @@ class Workbench:
             raise DataError(f"no such video file: {path}")
         emb = self.video_cache.get(self.model, key=f"file:{file_digest(path)}:{self._input_key()}",
                                    load_video=lambda: ingest_fn(path))
-        name = Path(path).name
-        self.clips[name] = emb
-        return name
+        return self._keep_clip(Path(path).name, emb)
 
     def _input_key(self) -> str:
         return hashlib.sha256(repr(self.model.input_config).encode()).hexdigest()[:12]

@@ -298,3 +298,15 @@ def test_evaluation_set_of_real_videos_through_ingestion(model, tmp_path, monkey
     calls.clear()
     Workbench(model).set_evaluation(clips, cache_dir=tmp_path / "cache")
     assert calls == [str(folder / "broken.mp4")]
+
+
+def test_clip_files_are_bounded_like_clip_tensors(model, tmp_path, monkeypatch):
+    from media import face_clip
+
+    import dferclip.workbench as workbench
+
+    monkeypatch.setattr(workbench, "MAX_CLIPS", 2)
+    wb = Workbench(model)
+    names = [wb.add_clip_file(face_clip(tmp_path / f"clip{i}.mp4", num_frames=8)[0])
+             for i in range(3)]
+    assert list(wb.clips) == names[1:]  # the oldest dropped, as add_clip does
