@@ -8,7 +8,9 @@ import torch
 import dferclip
 from dferclip.weights.checkpoints import read_official
 
-ATOL = 1e-4
+# What the README claims. Measured on CPU in fp32 (2-core AMD EPYC, torch 2.15): max |diff| 5.0e-6 on the
+# logits, 2.3e-6 on the features, 0 on the prompts; the fixture itself asks for 1e-4.
+ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
