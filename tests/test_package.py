@@ -54,7 +54,6 @@ def test_the_wheel_holds_the_data_files_and_the_console_script(wheel):
     assert "dferclip = dferclip.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
-@pytest.mark.slow  # an install and two fresh Python processes (about 20 s; minutes on a busy machine)
 def test_installed_package_predicts_from_another_folder(wheel, tmp_path):
     clip = feat_clip("single_face.mp4")
     target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
