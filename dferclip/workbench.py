@@ -203,14 +203,19 @@ def read_hf_dataset(path: str | Path, classes: Sequence[str], split: Optional[st
         raise DataError(f"the dataset needs a 'label' column and one of path/video/file; has {ds.column_names}")
     feature = ds.features["label"]
     names = getattr(feature, "names", None)
-    clips = []
+    clips, unlabelled = [], 0
     for i, row in enumerate(ds):
         value = row[path_col]
         p = value.get("path") if isinstance(value, dict) else value
+        if names and isinstance(row["label"], int) and row["label"] < 0:  # ClassLabel's "no label" (-1)
+            unlabelled += 1
+            continue
         label = names[row["label"]] if names else row["label"]
         clips.append(LabelledClip(str(p), label_index(label, classes, f"row {i}")))
+    if unlabelled:
+        log.warning("%d rows without a label (-1) skipped", unlabelled)
     if not clips:
-        raise DataError(f"the dataset at {path} is empty")
+        raise DataError(f"the dataset at {path} has no labelled rows")
     return clips
 
 

@@ -188,9 +188,11 @@ def test_evaluation_set_from_hf_dataset(model, videos, tmp_path):
     paths = write_tensor_clips(tmp_path, videos[:2])
     features = datasets.Features({"path": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=model.class_names)})
-    d = datasets.Dataset.from_dict({"path": [str(p) for p in paths], "label": [4, 2]}, features=features)
+    d = datasets.Dataset.from_dict({"path": [str(p) for p in paths] + [str(paths[0])], "label": [4, 2, -1]},
+                                   features=features)
     d.save_to_disk(str(tmp_path / "hf"))
     clips = read_hf_dataset(tmp_path / "hf", model.class_names)
+    # the row without a label (-1) is skipped, never filed under the last class
     assert [(c.path, c.label) for c in clips] == [(str(paths[0]), 4), (str(paths[1]), 2)]
     with pytest.raises(DataError):
         read_hf_dataset(tmp_path / "nothing", model.class_names)
