@@ -73,6 +73,12 @@ def starting_set(class_set: str, custom_classes: Sequence[str] = ()) -> Descript
                           provenance={"source": "placeholders; edit or generate the descriptions"})
 
 
+def numeric_labels_allowed(ds: DescriptionSet) -> bool:
+    """Whether 0-based label numbers may index ``ds``'s classes: only for an unchanged built-in class set."""
+    sets = load_class_sets()
+    return ds.class_set in sets and list(sets[ds.class_set]) == list(ds.classes)
+
+
 def descriptions_to_rows(ds: DescriptionSet) -> list[list[str]]:
     """One [class, description] row per descriptor."""
     return [[c, d] for c, descs in zip(ds.classes, ds.descriptions) for d in descs]
@@ -98,10 +104,13 @@ def rows_to_descriptions(rows: Sequence[Sequence[str]], base: DescriptionSet) ->
 @dataclass
 class LabelledClip:
     path: str
-    label: int
+    label: int  # index into the class set the labels were read with
+    label_name: str = ""  # the class NAME: what evaluation maps by (a class set may change after loading)
 
 
-def label_index(value, classes: Sequence[str], where: str) -> int:
+def label_index(value, classes: Sequence[str], where: str, numeric: bool = True) -> int:
+    """A label's index in ``classes``: by class name (any case), or a 0-based index when ``numeric`` (only
+    for the class set the indices were written for: a built-in one, never custom classes)."""
     text = str(value).strip()
     lowered = [c.lower() for c in classes]
     if text.lower() in lowered:
@@ -110,13 +119,21 @@ def label_index(value, classes: Sequence[str], where: str) -> int:
         i = int(text)
     except ValueError:
         raise DataError(f"{where}: label {text!r} is neither a class ({', '.join(classes)}) nor an index") from None
+    if not numeric:
+        raise DataError(f"{where}: label {i} is a number, which only indexes a built-in class set; with these "
+                        f"classes ({', '.join(classes)}) write class names")
     if not 0 <= i < len(classes):
         raise DataError(f"{where}: label index {i} outside 0..{len(classes) - 1}")
     return i
 
 
-def read_labels_csv(csv_path: str | Path, classes: Sequence[str], folder: str | Path | None = None
-                    ) -> list[LabelledClip]:
+def labelled(path: str, value, classes: Sequence[str], where: str, numeric: bool = True) -> LabelledClip:
+    i = label_index(value, classes, where, numeric)
+    return LabelledClip(path, i, classes[i])
+
+
+def read_labels_csv(csv_path: str | Path, classes: Sequence[str], folder: str | Path | None = None,
+                    numeric: bool = True) -> list[LabelledClip]:
     """``path,label`` rows (header optional); labels are class names or 0-based indices; paths are relative to
     ``folder`` (default: the CSV's folder)."""
     csv_path = Path(csv_path)
@@ -130,7 +147,7 @@ def read_labels_csv(csv_path: str | Path, classes: Sequence[str], folder: str | 
         if not p.is_file():
             missing.append(str(p))
             continue
-        clips.append(LabelledClip(str(p), label_index(label, classes, f"{csv_path.name} line {n}")))
+        clips.append(labelled(str(p), label, classes, f"{csv_path.name} line {n}", numeric))
     if missing:
         log.warning("%d listed clips are missing, e.g. %s", len(missing), missing[0])
     if not clips:
@@ -161,7 +178,8 @@ def labels_csv_rows(csv_path: str | Path) -> Iterator[tuple[int, str, str]]:
 
 
 def read_uploaded_labels(csv_path: str | Path, uploaded: dict[str, str], classes: Sequence[str],
-                         max_clips: int, *, allow_local_paths: bool = False) -> list[LabelledClip]:
+                         max_clips: int, *, allow_local_paths: bool = False, numeric: bool = True
+                         ) -> list[LabelledClip]:
     """A labels CSV uploaded with its clips (``uploaded``: file name -> its upload path). Rows name uploaded
     files by name; a row naming anything else is an error that says nothing about the server's disk, unless
     ``allow_local_paths`` (the app's local mode), where it may be a path on this machine."""
@@ -175,7 +193,7 @@ def read_uploaded_labels(csv_path: str | Path, uploaded: dict[str, str], classes
         else:
             raise DataError(f"{csv_name} line {n}: {name[:80]!r} is not one of the uploaded clips; the CSV may "
                             "only name files uploaded with it, by file name")
-        clips.append(LabelledClip(path, label_index(label, classes, f"{csv_name} line {n}")))
+        clips.append(labelled(path, label, classes, f"{csv_name} line {n}", numeric))
         if len(clips) > max_clips:
             raise DataError(f"more than {max_clips} clips: an evaluation set here holds at most {max_clips}")
     if not clips:
@@ -183,7 +201,8 @@ def read_uploaded_labels(csv_path: str | Path, uploaded: dict[str, str], classes
     return clips
 
 
-def read_hf_dataset(path: str | Path, classes: Sequence[str], split: Optional[str] = None) -> list[LabelledClip]:
+def read_hf_dataset(path: str | Path, classes: Sequence[str], split: Optional[str] = None, numeric: bool = True
+                    ) -> list[LabelledClip]:
     """A local ``datasets`` dataset (``save_to_disk`` folder) with a video path column and a label column."""
     try:
         import datasets
@@ -211,7 +230,7 @@ def read_hf_dataset(path: str | Path, classes: Sequence[str], split: Optional[st
             unlabelled += 1
             continue
         label = names[row["label"]] if names else row["label"]
-        clips.append(LabelledClip(str(p), label_index(label, classes, f"row {i}")))
+        clips.append(labelled(str(p), label, classes, f"row {i}", numeric))
     if unlabelled:
         log.warning("%d rows without a label (-1) skipped", unlabelled)
     if not clips:
@@ -228,6 +247,8 @@ class EmbeddedSet:
     learned: torch.Tensor
     zero_shot: torch.Tensor
     failed: list = field(default_factory=list)  # (path, message) of clips that could not be read
+    label_names: list = field(default_factory=list)  # per clip; empty: ``labels`` index the current class set
+    model_key: str = ""  # which model embedded it (the app drops the set when the model changes)
 
     def for_mode(self, mode: str) -> torch.Tensor:
         return self.learned if mode == "learned" else self.zero_shot
@@ -257,7 +278,7 @@ def embed_clips(model, clips: Sequence[LabelledClip], cache: VideoEmbeddingCache
     if ingest_fn is None:
         ingest_fn, ingest_settings = default_ingest(model)
     settings = hashlib.sha256(json.dumps(ingest_settings or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    paths, labels, learned, zero, failed = [], [], [], [], []
+    paths, labels, names, learned, zero, failed = [], [], [], [], [], []
     for i, clip in enumerate(clips):
         if progress:
             progress(i, len(clips), clip.path)
@@ -270,13 +291,15 @@ def embed_clips(model, clips: Sequence[LabelledClip], cache: VideoEmbeddingCache
             continue
         paths.append(clip.path)
         labels.append(clip.label)
+        names.append(clip.label_name)
         learned.append(emb.learned)
         zero.append(emb.zero_shot)
     if progress:
         progress(len(clips), len(clips), "")
     if not paths:
         raise DataError(f"none of the {len(clips)} clips could be read; first problem: {failed[0][1] if failed else '-'}")
-    return EmbeddedSet(paths, torch.as_tensor(labels, device="cpu"), torch.stack(learned), torch.stack(zero), failed)
+    return EmbeddedSet(paths, torch.as_tensor(labels, device="cpu"), torch.stack(learned), torch.stack(zero), failed,
+                       names if all(names) else [])
 
 
 def _pn_report(i: int, now: Scores, previous: Optional[Scores], baseline: Optional[Scores]) -> Optional[dict]:
@@ -512,16 +535,18 @@ class Workbench:
         if ev is None:
             return None
         n = self.current.num_classes
-        if int(ev.labels.max()) >= n:
-            raise DataError(f"the evaluation set has labels up to {int(ev.labels.max())}; the class set has {n}")
-        out = {"classes": list(self.current.classes), "n": len(ev), "failed": list(ev.failed), "modes": {}}
+        labels, keep, unmatched = self._labels_by_name(ev)
+        out = {"classes": list(self.current.classes), "n": len(labels), "failed": list(ev.failed),
+               "unmatched": unmatched, "modes": {}}
+        if not labels:
+            return out
         for mode in self.modes():
-            v = ev.for_mode(mode)
+            v = ev.for_mode(mode)[keep]
             results = {}
             for which, ds in (("current", self.current), ("previous", self.previous), ("baseline", self.baseline)):
                 if which == "current" or self._comparable(ds):
                     s = self._scores(v, ds, mode)
-                    results[which] = compute_metrics(ev.labels.tolist(), s.predictions.tolist(), n)
+                    results[which] = compute_metrics(labels, s.predictions.tolist(), n)
             cur = results["current"]
             out["modes"][mode] = {
                 "current": cur,
@@ -531,6 +556,25 @@ class Workbench:
                 "delta_baseline": _metric_delta(cur, results.get("baseline")),
             }
         return out
+
+    def _labels_by_name(self, ev: EmbeddedSet) -> tuple[list[int], torch.Tensor, dict[str, int]]:
+        """(labels as indices of the current classes, which clips they are, {label: clips} of labels that are
+        not a current class). Labels are matched by class name, never by position."""
+        n = self.current.num_classes
+        if not ev.label_names:  # plain indices of the current class set
+            if len(ev) and int(ev.labels.max()) >= n:
+                raise DataError(f"the evaluation set has labels up to {int(ev.labels.max())}; the class set has {n}")
+            return ev.labels.tolist(), torch.arange(len(ev)), {}
+        index = {c.lower(): i for i, c in enumerate(self.current.classes)}
+        labels, keep, unmatched = [], [], {}
+        for k, name in enumerate(ev.label_names):
+            i = index.get(name.lower())
+            if i is None:
+                unmatched[name] = unmatched.get(name, 0) + 1
+            else:
+                labels.append(i)
+                keep.append(k)
+        return labels, torch.as_tensor(keep, dtype=torch.long), unmatched
 
     def rescore(self) -> dict:
         return {"clips": self.score_clips(), "evaluation": self.evaluate(), "flags": self.flags(),
