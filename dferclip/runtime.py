@@ -290,8 +290,9 @@ class ModelRegistry:
         return self.entries[0].key
 
     def choices(self) -> list[tuple[str, str]]:
-        """(label, key) pairs, for a dropdown."""
-        return [(self._mark(e), e.key) for e in self.entries]
+        """(label, key) pairs, for a dropdown; an entry that cannot load here says so in its label."""
+        return [(self._mark(e) + (" (unavailable here: offline)" if self.unavailable(e.key) else ""), e.key)
+                for e in self.entries]
 
     @staticmethod
     def _mark(e: ModelEntry) -> str:
@@ -300,6 +301,20 @@ class ModelRegistry:
         if entry is None:
             return e.label
         return f"{e.label} · {'cached' if published.is_cached(entry) else 'not downloaded yet'}"
+
+    def unavailable(self, key: str) -> Optional[str]:
+        """Why ``key`` cannot load here, when that is known without loading it (pretrained CLIP weights to
+        download while the Hub cannot be reached), else None."""
+        s = str(key)
+        if key in self._loaded or not s.startswith("pretrained:"):
+            return None
+        from .weights.hub import hub_reachable
+
+        parts = s.split(":")
+        tag = parts[2] if len(parts) > 2 else "openai"
+        if os.path.isfile(tag) or hub_reachable():
+            return None
+        return "its CLIP weights must be downloaded from the Hugging Face Hub, which cannot be reached from here"
 
     def entry(self, key: str) -> ModelEntry:
         for e in self.entries:

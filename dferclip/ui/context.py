@@ -100,9 +100,13 @@ class AppContext:
 def select_model(ctx: AppContext, key: str, last_good: str) -> tuple[str, str, str]:
     """Load ``key``; returns (dropdown value, banner, last good key). On failure, warn and keep the previous one."""
     try:
+        reason = ctx.registry.unavailable(key)
+        if reason:
+            raise DferclipError(reason)
         ctx.model(key)
     except DferclipError as e:
-        gr.Warning(f"Cannot load {ctx.registry.entry(key).label}: {e}")
+        kept = ctx.registry.entry(last_good).label if key != last_good else "the previous model"
+        gr.Warning(f"Cannot load {ctx.registry.entry(key).label}: {e}. Still using {kept}.")
         return last_good, ctx.banner_text(last_good), last_good
     return key, ctx.banner_text(key), key
 
@@ -112,12 +116,13 @@ def build_model_bar(ctx: AppContext) -> None:
     default = ctx.registry.default_key
     with gr.Row(equal_height=True, elem_id="model-bar"):
         ctx.model_dropdown = gr.Dropdown(ctx.registry.choices(), value=default, label="Model", scale=2,
-                                         info="weights found: explicit setting, checkpoints/, Hub, defaults")
+                                         info="the box next to it says which weights run; other models load when picked")
         ctx.banner = gr.HTML(initial_banner(ctx, default), elem_id="weights-banner")
     last_good = gr.State(default)
     ctx.clip = gr.State(None)
     watch_download(ctx, default, last_good)
-    ctx.model_selected = ctx.model_dropdown.input(
+    # .select, not .input: Gradio 6.31's dropdown sends "input" twice per pick (its option and its blur handler)
+    ctx.model_selected = ctx.model_dropdown.select(
         lambda key, good: select_model(ctx, key, good), [ctx.model_dropdown, last_good],
         [ctx.model_dropdown, ctx.banner, last_good], api_name="select_model",
         concurrency_id=ctx.concurrency_id, concurrency_limit=ctx.concurrency_limit,
