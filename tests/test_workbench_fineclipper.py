@@ -328,7 +328,7 @@ def test_tab_shows_pn_bars_and_negative_rows_for_fineclipper(ctx):
     out = start(ctx, FINE, clip)
     model = ctx.model(FINE)
     assert out["pn"].visible is True and out["note"].visible is True
-    assert out["learned"].title == PN_LEARNED_LABEL != MODE_LABELS["learned"]
+    assert PN_LEARNED_LABEL in out["learned"].value and MODE_LABELS["learned"] not in out["learned"].value
     bars = pd.DataFrame(out["pn"].value["data"], columns=out["pn"].value["columns"])
     assert list(bars["descriptor"]) == ["positive", "negative"] * 7
     assert list(bars["bar"][:2]) == ["happiness · pos", "happiness · neg"]
@@ -361,7 +361,7 @@ def test_tab_shows_pn_bars_and_negative_rows_for_fineclipper(ctx):
     assert moved == ["anger · pos"]
     # one positive descriptor and the zero-shot templates of the edited description; no negative
     encoded = 1 + len(model.config.zero_shot_templates)
-    assert f"differs from baseline in: anger · {encoded} description text(s) encoded" in again["status"]
+    assert f"differs from baseline in: anger · clip: clip.webm · {encoded} text encoding(s)" in again["status"]
 
 
 def test_tab_hides_pn_bars_for_dferclip(ctx):
@@ -369,7 +369,7 @@ def test_tab_hides_pn_bars_for_dferclip(ctx):
 
     out = start(ctx, DFER, page_clip(DFER, 16))
     assert out["pn"].visible is False and out["note"].visible is False and out["note"].value == ""
-    assert out["learned"].title == MODE_LABELS["learned"]
+    assert MODE_LABELS["learned"] in out["learned"].value
     assert not out["contributions"]["description"].str.startswith("negative: ").any()
     assert not any("cos" in c for c in out["scores"].columns)
     assert len(out["contributions"]) == 14  # 7 descriptors, zero-shot and learned

@@ -43,13 +43,17 @@ from ..text.descriptions import (
     validate_name,
 )
 from ..text.llm import get_style, prompt_styles, visitor_settings
+from .charts import CHART_CSS, Bar, bar_chart_html
+from .errors import user_error
 from ..workbench import (
     LabelledClip,
+    numeric_labels_allowed,
     read_uploaded_labels,
     Workbench,
     class_set_choices,
     descriptions_to_rows,
     read_hf_dataset,
+    rows_to_descriptions,
     read_labels_csv,
     starting_set,
 )
@@ -60,6 +64,8 @@ log = logging.getLogger(__name__)
 HEADERS = ["class", "description"]
 MODE_LABELS = {"zero-shot": "zero-shot (CLIP towers)", "learned": "learned prompts (DFER-CLIP contexts)"}
 PN_LEARNED_LABEL = "learned (FineCLIPER positive/negative adapters)"
+VERSION_COLORS = {"current": "#4f46e5", "baseline": "#f0a040"}
+CONTRIBUTION_WIDTHS = ["12%", "13%", "49%", "13%", "13%"]
 PN_TITLE = "positive vs negative descriptors (current clip, learned)"
 PN_COLUMNS = ["bar", "cosine", "descriptor"]
 PN_COLORS = {"positive": "green", "negative": "red"}
@@ -113,7 +119,7 @@ def _workbench(ctx, model_key: str, state: Optional[dict]) -> Workbench:
     try:
         model = ctx.model(model_key)
     except DferclipError as e:
-        raise gr.Error(str(e)) from None
+        raise user_error(e) from None
     wb = Workbench(model, text_cache=_Shared.text_cache, video_cache=_Shared.video_cache)
     if state:
         wb.baseline = DescriptionSet.from_dict(state["baseline"])
@@ -156,9 +162,9 @@ def _pn_bars(classes: list[str], pn: Optional[dict]) -> Optional[pd.DataFrame]:
 def _score_outputs(wb: Workbench, clip_names: list[str]):
     """(scores table, zero-shot bars, learned bars, contributions table, PN bars or None) for the first clip."""
     classes = wb.current.classes
-    empty_bars = pd.DataFrame({"bar": [], "probability (%)": [], "version": []})
+    titles = {"zero-shot": MODE_LABELS["zero-shot"], "learned": PN_LEARNED_LABEL if wb.has_pn else MODE_LABELS["learned"]}
     if not clip_names:
-        return pd.DataFrame({"class": classes}), empty_bars, empty_bars, pd.DataFrame(
+        return pd.DataFrame({"class": classes}), "", "", pd.DataFrame(
             columns=["mode", "class", "description", "similarity", "contribution"]), None
     report = wb.score_clips(clip_names[:1])["clips"][clip_names[0]]
     table = {"class": classes}
@@ -167,7 +173,7 @@ def _score_outputs(wb: Workbench, clip_names: list[str]):
         r = report.get(mode)
         if r is None:
             table[f"{mode} %"] = ["n/a (class set differs from the model's)"] * len(classes)
-            bars[mode] = empty_bars
+            bars[mode] = ""
             continue
         table[f"{mode} logit"] = [f"{x:.3f}" for x in r["logits"]]
         table[f"{mode} %"] = [f"{p:.1f}" for p in r["probs"]]
@@ -179,11 +185,11 @@ def _score_outputs(wb: Workbench, clip_names: list[str]):
             table[f"{mode} cos⁻"] = [f"{x:.4f}" for x in r["pn"]["current"]["negative"]]
         rows = []
         for i, c in enumerate(classes):
-            rows.append({"bar": f"{c} · now", "probability (%)": r["probs"][i], "version": "current"})
+            rows.append(Bar(c, "current", r["probs"][i]))
             if r["delta_baseline"] is not None:
-                rows.append({"bar": f"{c} · base", "probability (%)": r["probs"][i] - r["delta_baseline"][i],
-                             "version": "baseline"})
-        bars[mode] = pd.DataFrame(rows)
+                rows.append(Bar(c, "baseline", r["probs"][i] - r["delta_baseline"][i]))
+        bars[mode] = bar_chart_html(f"{titles[mode]}, % for {clip_names[0]}", rows, VERSION_COLORS, unit=" %",
+                                    limits=(0.0, 100.0))
         contrib += [{"mode": mode, "class": d["class"], "description": d["description"],
                      "similarity": round(d["similarity"], 3), "contribution": round(d["contribution"], 3)}
                     for d in r["descriptors"]]
@@ -218,11 +224,15 @@ def _eval_outputs(wb: Workbench):
     if ev is None:
         return pd.DataFrame(columns=["mode", "UAR", "Δ prev", "Δ base", "WAR", "Δ prev ", "Δ base "]), \
             pd.DataFrame(), "No evaluation set loaded."
+    if not ev["n"]:
+        left = ", ".join(f"{k} ({v})" for k, v in ev["unmatched"].items())
+        return pd.DataFrame(columns=["mode", "UAR", "WAR"]), pd.DataFrame(), (
+            f"**No UAR/WAR: none of the evaluation set's labels is a class of this set** ({left}).")
     metrics, recall, confusion = [], {"class": ev["classes"]}, []
     for mode, r in ev["modes"].items():
         cur, dp, db = r["current"], r["delta_previous"], r["delta_baseline"]
-        metrics.append({"mode": mode, "UAR": round(cur.uar, 2), "Δ prev": _fmt_delta(dp and dp["uar"]),
-                        "Δ base": _fmt_delta(db and db["uar"]), "WAR": round(cur.war, 2),
+        metrics.append({"mode": mode, "UAR": f"{cur.uar:.2f}", "Δ prev": _fmt_delta(dp and dp["uar"]),
+                        "Δ base": _fmt_delta(db and db["uar"]), "WAR": f"{cur.war:.2f}",
                         "Δ prev ": _fmt_delta(dp and dp["war"]), "Δ base ": _fmt_delta(db and db["war"])})
         recall[f"{mode} recall %"] = ["" if x != x else f"{x:.1f}" for x in cur.recall]
         recall[f"{mode} Δ base"] = [_fmt_delta(x) for x in (db["recall"] if db else [None] * len(ev["classes"]))]
@@ -232,7 +242,12 @@ def _eval_outputs(wb: Workbench):
         lines += [f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(ev["classes"], cur.confusion)]
         confusion.append("\n".join(lines))
     note = f"\n\n{len(ev['failed'])} clip(s) could not be read." if ev["failed"] else ""
-    return pd.DataFrame(metrics), pd.DataFrame(recall), "\n\n".join(confusion) + note
+    left = ""
+    if ev["unmatched"]:
+        names = ", ".join(f"{k} ({v})" for k, v in ev["unmatched"].items())
+        left = (f"**{sum(ev['unmatched'].values())} clip(s) left out: their labels are not classes of this set:** "
+                f"{names}. UAR/WAR are over the other {ev['n']} clip(s).\n\n")
+    return pd.DataFrame(metrics), pd.DataFrame(recall), left + "\n\n".join(confusion) + note
 
 
 def _flags_md(wb: Workbench) -> str:
@@ -243,9 +258,20 @@ def _flags_md(wb: Workbench) -> str:
 
 
 # --- event functions that score (module-level: tests call them directly) ----------------------------
+def intro_text(model) -> str:
+    """The tab's intro: what the learned scores are for this model's family."""
+    learned = ("FineCLIPER's learned positive/negative text adapters (each description is a positive descriptor "
+               "against the class's negative one)" if has_pn_descriptors(model)
+               else "DFER-CLIP's learned prompts (class-specific context tokens before each description)")
+    return ("Edit the class descriptions (one row per descriptor; several per class are combined) and see the "
+            f"scores of the current clip change: zero-shot CLIP and {learned}, against the previous version and "
+            "the saved baseline. Your edits stay when you switch models.")
+
+
 def workbench_outputs(wb: Workbench, clip, eval_set, message: str = "") -> tuple:
     """Values of the scoring outputs: (state, status, flags, zero-shot bars, learned bars, PN bars, PN note,
-    scores table, contributions table, metrics, recall, confusion). ``clip``: the page's ClipRecord or None."""
+    scores table, contributions table, metrics, recall, confusion, intro). ``clip``: the page's ClipRecord
+    or None."""
     names = []
     if clip is not None:
         video = clip.video_for(wb.model.input_config) if hasattr(clip, "video_for") else clip.video
@@ -258,23 +284,20 @@ def workbench_outputs(wb: Workbench, clip, eval_set, message: str = "") -> tuple
     table_out, zero, learned, contrib, pn = _score_outputs(wb, names)
     metrics_out, recall_out, confusion_out = _eval_outputs(wb)
     encoded = wb.scorer.tally.encoded  # this request's own encodings, not other visitors'
-    if not names:
-        message += " No clip yet: classify one in the video tab (or load an evaluation set)."
+    scored = f"clip: {names[0]}" if names else "no clip yet: predict one in the Predict tab"
     changed = [r["class"] for r in diff_description_sets(wb.baseline, wb.current)]
     vs_base = f"differs from baseline in: {', '.join(changed)}" if changed else "same as baseline"
-    text = (f"{wb.current.name} v{wb.current.version} · {vs_base} · {encoded} description text(s) encoded. "
-            f"{message}").strip()
-    has_pn = wb.has_pn
-    zero = gr.BarPlot(value=zero, sort=list(zero["bar"]))
-    learned = gr.BarPlot(value=learned, sort=list(learned["bar"]),
-                         title=PN_LEARNED_LABEL if has_pn else MODE_LABELS["learned"])
+    text = (f"{wb.current.name} v{wb.current.version} · {vs_base} · {scored} · {encoded} text encoding(s) "
+            f"computed (a new description: one per prompt template and mode), the rest cached. {message}").strip()
     if pn is not None:
         pn_plot = gr.BarPlot(value=pn, sort=list(pn["bar"]), visible=True)
     else:
         pn_plot = gr.BarPlot(visible=False)  # no value: an empty untyped frame would break its next drawing
-    note = gr.Markdown(pn_note(wb.model), visible=has_pn)
-    return (_state(wb), text, _flags_md(wb), zero, learned, pn_plot, note, table_out, contrib, metrics_out,
-            recall_out, confusion_out)
+    note = gr.Markdown(pn_note(wb.model), visible=wb.has_pn)
+    return (_state(wb), text, _flags_md(wb), gr.HTML(zero, visible=bool(zero)),
+            gr.HTML(learned, visible=bool(learned)), pn_plot, note, table_out,
+            contrib,
+            metrics_out, recall_out, confusion_out, intro_text(wb.model))
 
 
 def start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own=None) -> tuple:
@@ -286,7 +309,7 @@ def start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip,
         else:
             ds = starting_set(str(class_set_v or ""), next(csv.reader([str(custom_v or "")]), []))
     except DferclipError as e:
-        raise gr.Error(str(e)) from None
+        raise user_error(e) from None
     wb.start_from(ds)
     wb.combine = combine_v
     out = workbench_outputs(wb, clip, eval_set)
@@ -300,13 +323,46 @@ def rescore_event(ctx, model_key, rows, state_v, combine_v, clip, eval_set) -> t
     try:
         wb.edit_rows(_rows(rows))
     except DferclipError as e:
-        raise gr.Error(str(e)) from None
+        raise user_error(e) from None
     return workbench_outputs(wb, clip, eval_set)
 
 
-def evaluation_clips(ctx, classes, files, folder="", csv_path="", hf_path="") -> list[LabelledClip]:
+def unchanged(rows, state_v, combine_v) -> bool:
+    """Whether the table and combine mode are what ``state_v`` already scored (a repeated input event)."""
+    if not state_v or combine_v != state_v.get("combine"):
+        return False
+    current = DescriptionSet.from_dict(state_v["current"])
+    try:
+        return rows_to_descriptions(_rows(rows), current).descriptions == current.descriptions
+    except DferclipError:
+        return False
+
+
+def has_unsaved_edits(state_v) -> bool:
+    if not state_v:
+        return False
+    return bool(diff_description_sets(DescriptionSet.from_dict(state_v["baseline"]),
+                                      DescriptionSet.from_dict(state_v["current"])))
+
+
+def switch_model_event(ctx, model_key, state_v, combine_v, clip, eval_set) -> tuple:
+    """After a model switch: the same current set (edits kept), scored by the new model; an evaluation set
+    embedded by another model is dropped. (evaluation state,) + the scoring outputs."""
+    wb = _workbench(ctx, model_key, state_v)
+    wb.combine = combine_v
+    message = ""
+    if eval_set is not None and getattr(eval_set, "model_key", "") != model_key:
+        eval_set, message = None, "The evaluation set was embedded by another model: load it again for this one."
+    if not wb.learned_available():
+        message += " Learned scores need the model's own classes; zero-shot scores shown."
+    return (eval_set,) + workbench_outputs(wb, clip, eval_set, message)
+
+
+def evaluation_clips(ctx, classes, files, folder="", csv_path="", hf_path="", numeric: bool = True
+                     ) -> list[LabelledClip]:
     """The labelled clips a visitor asked for: uploaded files (a labels CSV naming only uploaded clips) or, in
-    local mode only, a folder, labels CSV or datasets folder on this machine."""
+    local mode only, a folder, labels CSV or datasets folder on this machine. ``numeric``: whether label
+    numbers may index ``classes`` (a built-in class set only)."""
     server = [v for v in (folder, csv_path, hf_path) if v]
     if server and ctx.policy.public:
         raise DataError("this is a public app: it reads no file of its server; upload the clips and their CSV")
@@ -319,16 +375,36 @@ def evaluation_clips(ctx, classes, files, folder="", csv_path="", hf_path="") ->
         if len(paths) - 1 > limit:
             raise DataError(f"{len(paths) - 1} clips uploaded: an evaluation set here holds at most {limit}")
         uploaded = {p.name: str(p) for p in paths if p != csvs[0]}
-        return read_uploaded_labels(csvs[0], uploaded, classes, limit, allow_local_paths=not ctx.policy.public)
+        return read_uploaded_labels(csvs[0], uploaded, classes, limit, allow_local_paths=not ctx.policy.public,
+                                    numeric=numeric)
     elif hf_path:
-        clips = read_hf_dataset(hf_path, classes)
+        clips = read_hf_dataset(hf_path, classes, numeric=numeric)
     elif csv_path:
-        clips = read_labels_csv(csv_path, classes, folder or None)
+        clips = read_labels_csv(csv_path, classes, folder or None, numeric=numeric)
     else:
         raise DataError("give a labels CSV with clips" + ("" if ctx.policy.public else ", or a datasets folder"))
     if len(clips) > limit:
         raise DataError(f"{len(clips)} clips: an evaluation set here holds at most {limit}")
     return clips
+
+
+def set_file(set_dict: dict) -> str:
+    """The set as a JSON file named ``<name>-v<version>.json`` (a name that is no valid file name becomes
+    "descriptions"), in a folder per content so that identical sets share one file."""
+    import hashlib
+    import json
+
+    ds = DescriptionSet.from_dict(set_dict)
+    try:
+        name = validate_name(ds.name)
+    except DferclipError:
+        name = "descriptions"
+    data = ds.to_dict()
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / "dferclip-sets" / digest / f"{name}-v{ds.version}.json"
+    if not path.is_file():
+        write_json(path, data)
+    return str(path)
 
 
 # --- the tab ---------------------------------------------------------------------------------------
@@ -339,32 +415,34 @@ def build_workbench_tab(ctx) -> None:
     default_style = next(iter(styles))
 
     with gr.Tab("Descriptions", id="descriptions"):
-        gr.Markdown("Edit the class descriptions (one row per descriptor; several per class are ensembled) and "
-                    "see the scores of the current clip change: zero-shot CLIP and DFER-CLIP's learned prompts, "
-                    "against the previous version and the saved baseline.")
+        intro = gr.Markdown(intro_text(ctx.model(ctx.registry.default_key)), elem_id="workbench-intro")
         first = starting_set(next(iter(sets)))
         state = gr.State({"baseline": first.to_dict(), "previous": first.to_dict(), "current": first.to_dict(),
                           "combine": COMBINE_MODES[0]})
         eval_state = gr.State(None)
         own_sets = gr.State({})  # public mode: the sets this visitor saved (name -> set dict)
+        stash = gr.State(None)  # unsaved edits put aside by a change of class set (restorable)
         public = ctx.policy.public
         with gr.Row():
             class_set = gr.Radio(list(sets) + ["custom"], value=next(iter(sets)), label="Class set", scale=2)
-            custom = gr.Textbox(label="Custom classes (comma-separated)", scale=2)
+            custom = gr.Textbox(label="Custom classes", scale=2, placeholder="e.g. happy, sad, bored",
+                                info="comma-separated; press Enter to apply", elem_id="custom-classes")
             saved = gr.Dropdown(saved_set_names(ctx, None), value=None, label="Start from a saved set", scale=2)
             combine = gr.Radio(list(COMBINE_MODES), value="mean-embedding", label="Combine descriptors", scale=2)
         table = gr.Dataframe(_rows_df(first), headers=HEADERS, datatype=["str", "str"], type="pandas", interactive=True,
-                             static_columns=[0], wrap=True, label="Descriptions", elem_id="descriptions-table")
-        with gr.Row():
+                             wrap=True, label="Descriptions (class column: a class name of the set)",
+                             elem_id="descriptions-table")
+        with gr.Row(elem_id="workbench-actions"):
             rescore_btn = gr.Button("Re-score", variant="primary")
+            add_class = gr.Dropdown(first.classes, value=first.classes[0], label="Add a row for", scale=1,
+                                    elem_id="add-row-class")
             add_row_btn = gr.Button("Add descriptor row")
+            restore_btn = gr.Button("Restore edits", visible=False, elem_id="restore-edits")
         status = gr.Markdown(elem_id="workbench-status")
         flags = gr.Markdown(label="Flags")
-        with gr.Row():
-            bars_zero = gr.BarPlot(x="bar", y="probability (%)", color="version", title=MODE_LABELS["zero-shot"],
-                                   y_lim=[0, 100], x_label_angle=-45, height=320)
-            bars_learned = gr.BarPlot(x="bar", y="probability (%)", color="version", title=MODE_LABELS["learned"],
-                                      y_lim=[0, 100], x_label_angle=-45, height=320)
+        with gr.Row(elem_id="workbench-charts"):
+            bars_zero = gr.HTML(visible=False, elem_id="bars-zero-shot", css_template=CHART_CSS, min_width=280)
+            bars_learned = gr.HTML(visible=False, elem_id="bars-learned", css_template=CHART_CSS, min_width=280)
         # positive/negative descriptor models only (FineCLIPER); hidden for the others
         bars_pn = gr.BarPlot(x="bar", y="cosine", color="descriptor", color_map=PN_COLORS, title=PN_TITLE,
                              x_label_angle=-45, height=320, visible=False, elem_id="workbench-pn")
@@ -373,6 +451,7 @@ def build_workbench_tab(ctx) -> None:
                               elem_id="workbench-scores")
         with gr.Accordion("Per-descriptor contributions", open=True):
             contributions = gr.Dataframe(interactive=False, wrap=True, elem_id="workbench-contributions",
+                                         column_widths=CONTRIBUTION_WIDTHS,
                                          label="similarity = 100·cos(clip, descriptor); a class's logit is the "
                                                "sum of its contributions")
         build_explain_section(ctx, "descriptor", table=table)
@@ -380,7 +459,7 @@ def build_workbench_tab(ctx) -> None:
         with gr.Accordion("Generate with an LLM (OpenAI-compatible: OpenAI, vLLM, Ollama, LM Studio)", open=False):
             with gr.Row():
                 style = gr.Dropdown([(s.label, k) for k, s in styles.items()], value=default_style, label="Style")
-                llm_model = gr.Textbox(label="Model", placeholder="$DFERCLIP_LLM_MODEL or gpt-4o-mini")
+                llm_model = gr.Textbox(label="LLM name", placeholder="$DFERCLIP_LLM_MODEL or gpt-4o-mini")
                 base_url = gr.Textbox(label="Base URL", placeholder="$OPENAI_BASE_URL or https://api.openai.com/v1")
                 api_key = gr.Textbox(label="API key (this session only; never saved)", type="password",
                                      placeholder="$OPENAI_API_KEY")
@@ -420,11 +499,13 @@ def build_workbench_tab(ctx) -> None:
             confusion = gr.Markdown()
 
         with gr.Accordion("Save, download, upload, diff", open=False):
-            with gr.Row():
+            with gr.Row(equal_height=True):
                 save_name = gr.Textbox(label="Name", placeholder="letters, digits, - _ .")
-                save_btn = gr.Button("Save")
-                download_btn = gr.Button("Prepare download")
-                download = gr.File(label="Download current set")
+                with gr.Column(min_width=160):
+                    save_btn = gr.Button("Save")
+                    save_msg = gr.Markdown(elem_id="save-message")
+                download = gr.DownloadButton("Download current set (.json)", value=set_file(first.to_dict()),
+                                             elem_id="download-set")
                 upload = gr.File(label="Upload a set (.json)", file_types=[".json"])
             with gr.Row():
                 diff_a = gr.Dropdown(["baseline", "previous"] + saved_set_names(ctx, None), value="baseline", label="A")
@@ -435,24 +516,63 @@ def build_workbench_tab(ctx) -> None:
 
     # --- event functions ---------------------------------------------------------------------------
     score_outputs = [state, status, flags, bars_zero, bars_learned, bars_pn, pn_md, scores, contributions, metrics,
-                     recall, confusion]
+                     recall, confusion, intro]
+    # a new starting set: the table, the class pickers, the scoring outputs, then the put-aside edits
+    start_outputs = [table, only, add_class] + score_outputs + [stash, restore_btn]
 
-    def start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own):
-        return start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own)
+    def started(ds_classes, out, stash_v, note=""):
+        first_class = ds_classes[0] if ds_classes else None
+        out = list(out)
+        out[3] = (out[3] + " " + note).strip()  # the status
+        return (out[0], out[1], gr.update(choices=ds_classes, value=first_class), *out[2:], stash_v,
+                gr.update(visible=stash_v is not None))
 
-    start_inputs = [ctx.model_dropdown, class_set, custom, saved, combine, ctx.clip, eval_state, own_sets]
-    start_outputs = [table, only] + score_outputs
+    def start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own, state_v, stash_v):
+        names = [c for c in next(csv.reader([str(custom_v or "")]), []) if c.strip()]
+        if class_set_v == "custom" and not saved_v and not names:  # nothing typed yet: say how, change nothing
+            return tuple(gr.skip() for _ in start_outputs[:4]) + (
+                "Type the custom class names, comma-separated, and press Enter to apply them.",) + tuple(
+                gr.skip() for _ in start_outputs[5:])
+        out = start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own)
+        note = ""
+        if has_unsaved_edits(state_v):
+            stash_v = state_v
+            old = DescriptionSet.from_dict(state_v["current"])
+            note = f"Your unsaved edits of {old.name} were put aside: **Restore edits** brings them back."
+        classes = DescriptionSet.from_dict(out[2]["current"]).classes
+        return started(classes, out, stash_v, note)
+
+    def restore(model_key, stash_v, combine_v, clip, eval_set):
+        if not stash_v:
+            raise user_error("no edits were put aside")
+        wb = _workbench(ctx, model_key, stash_v)
+        wb.combine = combine_v
+        out = (_rows_df(wb.current), gr.update(choices=wb.current.classes, value=[])) + workbench_outputs(
+            wb, clip, eval_set, "Edits restored.")
+        return started(wb.current.classes, out, None)
+
+    start_inputs = [ctx.model_dropdown, class_set, custom, saved, combine, ctx.clip, eval_state, own_sets, state,
+                    stash]
     run_kw = {"concurrency_id": ctx.concurrency_id, "concurrency_limit": ctx.concurrency_limit}
 
     def rescore(model_key, rows, state_v, combine_v, clip, eval_set):
         return rescore_event(ctx, model_key, rows, state_v, combine_v, clip, eval_set)
 
+    def rescore_if_changed(model_key, rows, state_v, combine_v, clip, eval_set):
+        if unchanged(rows, state_v, combine_v):  # the table fires again for an edit already scored
+            return tuple(gr.skip() for _ in score_outputs)
+        return rescore(model_key, rows, state_v, combine_v, clip, eval_set)
+
     rescore_inputs = [ctx.model_dropdown, table, state, combine, ctx.clip, eval_state]
 
-    def add_row(rows, state_v):
+    def switch_model(model_key, state_v, combine_v, clip, eval_set):
+        return switch_model_event(ctx, model_key, state_v, combine_v, clip, eval_set)
+
+    def add_row(rows, cls):
+        """A new empty row for ``cls``, after that class's last row."""
         data = _rows(rows)
-        cls = data[-1][0] if data else (state_v or {}).get("current", {}).get("classes", [{}])[0].get("name", "")
-        return pd.DataFrame(data + [[cls, ""]], columns=HEADERS)
+        at = max((i + 1 for i, r in enumerate(data) if r and r[0] == cls), default=len(data))
+        return pd.DataFrame(data[:at] + [[cls or "", ""]] + data[at:], columns=HEADERS)
 
     def on_style(style_v):
         st = get_style(style_v)
@@ -474,7 +594,7 @@ def build_workbench_tab(ctx) -> None:
                               template=prompt_v, system=system_v, n=int(n_v or 0) or None,
                               progress=lambda i, n, c: progress(i / max(n, 1), desc=f"asking for {c}"))
         except DferclipError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(e) from None
         sent_text = "\n\n".join(f"[{c}] {p}" for c, p in zip(gen.classes, gen.prompts))
         return (_rows_df(wb.current), sent_text) + workbench_outputs(wb, clip, eval_set,
                                                                      f"Generated with {settings.model}.")
@@ -484,12 +604,14 @@ def build_workbench_tab(ctx) -> None:
         state_v, clip = rest[-2:]
         wb = _workbench(ctx, model_key, state_v)
         try:
-            clips = evaluation_clips(ctx, wb.current.classes, files, folder, csv_path, hf_path)
+            clips = evaluation_clips(ctx, wb.current.classes, files, folder, csv_path, hf_path,
+                                     numeric=numeric_labels_allowed(wb.current))
             embedded = wb.set_evaluation(
                 clips, cache=_eval_cache(ctx),
                 progress=lambda i, n, p: progress(i / max(n, 1), desc=f"embedding {Path(p).name}"))
         except DferclipError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(e) from None
+        embedded.model_key = model_key
         return (embedded,) + workbench_outputs(wb, clip, embedded, f"Evaluation set: {len(embedded)} clips.")
 
     def save(model_key, name, state_v, own):
@@ -508,31 +630,30 @@ def build_workbench_tab(ctx) -> None:
                 path = wb.save(name, edited_in="dferclip workbench")
                 where = f"as {path.name}"
         except DferclipError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(e) from None
         choices = saved_set_names(ctx, own)
         return (_state(wb), own, f"Saved {name} version {wb.current.version} {where}; it is the new baseline.",
                 gr.update(choices=choices), gr.update(choices=["baseline", "previous"] + choices),
                 gr.update(choices=["current", "baseline", "previous"] + choices))
 
     def do_download(model_key, state_v):
-        wb = _workbench(ctx, model_key, state_v)
-        try:
-            name = validate_name(wb.current.name)
-        except DferclipError:
-            name = "descriptions"
-        return str(write_json(Path(tempfile.mkdtemp(prefix="dferclip-set-")) / f"{name}.json", wb.current.to_dict()))
+        return set_file((state_v or {}).get("current") or first.to_dict())
 
-    def do_upload(model_key, file, combine_v, clip, eval_set):
+    def do_upload(model_key, file, combine_v, clip, eval_set, state_v, stash_v):
         if file is None:
-            raise gr.Error("no file uploaded")
+            raise user_error("no file uploaded")
         try:
             ds = read_description_file(Path(getattr(file, "name", file)))
         except DferclipError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(e) from None
         wb = _workbench(ctx, model_key, None)
         wb.start_from(ds)
         wb.combine = combine_v
-        return (_rows_df(ds), gr.update(choices=ds.classes, value=[])) + workbench_outputs(wb, clip, eval_set)
+        out = (_rows_df(ds), gr.update(choices=ds.classes, value=[])) + workbench_outputs(wb, clip, eval_set)
+        note = ""
+        if has_unsaved_edits(state_v):
+            stash_v, note = state_v, "Your unsaved edits were put aside: **Restore edits** brings them back."
+        return started(ds.classes, out, stash_v, note)
 
     def do_diff(model_key, a, b, state_v, own):
         wb = _workbench(ctx, model_key, state_v)
@@ -545,32 +666,40 @@ def build_workbench_tab(ctx) -> None:
         try:
             rows = diff_description_sets(pick(a), pick(b))
         except DferclipError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(e) from None
         if not rows:
             return f"No differences between {a} and {b}."
-        return "\n".join(f"**{r['class']}**\n" + "".join(f"- ➖ {d}\n" for d in r["removed"])
-                         + "".join(f"- ➕ {d}\n" for d in r["added"]) for r in rows)
+        return f"Changes from **{a}** to **{b}**:\n\n" + "\n".join(
+            f"**{r['class']}**\n" + "".join(f"- removed: ~~{d}~~\n" for d in r["removed"])
+            + "".join(f"- added: **{d}**\n" for d in r["added"]) for r in rows)
 
     # --- wiring ---------------------------------------------------------------------------------
     gen_inputs = [ctx.model_dropdown, state, style, llm_model, base_url, api_key, only, n_desc, mode_gen,
                   system_prompt, prompt, combine, ctx.clip, eval_state]
     for trigger in (class_set.input, saved.input, custom.submit):
         trigger(start, start_inputs, start_outputs, api_visibility="private", **run_kw)
-    ctx.model_dropdown.change(start, start_inputs, start_outputs, api_visibility="private", **run_kw)
+    restore_btn.click(restore, [ctx.model_dropdown, stash, combine, ctx.clip, eval_state], start_outputs,
+                      api_visibility="private", **run_kw)
+    # a model switch keeps the current set (edits included) and scores it with the new model; it follows the
+    # model bar's load (a failed load has put the previous key back), never the dropdown's raw change
+    ctx.model_selected.success(switch_model, [ctx.model_dropdown, state, combine, ctx.clip, eval_state],
+                               [eval_state] + score_outputs, api_visibility="private", **run_kw)
     rescore_btn.click(rescore, rescore_inputs, score_outputs, api_name="rescore_descriptions", **run_kw)
-    table.input(rescore, rescore_inputs, score_outputs, api_visibility="private", **run_kw)
-    combine.input(rescore, rescore_inputs, score_outputs, api_visibility="private", **run_kw)
-    add_row_btn.click(add_row, [table, state], [table], api_visibility="private")
+    table.input(rescore_if_changed, rescore_inputs, score_outputs, api_visibility="private", trigger_mode="always_last",
+                **run_kw)
+    combine.input(rescore_if_changed, rescore_inputs, score_outputs, api_visibility="private", **run_kw)
+    add_row_btn.click(add_row, [table, add_class], [table], api_visibility="private")
     style.input(on_style, [style], [prompt, system_prompt, n_desc, source_md], api_visibility="private")
     generate_btn.click(generate, gen_inputs, [table, sent] + score_outputs, api_name="generate_descriptions",
                        **run_kw)
     eval_btn.click(load_eval, [ctx.model_dropdown, eval_files] + server_inputs + [state, ctx.clip],
                    [eval_state] + score_outputs, api_name="load_evaluation_set", **run_kw)
     save_btn.click(save, [ctx.model_dropdown, save_name, state, own_sets],
-                   [state, own_sets, status, saved, diff_a, diff_b], api_name="save_descriptions")
-    download_btn.click(do_download, [ctx.model_dropdown, state], [download], api_name="download_descriptions")
-    upload.upload(do_upload, [ctx.model_dropdown, upload, combine, ctx.clip, eval_state], start_outputs,
-                  api_name="upload_descriptions", **run_kw)
+                   [state, own_sets, save_msg, saved, diff_a, diff_b], api_name="save_descriptions")
+    # the download button always holds the current set, so one click downloads it
+    state.change(do_download, [ctx.model_dropdown, state], [download], api_name="download_descriptions")
+    upload.upload(do_upload, [ctx.model_dropdown, upload, combine, ctx.clip, eval_state, state, stash],
+                  start_outputs, api_name="upload_descriptions", **run_kw)
     diff_btn.click(do_diff, [ctx.model_dropdown, diff_a, diff_b, state, own_sets], [diff_md],
                    api_name="diff_descriptions")
     if ctx.clip is not None:
