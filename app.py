@@ -32,10 +32,11 @@ except ImportError:  # the workbench tab is optional
 TITLE = "dferclip: facial expressions in video with CLIP"
 INTRO = """
 # dferclip: facial expressions in video, with CLIP
-Upload a short clip or record one with your webcam. The app finds the main face, samples 16 frames as
+Upload a short clip or record one with your webcam, then **Predict expression**.
+<span class="intro-more">The app finds the main face, samples 16 frames as
 [DFER-CLIP](https://github.com/zengqunzhao/DFER-CLIP) does, and scores them against text descriptions of each
 expression. **Live** reads the expression from your webcam as you go. The **Descriptions** tab lets you
-edit those descriptions and see how the scores move.
+edit those descriptions and see how the scores move.</span>
 """
 CSS = """
 .weights-banner {padding: 0.6em 0.9em; border-radius: 8px; font-size: 0.92em; line-height: 1.45;}
@@ -46,6 +47,27 @@ CSS = """
 .hint {opacity: 0.8; font-size: 0.9em;}
 #predict-note {min-height: 4em;}
 footer {opacity: 0.85;}
+/* tables: numbers stay visible, headers break between words only; narrow screens scroll sideways */
+#workbench-contributions th, #workbench-scores th, #workbench-metrics th {word-break: normal; overflow-wrap: normal;
+  hyphens: none;}
+#descriptions-table td, #descriptions-table th {word-break: normal; overflow-wrap: normal;}
+#workbench-contributions table {min-width: 640px;}
+#workbench-scores table {min-width: 560px;}
+#workbench-charts {flex-wrap: wrap;}
+#workbench-charts > * {flex: 1 1 320px !important;}
+/* phones (about 400 px): stack the model bar, a compact intro, charts and legends that fit */
+@media (max-width: 640px) {
+  #app-intro h1 {font-size: 1.35em; margin-bottom: 0.2em;}
+  #app-intro p {font-size: 0.9em; line-height: 1.35;}
+  #app-intro .intro-more {display: none;}
+  #model-bar {flex-direction: column; gap: 0.5em;}
+  #model-bar > * {width: 100% !important; min-width: 0 !important; flex: 1 1 auto !important;}
+  .weights-banner {font-size: 0.85em; overflow-wrap: anywhere;}
+  #timeline {overflow-x: auto !important;}
+  #timeline .vega-embed {min-width: 600px;}
+  #workbench-actions {flex-wrap: wrap;}
+  #workbench-actions > * {flex: 1 1 45% !important; min-width: 140px !important;}
+}
 """
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="pink")
 
@@ -57,7 +79,7 @@ def build_demo(model: str | None = None, host: str | None = None, mode: str | No
     logging.getLogger(__name__).info("app mode: %s", policy.mode)
     ctx = AppContext(ModelRegistry.discover(model), policy)
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(INTRO)
+        gr.Markdown(INTRO, elem_id="app-intro")
         build_model_bar(ctx)
         with gr.Tabs():
             build_predict_tab(ctx)
