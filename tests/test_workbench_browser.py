@@ -95,7 +95,7 @@ def test_edit_a_cell_and_the_scores_change(app_url, tmp_path):
         new_numbers = set(NUMBER.findall(after)) - set(NUMBER.findall(before))
         assert 1 <= len(new_numbers) <= 4, new_numbers
         assert text_of(page, "workbench-scores") != scores_before
-        page.wait_for_selector("canvas, svg.marks", timeout=30_000)
+        page.wait_for_selector("#bars-zero-shot .dc-line", timeout=30_000)
         expect(page.locator("#workbench-pn")).to_be_hidden()  # DFER-CLIP: no positive/negative descriptors
         expect(page.locator("#workbench-pn-note")).to_be_hidden()
         page.screenshot(path=str(tmp_path / "workbench.png"), full_page=True)
