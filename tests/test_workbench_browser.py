@@ -122,7 +122,7 @@ def test_fineclipper_shows_positive_and_negative_bars(fine_app_url, tmp_path):
         expect(page.locator("#workbench-pn-note")).to_contain_text("cos⁻")
         expect(page.locator("#workbench-contributions")).to_contain_text(
             "negative: A person with an expression of no anger", timeout=30_000)
-        pn.locator("canvas, svg.marks").first.wait_for(timeout=30_000)
+        pn.locator(".dc-line").first.wait_for(timeout=30_000)
         pn.scroll_into_view_if_needed()
         page.wait_for_timeout(1000)  # let vega draw
         legend = pn.inner_text()

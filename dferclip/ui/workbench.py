@@ -67,8 +67,7 @@ PN_LEARNED_LABEL = "learned (FineCLIPER positive/negative adapters)"
 VERSION_COLORS = {"current": "#4f46e5", "baseline": "#f0a040"}
 CONTRIBUTION_WIDTHS = ["12%", "13%", "49%", "13%", "13%"]
 PN_TITLE = "positive vs negative descriptors (current clip, learned)"
-PN_COLUMNS = ["bar", "cosine", "descriptor"]
-PN_COLORS = {"positive": "green", "negative": "red"}
+PN_COLORS = {"positive": "rgb(0, 128, 0)", "negative": "rgb(255, 0, 0)"}
 
 
 class _Shared:
@@ -148,15 +147,14 @@ def _fmt_delta(x) -> str:
     return "±0.00" if abs(x) < 0.005 else f"{x:+.2f}"
 
 
-def _pn_bars(classes: list[str], pn: Optional[dict]) -> Optional[pd.DataFrame]:
-    """The current version's positive (green) and negative (red) cosines per class, or None."""
+def _pn_bars(classes: list[str], pn: Optional[dict]) -> Optional[str]:
+    """The current version's positive (green) and negative (red) cosines per class as a chart, or None."""
     if pn is None or pn["current"] is None:
         return None
-    rows = []
+    bars = []
     for c, pos, neg in zip(classes, pn["current"]["positive"], pn["current"]["negative"]):
-        rows += [{"bar": f"{c} · pos", "cosine": pos, "descriptor": "positive"},
-                 {"bar": f"{c} · neg", "cosine": neg, "descriptor": "negative"}]
-    return pd.DataFrame(rows, columns=PN_COLUMNS)
+        bars += [Bar(c, "positive", pos), Bar(c, "negative", neg)]
+    return bar_chart_html(PN_TITLE, bars, PN_COLORS)
 
 
 def _score_outputs(wb: Workbench, clip_names: list[str]):
@@ -289,10 +287,7 @@ def workbench_outputs(wb: Workbench, clip, eval_set, message: str = "") -> tuple
     vs_base = f"differs from baseline in: {', '.join(changed)}" if changed else "same as baseline"
     text = (f"{wb.current.name} v{wb.current.version} · {vs_base} · {scored} · {encoded} text encoding(s) "
             f"computed (a new description: one per prompt template and mode), the rest cached. {message}").strip()
-    if pn is not None:
-        pn_plot = gr.BarPlot(value=pn, sort=list(pn["bar"]), visible=True)
-    else:
-        pn_plot = gr.BarPlot(visible=False)  # no value: an empty untyped frame would break its next drawing
+    pn_plot = gr.HTML(pn or "", visible=pn is not None)
     note = gr.Markdown(pn_note(wb.model), visible=wb.has_pn)
     return (_state(wb), text, _flags_md(wb), gr.HTML(zero, visible=bool(zero)),
             gr.HTML(learned, visible=bool(learned)), pn_plot, note, table_out,
@@ -444,8 +439,7 @@ def build_workbench_tab(ctx) -> None:
             bars_zero = gr.HTML(visible=False, elem_id="bars-zero-shot", css_template=CHART_CSS, min_width=280)
             bars_learned = gr.HTML(visible=False, elem_id="bars-learned", css_template=CHART_CSS, min_width=280)
         # positive/negative descriptor models only (FineCLIPER); hidden for the others
-        bars_pn = gr.BarPlot(x="bar", y="cosine", color="descriptor", color_map=PN_COLORS, title=PN_TITLE,
-                             x_label_angle=-45, height=320, visible=False, elem_id="workbench-pn")
+        bars_pn = gr.HTML(visible=False, elem_id="workbench-pn", css_template=CHART_CSS)
         pn_md = gr.Markdown(visible=False, elem_id="workbench-pn-note")
         scores = gr.Dataframe(label="Scores of the current clip (logit = 100·cos; %; Δ of % in points)", interactive=False,
                               elem_id="workbench-scores")
