@@ -88,7 +88,7 @@ def test_a_model_that_needs_a_download_is_marked_offline():
 
     registry = ModelRegistry([ModelEntry(TINY, "tiny", "explicit"), ModelEntry(ZERO_SHOT_SOURCE, "zs", "zero-shot")],
                              dev="cpu")
-    labels = dict((key, label) for label, key in registry.choices())
+    labels = {key: label for label, key in registry.choices()}
     assert labels[TINY] == "tiny"
     assert "unavailable here" in labels[ZERO_SHOT_SOURCE]  # HF_HUB_OFFLINE=1 in the tests
     assert "Hugging Face Hub" in registry.unavailable(ZERO_SHOT_SOURCE)

@@ -1,11 +1,13 @@
 """Horizontal bar charts rendered on the server as plain HTML, for the Descriptions tab.
 
-Why not ``gr.BarPlot``: Gradio 6.31's native plot updates an already drawn Vega view from a copy of its rows
-that a separate effect recomputes, so after some updates (a model switch, a start from another set) the view
-kept the previous result until the next one; it also logs a Vega-Lite version warning per drawing, a band-scale
-warning per bar chart, "Infinite extent" for empty data, and its rotated labels collapse at phone width. These
-charts are one HTML string per result: what the server computed is what the page shows, every bar carries its
-number as text and in its ``aria-label``, and long class names wrap instead of overlapping.
+Why not ``gr.BarPlot``: with Gradio 6.31's native plot, after a model switch the drawn Vega view kept the
+previous result (the scores table beside it was current) until the next update; a cell edit did not show it.
+The plot pushes new rows into an already drawn view from a copy of its rows that a separate effect recomputes,
+which is the likely cause (read from its front-end code, not proven). It also logs a Vega-Lite version warning
+per drawing, a band-scale warning per bar chart, "Infinite extent" for empty data, and its rotated labels
+collapse at phone width. These charts are one HTML string per result: what the server computed is what the page
+shows, every bar carries its number as text, in ``data-value`` and in its ``aria-label``, and long class names
+wrap instead of overlapping.
 """
 from __future__ import annotations
 
