@@ -83,6 +83,19 @@ def test_the_downloadable_set_is_named_after_the_set(tmp_path):
     assert set_file(ds.to_dict()) == str(path)  # the same set: the same file, not a new one per change
 
 
+def test_downloadable_set_files_are_bounded(monkeypatch, tmp_path):
+    import tempfile
+
+    from dferclip.ui import workbench as ui
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(ui, "MAX_SET_FILES", 3)
+    ds = starting_set("DFEW")
+    paths = [Path(ui.set_file(ds.with_descriptions([[f"text {i}"]] * 7).to_dict())) for i in range(5)]
+    kept = sorted(d.name for d in (tmp_path / "dferclip-sets").iterdir())
+    assert len(kept) == 3 and paths[-1].is_file() and not paths[0].exists()
+
+
 def test_a_model_that_needs_a_download_is_marked_offline():
     from dferclip.runtime import ZERO_SHOT_SOURCE, ModelEntry, ModelRegistry
 

@@ -396,10 +396,23 @@ def set_file(set_dict: dict) -> str:
         name = "descriptions"
     data = ds.to_dict()
     digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / "dferclip-sets" / digest / f"{name}-v{ds.version}.json"
+    root = Path(tempfile.gettempdir()) / "dferclip-sets"
+    path = root / digest / f"{name}-v{ds.version}.json"
     if not path.is_file():
         write_json(path, data)
+        _prune(root, keep=MAX_SET_FILES)
     return str(path)
+
+
+MAX_SET_FILES = 2000  # downloadable set files kept (a few kB each); the oldest go first
+
+
+def _prune(root: Path, keep: int) -> None:
+    import shutil
+
+    folders = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    for old in folders[:max(0, len(folders) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # --- the tab ---------------------------------------------------------------------------------------
