@@ -30,7 +30,7 @@ from dferclip.errors import (
 from dferclip.text import local_llm
 from dferclip.text.descriptions import load_description_set
 from dferclip.text.llm import LLMSettings, generate, get_style, visitor_settings
-from dferclip.weights.hub import hub_reachable
+from dferclip.weights.hub import forget_reachability
 
 CLASSES = ["happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear"]
 # What the describer learns to answer; happiness's reply names its emotion, so the leak check must flag it.
@@ -302,14 +302,14 @@ def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
     monkeypatch.delenv("DFERCLIP_LOCAL_LLMS", raising=False)
-    hub_reachable.cache_clear()
+    forget_reachability()
     try:
         t0 = time.perf_counter()
         with pytest.raises(LLMConnectionError, match="cannot be reached"):
             local_llm.local_chat()
         assert time.perf_counter() - t0 < 2.0
     finally:
-        hub_reachable.cache_clear()
+        forget_reachability()
 
 
 def test_backend_choice(monkeypatch, local_env):

@@ -44,6 +44,12 @@ def hub_reachable(timeout: float = 1.5) -> bool:
         return answer
 
 
+def forget_reachability() -> None:
+    """Drop the remembered answers of :func:`hub_reachable` (the next call probes again)."""
+    with _reachable_lock:
+        _reachable_cache.clear()
+
+
 def _probe(endpoint: str, timeout: float) -> bool:
     url = urlparse(endpoint)
     port = url.port or (443 if url.scheme == "https" else 80)
