@@ -77,9 +77,10 @@ def seen_keys(server: FakeOpenAI) -> list[str]:
     return [r["headers"].get("authorization", "") for r in server.requests]
 
 
-def generate(c: Client, url: str = "", key: str = ""):
-    return c.predict(TINY, "dferclip", "m", url, key, ["happiness"], 1, "replace", "system", "Describe {name}.",
-                     "mean-embedding", api_name="/generate_descriptions")
+def generate(c: Client, url: str = "", key: str = "", only=("happiness",), submit=False):
+    call = c.submit if submit else c.predict
+    return call(TINY, "dferclip", "m", url, key, list(only), 1, "replace", "system", "Describe {name}.",
+                "mean-embedding", "openai", "qwen2.5-0.5b-instruct", api_name="/generate_descriptions")
 
 
 # --- secrets ---------------------------------------------------------------------------------------
@@ -273,6 +274,28 @@ def test_an_evaluation_set_is_bounded(public_app, tmp_path):
     message = error_of(c.predict, TINY, [handle_file(str(labels))] + [handle_file(str(p)) for p in copies],
                        api_name="/load_evaluation_set")
     assert "at most 3" in message
+
+
+def test_a_visitor_can_cancel_a_running_generation(public_app, llm_servers):
+    import time
+
+    url, _, _ = public_app
+    own, _ = llm_servers
+    slow = completion('{"descriptions": ["a wide smile"]}')
+    own.respond = lambda body: (200, slow, 1.5)
+    try:
+        a, b = client(url), client(url)
+        classes = ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")
+        job = generate(a, only=classes, submit=True)
+        time.sleep(2.0)
+        assert "No generation is running" in b.predict(api_name="/cancel_generation")  # b cancels nothing of a's
+        assert "Cancelling" in a.predict(api_name="/cancel_generation")
+        t0 = time.perf_counter()
+        with pytest.raises(Exception, match="ancel"):
+            job.result(timeout=60)
+        assert time.perf_counter() - t0 < 5 and len(own.requests) < len(classes) + 5
+    finally:
+        own.respond = lambda body: (200, completion('{"descriptions": ["a wide smile with raised cheeks"]}'), 0)
 
 
 def test_llm_requests_are_rate_limited_per_visitor(llm_servers, monkeypatch, tmp_path):

@@ -140,16 +140,24 @@ def _same_server(a: Optional[str], b: Optional[str]) -> bool:
     return norm(a) == norm(b)
 
 
-def visitor_settings(model: str = "", base_url: str = "", api_key: str = "", *,
-                     allow_private_urls: bool = True) -> LLMSettings:
+def visitor_settings(model: str = "", base_url: str = "", api_key: str = "", *, backend: str = "",
+                     local_model: str = "", allow_private_urls: bool = True) -> LLMSettings:
     """Settings for a request from someone who is not the server's operator (a visitor of the app).
 
     The server's key (``OPENAI_API_KEY``) is used only when the request goes to the server's own base URL
     (``OPENAI_BASE_URL`` or OpenAI's). A base URL the visitor names needs a key the visitor types: it never
     falls back to the server's key. With ``allow_private_urls=False`` (a public app) a visitor's base URL
     must be an http(s) URL whose host resolves to public addresses only (no loopback, private or link-local
-    address of the server's network)."""
+    address of the server's network). ``backend`` "local" runs a model of the local registry (``local_model``,
+    validated; no key, no server), "openai" a server; "" chooses as :func:`default_backend`."""
     server = LLMSettings.from_env()
+    backend = (backend or "").strip().lower()
+    if backend == "local":
+        from .local_llm import get_local_model
+
+        return replace(server, backend="local", local_model=get_local_model((local_model or "").strip() or None).name)
+    if backend not in ("", "openai"):
+        raise LLMConfigError(f"unknown LLM backend {backend!r}; use one of {', '.join(BACKENDS)}")
     model, base_url, api_key = (model or "").strip(), (base_url or "").strip(), (api_key or "").strip()
     own_url = base_url and not _same_server(base_url, server.base_url)
     if own_url:
@@ -161,7 +169,7 @@ def visitor_settings(model: str = "", base_url: str = "", api_key: str = "", *,
         _check_visitor_url(base_url, allow_private_urls)
     chosen = {"base_url": base_url if own_url else server.base_url,
               "api_key": api_key or (None if own_url else server.api_key)}
-    return replace(server, model=model or server.model, backend=default_backend(chosen), **chosen)
+    return replace(server, model=model or server.model, backend=backend or default_backend(chosen), **chosen)
 
 
 def _check_visitor_url(url: str, allow_private: bool) -> None:

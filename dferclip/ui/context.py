@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import threading
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -73,12 +74,33 @@ class AppContext:
         self.registry = registry
         self.policy = policy or Policy()
         self.llm_limiter = RateLimiter(self.policy.llm_requests_per_minute, self.policy.llm_requests_per_minute_total)
+        self._generations: dict[str, "threading.Event"] = {}  # session -> the cancel flag of its running generation
+        self._generations_lock = threading.Lock()
         self.concurrency_id = "model"
         self.concurrency_limit = 1 if registry.device.type == "cpu" else 2
         self.model_dropdown: Optional[gr.Dropdown] = None
         self.banner: Optional[gr.HTML] = None
         self.clip: Optional[gr.State] = None
         self.model_selected = None
+
+    # --- one LLM generation per session, cancellable from another request ----------------------------------
+    def generation_started(self, session: str) -> "threading.Event":
+        event = threading.Event()
+        with self._generations_lock:
+            self._generations[session] = event
+        return event
+
+    def generation_ended(self, session: str, event: "threading.Event") -> None:
+        with self._generations_lock:
+            if self._generations.get(session) is event:
+                del self._generations[session]
+
+    def cancel_generation(self, session: str) -> bool:
+        with self._generations_lock:
+            event = self._generations.get(session)
+        if event is not None:
+            event.set()
+        return event is not None
 
     def model(self, key: Optional[str] = None) -> torch.nn.Module:
         return self.registry.get(key)

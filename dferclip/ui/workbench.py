@@ -42,7 +42,8 @@ from ..text.descriptions import (
     shipped_names,
     validate_name,
 )
-from ..text.llm import get_style, prompt_styles, visitor_settings
+from ..text.llm import LLMSettings, get_style, prompt_styles, visitor_settings
+from ..text.local_llm import local_models
 from .charts import CHART_CSS, Bar, bar_chart_html
 from .errors import user_error
 from ..workbench import (
@@ -463,7 +464,14 @@ def build_workbench_tab(ctx) -> None:
                                                "sum of its contributions")
         build_explain_section(ctx, "descriptor", table=table)
 
-        with gr.Accordion("Generate with an LLM (OpenAI-compatible: OpenAI, vLLM, Ollama, LM Studio)", open=False):
+        with gr.Accordion("Generate with an LLM (a small local model, or any OpenAI-compatible server)", open=False):
+            local_names = list(local_models())
+            with gr.Row():
+                generator = gr.Radio([("local model (no key needed; first use downloads it)", "local"),
+                                      ("a server (OpenAI, vLLM, Ollama, LM Studio)", "openai")],
+                                     value=LLMSettings.from_env().backend, label="Generator", scale=3)
+                local_model = gr.Dropdown(local_names, value=local_names[0] if local_names else None,
+                                          label="Local model", scale=1)
             with gr.Row():
                 style = gr.Dropdown([(s.label, k) for k, s in styles.items()], value=default_style, label="Style")
                 llm_model = gr.Textbox(label="LLM name", placeholder="$DFERCLIP_LLM_MODEL or gpt-4o-mini")
@@ -478,7 +486,9 @@ def build_workbench_tab(ctx) -> None:
             prompt = gr.Textbox(value=styles[default_style].user, lines=4,
                                 label="Prompt template ({name} {article} {others} {n} {example})")
             source_md = gr.Markdown(f"_Source: {styles[default_style].source}_")
-            generate_btn = gr.Button("Generate")
+            with gr.Row():
+                generate_btn = gr.Button("Generate", variant="primary")
+                cancel_btn = gr.Button("Cancel generation")
             sent = gr.Textbox(label="Prompts sent", lines=4, interactive=False)
 
         with gr.Accordion("Evaluation set (clips + labels)", open=False):
@@ -586,25 +596,36 @@ def build_workbench_tab(ctx) -> None:
         return st.user, st.system, st.n, f"_Source: {st.source}_"
 
     def generate(model_key, state_v, style_v, model_v, url_v, key_v, only_v, n_v, mode_v, system_v, prompt_v,
-                 combine_v, clip, eval_set, request: gr.Request, progress=gr.Progress()):
+                 combine_v, clip, eval_set, backend_v="", local_v="", request: gr.Request = None,
+                 progress=gr.Progress()):
         wb = _workbench(ctx, model_key, state_v)
         wb.combine = combine_v
+        session = getattr(request, "session_hash", None) or "anonymous"
         try:
             settings = visitor_settings(str(model_v or ""), str(url_v or ""), str(key_v or ""),
+                                        backend=str(backend_v or ""), local_model=str(local_v or ""),
                                         allow_private_urls=ctx.policy.allow_private_llm_urls)
             requests = len([c for c in wb.current.classes if not only_v or c in only_v])
-            wait = ctx.llm_limiter.take(getattr(request, "session_hash", None) or "anonymous", requests)
+            wait = ctx.llm_limiter.take(session, requests)
             if wait is not None:
                 raise LLMRateLimitError(f"too many LLM requests: this app allows {ctx.policy.llm_requests_per_minute} "
                                         f"a minute per visitor; try again in {wait:.0f} s")
-            gen = wb.generate(style_v, only=only_v or None, replace=mode_v == "replace", settings=settings,
-                              template=prompt_v, system=system_v, n=int(n_v or 0) or None,
-                              progress=lambda i, n, c: progress(i / max(n, 1), desc=f"asking for {c}"))
+            cancel = ctx.generation_started(session)
+            try:
+                gen = wb.generate(style_v, only=only_v or None, replace=mode_v == "replace", settings=settings,
+                                  template=prompt_v, system=system_v, n=int(n_v or 0) or None, cancel=cancel,
+                                  progress=lambda i, n, c: progress(i / max(n, 1), desc=f"asking for {c}"))
+            finally:
+                ctx.generation_ended(session, cancel)
         except DferclipError as e:
             raise user_error(e) from None
         sent_text = "\n\n".join(f"[{c}] {p}" for c, p in zip(gen.classes, gen.prompts))
         return (_rows_df(wb.current), sent_text) + workbench_outputs(wb, clip, eval_set,
-                                                                     f"Generated with {settings.model}.")
+                                                                     f"Generated with {settings.describe()}.")
+
+    def cancel_generation(request: gr.Request):
+        session = getattr(request, "session_hash", None) or "anonymous"
+        return "Cancelling…" if ctx.cancel_generation(session) else "No generation is running."
 
     def load_eval(model_key, files, *rest, progress=gr.Progress()):
         folder, csv_path, hf_path = rest[:-2] if len(rest) == 5 else ("", "", "")
@@ -682,7 +703,7 @@ def build_workbench_tab(ctx) -> None:
 
     # --- wiring ---------------------------------------------------------------------------------
     gen_inputs = [ctx.model_dropdown, state, style, llm_model, base_url, api_key, only, n_desc, mode_gen,
-                  system_prompt, prompt, combine, ctx.clip, eval_state]
+                  system_prompt, prompt, combine, ctx.clip, eval_state, generator, local_model]
     for trigger in (class_set.input, saved.input, custom.submit):
         trigger(start, start_inputs, start_outputs, api_visibility="private", **run_kw)
     restore_btn.click(restore, [ctx.model_dropdown, stash, combine, ctx.clip, eval_state], start_outputs,
@@ -699,6 +720,9 @@ def build_workbench_tab(ctx) -> None:
     style.input(on_style, [style], [prompt, system_prompt, n_desc, source_md], api_visibility="private")
     generate_btn.click(generate, gen_inputs, [table, sent] + score_outputs, api_name="generate_descriptions",
                        **run_kw)
+    # not in the model queue: it must reach a generation that is running there
+    cancel_btn.click(cancel_generation, None, [sent], api_name="cancel_generation", concurrency_id="cancel",
+                     concurrency_limit=None)
     eval_btn.click(load_eval, [ctx.model_dropdown, eval_files] + server_inputs + [state, ctx.clip],
                    [eval_state] + score_outputs, api_name="load_evaluation_set", **run_kw)
     save_btn.click(save, [ctx.model_dropdown, save_name, state, own_sets],
