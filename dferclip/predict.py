@@ -30,7 +30,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from . import runtime
+from . import backends, runtime
 from .video.decode import Limits, WindowSpec
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class Prediction:
     streams: Optional[dict[str, float]] = None  # multi-stream models: each stream's fusion weight for the clip
     renders: Optional[dict[str, list]] = None  # FineCLIPER: the clip's parsing/landmark renders (uint8 RGB)
     windows_total: int = 0  # timeline windows the clip has; the timeline is complete when it holds them all
+    backend: str = "eager"  # what ran the image tower (dferclip.backends)
 
     @property
     def complete(self) -> bool:
@@ -103,6 +104,7 @@ class Prediction:
             "weights": {k: v for k, v in self.weights.items()},
             "device": self.device,
             "dtype": self.dtype,
+            "backend": self.backend,
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "encoded_frames": self.encoded_frames,
             "streams": self.streams,
@@ -161,7 +163,7 @@ def encode_frames(model, frames: torch.Tensor, *, dev, dtype=None, renders=None,
     models), on ``dev``; ``renders`` are FineCLIPER's mid-level renders of the same frames."""
     with runtime.inference(dev, dtype):
         renders = None if renders is None else {k: v.to(dev) for k, v in renders.items()}
-        return _batched(model.frame_features, frames.to(dev), renders, batch)
+        return _batched(backends.frame_function(model, dev, dtype), frames.to(dev), renders, batch)
 
 
 def score_features(model, feats, positions: torch.Tensor, *, dev, dtype=None):
@@ -256,7 +258,7 @@ def iter_predict(model, path: str | Path, *, windows: bool = True, frame_budget:
         warnings=list(result.warnings), encoded_frames=encoder.done, timings={},
         streams=None if weights is None else dict(zip(model.streams, map(float, weights[0]))),
         renders=None if renders is None else {k: _as_images(model, v[positions[0]]) for k, v in renders.items()},
-        windows_total=len(spans),
+        windows_total=len(spans), backend=backends.in_use(model, dev, dtype),
     )
     model_s, label_s = t2 - t1, time.perf_counter() - t0
 

@@ -8,6 +8,9 @@ place that chooses them for the app, prediction, training and evaluation:
   LayerNorm/softmax stay fp32, which keeps the class probabilities within ~1e-2 of fp32
   (``benchmarks/bench_app.py`` and ``tests/test_predict.py`` compare them); on CPU it is fp32.
   ``DFERCLIP_DTYPE`` (``fp32``, ``bf16``, ``fp16``) overrides, e.g. ``bf16`` on CPUs with AVX512-BF16.
+- the image tower's backend (:mod:`dferclip.backends`: eager, compile, openvino, int8, auto):
+  ``DFERCLIP_BACKEND``, default ``auto`` (the faithful faster one when installed). The registry converts
+  each model it loads in a background thread, so the first clips run eagerly instead of waiting.
 
 :func:`gpu` is ``spaces.GPU`` on Hugging Face ZeroGPU (``SPACES_ZERO_GPU`` set and ``spaces`` importable) and
 the identity everywhere else, so library code can decorate its GPU work unconditionally.
@@ -43,7 +46,7 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
-from . import files
+from . import backends, files
 from .errors import DferclipError, WeightsUnavailableError
 from .weights import fetch, published
 from .weights.checkpoints import UNTRAINED_WARNING, discover_models, load_model
@@ -270,12 +273,15 @@ class ModelRegistry:
     Loading one model (maybe a download) holds only that model's lock: requests for models already loaded
     are served meanwhile, and two requests for the same model wait for one load."""
 
-    def __init__(self, entries: list[ModelEntry], dev: torch.device | str | None = None, max_loaded: int = 2):
+    def __init__(self, entries: list[ModelEntry], dev: torch.device | str | None = None, max_loaded: int = 2,
+                 backend: str | None = None, background: bool = True):
         if not entries:
             raise ValueError("a model registry needs at least one entry")
         self.entries = list(entries)
         self.device = torch.device(dev) if dev is not None else device()
         self.dtype = compute_dtype(self.device)
+        self.backend = backends.requested_backend(backend)  # the image tower's (DFERCLIP_BACKEND, else auto)
+        self.background = background  # convert in a thread (the app) or before get() returns (batch jobs)
         self.max_loaded = max_loaded
         self._loaded: "OrderedDict[str, torch.nn.Module]" = OrderedDict()
         self._lock = threading.Lock()  # guards the dicts only, never held while loading
@@ -349,9 +355,19 @@ class ModelRegistry:
             model = load_model(key, device=self.device)
             model.requires_grad_(False)
             log.info("loaded %s on %s (%s): %s", key, self.device, dtype_name(self.dtype), model.weights_info)
+            self._accelerate(model)
             with self._lock:
                 self._loaded[key] = model
                 while len(self._loaded) > self.max_loaded:
                     dropped, _ = self._loaded.popitem(last=False)
                     log.info("unloaded %s", dropped)
             return model
+
+    def _accelerate(self, model) -> None:
+        if self.backend == "eager":
+            return
+        run = functools.partial(backends.accelerate, model, self.backend, dev=self.device, dtype=self.dtype)
+        if self.background:
+            threading.Thread(target=run, name="dferclip-backend", daemon=True).start()
+        else:
+            run()

@@ -1,0 +1,319 @@
+"""Faster CPU backends for the CLIP image tower, which holds nearly all of a DFER-CLIP forward's work.
+
+    from dferclip import backends
+    used = backends.accelerate(model)        # DFERCLIP_BACKEND, else "auto"
+    used.name, used.max_logit_delta          # "openvino", 4e-6 (on a probe clip, against torch eager fp32)
+
+Backends (``DFERCLIP_BACKEND`` or ``--backend``):
+
+- ``eager``: torch as is (the reference);
+- ``compile``: ``torch.compile`` of the tower;
+- ``openvino``: the tower exported with ``torch.export`` and compiled by OpenVINO for the CPU, fp32;
+- ``onnx``: the tower exported to ONNX and run by ONNX Runtime, fp32;
+- ``int8``: torch dynamic int8 quantisation of the tower's Linear layers. Lossy: only when asked for;
+- ``auto`` (default): the faithful backends measured at least 1.25x faster than eager on this project's
+  reference CPU (``benchmarks/bench_backends.py``, BENCHMARKS.md), in :data:`AUTO_ORDER`, on towers of real
+  size (a test-size tower converts slower than it runs).
+
+A backend that is not installed, fails to convert, or (except ``int8``) moves a probe clip's logits by
+more than :data:`FAITHFUL_ATOL` is skipped with a log line, and the tower stays torch eager. Backends only
+apply on CPU in fp32 to DFER-CLIP's image tower; other model families and GPUs run eagerly. The converted
+tower is a snapshot of the weights: once any tower parameter changes (training, ``load_state_dict``),
+:func:`frame_function` notices, logs it and goes back to eager.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from . import files
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("eager", "compile", "openvino", "onnx", "int8")
+CHOICES = BACKENDS + ("auto",)
+LOSSY = frozenset({"int8"})
+AUTO_ORDER = ("openvino",)  # faithful and >= 1.25x faster than eager, measured (BENCHMARKS.md)
+FAITHFUL_ATOL = 1e-3  # max |logit change| a default backend may cause
+AUTO_MIN_PARAMS = 20_000_000  # auto leaves smaller towers eager (ViT-B/32's has 88 M parameters)
+PROBE_FRAMES = 4  # distinct random frames of the probe clip that checks a backend's logits
+MAX_FRAMES = 1024  # largest frame batch an exported tower accepts
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend's package is missing or it cannot run this tower (the caller falls back to eager)."""
+
+
+@dataclass
+class Accelerated:
+    """What :func:`accelerate` settled on. ``max_logit_delta``: on the probe clip, against eager fp32."""
+
+    name: str
+    requested: str
+    setup_s: float = 0.0
+    max_logit_delta: Optional[float] = None
+    note: str = ""  # why the requested backend is not the one in use, when it is not
+
+    @property
+    def lossy(self) -> bool:
+        return self.name in LOSSY
+
+
+@dataclass
+class _Attached:
+    info: Accelerated
+    run: Callable[[torch.Tensor], torch.Tensor]  # (U, 3, S, S) model-input frames -> (U, D) features
+    versions: tuple  # the tower parameters' in-place version counters when it was converted
+
+
+_attached: "weakref.WeakKeyDictionary[torch.nn.Module, _Attached]" = weakref.WeakKeyDictionary()
+
+
+def requested_backend(name: Optional[str] = None) -> str:
+    """``name``, else ``DFERCLIP_BACKEND``, else ``auto``; checked against :data:`CHOICES`."""
+    chosen = (name or os.environ.get("DFERCLIP_BACKEND", "") or "auto").strip().lower()
+    if chosen not in CHOICES:
+        raise ValueError(f"backend {chosen!r}: use one of {', '.join(CHOICES)}")
+    return chosen
+
+
+def installed() -> list[str]:
+    """The backends whose packages are importable here (eager, compile and int8 come with torch)."""
+    import importlib.util
+
+    have = ["eager", "compile"]
+    if importlib.util.find_spec("openvino") is not None:
+        have.append("openvino")
+    if all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "onnxscript")):
+        have.append("onnx")
+    return have + ["int8"]
+
+
+def image_tower(model) -> Optional[torch.nn.Module]:
+    """The module a backend may replace: DFER-CLIP's CLIP image tower, whose output is the frame features."""
+    return model.clip.visual if getattr(model, "family", None) == "dferclip" else None
+
+
+def current(model) -> Accelerated:
+    """The backend ``model`` runs its image tower with now."""
+    attached = _attached.get(model)
+    return attached.info if attached is not None else Accelerated("eager", "eager")
+
+
+def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
+               atol: float = FAITHFUL_ATOL) -> Accelerated:
+    """Run ``model``'s image tower through ``backend`` (default: :func:`requested_backend`) from now on.
+
+    Returns what is in use, which is ``eager`` when the backend does not apply, is missing, fails or is not
+    faithful (see the module docstring); never raises for those. Call it again after changing the weights.
+    """
+    requested = requested_backend(backend)
+    _attached.pop(model, None)
+    dev = torch.device(dev) if dev is not None else next(model.parameters()).device
+    tower = image_tower(model)
+    if requested == "eager":
+        return Accelerated("eager", requested)
+    reason = None
+    if tower is None:
+        reason = f"{getattr(model, 'family', type(model).__name__)} models run their towers eagerly"
+    elif dev.type != "cpu" or (dtype is not None and dtype != torch.float32):
+        reason = "backends apply to CPU fp32 only"
+    elif requested == "auto" and sum(p.numel() for p in tower.parameters()) < AUTO_MIN_PARAMS:
+        return Accelerated("eager", requested, note="tower too small to gain from a backend")
+    if reason:
+        log.log(logging.INFO if requested == "auto" else logging.WARNING, "backend %s: %s; using torch eager",
+                requested, reason)
+        return Accelerated("eager", requested, note=reason)
+    notes = []
+    for name in (AUTO_ORDER if requested == "auto" else (requested,)):
+        start = time.perf_counter()
+        try:
+            run = _BUILDERS[name](tower, model.input_config.image_size)
+            delta = probe_logit_delta(model, run)
+        except Exception as e:  # a backend that cannot take this tower must not stop the model
+            notes.append(f"{name} failed: {_short(e)}")
+            log.warning("backend %s is not usable here (%s); using torch eager", name, _short(e))
+            continue
+        if name not in LOSSY and not delta <= atol:
+            notes.append(f"{name} moved the logits by {delta:.2g} > {atol:g}")
+            log.warning("backend %s moved a probe clip's logits by %.2g (> %g); using torch eager", name, delta, atol)
+            continue
+        info = Accelerated(name, requested, time.perf_counter() - start, delta)
+        _attached[model] = _Attached(info, run, _versions(tower))
+        log.info("image tower on %s (set up in %.1f s; max |logit change| on a probe clip %.2g%s)", name,
+                 info.setup_s, delta, ", lossy" if info.lossy else "")
+        return info
+    return Accelerated("eager", requested, note="; ".join(notes) or "no faithful backend installed")
+
+
+def frame_function(model, dev=None, dtype=None):
+    """``fn(frames, renders)`` -> per-frame features: ``model.frame_features``, through the accelerated tower
+    when :func:`accelerate` attached one and it still applies (CPU, fp32, unchanged weights)."""
+    attached = _active(model, dev, dtype)
+    if attached is None:
+        return model.frame_features
+    return lambda frames, renders=None: attached.run(frames)
+
+
+def in_use(model, dev=None, dtype=None) -> str:
+    """The backend :func:`frame_function` runs for ``model`` on ``dev`` in ``dtype``."""
+    attached = _active(model, dev, dtype)
+    return "eager" if attached is None else attached.info.name
+
+
+def _active(model, dev, dtype) -> Optional[_Attached]:
+    attached = _attached.get(model)
+    if attached is None:
+        return None
+    dev = torch.device(dev) if dev is not None else next(model.parameters()).device
+    if dev.type != "cpu" or (dtype is not None and dtype != torch.float32):
+        return None
+    if _versions(image_tower(model)) != attached.versions:
+        log.warning("the image tower's weights changed since it was converted to %s; using torch eager",
+                    attached.info.name)
+        _attached.pop(model, None)
+        return None
+    return attached
+
+
+def probe_logit_delta(model, run: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> float:
+    """Max |logit change| of a probe clip (random frames) when ``run`` replaces the eager image tower."""
+    cfg = model.input_config
+    g = torch.Generator().manual_seed(seed)
+    frames = cfg.normalize(torch.rand(PROBE_FRAMES, 3, cfg.image_size, cfg.image_size, generator=g))
+    positions = (torch.arange(cfg.num_frames) % PROBE_FRAMES).unsqueeze(0)
+    with torch.inference_mode():
+        classes = model.class_embeddings()
+        eager = model.score(model.embed_sequences(model.frame_features(frames), positions), classes)
+        fast = model.score(model.embed_sequences(run(frames), positions), classes)
+    return float((fast - eager).abs().max())
+
+
+# --- the backends: each turns the eager tower into (U, 3, S, S) -> (U, D), or raises ----------
+def _build_compile(tower, size: int):
+    compiled = torch.compile(tower, dynamic=True)
+    with torch.inference_mode():  # compiles now, not on the first clip
+        compiled(torch.zeros(2, 3, size, size))
+    return _inference(compiled)
+
+
+def _build_int8(tower, size: int):
+    with warnings.catch_warnings():  # torch.ao's deprecation notice; the API works in this torch
+        warnings.simplefilter("ignore")
+        quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(tower).float(), {torch.nn.Linear},
+                                                           dtype=torch.qint8)
+    return _inference(quantized)
+
+
+def _inference(module):
+    def run(frames: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(frames.float())
+    return run
+
+
+def _exported(tower, size: int):
+    """The tower as a torch.export program with a dynamic frame count."""
+    from torch.export import Dim, export
+
+    example = torch.zeros(2, 3, size, size)
+    with torch.no_grad():
+        return export(tower.eval(), (example,), dynamic_shapes=({0: Dim("frames", min=1, max=MAX_FRAMES)},))
+
+
+def _build_openvino(tower, size: int):
+    try:
+        import openvino as ov
+    except ImportError:
+        raise BackendUnavailable("openvino is not installed (pip install openvino)") from None
+    core = ov.Core()
+    folder = files.cache_dir() / "openvino" / _fingerprint(tower, size, ov.__version__)
+    if (folder / "tower.xml").is_file():
+        converted = core.read_model(str(folder / "tower.xml"))
+    else:
+        converted = ov.convert_model(_exported(tower, size), input=[ov.PartialShape([-1, 3, size, size])])
+        _save_folder(folder, lambda tmp: ov.save_model(converted, os.path.join(tmp, "tower.xml"), compress_to_fp16=False))
+    compiled = core.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+                                                     "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+    request = compiled.create_infer_request()
+    lock = threading.Lock()  # one infer request, callers from several threads (the app)
+
+    def run(frames: torch.Tensor) -> torch.Tensor:
+        with lock:
+            out = request.infer({0: frames.detach().float().contiguous().numpy()})[0]
+            return torch.from_numpy(out.copy())
+    return run
+
+
+def _build_onnx(tower, size: int):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime onnx onnxscript)") from None
+    folder = files.cache_dir() / "onnx" / _fingerprint(tower, size, ort.__version__)
+    if not (folder / "tower.onnx").is_file():
+        example = torch.zeros(2, 3, size, size)
+        from torch.export import Dim
+
+        def export(tmp):
+            torch.onnx.export(tower.eval(), (example,), os.path.join(tmp, "tower.onnx"), dynamo=True,
+                              input_names=["frames"], external_data=True,
+                              dynamic_shapes=({0: Dim("frames", min=1, max=MAX_FRAMES)},))
+        _save_folder(folder, export)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(folder / "tower.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def run(frames: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"frames": frames.detach().float().contiguous().numpy()})[0])
+    return run
+
+
+_BUILDERS = {"compile": _build_compile, "openvino": _build_openvino, "onnx": _build_onnx, "int8": _build_int8}
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def _versions(tower) -> tuple:
+    return tuple(p._version for p in tower.parameters())
+
+
+def _fingerprint(tower, size: int, backend_version: str) -> str:
+    """Cache key of a converted tower: its weights, input size and the converter's versions."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{size}|{torch.__version__}|{backend_version}".encode())
+    for name, tensor in tower.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save_folder(folder, write: Callable[[str], None]) -> None:
+    """Write a multi-file conversion into a temporary folder, then rename it into place in one step."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.")
+    try:
+        write(tmp)
+        os.replace(tmp, folder)
+    except OSError:
+        if not folder.is_dir():  # another process finishing first is fine
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _short(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
