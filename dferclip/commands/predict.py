@@ -1,15 +1,24 @@
-"""predict: classify a video clip; prints class probabilities and what ingestion did (JSON with --json)."""
+"""predict: classify a video clip (probabilities and what ingestion did; JSON with --json), or a whole corpus
+(a folder, a .csv list or hf:<dataset>) into one .jsonl/.csv line per clip with --output.
+
+    python -m dferclip predict clip.mp4 [--json] [--annotate out.mp4]
+    python -m dferclip predict clips/ --output preds.jsonl          # resumable; a bad clip is a line, not a stop
+    torchrun --nproc_per_node 4 -m dferclip predict list.csv --output preds.csv   # sharded, one merged output
+"""
 from __future__ import annotations
 
 import json
 import os
 import sys
+from pathlib import Path
 
-from .. import runtime
+from .. import backends, runtime
+from ..errors import DataError
 
 
 def add_arguments(p):
-    p.add_argument("video", help="video file (mp4, webm, mov, ...)")
+    p.add_argument("video", help="a video file (mp4, webm, mov, ...), or with --output a folder of videos, a .csv "
+                                 "list (a 'path' column) or hf:<Hub id or save_to_disk folder>[@split]")
     p.add_argument("--checkpoint", "--model", "--weights", dest="checkpoint", default=None,
                    help="weights: a published name (dfew-fold1, ...; see `weights list`), official .pth, own folder, "
                         "name in checkpoints/, Hub id, random[:config], "
@@ -17,26 +26,85 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print one JSON object (probabilities, timeline, ingestion)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--no-timeline", action="store_true", help="skip the sliding-window timeline")
+    p.add_argument("--backend", choices=backends.CHOICES, default=None,
+                   help="image tower backend (default: DFERCLIP_BACKEND, else auto for a corpus and eager for one "
+                        "clip, where converting the tower costs more than it saves); int8 is faster but lossy")
+    p.add_argument("--annotate", metavar="OUT.mp4", default=None,
+                   help="one clip: also write it with the face box and the running expression drawn (H.264 .mp4 "
+                        "when this PyAV can encode it, else VP9 .webm)")
+    corpus = p.add_argument_group("corpus (with --output)")
+    corpus.add_argument("--output", "-o", default=None, help="preds.jsonl or preds.csv: one line per clip; clips "
+                                                             "already in it are skipped")
+    corpus.add_argument("--batch-size", type=int, default=8, help="clips per model forward (default 8)")
+    corpus.add_argument("--workers", type=int, default=2, help="decoding/face detection processes (default 2)")
+    corpus.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> int:
+    if args.device:
+        os.environ["DFERCLIP_DEVICE"] = args.device
+    if args.output:
+        if args.annotate:
+            raise DataError("--annotate is for one clip; leave out --output")
+        return run_corpus(args)
+    if Path(args.video).is_dir() or args.video.startswith("hf:") or args.video.lower().endswith(".csv"):
+        raise DataError(f"{args.video} is a corpus, not one clip: add --output preds.jsonl (or .csv)")
+    from ..predict import predict_clip
     from ..video.decode import check_input
 
     check_input(args.video)  # a bad path fails before the model loads
-    from ..predict import predict_clip
 
-    if args.device:
-        os.environ["DFERCLIP_DEVICE"] = args.device
-    registry = runtime.ModelRegistry.discover(args.checkpoint, max_loaded=1)
+    backend = args.backend or os.environ.get("DFERCLIP_BACKEND") or "eager"
+    registry = runtime.ModelRegistry.discover(args.checkpoint, max_loaded=1, backend=backend, background=False)
     model = registry.get()
     what, warning = runtime.weights_banner(model.weights_info)
     if warning:
         print(f"WARNING: {warning} ({what})", file=sys.stderr)
     pred = predict_clip(model, args.video, windows=not args.no_timeline, dev=registry.device)
+    annotated = None
+    if args.annotate:
+        from ..video.annotate import annotate_prediction
+
+        annotated = annotate_prediction(pred, args.video, args.annotate)
     if args.json:
-        print(json.dumps(pred.to_dict(), indent=2, default=str))
+        out = pred.to_dict()
+        if annotated is not None:
+            out["annotated"] = {"path": str(annotated), "codec": _codec_of(annotated)}
+        print(json.dumps(out, indent=2, default=str))
         return 0
     print_report(pred, what)
+    if annotated is not None:
+        print(f"annotated video: {annotated} ({_codec_of(annotated)})")
+    return 0
+
+
+def _codec_of(path: Path) -> str:
+    return "H.264 mp4" if path.suffix.lower() == ".mp4" else "VP9 webm"
+
+
+def run_corpus(args) -> int:
+    from ..corpus import Shard, list_clips, predict_corpus, run_sharded, shard_device
+
+    shard = Shard.from_env()
+    dev = shard_device(shard)
+    clips = list_clips(args.video)
+    registry = runtime.ModelRegistry.discover(args.checkpoint, dev=dev, max_loaded=1, backend="eager")
+    model = registry.get()
+    what, warning = runtime.weights_banner(model.weights_info)
+    if warning and shard.rank == 0:
+        print(f"WARNING: {warning} ({what})", file=sys.stderr)
+    backend = backends.requested_backend(args.backend)
+
+    def accelerate():
+        backends.accelerate(model, backend, dev=registry.device, dtype=registry.dtype)
+
+    summary = run_sharded(lambda: predict_corpus(
+        model, clips, args.output, shard=shard, batch_size=args.batch_size, workers=args.workers,
+        dev=registry.device, dtype=registry.dtype, progress=not args.no_progress, accelerate=accelerate), shard)
+    where = f"rank {shard.rank}: " if shard.world > 1 else ""
+    print(f"{where}{summary.done} clips predicted ({summary.errors} errors, {summary.no_face} without a face), "
+          f"{summary.skipped} already in the output; {summary.clips_per_s:.2f} clips/s on {registry.device} "
+          f"({summary.backend}); {len(clips)} clips listed -> {summary.output}", file=sys.stderr)
     return 0
 
 
@@ -54,7 +122,7 @@ def print_report(pred, weights: str) -> None:
         print(f"timeline: {len(pred.timeline)} windows")
     t = pred.timings
     print(f"time: ingestion {t['ingestion']:.2f} s, model {t['model']:.2f} s, total {t['total']:.2f} s "
-          f"({pred.device} {pred.dtype})")
+          f"({pred.device} {pred.dtype}, {pred.backend})")
     print(f"weights: {weights}")
     for w in pred.warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -535,22 +535,30 @@ def load_hf_dataset(name_or_path: str, split: str = "train", input_config: Input
                     frames_column: str = "frames", label_column: str = "label", **kw) -> HFClipDataset:
     """A dataset from the Hub (``org/name``) or local files (a folder saved with ``save_to_disk``, or
     files that ``datasets.load_dataset`` reads). Needs the optional ``datasets`` package."""
+    ds = read_hf_dataset(name_or_path, split)
+    return HFClipDataset(ds, input_config, frames_column=frames_column, label_column=label_column,
+                         source=f"{name_or_path}@{split}", **kw)
+
+
+def read_hf_dataset(name_or_path: str, split: str = "train"):
+    """One split of a Hugging Face dataset (Hub id, or a folder saved with ``save_to_disk``) as a
+    ``datasets.Dataset``. Needs the optional ``datasets`` package."""
     try:
         import datasets
     except ImportError:
         raise DataError("Hugging Face datasets support needs the 'datasets' package (pip install datasets)") from None
     p = Path(name_or_path)
     if p.is_dir() and (p / "dataset_dict.json").is_file():
-        ds = datasets.load_from_disk(str(p))[split]
-    elif p.is_dir() and (p / "dataset_info.json").is_file():
         ds = datasets.load_from_disk(str(p))
-    else:
-        try:
-            ds = datasets.load_dataset(name_or_path, split=split)
-        except Exception as e:  # datasets raises many types for missing repos, offline, bad files
-            raise DataError(f"cannot load dataset {name_or_path!r} split {split!r}: {e}") from None
-    return HFClipDataset(ds, input_config, frames_column=frames_column, label_column=label_column,
-                         source=f"{name_or_path}@{split}", **kw)
+        if split not in ds:
+            raise DataError(f"dataset {name_or_path!r} has no split {split!r} (it has {', '.join(ds)})")
+        return ds[split]
+    if p.is_dir() and (p / "dataset_info.json").is_file():
+        return datasets.load_from_disk(str(p))
+    try:
+        return datasets.load_dataset(name_or_path, split=split)
+    except Exception as e:  # datasets raises many types for missing repos, offline, bad files
+        raise DataError(f"cannot load dataset {name_or_path!r} split {split!r}: {e}") from None
 
 
 # --- one entry point -------------------------------------------------------------------------

@@ -1,0 +1,480 @@
+"""Predict a whole corpus of clips: one output line per clip, resumable, sharded across processes.
+
+    from dferclip.corpus import list_clips, predict_corpus
+    summary = predict_corpus(model, list_clips("clips/"), "preds.jsonl")
+
+Clips come from a folder (video files, recursively), a CSV list (a ``path`` column, or the first column;
+relative paths are relative to the CSV), or ``hf:<Hub id or save_to_disk folder>[@split]`` (a video column,
+or a ``path``/``video``/``file`` column). Decoding and face detection run in DataLoader worker processes
+(:func:`dferclip.video.ingest.ingest`, the same path as one clip) while the model scores earlier clips in
+batches (:func:`dferclip.predict.score_sequences`). Each clip gets one line, in ``.jsonl`` or ``.csv``:
+its class probabilities and top class, whether a face was found, ingestion/model seconds, warnings, and
+the error when it could not be read (one bad clip never stops the run).
+
+Resuming: clips already in the output (or in part files of an interrupted sharded run) are skipped.
+Each line is appended with one ``write`` on an ``O_APPEND`` file, so an interruption leaves whole lines
+(an unfinished last line is ignored and its clip done again).
+
+Sharding: under ``torchrun --nproc_per_node N -m dferclip predict ...`` rank r takes clips r::world and
+appends to ``<output>.part<r>`` (on a shared file system across nodes); at the end rank 0 merges the parts
+and any earlier output into ``<output>``, in clip order, atomically, and removes the parts.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import files, runtime
+from .errors import DataError, DferclipError
+from .video.clips import VIDEO_EXTENSIONS
+from .video.decode import Limits
+
+log = logging.getLogger(__name__)
+
+FORMATS = (".jsonl", ".csv")
+PATH_COLUMNS = ("path", "video", "file", "filename", "clip")
+FIXED_COLUMNS = ("clip", "top", "face_found", "status", "error", "warnings", "ingestion_s", "model_s")
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    """A clip to predict: ``key`` names it in the output (as listed), ``path`` is where its file is."""
+
+    key: str
+    path: Path
+
+
+@dataclass
+class CorpusSummary:
+    output: Path
+    listed: int  # clips in the list (all ranks)
+    skipped: int  # of this rank's share, already in the output
+    done: int  # predicted now by this rank
+    errors: int
+    no_face: int
+    seconds: float
+    backend: str = "eager"
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+# --- listing ---------------------------------------------------------------------------------
+def list_clips(source: str | Path) -> list[ClipRef]:
+    """The clips of a folder, a CSV list, one video file or ``hf:<name>[@split]`` (see the module docstring)."""
+    s = str(source)
+    if s.startswith("hf:"):
+        return _hf_clips(s[3:])
+    p = Path(s)
+    if p.is_dir():
+        found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not found:
+            raise DataError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {p}")
+        return [ClipRef(str(f), f) for f in found]
+    if p.is_file() and p.suffix.lower() == ".csv":
+        return _csv_clips(p)
+    if p.is_file():
+        return [ClipRef(s, p)]
+    raise DataError(f"no clips at {s!r}: expected a video file, a folder of videos, a .csv list or hf:<dataset>")
+
+
+def _csv_clips(path: Path) -> list[ClipRef]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise DataError(f"{path} is empty")
+    header = [c.strip().lower() for c in rows[0]]
+    column = next((header.index(c) for c in PATH_COLUMNS if c in header), None)
+    body = rows[1:] if column is not None else rows  # no known header: the first column of every row
+    column = column or 0
+    refs = []
+    for n, row in enumerate(body, start=2 if body is not rows else 1):
+        if not row or not row[column].strip():
+            continue
+        entry = row[column].strip()
+        where = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+        refs.append(ClipRef(entry, where))
+    if not refs:
+        raise DataError(f"{path}: no clip paths (a 'path' column, or one path per line)")
+    return refs
+
+
+def _hf_clips(spec: str) -> list[ClipRef]:
+    from .training.data import read_hf_dataset  # the one Hugging Face loader (datasets is optional)
+
+    name, _, split = spec.partition("@")
+    ds = read_hf_dataset(name, split or "train")
+    import datasets
+
+    column = next((c for c, f in ds.features.items() if isinstance(f, datasets.Video)), None)
+    if column is not None:
+        ds = ds.cast_column(column, datasets.Video(decode=False))
+    else:
+        column = next((c for c in PATH_COLUMNS if c in ds.column_names), None)
+    if column is None:
+        raise DataError(f"dataset {name!r} has no video column (a Video feature or one of {', '.join(PATH_COLUMNS)})")
+    refs = []
+    stored = files.cache_dir() / "hf-clips" / _safe_name(f"{name}@{split or 'train'}")
+    for i, value in enumerate(ds[column]):
+        key = f"hf:{name}@{split or 'train'}[{i}]"
+        if isinstance(value, dict):  # a Video feature: a path, or the bytes themselves
+            if value.get("path") and Path(value["path"]).is_file():
+                refs.append(ClipRef(key, Path(value["path"])))
+                continue
+            if value.get("bytes"):
+                target = stored / f"{i:08d}{Path(value.get('path') or 'clip.mp4').suffix or '.mp4'}"
+                if not target.is_file():
+                    with files.atomic_write(target, "wb") as f:
+                        f.write(value["bytes"])
+                refs.append(ClipRef(key, target))
+                continue
+            value = value.get("path") or ""
+        refs.append(ClipRef(key, Path(str(value))))
+    return refs
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_.@" else "_" for c in text)
+
+
+# --- decoding and face detection in workers ---------------------------------------------------
+@dataclass
+class Ingested:
+    """One clip after ingestion in a worker: the crops the model sees (T, S, S, 3) uint8 (a quarter of the
+    float input's size through shared memory), or the error that stopped it."""
+
+    key: str
+    pixels: Optional[torch.Tensor]
+    status: Optional[str] = None
+    warnings: list = field(default_factory=list)
+    seconds: float = 0.0
+    error: Optional[str] = None
+
+
+class IngestDataset(torch.utils.data.Dataset):
+    """Ingests clips (dferclip.video.ingest, as for one clip); failures become ``Ingested.error``."""
+
+    def __init__(self, clips: Sequence[ClipRef], input_config, *, fallback: str = "center",
+                 limits: Optional[Limits] = None):
+        self.clips = list(clips)
+        self.input_config = input_config
+        self.fallback = fallback
+        self.limits = limits or Limits()
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> Ingested:
+        from .video.ingest import ingest
+
+        ref = self.clips[i]
+        start = time.perf_counter()
+        try:
+            result = ingest(ref.path, self.input_config, fallback=self.fallback, limits=self.limits)
+        except Exception as e:  # a bad clip is recorded, never fatal
+            log.debug("%s failed", ref.key, exc_info=True)
+            message = e.message if isinstance(e, DferclipError) else str(e) or repr(e)
+            return Ingested(ref.key, None, seconds=time.perf_counter() - start, error=f"{type(e).__name__}: {message}")
+        pixels = torch.from_numpy(np.stack([np.asarray(c) for c in result.crops]))
+        return Ingested(ref.key, pixels, result.status, list(result.warnings), time.perf_counter() - start)
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)  # workers share the cores with the model; one thread each decodes best
+
+
+# --- output ----------------------------------------------------------------------------------
+class LineWriter:
+    """Appends one record per clip to a .jsonl or .csv file; each line is a single O_APPEND write."""
+
+    def __init__(self, path: Path, classes: Sequence[str]):
+        self.path = Path(path)
+        self.kind = output_kind(path)
+        self.columns = list(FIXED_COLUMNS) + [f"p_{c}" for c in classes]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.kind == ".csv":
+            self._check_header()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if self.kind == ".csv" and os.fstat(self._fd).st_size == 0:
+            os.write(self._fd, self._csv_line(self.columns))
+
+    def _check_header(self) -> None:
+        if self.path.is_file() and self.path.stat().st_size:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), [])
+            if header != self.columns:
+                raise DataError(f"{self.path} has other columns than this model's output (another model's "
+                                f"classes?): write to a new file")
+
+    @staticmethod
+    def _csv_line(values) -> bytes:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow(values)
+        return buf.getvalue().encode("utf-8")
+
+    def append(self, record: dict) -> None:
+        os.write(self._fd, self.encode(record))
+
+    def encode(self, record: dict) -> bytes:
+        if self.kind == ".jsonl":
+            return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        return self._csv_line([_csv_value(v) for v in flatten(record, self.columns)])
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> "LineWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def output_kind(path: Path) -> str:
+    kind = Path(path).suffix.lower()
+    if kind not in FORMATS:
+        raise DataError(f"output {path}: use a .jsonl or .csv file name")
+    return kind
+
+
+def flatten(record: dict, columns: Sequence[str]) -> list:
+    """A record's CSV row in ``columns`` order."""
+    probs = record.get("probabilities") or {}
+    timings = record.get("timings") or {}
+    values = {"clip": record["clip"], "top": record.get("top"), "face_found": record.get("face_found"),
+              "status": record.get("status"), "error": record.get("error"),
+              "warnings": " | ".join(record.get("warnings") or []), "ingestion_s": timings.get("ingestion"),
+              "model_s": timings.get("model")}
+    values |= {f"p_{c}": p for c, p in probs.items()}
+    return [values.get(c) for c in columns]
+
+
+def _csv_value(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        return " ".join(v.splitlines())  # one clip, one physical line
+    return v
+
+
+def read_records(path: Path) -> list[dict]:
+    """The records of an output or part file (jsonl: as written; csv: rows as dicts). A broken last line
+    (an interrupted write) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if output_kind(path) == ".jsonl":
+        out = []
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s: skipping an unfinished line", path)
+        return [r for r in out if isinstance(r, dict) and "clip" in r]
+    rows = list(csv.DictReader(io.StringIO(text)))
+    complete = text.endswith("\n")
+    if rows and not complete:
+        rows = rows[:-1]
+    return [r for r in rows if r.get("clip")]
+
+
+def part_path(output: Path, rank: int) -> Path:
+    return output.with_name(f"{output.name}.part{rank}")
+
+
+def _part_files(output: Path) -> list[Path]:
+    return sorted(output.parent.glob(f"{output.name}.part*"), key=lambda p: p.name)
+
+
+def done_clips(output: Path) -> set[str]:
+    """Clips already predicted: in the output or in part files of an unfinished sharded run."""
+    return {r["clip"] for p in [output, *_part_files(output)] for r in read_records(p)}
+
+
+def merge_parts(output: Path, order: Sequence[str]) -> Path:
+    """Earlier output plus every part file -> ``output`` (one line per clip, listed clips in ``order``, clips
+    of earlier lists first), written atomically; the part files are then removed."""
+    output = Path(output)
+    parts = _part_files(output)
+    by_clip: dict[str, bytes] = {}
+    header = None
+    for p in [output, *parts]:
+        if not p.is_file():
+            continue
+        lines = p.read_bytes().splitlines(keepends=True)
+        if output_kind(output) == ".csv" and lines:
+            header, lines = header or lines[0], lines[1:]
+        for line, record in zip(lines, _parse_lines(lines, output)):
+            if record is not None and line.endswith(b"\n"):
+                by_clip.setdefault(record["clip"], line)
+    rank = {k: i for i, k in enumerate(order)}
+    ordered = sorted(by_clip, key=lambda k: (k in rank, rank.get(k, 0)))
+    with files.atomic_write(output, "wb") as f:
+        if header is not None:
+            f.write(header)
+        for k in ordered:
+            f.write(by_clip[k])
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return output
+
+
+def _parse_lines(lines: list[bytes], output: Path) -> Iterable[Optional[dict]]:
+    for line in lines:
+        try:
+            if output_kind(output) == ".jsonl":
+                yield json.loads(line)
+            else:
+                row = next(csv.reader([line.decode("utf-8")]))
+                yield {"clip": row[0]} if row and row[0] else None
+        except (json.JSONDecodeError, UnicodeDecodeError, StopIteration):
+            yield None
+
+
+# --- the run ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Shard":
+        """torchrun's RANK / WORLD_SIZE / LOCAL_RANK (one process without them)."""
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+
+def shard_device(shard: Shard) -> torch.device:
+    """Each process of a sharded run on its own GPU (LOCAL_RANK), else the usual device."""
+    dev = runtime.device()
+    if dev.type == "cuda" and shard.world > 1 and dev.index is None:
+        return torch.device("cuda", shard.local_rank % torch.cuda.device_count())
+    return dev
+
+
+def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard: Shard = Shard(),
+                   batch_size: int = 8, workers: int = 2, dev=None, dtype=None, fallback: str = "center",
+                   limits: Optional[Limits] = None, progress: bool = True, accelerate=None) -> CorpusSummary:
+    """Predict every clip of ``clips`` not yet in ``output`` (see the module docstring).
+
+    ``accelerate``: a function called with no argument once the worker processes have started (so they are
+    forked before any backend thread pool exists), e.g. to convert the image tower (dferclip.backends).
+    With ``shard.world > 1`` torch.distributed must be initialised (:func:`run_sharded` does it).
+    """
+    from .predict import score_sequences, mid_level_renders
+    from . import backends
+
+    output = Path(output)
+    output_kind(output)
+    start = time.perf_counter()
+    dev = torch.device(dev) if dev is not None else next(model.parameters()).device
+    dtype = dtype or runtime.compute_dtype(dev)
+    done = done_clips(output)
+    mine = list(clips)[shard.rank :: shard.world]
+    todo = [c for c in mine if c.key not in done]
+    target = output if shard.world == 1 else part_path(output, shard.rank)
+    summary = CorpusSummary(output, len(clips), len(mine) - len(todo), 0, 0, 0, 0.0)
+    T = model.input_config.num_frames
+    with LineWriter(target, model.class_names) as writer:
+        if todo:
+            loader = torch.utils.data.DataLoader(
+                IngestDataset(todo, model.input_config, fallback=fallback, limits=limits), batch_size=batch_size,
+                num_workers=workers, collate_fn=list, worker_init_fn=_worker_init if workers else None,
+                prefetch_factor=2 if workers else None, persistent_workers=False)
+            batches = iter(loader)  # forks the workers now
+            if accelerate is not None:
+                accelerate()
+            summary.backend = backends.in_use(model, dev, dtype)
+            bar = _progress(len(todo), shard, progress)
+            for batch in batches:
+                ok = [b for b in batch if b.pixels is not None]
+                probs, model_s = None, 0.0
+                if ok:
+                    t0 = time.perf_counter()
+                    frames = model_input(model.input_config, torch.cat([b.pixels for b in ok]))
+                    positions = torch.arange(len(ok) * T).view(len(ok), T)
+                    logits, _, _ = score_sequences(model, frames, positions, dev=dev, dtype=dtype,
+                                                   renders=mid_level_renders(model, frames))
+                    probs = logits.softmax(-1)
+                    model_s = (time.perf_counter() - t0) / len(ok)
+                row = 0
+                for item in batch:
+                    p = None
+                    if item.pixels is not None:
+                        p, row = probs[row], row + 1
+                    writer.append(clip_record(item, model.class_names, p, model_s))
+                    summary.done += 1
+                    summary.errors += item.error is not None
+                    summary.no_face += item.status == "no_face"
+                    bar.update(1)
+            bar.close()
+    if shard.world == 1 and _part_files(output):  # an interrupted sharded run, finished by one process
+        merge_parts(output, [c.key for c in clips])
+    if shard.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if shard.rank == 0:
+            merge_parts(output, [c.key for c in clips])
+        dist.barrier()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def model_input(input_config, pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 crops (N, S, S, 3) -> model input (N, 3, S, S), as ingest makes it."""
+    return input_config.normalize(pixels.permute(0, 3, 1, 2).float().div_(255.0))
+
+
+def clip_record(item: Ingested, classes: Sequence[str], probs: Optional[torch.Tensor], model_s: float) -> dict:
+    """One output line."""
+    record = {"clip": item.key, "top": None, "probabilities": None,
+              "face_found": None if item.status is None else item.status != "no_face", "status": item.status,
+              "warnings": item.warnings, "timings": {"ingestion": round(item.seconds, 4), "model": None},
+              "error": item.error}
+    if probs is not None:
+        values = [float(v) for v in probs]
+        record["probabilities"] = dict(zip(classes, values))
+        record["top"] = classes[max(range(len(values)), key=values.__getitem__)]
+        record["timings"]["model"] = round(model_s, 4)
+    return record
+
+
+def _progress(total: int, shard: Shard, enabled: bool):
+    from tqdm import tqdm
+
+    desc = "clips" if shard.world == 1 else f"rank {shard.rank}"
+    return tqdm(total=total, desc=desc, unit="clip", position=shard.rank, disable=not enabled,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def run_sharded(fn, shard: Shard):
+    """``fn()`` inside a gloo process group when ``shard.world > 1`` (torchrun), destroyed afterwards. gloo
+    serves only the barriers, so it works for CPU and GPU processes alike."""
+    if shard.world <= 1:
+        return fn()
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=timedelta(hours=48))  # ranks wait for the slowest at the end
+    try:
+        return fn()
+    finally:
+        dist.destroy_process_group()
