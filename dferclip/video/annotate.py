@@ -1,0 +1,177 @@
+"""The clip written back with what the model saw drawn on it: the tracked face box and the running expression.
+
+    from dferclip.video.annotate import annotate_prediction
+    path = annotate_prediction(pred, "clip.mp4", "annotated.mp4")   # H.264 .mp4, or VP9 .webm without it
+
+The face box of every frame is interpolated in time between the frames ingestion tracked (the clip's and the
+timeline windows' sampled frames); the label at time t is the top class of the timeline windows covering t
+(their mean), else of the nearest window, else of the whole clip. Browser-playable: H.264 (yuv420p, fast
+start) when the installed PyAV has an H.264 encoder, else VP9 in WebM; the returned path's suffix says which.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional, Sequence
+
+import av
+import cv2
+import numpy as np
+
+from .. import files
+from .decode import Limits, VideoReader
+
+log = logging.getLogger(__name__)
+
+H264_ENCODERS = ("libx264", "libopenh264")
+TIME_BASE = Fraction(1, 90000)
+BOX_COLOUR = (255, 200, 0)  # RGB
+NO_FACE_COLOUR = (160, 160, 160)
+
+
+def video_encoder(out_path: str | Path) -> tuple[str, Path]:
+    """(encoder, path with its container's suffix): H.264 in .mp4 when available (unless a .webm is asked
+    for), else VP9 in .webm."""
+    out = Path(out_path)
+    if out.suffix.lower() != ".webm":
+        for name in H264_ENCODERS:
+            if name in av.codecs_available:
+                return name, out if out.suffix.lower() in (".mp4", ".m4v", ".mov") else out.with_suffix(".mp4")
+    return "libvpx-vp9", out.with_suffix(".webm")
+
+
+def annotate_prediction(prediction, clip_path: str | Path, out_path: str | Path) -> Path:
+    """Write ``clip_path`` with ``prediction``'s face box and running expression drawn; returns the file written
+    (``out_path``, its suffix changed to .webm when H.264 cannot be encoded here). Atomic: a failure leaves
+    nothing behind."""
+    encoder, out = video_encoder(out_path)
+    if out != Path(out_path):
+        log.info("no H.264 encoder in this PyAV: writing VP9 to %s", out)
+    track = _face_track(prediction.ingest)
+    labels = RunningLabel(prediction)
+    source = prediction.ingest.source
+    limits = dataclasses.replace(Limits(), max_kept_frames=max(source.num_frames, 1), max_frame_bytes=1 << 62,
+                                 decode_timeout_s=max(600.0, 4 * (source.duration_s or 0)))
+    rate = Fraction(source.fps or 25).limit_denominator(1001)
+
+    def write(tmp: str) -> None:
+        fmt = "webm" if out.suffix.lower() == ".webm" else "mp4"
+        faststart = {"movflags": "+faststart"} if fmt == "mp4" else {}  # plays while it downloads
+        with VideoReader(clip_path, limits) as reader, av.open(tmp, "w", format=fmt, options=faststart) as container:
+            stream = None
+            last_pts = -1
+            for frame in reader.iter_frames(range(reader.num_frames)):
+                image = frame.image
+                if stream is None:
+                    stream = _add_stream(container, encoder, rate, image.shape[1], image.shape[0])
+                drawn = draw(image, track.box_at(frame.time_s, frame.scale), *labels.at(frame.time_s))
+                video_frame = av.VideoFrame.from_ndarray(_even(drawn), format="rgb24")
+                last_pts = max(last_pts + 1, round(frame.time_s / TIME_BASE))
+                video_frame.pts, video_frame.time_base = last_pts, TIME_BASE
+                container.mux(stream.encode(video_frame))
+            if stream is not None:
+                container.mux(stream.encode())
+
+    files.atomic_write_with(out, write)
+    return out
+
+
+def _add_stream(container, encoder: str, rate: Fraction, width: int, height: int):
+    options = ({"preset": "veryfast", "crf": "20"} if encoder == "libx264" else
+               {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b:v": "0"} if encoder == "libvpx-vp9" else {})
+    stream = container.add_stream(encoder, rate=rate, options=options)
+    stream.width, stream.height = width - width % 2, height - height % 2
+    stream.pix_fmt = "yuv420p"
+    stream.time_base = TIME_BASE
+    stream.codec_context.time_base = TIME_BASE
+    return stream
+
+
+def _even(image: np.ndarray) -> np.ndarray:
+    """yuv420p needs even sides: drop a last odd row/column."""
+    h, w = image.shape[:2]
+    return image[: h - h % 2, : w - w % 2]
+
+
+class FaceTrack:
+    """The tracked face box over time, linearly interpolated between the frames where ingestion placed it."""
+
+    def __init__(self, times: Sequence[float], boxes: Sequence[Sequence[float]]):
+        self.times = list(times)
+        self.boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+
+    def box_at(self, t: float, scale: float = 1.0) -> Optional[np.ndarray]:
+        """(x0, y0, x1, y1) in the frame's pixels (``scale``: decoded / source size), None without a face."""
+        if not self.times:
+            return None
+        i = bisect.bisect_left(self.times, t)
+        if i == 0:
+            box = self.boxes[0]
+        elif i == len(self.times):
+            box = self.boxes[-1]
+        else:
+            t0, t1 = self.times[i - 1], self.times[i]
+            w = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
+            box = (1 - w) * self.boxes[i - 1] + w * self.boxes[i]
+        return box * scale
+
+
+def _face_track(result) -> FaceTrack:
+    metas = {m.index: m for m in result.frames}
+    if result.windows is not None:
+        metas.update({m.index: m for m in result.windows.frames})
+    known = sorted((m.time_s, m.box) for m in metas.values() if m.box is not None)
+    return FaceTrack([t for t, _ in known], [b for _, b in known])
+
+
+class RunningLabel:
+    """The expression at time t: from the timeline windows covering t, else the nearest one, else the clip's."""
+
+    def __init__(self, prediction):
+        self.classes = list(prediction.classes)
+        self.clip = np.asarray(prediction.probs, dtype=np.float64)
+        timeline = prediction.timeline
+        if timeline is None or not len(timeline):
+            self.start = self.end = np.zeros(0)
+            self.probs = np.zeros((0, len(self.classes)))
+        else:
+            self.start, self.end = np.asarray(timeline.start), np.asarray(timeline.end)
+            self.probs = np.asarray(timeline.probabilities, dtype=np.float64)
+
+    def at(self, t: float) -> tuple[str, float]:
+        if not len(self.start):
+            p = self.clip
+        else:
+            covering = (self.start <= t) & (t <= self.end)
+            if covering.any():
+                p = self.probs[covering].mean(0)
+            else:
+                p = self.probs[int(np.argmin(np.abs((self.start + self.end) / 2 - t)))]
+        k = int(np.argmax(p))
+        return self.classes[k], float(p[k])
+
+
+def draw(image: np.ndarray, box: Optional[np.ndarray], label: str, probability: float) -> np.ndarray:
+    """A copy of ``image`` (RGB) with the face box and ``label probability`` drawn (top-left without a face)."""
+    out = np.ascontiguousarray(image.copy())
+    h, w = out.shape[:2]
+    thickness = max(2, round(min(h, w) / 180))
+    scale = max(0.5, min(h, w) / 600)
+    text = f"{label} {probability:.0%}"
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, thickness // 2))
+    if box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
+        tx, ty = max(0, min(x0, w - tw - 8)), y0 - 6 if y0 - th - base - 8 >= 0 else min(h - base - 2, y1 + th + 8)
+        colour = BOX_COLOUR
+    else:
+        tx, ty, colour = 4, th + 8, NO_FACE_COLOUR
+        text += " (no face)"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, thickness // 2))
+    cv2.rectangle(out, (tx, ty - th - 6), (tx + tw + 8, ty + base), colour, -1)
+    cv2.putText(out, text, (tx + 4, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), max(1, thickness // 2),
+                cv2.LINE_AA)
+    return out
