@@ -16,7 +16,7 @@ Each line is appended with one ``write`` on an ``O_APPEND`` file, so an interrup
 (an unfinished last line is ignored and its clip done again).
 
 Sharding: under ``torchrun --nproc_per_node N -m dferclip predict ...`` rank r takes clips r::world and
-appends to ``<output>.part<r>`` (on a shared file system across nodes); at the end rank 0 merges the parts
+appends to ``<output stem>.part<r><suffix>`` (on a shared file system across nodes); at the end rank 0 merges the parts
 and any earlier output into ``<output>``, in clip order, atomically, and removes the parts.
 """
 from __future__ import annotations
@@ -208,6 +208,7 @@ class LineWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.kind == ".csv":
             self._check_header()
+        _drop_unfinished_line(self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if self.kind == ".csv" and os.fstat(self._fd).st_size == 0:
             os.write(self._fd, self._csv_line(self.columns))
@@ -242,6 +243,31 @@ class LineWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _drop_unfinished_line(path: Path) -> None:
+    """Cut an interrupted last line (no newline) so the next append starts a line of its own."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        keep = size
+        while keep > 0:  # back to the last newline, in blocks
+            start = max(0, keep - 65536)
+            f.seek(start)
+            block = f.read(keep - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            keep = start
+        log.warning("%s: dropping an unfinished last line (an interrupted run); its clip is done again", path)
+        f.truncate(keep)
 
 
 def output_kind(path: Path) -> str:
@@ -296,11 +322,12 @@ def read_records(path: Path) -> list[dict]:
 
 
 def part_path(output: Path, rank: int) -> Path:
-    return output.with_name(f"{output.name}.part{rank}")
+    """Rank r's file in a sharded run: ``preds.part<r>.jsonl`` beside ``preds.jsonl``."""
+    return output.with_name(f"{output.stem}.part{rank}{output.suffix}")
 
 
 def _part_files(output: Path) -> list[Path]:
-    return sorted(output.parent.glob(f"{output.name}.part*"), key=lambda p: p.name)
+    return sorted(output.parent.glob(f"{output.stem}.part[0-9]*{output.suffix}"), key=lambda p: p.name)
 
 
 def done_clips(output: Path) -> set[str]:

@@ -89,6 +89,10 @@ def run_corpus(args) -> int:
     dev = shard_device(shard)
     clips = list_clips(args.video)
     registry = runtime.ModelRegistry.discover(args.checkpoint, dev=dev, max_loaded=1, backend="eager")
+    if shard.world > 1:
+        import torch
+
+        torch.manual_seed(0)  # untrained (random) weights: the same in every process
     model = registry.get()
     what, warning = runtime.weights_banner(model.weights_info)
     if warning and shard.rank == 0:
