@@ -1,0 +1,139 @@
+"""Image tower backends: every installed faithful backend keeps the logits within 1e-3 of torch eager (tiny
+model and the official conformance fixture), int8 only on request, and a missing, unfaithful or stale
+backend falls back to eager with a log line."""
+import json
+import logging
+
+import pytest
+import torch
+
+import dferclip
+from app_helpers import feat_clip
+from dferclip import backends
+from dferclip.predict import predict_clip, score_sequences
+from dferclip.runtime import ModelEntry, ModelRegistry
+
+FAITHFUL = [pytest.param(b, marks=pytest.mark.slow) if b == "compile" else b
+            for b in backends.installed() if b != "eager" and b not in backends.LOSSY]
+MISSING = [b for b in backends.BACKENDS if b not in backends.installed()]
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch):
+    """Conversions are cached by weights: a cache of this test session's own, so they convert for real."""
+    monkeypatch.setenv("DFERCLIP_CACHE", str(tmp_path_factory.getbasetemp() / "backend-cache"))
+    monkeypatch.delenv("DFERCLIP_BACKEND", raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return dferclip.save_model(dferclip.load_model("random:dferclip-tiny"), tmp_path_factory.mktemp("tiny") / "m")
+
+
+def _frames(model, n=6, seed=1):
+    cfg = model.input_config
+    g = torch.Generator().manual_seed(seed)
+    frames = cfg.normalize(torch.rand(n, 3, cfg.image_size, cfg.image_size, generator=g))
+    positions = torch.stack([torch.arange(cfg.num_frames) % n, (torch.arange(cfg.num_frames) * 5) % n])
+    return frames, positions
+
+
+def _logits(model, frames, positions):
+    return score_sequences(model, frames, positions, dev="cpu", dtype=torch.float32)[0]
+
+
+@pytest.mark.parametrize("name", FAITHFUL)
+def test_backend_keeps_tiny_model_logits(name, tiny_dir):
+    registry = ModelRegistry([ModelEntry(str(tiny_dir), "tiny", "explicit")], dev="cpu", backend=name,
+                             background=False)
+    model = registry.get()
+    assert backends.current(model).name == name
+    assert backends.current(model).max_logit_delta <= backends.FAITHFUL_ATOL
+    eager = dferclip.load_model(tiny_dir)
+    frames, positions = _frames(model)
+    fast, ref = _logits(model, frames, positions), _logits(eager, frames, positions)
+    assert backends.in_use(model, "cpu", torch.float32) == name
+    assert (fast - ref).abs().max() <= backends.FAITHFUL_ATOL
+    pred = predict_clip(model, feat_clip("single_face.mp4"), windows=False)
+    assert pred.backend == name
+    assert abs(pred.logits - predict_clip(eager, feat_clip("single_face.mp4"), windows=False).logits).max() <= 1e-3
+
+
+@pytest.mark.parametrize("name", FAITHFUL)
+def test_backend_keeps_conformance_fixture_logits(name, conformance_path):
+    from dferclip.weights.checkpoints import read_official
+
+    fixture = read_official(conformance_path)["conformance"]
+    model = dferclip.load_model(conformance_path)
+    assert backends.accelerate(model, name).name == name
+    video = fixture["input"]
+    b, t = video.shape[:2]
+    logits = _logits(model, video.flatten(0, 1), torch.arange(b * t).view(b, t))
+    assert (logits - fixture["logits"]).abs().max() <= backends.FAITHFUL_ATOL
+    assert torch.equal(logits.argmax(-1), fixture["logits"].argmax(-1))
+
+
+def test_int8_only_when_asked_and_its_change_is_reported(tiny_dir, capsys):
+    from dferclip.cli import main
+
+    assert "int8" not in backends.AUTO_ORDER
+    model = dferclip.load_model(tiny_dir)
+    frames, positions = _frames(model)
+    ref = _logits(model, frames, positions)
+    info = backends.accelerate(model, "int8")
+    assert (info.name, info.lossy) == ("int8", True) and info.max_logit_delta > 0
+    assert (_logits(model, frames, positions) - ref).abs().max() > 0  # the quantised tower really runs
+    assert main(["predict", str(feat_clip("single_face.mp4")), "--model", str(tiny_dir), "--backend", "int8",
+                 "--json", "--no-timeline"]) == 0
+    assert json.loads(capsys.readouterr().out)["backend"] == "int8"
+    assert main(["predict", str(feat_clip("single_face.mp4")), "--model", str(tiny_dir), "--json",
+                 "--no-timeline"]) == 0
+    assert json.loads(capsys.readouterr().out)["backend"] == "eager"  # one clip: eager unless asked
+
+
+@pytest.mark.skipif(not MISSING, reason="every backend is installed")
+def test_missing_backend_falls_back_to_eager(tiny_dir, caplog):
+    model = dferclip.load_model(tiny_dir)
+    with caplog.at_level(logging.WARNING, logger="dferclip.backends"):
+        info = backends.accelerate(model, MISSING[0])
+    assert info.name == "eager" and "not installed" in info.note
+    assert "using torch eager" in caplog.text
+    assert backends.frame_function(model) == model.frame_features
+
+
+def test_unfaithful_or_stale_backend_falls_back_to_eager(tiny_dir, caplog):
+    model = dferclip.load_model(tiny_dir)
+    name = "openvino" if "openvino" in backends.installed() else "int8"
+    with caplog.at_level(logging.WARNING, logger="dferclip.backends"):
+        info = backends.accelerate(model, name, atol=-1.0)  # no backend can be this faithful
+    assert info.name == "eager" and "moved the logits" in info.note and "using torch eager" in caplog.text
+    assert backends.accelerate(model, "int8").name == "int8"
+    caplog.clear()
+    with torch.no_grad():
+        model.clip.visual.conv1.weight.mul_(1.5)  # new weights: the converted snapshot is stale
+    with caplog.at_level(logging.WARNING, logger="dferclip.backends"):
+        assert backends.in_use(model, "cpu", torch.float32) == "eager"
+    assert "weights changed" in caplog.text
+    frames, positions = _frames(model)
+    with torch.inference_mode():
+        eager = model.score(model.embed_sequences(model.frame_features(frames), positions), model.class_embeddings())
+    assert torch.equal(_logits(model, frames, positions), eager)
+
+
+def test_auto_leaves_small_towers_and_other_families_eager(tiny_dir):
+    model = dferclip.load_model(tiny_dir)
+    assert backends.accelerate(model).name == "eager"  # auto: a tiny tower gains nothing
+    assert backends.accelerate(model, "int8", dtype=torch.bfloat16).name == "eager"
+    fine = dferclip.load_model("random:fineclipper-tiny")
+    assert "eagerly" in backends.accelerate(fine, "int8").note
+
+
+def test_backend_names_are_checked(monkeypatch):
+    with pytest.raises(ValueError, match="use one of"):
+        backends.requested_backend("fastest")
+    monkeypatch.setenv("DFERCLIP_BACKEND", "OpenVINO")
+    assert backends.requested_backend() == "openvino"
+    monkeypatch.setenv("DFERCLIP_BACKEND", "tensorrt")
+    with pytest.raises(ValueError):
+        ModelRegistry([ModelEntry("random:dferclip-tiny", "tiny", "explicit")])
