@@ -9,11 +9,13 @@ Backends (``DFERCLIP_BACKEND`` or ``--backend``):
 - ``eager``: torch as is (the reference);
 - ``compile``: ``torch.compile`` of the tower;
 - ``openvino``: the tower exported with ``torch.export`` and compiled by OpenVINO for the CPU, fp32;
-- ``onnx``: the tower exported to ONNX and run by ONNX Runtime, fp32;
 - ``int8``: torch dynamic int8 quantisation of the tower's Linear layers. Lossy: only when asked for;
 - ``auto`` (default): the faithful backends measured at least 1.25x faster than eager on this project's
   reference CPU (``benchmarks/bench_backends.py``, BENCHMARKS.md), in :data:`AUTO_ORDER`, on towers of real
   size (a test-size tower converts slower than it runs).
+
+ONNX Runtime is not offered: exporting to ONNX needs the ``onnx`` package, whose current release (1.23) needs
+protobuf >= 6.31, while mediapipe pins protobuf < 5 here; OpenVINO converts the same ``torch.export`` graph.
 
 A backend that is not installed, fails to convert, or (except ``int8``) moves a probe clip's logits by
 more than :data:`FAITHFUL_ATOL` is skipped with a log line, and the tower stays torch eager. Backends only
@@ -42,7 +44,7 @@ from . import files
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "compile", "openvino", "onnx", "int8")
+BACKENDS = ("eager", "compile", "openvino", "int8")
 CHOICES = BACKENDS + ("auto",)
 LOSSY = frozenset({"int8"})
 AUTO_ORDER = ("openvino",)  # faithful and >= 1.25x faster than eager, measured (BENCHMARKS.md)
@@ -96,8 +98,6 @@ def installed() -> list[str]:
     have = ["eager", "compile"]
     if importlib.util.find_spec("openvino") is not None:
         have.append("openvino")
-    if all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx", "onnxscript")):
-        have.append("onnx")
     return have + ["int8"]
 
 
@@ -140,7 +140,7 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
     for name in (AUTO_ORDER if requested == "auto" else (requested,)):
         start = time.perf_counter()
         try:
-            run = _BUILDERS[name](tower, model.input_config.image_size)
+            run = _BUILDERS[name](tower, model.input_config.image_size, _cacheable(model))
             delta = probe_logit_delta(model, run)
         except Exception as e:  # a backend that cannot take this tower must not stop the model
             notes.append(f"{name} failed: {_short(e)}")
@@ -202,14 +202,14 @@ def probe_logit_delta(model, run: Callable[[torch.Tensor], torch.Tensor], seed: 
 
 
 # --- the backends: each turns the eager tower into (U, 3, S, S) -> (U, D), or raises ----------
-def _build_compile(tower, size: int):
+def _build_compile(tower, size: int, cache: bool):
     compiled = torch.compile(tower, dynamic=True)
     with torch.inference_mode():  # compiles now, not on the first clip
         compiled(torch.zeros(2, 3, size, size))
     return _inference(compiled)
 
 
-def _build_int8(tower, size: int):
+def _build_int8(tower, size: int, cache: bool):
     with warnings.catch_warnings():  # torch.ao's deprecation notice; the API works in this torch
         warnings.simplefilter("ignore")
         quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(tower).float(), {torch.nn.Linear},
@@ -233,18 +233,20 @@ def _exported(tower, size: int):
         return export(tower.eval(), (example,), dynamic_shapes=({0: Dim("frames", min=1, max=MAX_FRAMES)},))
 
 
-def _build_openvino(tower, size: int):
+def _build_openvino(tower, size: int, cache: bool):
     try:
         import openvino as ov
     except ImportError:
         raise BackendUnavailable("openvino is not installed (pip install openvino)") from None
     core = ov.Core()
-    folder = files.cache_dir() / "openvino" / _fingerprint(tower, size, ov.__version__)
-    if (folder / "tower.xml").is_file():
+    folder = files.cache_dir() / "openvino" / _fingerprint(tower, size, ov.__version__) if cache else None
+    if folder is not None and (folder / "tower.xml").is_file():
         converted = core.read_model(str(folder / "tower.xml"))
     else:
         converted = ov.convert_model(_exported(tower, size), input=[ov.PartialShape([-1, 3, size, size])])
-        _save_folder(folder, lambda tmp: ov.save_model(converted, os.path.join(tmp, "tower.xml"), compress_to_fp16=False))
+        if folder is not None:
+            _save_folder(folder, lambda tmp: ov.save_model(converted, os.path.join(tmp, "tower.xml"),
+                                                           compress_to_fp16=False))
     compiled = core.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                                                      "INFERENCE_NUM_THREADS": torch.get_num_threads()})
     request = compiled.create_infer_request()
@@ -257,34 +259,15 @@ def _build_openvino(tower, size: int):
     return run
 
 
-def _build_onnx(tower, size: int):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise BackendUnavailable("onnxruntime is not installed (pip install onnxruntime onnx onnxscript)") from None
-    folder = files.cache_dir() / "onnx" / _fingerprint(tower, size, ort.__version__)
-    if not (folder / "tower.onnx").is_file():
-        example = torch.zeros(2, 3, size, size)
-        from torch.export import Dim
-
-        def export(tmp):
-            torch.onnx.export(tower.eval(), (example,), os.path.join(tmp, "tower.onnx"), dynamo=True,
-                              input_names=["frames"], external_data=True,
-                              dynamic_shapes=({0: Dim("frames", min=1, max=MAX_FRAMES)},))
-        _save_folder(folder, export)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(folder / "tower.onnx"), options, providers=["CPUExecutionProvider"])
-
-    def run(frames: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"frames": frames.detach().float().contiguous().numpy()})[0])
-    return run
-
-
-_BUILDERS = {"compile": _build_compile, "openvino": _build_openvino, "onnx": _build_onnx, "int8": _build_int8}
+_BUILDERS = {"compile": _build_compile, "openvino": _build_openvino, "int8": _build_int8}
 
 
 # --- helpers ---------------------------------------------------------------------------------
+def _cacheable(model) -> bool:
+    """Conversions of a checkpoint's weights are kept in the cache; random (untrained) ones differ every load."""
+    return model.weights_info.get("kind") != "random"
+
+
 def _versions(tower) -> tuple:
     return tuple(p._version for p in tower.parameters())
 
