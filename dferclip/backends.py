@@ -144,7 +144,9 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
             delta = probe_logit_delta(model, run)
         except Exception as e:  # a backend that cannot take this tower must not stop the model
             notes.append(f"{name} failed: {_short(e)}")
-            log.warning("backend %s is not usable here (%s); using torch eager", name, _short(e))
+            quiet = requested == "auto" and isinstance(e, BackendUnavailable)  # auto: not installed is fine
+            log.log(logging.INFO if quiet else logging.WARNING, "backend %s is not usable here (%s); using torch "
+                    "eager", name, _short(e))
             continue
         if name not in LOSSY and not delta <= atol:
             notes.append(f"{name} moved the logits by {delta:.2g} > {atol:g}")
