@@ -60,7 +60,7 @@ def real_sequences(model):
         return None, None
     frames, positions, offset = [], [], 0
     for name in ("single_face.mp4", "WolfgangLanger_Pexels.mp4", "face_noface.mov", "noface_face.mov"):
-        result = ingest(folder / name, model.input_config, windows=partial(timeline_spec, frame_budget=96))
+        result = ingest(folder / name, model.input_config, windows=partial(timeline_spec, frame_budget=32))
         f, p = _shared_frames(result)
         frames.append(f)
         positions.append(p + offset)

@@ -139,8 +139,11 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
     notes = []
     for name in (AUTO_ORDER if requested == "auto" else (requested,)):
         start = time.perf_counter()
+        versions = _versions(tower)
         try:
-            run = _BUILDERS[name](tower, model.input_config.image_size, _cacheable(model))
+            # a copy: the live tower keeps serving eager calls from other threads (the app) meanwhile
+            snapshot = copy.deepcopy(tower).float().eval()
+            run = _BUILDERS[name](snapshot, model.input_config.image_size, _cacheable(model))
             delta = probe_logit_delta(model, run)
         except Exception as e:  # a backend that cannot take this tower must not stop the model
             notes.append(f"{name} failed: {_short(e)}")
@@ -153,7 +156,7 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
             log.warning("backend %s moved a probe clip's logits by %.2g (> %g); using torch eager", name, delta, atol)
             continue
         info = Accelerated(name, requested, time.perf_counter() - start, delta)
-        _attached[model] = _Attached(info, run, _versions(tower))
+        _attached[model] = _Attached(info, run, versions)
         log.info("image tower on %s (set up in %.1f s; max |logit change| on a probe clip %.2g%s)", name,
                  info.setup_s, delta, ", lossy" if info.lossy else "")
         return info
@@ -203,7 +206,7 @@ def probe_logit_delta(model, run: Callable[[torch.Tensor], torch.Tensor], seed: 
     return float((fast - eager).abs().max())
 
 
-# --- the backends: each turns the eager tower into (U, 3, S, S) -> (U, D), or raises ----------
+# --- the backends: each turns a copy of the tower into (U, 3, S, S) -> (U, D), or raises ------
 def _build_compile(tower, size: int, cache: bool):
     compiled = torch.compile(tower, dynamic=True)
     with torch.inference_mode():  # compiles now, not on the first clip
@@ -214,8 +217,7 @@ def _build_compile(tower, size: int, cache: bool):
 def _build_int8(tower, size: int, cache: bool):
     with warnings.catch_warnings():  # torch.ao's deprecation notice; the API works in this torch
         warnings.simplefilter("ignore")
-        quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(tower).float(), {torch.nn.Linear},
-                                                           dtype=torch.qint8)
+        quantized = torch.ao.quantization.quantize_dynamic(tower, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     return _inference(quantized)
 
 
@@ -232,7 +234,7 @@ def _exported(tower, size: int):
 
     example = torch.zeros(2, 3, size, size)
     with torch.no_grad():
-        return export(tower.eval(), (example,), dynamic_shapes=({0: Dim("frames", min=1, max=MAX_FRAMES)},))
+        return export(tower, (example,), dynamic_shapes=({0: Dim("frames", min=1, max=MAX_FRAMES)},))
 
 
 def _build_openvino(tower, size: int, cache: bool):

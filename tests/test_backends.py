@@ -137,3 +137,16 @@ def test_backend_names_are_checked(monkeypatch):
     monkeypatch.setenv("DFERCLIP_BACKEND", "tensorrt")
     with pytest.raises(ValueError):
         ModelRegistry([ModelEntry("random:dferclip-tiny", "tiny", "explicit")])
+
+
+def test_registry_converts_in_the_background(tiny_dir):
+    import threading
+
+    registry = ModelRegistry([ModelEntry(str(tiny_dir), "tiny", "explicit")], dev="cpu", backend="int8")
+    model = registry.get()  # returns at once; the app's first clips run eagerly meanwhile
+    for thread in threading.enumerate():
+        if thread.name == "dferclip-backend":
+            thread.join(timeout=120)
+    assert backends.current(model).name == "int8"
+    pred = predict_clip(model, feat_clip("single_face.mp4"), windows=False)
+    assert pred.backend == "int8" and pred.to_dict()["backend"] == "int8"
