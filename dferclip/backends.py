@@ -157,8 +157,8 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
             continue
         info = Accelerated(name, requested, time.perf_counter() - start, delta)
         _attached[model] = _Attached(info, run, versions)
-        log.info("image tower on %s (set up in %.1f s; max |logit change| on a probe clip %.2g%s)", name,
-                 info.setup_s, delta, ", lossy" if info.lossy else "")
+        log.log(logging.WARNING if info.lossy else logging.INFO, "image tower on %s (set up in %.1f s; max |logit "
+                "change| on a probe clip %.2g%s)", name, info.setup_s, delta, ", lossy" if info.lossy else "")
         return info
     return Accelerated("eager", requested, note="; ".join(notes) or "no faithful backend installed")
 
