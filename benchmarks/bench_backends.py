@@ -1,5 +1,5 @@
-"""Image tower backends compared in one run: torch eager, torch.compile, OpenVINO / ONNX Runtime (whichever are
-installed) and dynamic int8, for DFER-CLIP ViT-B/32 at real size with random weights, 16 frames.
+"""Image tower backends compared in one run: torch eager, torch.compile, OpenVINO (when
+installed; ONNX Runtime is not offered, see dferclip/backends.py) and dynamic int8, for DFER-CLIP ViT-B/32 at real size with random weights, 16 frames.
 
 Reports per backend: set-up seconds (conversion + the probe check), the tower's ms per 16-frame clip (median of
 interleaved rounds), GFLOP/s and share of this machine's fp32 peak (measured in the same interleaved rounds with a
