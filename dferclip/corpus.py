@@ -22,6 +22,7 @@ and any earlier output into ``<output>``, in clip order, atomically, and removes
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -193,8 +194,13 @@ class IngestDataset(torch.utils.data.Dataset):
         return Ingested(ref.key, pixels, result.status, list(result.warnings), time.perf_counter() - start)
 
 
-def _worker_init(_):
+def _worker_init(_, yield_to_model: bool = False):
     torch.set_num_threads(1)  # workers share the cores with the model; one thread each decodes best
+    if yield_to_model:  # on a CPU the model is the bottleneck: decoding takes the cycles it leaves
+        try:
+            os.nice(10)
+        except OSError:
+            pass
 
 
 # --- output ----------------------------------------------------------------------------------
@@ -424,7 +430,8 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
         if todo:
             loader = torch.utils.data.DataLoader(
                 IngestDataset(todo, model.input_config, fallback=fallback, limits=limits), batch_size=batch_size,
-                num_workers=workers, collate_fn=list, worker_init_fn=_worker_init if workers else None,
+                num_workers=workers, collate_fn=list,
+                worker_init_fn=functools.partial(_worker_init, yield_to_model=dev.type == "cpu") if workers else None,
                 prefetch_factor=2 if workers else None, persistent_workers=False)
             batches = iter(loader)  # forks the workers now
             if accelerate is not None:
