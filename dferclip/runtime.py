@@ -367,7 +367,7 @@ class ModelRegistry:
         if self.backend == "eager":
             return
         run = functools.partial(backends.accelerate, model, self.backend, dev=self.device, dtype=self.dtype)
-        if self.background:
-            threading.Thread(target=run, name="dferclip-backend", daemon=True).start()
+        if self.background:  # not a daemon: exiting mid-conversion would abort in the converter's C++ threads
+            threading.Thread(target=run, name="dferclip-backend").start()
         else:
             run()
