@@ -79,6 +79,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--fixture", type=Path, default=FIXTURE, help="the official conformance fixture (.pt)")
+    ap.add_argument("--backends", default=",".join(backends.installed()), help="comma-separated (default: all installed)")
     ap.add_argument("--json")
     args = ap.parse_args()
     load_before = os.getloadavg()
@@ -97,7 +98,7 @@ def main():
 
     runs, rows = {}, []
     eager_logits = logits_with(model, model.frame_features, frames, positions) if frames is not None else None
-    for name in backends.installed():
+    for name in ["eager"] + [b for b in args.backends.split(",") if b != "eager"]:
         row = {"backend": name}
         info = backends.accelerate(model, name)
         row["setup_s"], row["used"] = info.setup_s, info.name
