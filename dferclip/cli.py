@@ -22,18 +22,18 @@ COMMANDS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dferclip", description=__doc__.split(":")[0])
+    parser = argparse.ArgumentParser(prog="python -m dferclip",
+                                     description="dferclip: facial expressions in video with CLIP (DFER-CLIP, FineCLIPER)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     modules = {}
     for name, help_text in COMMANDS.items():
-        try:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:  # only the command that runs is imported (and its imports): checks come first
             modules[name] = importlib.import_module(f".commands.{name}", __package__)
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.commands.{name}":
-                raise
-            continue
-        modules[name].add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+            modules[name].add_arguments(command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -150,3 +150,9 @@ def test_registry_converts_in_the_background(tiny_dir):
     assert backends.current(model).name == "int8"
     pred = predict_clip(model, feat_clip("single_face.mp4"), windows=False)
     assert pred.backend == "int8" and pred.to_dict()["backend"] == "int8"
+
+
+def test_the_predict_command_offers_every_backend():
+    from dferclip.commands.predict import BACKEND_CHOICES
+
+    assert BACKEND_CHOICES == backends.CHOICES  # the command names them without importing torch

@@ -1,6 +1,7 @@
 """dferclip.predict and the predict command, on real clips with the tiny model."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,16 @@ def test_predict_command_checks_the_input_before_loading_a_model(capsys, tmp_pat
         assert cli_main(["predict", str(path), "--checkpoint", "random:no-such-architecture"]) == 2
         err = capsys.readouterr().err
         assert message in err and "no-such-architecture" not in err, err
+
+
+def test_a_bad_input_is_refused_before_torch_is_even_imported(tmp_path):
+    import subprocess
+    import sys
+
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    code = ("import sys; from dferclip.cli import main; rc = main(['predict', sys.argv[1]]); "
+            "print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(empty)], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.split() == ["2", "False"] and "is empty" in out.stderr

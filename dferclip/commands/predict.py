@@ -12,8 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from .. import backends, runtime
 from ..errors import DataError
+
+
+BACKEND_CHOICES = ("eager", "compile", "openvino", "int8", "auto")  # dferclip.backends.CHOICES (checked by a test)
 
 
 def add_arguments(p):
@@ -26,7 +28,7 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print one JSON object (probabilities, timeline, ingestion)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--no-timeline", action="store_true", help="skip the sliding-window timeline")
-    p.add_argument("--backend", choices=backends.CHOICES, default=None,
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
                    help="image tower backend (default: DFERCLIP_BACKEND, else auto for a corpus and eager for one "
                         "clip, where converting the tower costs more than it saves); int8 is faster but lossy")
     p.add_argument("--annotate", metavar="OUT.mp4", default=None,
@@ -49,10 +51,11 @@ def run(args) -> int:
         return run_corpus(args)
     if Path(args.video).is_dir() or args.video.startswith("hf:") or args.video.lower().endswith(".csv"):
         raise DataError(f"{args.video} is a corpus, not one clip: add --output preds.jsonl (or .csv)")
-    from ..predict import predict_clip
     from ..video.decode import check_input
 
-    check_input(args.video)  # a bad path fails before the model loads
+    check_input(args.video)  # a bad path fails before torch and the model load
+    from .. import runtime
+    from ..predict import predict_clip
 
     backend = args.backend or os.environ.get("DFERCLIP_BACKEND") or "eager"
     registry = runtime.ModelRegistry.discover(args.checkpoint, max_loaded=1, backend=backend, background=False)
@@ -83,6 +86,7 @@ def _codec_of(path: Path) -> str:
 
 
 def run_corpus(args) -> int:
+    from .. import backends, runtime
     from ..corpus import Shard, list_clips, predict_corpus, run_sharded, shard_device
 
     shard = Shard.from_env()

@@ -258,10 +258,14 @@ def _flags_md(wb: Workbench) -> str:
 
 # --- event functions that score (module-level: tests call them directly) ----------------------------
 def intro_text(model) -> str:
-    """The tab's intro: what the learned scores are for this model's family."""
-    learned = ("FineCLIPER's learned positive/negative text adapters (each description is a positive descriptor "
-               "against the class's negative one)" if has_pn_descriptors(model)
-               else "DFER-CLIP's learned prompts (class-specific context tokens before each description)")
+    """The tab's intro: what the learned scores are for this model's family (None: not loaded yet)."""
+    if model is None:
+        learned = "the model's learned prompts"
+    elif has_pn_descriptors(model):
+        learned = ("FineCLIPER's learned positive/negative text adapters (each description is a positive descriptor "
+                   "against the class's negative one)")
+    else:
+        learned = "DFER-CLIP's learned prompts (class-specific context tokens before each description)"
     return ("Edit the class descriptions (one row per descriptor; several per class are combined) and see the "
             f"scores of the current clip change: zero-shot CLIP and {learned}, against the previous version and "
             "the saved baseline. Your edits stay when you switch models.")
@@ -424,7 +428,11 @@ def build_workbench_tab(ctx) -> None:
     default_style = next(iter(styles))
 
     with gr.Tab("Descriptions", id="descriptions"):
-        intro = gr.Markdown(intro_text(ctx.model(ctx.registry.default_key)), elem_id="workbench-intro")
+        try:  # the default weights may still be downloading: the intro is then generic until the first score
+            default_model = ctx.model(ctx.registry.default_key)
+        except DferclipError:
+            default_model = None
+        intro = gr.Markdown(intro_text(default_model), elem_id="workbench-intro")
         first = starting_set(next(iter(sets)))
         state = gr.State({"baseline": first.to_dict(), "previous": first.to_dict(), "current": first.to_dict(),
                           "combine": COMBINE_MODES[0]})
