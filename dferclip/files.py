@@ -99,3 +99,12 @@ def write_json(path: str | Path, data: Any, indent: int = 2) -> Path:
         json.dump(data, f, indent=indent, ensure_ascii=False)
         f.write("\n")
     return Path(path)
+
+
+def prune_folders(root: str | Path, keep: int) -> None:
+    """Keep the ``keep`` most recently modified sub-folders of ``root`` (e.g. files served to visitors)."""
+    import shutil
+
+    folders = sorted((d for d in Path(root).iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
+    for old in folders[:max(0, len(folders) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)

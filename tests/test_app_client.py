@@ -105,3 +105,17 @@ def test_streaming_endpoint_gives_the_label_before_the_timeline_and_ends_as_pred
 
 def confidences(label: dict) -> dict:
     return {c["label"]: c["confidence"] for c in label["confidences"]}
+
+
+def test_annotated_video_of_the_last_prediction(served):
+    import av
+
+    _, client = served
+    assert "Predict a clip first" in str(pytest.raises(Exception, client.predict, api_name="/annotate").value)
+    client.predict(handle_file(str(feat_clip("single_face.mp4"))), TINY, api_name="/predict")
+    video = client.predict(api_name="/annotate")
+    path = video.get("path") or video["video"]["path"] if isinstance(video, dict) else video
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name in ("h264", "vp9")
+        assert sum(1 for _ in container.decode(stream)) > 16

@@ -266,6 +266,32 @@ def uses_face_mesh(ctx: AppContext, model_key: Optional[str]) -> bool:
 
 
 # --- the tab ------------------------------------------------------------------------------------------
+MAX_ANNOTATED = 50  # annotated videos kept for download (the oldest go first)
+
+
+def annotate_event(ctx: AppContext, clip: Optional[ClipRecord]) -> str:
+    """The page's last predicted clip written back with its face box and running expression (H.264 or VP9)."""
+    import tempfile
+
+    from ..files import prune_folders
+    from ..video.annotate import annotate_prediction
+
+    pred = getattr(clip, "prediction", None)
+    if pred is None:
+        raise gr.Error("Predict a clip first: the annotated video draws that prediction.", print_exception=False)
+    if not getattr(pred, "complete", True):
+        raise gr.Error("The timeline is still being computed; try again when it is complete.", print_exception=False)
+    root = Path(tempfile.gettempdir()) / "dferclip-annotated"  # where Gradio may serve files from
+    root.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(dir=root)) / f"{Path(clip.path).stem[:60] or 'clip'}-annotated.mp4"
+    try:
+        written = annotate_prediction(pred, clip.path, out)
+    except DferclipError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    prune_folders(root, keep=MAX_ANNOTATED)
+    return str(written)
+
+
 def build_predict_tab(ctx: AppContext) -> None:
     """The tab's components and events (inside a ``gr.Blocks`` after ``build_model_bar``)."""
     with gr.Tab("Predict", id="predict"):
@@ -298,6 +324,11 @@ def build_predict_tab(ctx: AppContext) -> None:
         renders = gr.Gallery(label="What FineCLIPER's face-mesh streams saw (landmarks, parsing regions)",
                              columns=8, height=260, object_fit="contain", elem_id="stream-renders",
                              visible=uses_face_mesh(ctx, ctx.registry.default_key))
+        with gr.Accordion("Annotated video: the face box and the expression over time, drawn on the clip",
+                          open=False):
+            annotate_btn = gr.Button("Make the annotated video", elem_id="annotate-button")
+            annotated = gr.Video(label="Annotated clip (download with the button on the video)", height=300,
+                                 interactive=False, elem_id="annotated-video")
         api_only = gr.Button(visible=False, elem_id="predict-api")  # the single-result /predict endpoint
         build_explain_section(ctx, "predict")
         outputs = [label, crops, timeline, note, renders, ctx.clip]
@@ -312,6 +343,8 @@ def build_predict_tab(ctx: AppContext) -> None:
             ex.load_input_event.then(stream, inputs, outputs, api_visibility="private", show_progress="minimal",
                                      show_progress_on=[timeline],
                                      **model_work)
+        annotate_btn.click(functools.partial(annotate_event, ctx), [ctx.clip], [annotated], api_name="annotate",
+                           **model_work)
         video.change(preview_note, video, preview, api_visibility="private", queue=False)
         ctx.model_selected.then(lambda key: gr.Gallery(value=None, visible=uses_face_mesh(ctx, key)),
                                 ctx.model_dropdown, renders, api_visibility="private")

@@ -26,7 +26,7 @@ import gradio as gr
 import pandas as pd
 
 from ..errors import DataError, DescriptionError, DferclipError, LLMRateLimitError
-from ..files import write_json
+from ..files import prune_folders, write_json
 from ..scoring import (
     COMBINE_MODES,
     TextEmbeddingCache,
@@ -405,19 +405,11 @@ def set_file(set_dict: dict) -> str:
     path = root / digest / f"{name}-v{ds.version}.json"
     if not path.is_file():
         write_json(path, data)
-        _prune(root, keep=MAX_SET_FILES)
+        prune_folders(root, keep=MAX_SET_FILES)
     return str(path)
 
 
 MAX_SET_FILES = 2000  # downloadable set files kept (a few kB each); the oldest go first
-
-
-def _prune(root: Path, keep: int) -> None:
-    import shutil
-
-    folders = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
-    for old in folders[:max(0, len(folders) - keep)]:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # --- the tab ---------------------------------------------------------------------------------------
