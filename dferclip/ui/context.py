@@ -138,7 +138,7 @@ def build_model_bar(ctx: AppContext) -> None:
     default = ctx.registry.default_key
     with gr.Row(equal_height=True, elem_id="model-bar"):
         ctx.model_dropdown = gr.Dropdown(ctx.registry.choices(), value=default, label="Model", scale=2,
-                                         info="the box next to it says which weights run; other models load when picked")
+                                         info="the banner says which weights run; other models load when picked")
         ctx.banner = gr.HTML(initial_banner(ctx, default), elem_id="weights-banner")
     last_good = gr.State(default)
     ctx.clip = gr.State(None)
