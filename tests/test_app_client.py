@@ -110,7 +110,8 @@ def confidences(label: dict) -> dict:
 def test_annotated_video_of_the_last_prediction(served):
     import av
 
-    _, client = served
+    _, shared = served
+    client = Client(shared.src, verbose=False, download_files=False)  # a new visitor: no clip in its session yet
     assert "Predict a clip first" in str(pytest.raises(Exception, client.predict, api_name="/annotate").value)
     client.predict(handle_file(str(feat_clip("single_face.mp4"))), TINY, api_name="/predict")
     video = client.predict(api_name="/annotate")
