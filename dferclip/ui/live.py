@@ -20,7 +20,6 @@ import gradio as gr
 import numpy as np
 import torch
 
-from ..errors import DferclipError
 from ..predict import encode_frames, join_features, mid_level_renders, score_features
 from ..runtime import UNTRAINED_WARNING
 from ..video.decode import sample_indices
@@ -96,10 +95,7 @@ def live_step(ctx: AppContext, frame: Optional[np.ndarray], session: Optional[Li
         return gr.skip(), gr.skip(), gr.skip(), session
     start = time.monotonic()
     model_key = model_key or ctx.registry.default_key
-    try:
-        model = ctx.model(model_key)
-    except DferclipError as e:
-        raise gr.Error(str(e), print_exception=False) from None
+    model = ctx.model_for_event(model_key)
     cfg = model.input_config
     if session is None or session.model_key != model_key:
         session = LiveSession(model_key, cfg.num_frames)
