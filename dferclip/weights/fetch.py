@@ -23,13 +23,10 @@ import hashlib
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import urlparse
 
 from ..errors import (
     CheckpointError,
@@ -42,40 +39,13 @@ from .published import PublishedWeights, cache_folder, is_cached, weights_root
 log = logging.getLogger(__name__)
 
 DRIVE_URL = "https://drive.google.com"
-REACHABLE_TTL_S = 30.0
-_reachability: dict = {}
 
 
 # --- is the host there? ----------------------------------------------------------------------
 def offline_mode() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    from .hub import offline_mode as hub_offline
 
-
-def reachable(url: str, timeout: float = 1.5) -> bool:
-    """Whether ``url``'s host accepts a TCP connection within ``timeout`` seconds (name lookup included);
-    False in offline mode. Answers are remembered for 30 s."""
-    if offline_mode():
-        return False
-    u = urlparse(url)
-    key = (u.hostname, u.port or (443 if u.scheme == "https" else 80))
-    seen = _reachability.get(key)
-    if seen and time.monotonic() - seen[0] < REACHABLE_TTL_S:
-        return seen[1]
-    answer: list = []
-
-    def connect():
-        try:
-            socket.create_connection(key, timeout=timeout).close()
-            answer.append(True)
-        except OSError as e:
-            log.info("%s:%s unreachable: %s", *key, e)
-
-    t = threading.Thread(target=connect, daemon=True)  # getaddrinfo ignores socket timeouts
-    t.start()
-    t.join(timeout)
-    ok = bool(answer)
-    _reachability[key] = (time.monotonic(), ok)
-    return ok
+    return hub_offline()
 
 
 def mirror() -> str | None:
@@ -94,11 +64,11 @@ def download_url(entry: PublishedWeights) -> str:
 
 
 def host_reachable(entry: PublishedWeights) -> bool:
-    if entry.host_kind == "drive":
-        return reachable(download_url(entry))
+    """Whether the entry's host (Drive or its mirror, else the Hub) answers; remembered for a minute."""
     from .hub import hub_reachable
+    from .hub import host_reachable as url_reachable
 
-    return hub_reachable()
+    return url_reachable(download_url(entry)) if entry.host_kind == "drive" else hub_reachable()
 
 
 # --- progress, for the app --------------------------------------------------------------------

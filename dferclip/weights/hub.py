@@ -19,47 +19,59 @@ from ..errors import WeightsUnavailableError
 log = logging.getLogger(__name__)
 
 
-def _env_offline() -> bool:
+def offline_mode() -> bool:
+    """HF_HUB_OFFLINE is set: nothing is fetched, local files only."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-REACHABLE_TTL_S = 60.0  # how long one answer of hub_reachable holds: an outage (or a recovery) is seen again
-_reachable_cache: dict[tuple[str, float], tuple[float, bool]] = {}  # (endpoint, timeout) -> (when, answer)
+REACHABLE_TTL_S = 60.0  # how long one answer holds: an outage (or a recovery) is seen again after it
+_reachable_cache: dict[tuple, tuple[float, bool]] = {}  # (host, port, timeout) -> (when, answer)
 _reachable_lock = threading.Lock()
 
 
-def hub_reachable(timeout: float = 1.5) -> bool:
-    """Whether the Hub endpoint accepts a TCP connection. The answer is kept for :data:`REACHABLE_TTL_S`
-    seconds, so a burst of downloads probes once and a passing outage does not last for the process."""
-    if _env_offline():
+def host_reachable(url: str, timeout: float = 1.5) -> bool:
+    """Whether ``url``'s host accepts a TCP connection within ``timeout`` seconds, name lookup included (False
+    when HF_HUB_OFFLINE is set). Answers are kept for :data:`REACHABLE_TTL_S` seconds, so a burst of downloads
+    probes once and a passing outage does not last for the process."""
+    if offline_mode():
         return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    key = (endpoint, timeout)
+    u = urlparse(url)
+    key = (u.hostname, u.port or (443 if u.scheme == "https" else 80), timeout)
     with _reachable_lock:
         cached = _reachable_cache.get(key)
         if cached is not None and time.monotonic() - cached[0] < REACHABLE_TTL_S:
             return cached[1]
-        answer = _probe(endpoint, timeout)
+    answer = _probe(key[0], key[1], timeout)
+    with _reachable_lock:
         _reachable_cache[key] = (time.monotonic(), answer)
-        return answer
+    return answer
+
+
+def hub_reachable(timeout: float = 1.5) -> bool:
+    """Whether the Hub endpoint (``HF_ENDPOINT``) is reachable: :func:`host_reachable`."""
+    return host_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
 
 
 def forget_reachability() -> None:
-    """Drop the remembered answers of :func:`hub_reachable` (the next call probes again)."""
+    """Drop the remembered answers of :func:`host_reachable` (the next call probes again)."""
     with _reachable_lock:
         _reachable_cache.clear()
 
 
-def _probe(endpoint: str, timeout: float) -> bool:
-    url = urlparse(endpoint)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    t0 = time.perf_counter()
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError as e:
-        log.info("Hub %s unreachable (%s, %.2fs): using the local cache only", endpoint, e, time.perf_counter() - t0)
-        return False
+def _probe(host: str, port: int, timeout: float) -> bool:
+    answer: list = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answer.append(True)
+        except OSError as e:
+            log.info("%s:%s unreachable (%s): using local files only", host, port, e)
+
+    t = threading.Thread(target=connect, daemon=True)  # the name lookup ignores socket timeouts
+    t.start()
+    t.join(timeout)
+    return bool(answer)
 
 
 def hub_download(repo_id: str, filename: str, revision: str | None = None) -> str:
