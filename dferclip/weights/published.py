@@ -185,14 +185,8 @@ def _hf_cached(repo_id: str, filename: str) -> bool:
 
 
 def _open_clip_cached(entry: PublishedWeights) -> bool:
-    from open_clip import pretrained
-
     from ..config import get_config
+    from .hub import cached_open_clip_weights
 
     clip = get_config(entry.config).clip
-    cfg = pretrained.get_pretrained_cfg(clip, entry.host["open_clip"]) if isinstance(clip, str) else {}
-    if not cfg.get("hf_hub"):
-        return False
-    repo, filename = os.path.split(cfg["hf_hub"])  # "org/model/" (default file names) or "org/model/file"
-    names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-    return any(_hf_cached(repo, n) for n in names)
+    return isinstance(clip, str) and cached_open_clip_weights(clip, entry.host["open_clip"]) is not None
