@@ -288,7 +288,7 @@ def test_offline_without_cache_fails_fast_and_clearly(tmp_path, monkeypatch):
     t0 = time.perf_counter()
     with pytest.raises(LLMConnectionError) as info:
         generate(["anger"], settings=LLMSettings(backend="local"))  # the registered default: Qwen2.5-0.5B
-    assert time.perf_counter() - t0 < 2.0
+    assert time.perf_counter() - t0 < 8.0  # fails fast (idle: under 2 s)
     message = str(info.value)
     assert "Qwen/Qwen2.5-0.5B-Instruct" in message and "offline" in message and "describe generate" in message
     assert not any(tmp_path.iterdir())  # nothing half-written
@@ -307,7 +307,7 @@ def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
         t0 = time.perf_counter()
         with pytest.raises(LLMConnectionError, match="cannot be reached"):
             local_llm.local_chat()
-        assert time.perf_counter() - t0 < 2.0
+        assert time.perf_counter() - t0 < 8.0  # fails fast (idle: under 2 s)
     finally:
         forget_reachability()
 

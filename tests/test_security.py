@@ -286,14 +286,14 @@ def test_a_visitor_can_cancel_a_running_generation(public_app, llm_servers):
     try:
         a, b = client(url), client(url)
         classes = ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")
+        before = len(own.requests)
         job = generate(a, only=classes, submit=True)
         time.sleep(2.0)
         assert "No generation is running" in b.predict(api_name="/cancel_generation")  # b cancels nothing of a's
         assert "Cancelling" in a.predict(api_name="/cancel_generation")
-        t0 = time.perf_counter()
         with pytest.raises(Exception, match="ancel"):
             job.result(timeout=60)
-        assert time.perf_counter() - t0 < 5 and len(own.requests) < len(classes) + 5
+        assert len(own.requests) - before < len(classes)  # stopped before asking for every class
     finally:
         own.respond = lambda body: (200, completion('{"descriptions": ["a wide smile with raised cheeks"]}'), 0)
 

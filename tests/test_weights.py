@@ -209,13 +209,13 @@ def test_offline_without_a_cache_fails_fast(env, monkeypatch):
     t0 = time.perf_counter()
     with pytest.raises(WeightsUnavailableError, match="not in the cache.*HF_HUB_OFFLINE"):
         dferclip.load_model("dfew-fold1")
-    assert time.perf_counter() - t0 < 2
+    assert time.perf_counter() - t0 < 8  # fails fast: the retrying path takes about 20 s (idle: under 2 s)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online, but the host does not answer
     monkeypatch.setenv("DFERCLIP_WEIGHTS_MIRROR", f"http://127.0.0.1:{free_port()}")
     t0 = time.perf_counter()
     with pytest.raises(WeightsUnavailableError, match="cannot be reached"):
         dferclip.load_model("dfew-fold1")
-    assert time.perf_counter() - t0 < 2
+    assert time.perf_counter() - t0 < 8  # fails fast: the retrying path takes about 20 s (idle: under 2 s)
     assert not (env / "weights" / "dfew-fold1").exists()
 
 
@@ -398,7 +398,7 @@ def test_app_offline_without_a_cache(env, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     entries = find_models()
-    assert time.perf_counter() - t0 < 2  # the whole check
+    assert time.perf_counter() - t0 < 8  # the whole check fails fast (idle: under 2 s; retrying: about 20 s)
     assert entries[0].key == "random"
     served = ServedApp()
     try:
