@@ -22,8 +22,6 @@ import datetime
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -275,18 +273,9 @@ def _install(entry: PublishedWeights, path: Path, seen: dict) -> Path:
     model = load_official(path)  # weights-only unpickler with the official allow-list
     check_fits(model, entry)
     model.weights_info = {"kind": "published", "trained": True, **entry.facts()}
-    root = weights_root()
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{entry.name}.", suffix=".tmp"))
-    try:
-        save_model(model, tmp, meta={"file": seen, "fetched": datetime.datetime.now(datetime.timezone.utc)
-                                     .isoformat(timespec="seconds")})
-        final = cache_folder(entry)
-        if final.exists():  # an incomplete folder (never written by this code): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    fetched = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    # atomic: a whole folder renamed into place; one already there is incomplete (this code never leaves one)
+    return save_model(model, cache_folder(entry), meta={"file": seen, "fetched": fetched}, overwrite=True)
 
 
 class _EntryLock:
