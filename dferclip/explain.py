@@ -31,9 +31,9 @@ cheap temporal part re-runs) and the mean drop of the logit is reported.
 Attention probabilities are tapped with hooks installed once per model and active only inside
 :func:`explain_clip`'s context (a ``ContextVar``, so other threads' forwards are untouched): open_clip's
 ``nn.MultiheadAttention`` is asked for per-head weights (``need_weights=True, average_attn_weights=False``,
-the same softmax it multiplies the values by) and the temporal attention is computed with an explicit
-softmax; the logit equals the plain forward's (checked by ``tests/test_explain.py``). One forward and one
-backward (input gradients only) plus 2T temporal passes: about 2x a forward (``benchmarks/bench_explain.py``).
+the same softmax it multiplies the values by) and the temporal attention keeps its probabilities
+(``TemporalAttention.weights_sink``); the logit equals the plain forward's (``tests/test_explain.py``). One
+forward and one backward (input gradients only) plus 2T temporal passes: about 2x a forward (``benchmarks/bench_explain.py``).
 """
 from __future__ import annotations
 
@@ -122,17 +122,10 @@ def _keep_weights(module, args, output):
     return None
 
 
-def _temporal_with_weights(module: TemporalAttention, args, output):
-    """TemporalAttention's output computed with an explicit softmax, whose probabilities are recorded."""
+def _temporal_sink() -> Optional[list]:
+    """Where a TemporalAttention keeps its probabilities: the active recording's list, else nowhere."""
     rec = _ACTIVE.get()
-    if rec is None:
-        return None
-    (x,) = args
-    b, n, _ = x.shape
-    q, k, v = module.qkv(x).view(b, n, 3, module.heads, -1).permute(2, 0, 3, 1, 4)
-    attn = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
-    rec.temporal.append(attn)
-    return module.proj((attn @ v).transpose(1, 2).reshape(b, n, -1))
+    return rec.temporal if rec is not None else None
 
 
 def _install_hooks(model: nn.Module) -> None:
@@ -149,7 +142,7 @@ def _install_hooks(model: nn.Module) -> None:
         m.register_forward_hook(_keep_weights)
     for m in model.modules():
         if isinstance(m, TemporalAttention):
-            m.register_forward_hook(_temporal_with_weights)
+            m.weights_sink = _temporal_sink
     model._explain_hooks = True
 
 

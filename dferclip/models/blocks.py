@@ -1,7 +1,7 @@
 """Blocks both model families share: the temporal transformer, the common model facts, per-class means."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ def class_means(feats: torch.Tensor, index: Sequence[int], num_classes: int) -> 
 
 
 class TemporalAttention(nn.Module):
+    # set by dferclip.explain: returns a list to keep this call's attention probabilities in, or None
+    weights_sink: Optional[Callable[[], Optional[list]]] = None
+
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
         self.heads = heads
@@ -32,7 +35,13 @@ class TemporalAttention(nn.Module):
     def forward(self, x):
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        keep = self.weights_sink() if self.weights_sink is not None else None
+        if keep is None:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:  # the same attention with its probabilities kept (B, heads, T, T)
+            attn = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)
+            keep.append(attn)
+            out = attn @ v
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
