@@ -309,16 +309,18 @@ class ModelRegistry:
         return f"{e.label} · {'cached' if published.is_cached(entry) else 'not downloaded yet'}"
 
     def unavailable(self, key: str) -> Optional[str]:
-        """Why ``key`` cannot load here, when that is known without loading it (pretrained CLIP weights to
-        download while the Hub cannot be reached), else None."""
+        """Why ``key`` cannot load here, when that is known without loading it (pretrained CLIP weights neither
+        cached nor downloadable), else None."""
         s = str(key)
         if key in self._loaded or not s.startswith("pretrained:"):
             return None
-        from .weights.hub import hub_reachable
+        from .config import get_config
+        from .weights.hub import pretrained_clip_source
 
         parts = s.split(":")
         tag = parts[2] if len(parts) > 2 else "openai"
-        if os.path.isfile(tag) or hub_reachable():
+        clip = get_config(parts[1]).clip if len(parts) > 1 and parts[1] else None
+        if isinstance(clip, str) and pretrained_clip_source(clip, tag) is not None:
             return None
         return "its CLIP weights must be downloaded from the Hugging Face Hub, which cannot be reached from here"
 

@@ -104,19 +104,26 @@ def pretrained_clip(clip: Any, tag: str):
 
     if not isinstance(clip, str):
         raise WeightsUnavailableError("pretrained weights need a registered open_clip architecture name")
-    weights = tag
-    if not os.path.isfile(tag) and not hub_reachable():
-        weights = cached_open_clip_weights(clip, tag)
-        if weights is None:
-            raise WeightsUnavailableError(
-                f"open_clip pretrained weights {clip}/{tag} are not in the local Hugging Face cache and the Hub "
-                "cannot be reached (offline?). Download them on a connected machine, or pass a local weights file."
-            )
+    weights = pretrained_clip_source(clip, tag)
+    if weights is None:
+        raise WeightsUnavailableError(
+            f"open_clip pretrained weights {clip}/{tag} are not in the local Hugging Face cache and the Hub "
+            "cannot be reached (offline?). Download them on a connected machine, or pass a local weights file."
+        )
+    if weights != tag:
         log.info("Hub unreachable: open_clip weights %s/%s from the cache (%s)", clip, tag, weights)
     try:
         return open_clip.create_model(clip, pretrained=weights, device="cpu")
     except RuntimeError as e:  # open_clip reports unknown tags and failed downloads this way
         raise WeightsUnavailableError(f"cannot load open_clip weights {clip}/{tag}: {e}") from None
+
+
+def pretrained_clip_source(clip: str, tag: str) -> str | None:
+    """What open_clip should load for ``clip``/``tag``: the tag itself (a local file, or a download the Hub can
+    serve), the cached file when the Hub cannot be reached, or None when the weights cannot be had here."""
+    if os.path.isfile(tag) or hub_reachable():
+        return tag
+    return cached_open_clip_weights(clip, tag)
 
 
 def cached_open_clip_weights(clip: str, tag: str) -> str | None:
