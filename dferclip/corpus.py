@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -39,6 +38,7 @@ import torch
 
 from . import files, runtime
 from .errors import DataError, DferclipError
+from .progress import progress_counter
 from .video.clips import VIDEO_EXTENSIONS
 from .video.decode import Limits
 
@@ -437,7 +437,8 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
             if accelerate is not None:
                 accelerate()
             summary.backend = backends.in_use(model, dev, dtype)
-            bar = _progress(len(todo), shard, progress)
+            bar = progress_counter(len(todo), desc="clips" if shard.world == 1 else f"rank {shard.rank}",
+                                   unit="clip", enabled=progress, position=shard.rank)
             for batch in batches:
                 ok = [b for b in batch if b.pixels is not None]
                 probs, model_s = None, 0.0
@@ -490,14 +491,6 @@ def clip_record(item: Ingested, classes: Sequence[str], probs: Optional[torch.Te
         record["top"] = classes[max(range(len(values)), key=values.__getitem__)]
         record["timings"]["model"] = round(model_s, 4)
     return record
-
-
-def _progress(total: int, shard: Shard, enabled: bool):
-    from tqdm import tqdm
-
-    desc = "clips" if shard.world == 1 else f"rank {shard.rank}"
-    return tqdm(total=total, desc=desc, unit="clip", position=shard.rank, disable=not enabled,
-                file=sys.stderr, dynamic_ncols=True)
 
 
 def run_sharded(fn, shard: Shard):

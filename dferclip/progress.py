@@ -42,3 +42,21 @@ def progress_callback(desc: str = "", unit: str = "it") -> Callable[[int, int, A
             bar = None
 
     return update
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_counter(total: int, *, desc: str = "", unit: str = "it", enabled: bool = True, position: int = 0):
+    """A bar counted by hand (``update(n)``, ``close()``): for work whose items finish out of order or in
+    batches; ``position`` puts the bars of several processes (ranks) on their own lines."""
+    tqdm = _tqdm()
+    if tqdm is None or not enabled:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit=unit, position=position, file=sys.stderr, disable=None,
+                dynamic_ncols=True)
