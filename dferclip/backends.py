@@ -29,8 +29,6 @@ import copy
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 import warnings
@@ -288,17 +286,14 @@ def _fingerprint(tower, size: int, backend_version: str) -> str:
 
 
 def _save_folder(folder, write: Callable[[str], None]) -> None:
-    """Write a multi-file conversion into a temporary folder, then rename it into place in one step."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.")
+    """Write a multi-file conversion atomically (:func:`dferclip.files.atomic_folder`); another process that
+    finished the same conversion first is fine."""
     try:
-        write(tmp)
-        os.replace(tmp, folder)
-    except OSError:
-        if not folder.is_dir():  # another process finishing first is fine
+        with files.atomic_folder(folder) as tmp:
+            write(str(tmp))
+    except OSError:  # FileExistsError included
+        if not folder.is_dir():
             raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _short(error: Exception) -> str:
