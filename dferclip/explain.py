@@ -2,8 +2,9 @@
 
     from dferclip.explain import explain_clip, overlay
 
-    ex = explain_clip(model, video)                                   # the predicted class
+    ex = explain_clip(model, video)                                   # the predicted class, versus neutral
     ex = explain_clip(model, video, class_index="happiness")          # a class's own embedding
+    ex = explain_clip(model, video, class_index="happiness", versus=None)    # its raw logit, not a contrast
     ex = explain_clip(model, video, text="raised cheeks", class_index="happiness")   # a descriptor of a class
     ex = explain_clip(model, video, text="raised cheeks")             # plain CLIP text embedding
     ex = explain_clip(model, video, text=embedding)                   # any (D,) text embedding
@@ -14,7 +15,10 @@
 
 **The score explained** is the model's own logit for the target: ``logit_scale * cos(v, text)`` with ``v`` the
 model's video embedding (image tower per frame, temporal transformer; FineCLIPER: its adapted streams, fused);
-for a class of a positive/negative model (FineCLIPER) ``logit_scale * (cos(v, pos) - lambda * cos(v, neg))``.
+for a class of a positive/negative model (FineCLIPER) ``logit_scale * (cos(v, pos) - lambda * cos(v, neg))``;
+by default minus the logit of a contrast class (``versus``): "why this expression rather than a neutral face".
+A raw logit also rewards what every class shares (a face, a relaxed mouth for a brow class), so its map shows
+the face; the contrast keeps what tells the target apart (see :func:`resolve_versus`).
 
 **Where** (Chefer, Gur & Wolf, ICCV 2021, gradient-weighted attention rollout): per image, a relevancy matrix
 over tokens starts at the identity; for each ViT block in order, ``R += mean_heads(max(0, dA * A)) @ R`` with
@@ -60,7 +64,7 @@ class Explanation:
     """Where and when one clip matched one target (see the module docstring)."""
 
     target: str  # what was explained, in words: 'class "happiness"', 'text "raised cheeks" (class happiness)'
-    score: float  # the explained logit (logit_scale x cosine, or x (pos - lambda neg))
+    score: float  # the explained score: the target's logit minus the contrast's (the logit itself if none)
     maps: dict[str, np.ndarray]  # visual stream -> (T, H, W) float32 in [0, 1]
     frame_relevancy: np.ndarray  # (T,) shares summing to 1 (all zero when nothing is relevant)
     frame_occlusion: np.ndarray  # (T,) logit drop when the frame is replaced by its neighbours
@@ -68,6 +72,8 @@ class Explanation:
     stream_weights: Optional[dict[str, float]] = None  # multi-stream models: the clip's fusion weights
     grid: tuple[int, int] = (0, 0)  # the ViT's patch grid the maps were upsampled from
     patch_maps: dict[str, np.ndarray] = field(default_factory=dict)  # per stream (T, *grid) in [0, 1]
+    logit: float = 0.0  # the target's own logit (logit_scale x cosine, or x (pos - lambda neg))
+    versus: Optional[str] = None  # the contrast, in words ('class "neutral"', 'the other classes'); None: raw
 
     @property
     def streams(self) -> list[str]:
@@ -81,7 +87,8 @@ class Explanation:
         """JSON-friendly, as nested lists rounded to ``decimals``: ``maps`` at the patch grid (the maps' own
         resolution; :attr:`maps` are their bilinear upsampling to the crop), the frame measures, the score."""
         r = lambda a: np.round(np.asarray(a, dtype=np.float64), decimals).tolist()  # noqa: E731
-        return {"target": self.target, "score": round(self.score, 4), "grid": list(self.grid),
+        return {"target": self.target, "versus": self.versus, "score": round(self.score, 4),
+                "logit": round(self.logit, 4), "grid": list(self.grid),
                 "size": list(next(iter(self.maps.values())).shape[1:]),
                 "maps": {k: r(v) for k, v in self.patch_maps.items()}, "frame_relevancy": r(self.frame_relevancy),
                 "frame_occlusion": r(self.frame_occlusion),
@@ -199,7 +206,7 @@ def text_embedding(model, text: str, class_index=None) -> torch.Tensor:
 
 
 def _target(model, text, class_index, video_embedding: Optional[torch.Tensor]):
-    """(target embedding (1, D) or (1, 2, D), description in words)."""
+    """(target embedding (1, D) or (1, 2, D), description in words, the target's class index or None)."""
     if text is None:
         if class_index is None:
             if video_embedding is None:
@@ -208,16 +215,51 @@ def _target(model, text, class_index, video_embedding: Optional[torch.Tensor]):
                 class_index = int(model.score(video_embedding, model.class_embeddings()).argmax(-1)[0])
         c = resolve_class(model, class_index)
         with torch.no_grad():
-            return model.class_embeddings()[c : c + 1].detach(), f'class "{model.class_names[c]}"'
+            return model.class_embeddings()[c : c + 1].detach(), f'class "{model.class_names[c]}"', c
+    c = None if class_index is None else resolve_class(model, class_index)
     if isinstance(text, str):
         words = f'text "{text.strip()}"'
-        if class_index is not None:
-            words += f" (class {model.class_names[resolve_class(model, class_index)]})"
-        return text_embedding(model, text, class_index)[None], words
+        if c is not None:
+            words += f" (class {model.class_names[c]})"
+        return text_embedding(model, text, c)[None], words, c
     emb = torch.as_tensor(text).detach().float().reshape(-1)
     if emb.numel() != model.embed_dim:
         raise ExplainError(f"a text embedding of size {emb.numel()} for a model of embedding size {model.embed_dim}")
-    return emb[None], "text embedding"
+    return emb[None], "text embedding", c
+
+
+AUTO = "auto"
+OTHERS = "others"
+NEUTRAL_NAMES = ("neutral",)
+
+
+def resolve_versus(model, versus, target_class: Optional[int]) -> tuple[Optional[list[int]], Optional[str]]:
+    """The contrast's classes (their mean logit is subtracted) and its words; (None, None) for a raw score.
+
+    ``versus``: None (raw), a class name or index, ``"others"`` (every class but the target's) or ``"auto"``: the
+    neutral class when the model has one and the target is not it ("why this expression rather than a neutral
+    face": an expression is a departure from neutral), else the other classes."""
+    if versus is None:
+        return None, None
+    names = model.class_names
+    if versus == AUTO:
+        neutral = [i for i, n in enumerate(names) if n.strip().lower() in NEUTRAL_NAMES]
+        versus = neutral[0] if neutral and neutral[0] != target_class else OTHERS
+    if versus == OTHERS:
+        others = [i for i in range(len(names)) if i != target_class]
+        if not others:
+            raise ExplainError("a model with one class has no other class to contrast with")
+        return others, "the other classes"
+    c = resolve_class(model, versus)
+    if c == target_class:
+        raise ExplainError(f'a class contrasted with itself ("{names[c]}") explains nothing; pick another class')
+    return [c], f'class "{names[c]}"'
+
+
+def _explained(model, emb: torch.Tensor, target: torch.Tensor, versus: Optional[torch.Tensor]) -> torch.Tensor:
+    """(N,) explained scores of N video embeddings: the target's logit minus the contrast classes' mean logit."""
+    s = model.score(emb, target)[:, 0]
+    return s if versus is None else s - model.score(emb, versus).mean(dim=-1)
 
 
 def _frames_of(model, video) -> torch.Tensor:
@@ -227,13 +269,14 @@ def _frames_of(model, video) -> torch.Tensor:
     return x[0] if x.dim() == 5 else x
 
 
-def explain_clip(model, video, *, text=None, class_index=None, renders: Optional[Mapping[str, torch.Tensor]] = None,
-                 occlusion: bool = True) -> Explanation:
+def explain_clip(model, video, *, text=None, class_index=None, versus=AUTO,
+                 renders: Optional[Mapping[str, torch.Tensor]] = None, occlusion: bool = True) -> Explanation:
     """Explain one clip's logit for a target (see the module docstring).
 
     ``video``: the model-input tensor (1, T, 3, H, W) or (T, 3, H, W), or a FineCLIPER input dict (its
     ``parsing``/``landmarks`` (1, T, 3, H, W) are used as ``renders``). ``text``: a string or a (D,) embedding;
-    ``class_index``: an index or a class name. Neither: the predicted class. ``renders``: FineCLIPER's
+    ``class_index``: an index or a class name. Neither: the predicted class. ``versus``: the contrast whose logit
+    is subtracted (:func:`resolve_versus`; default the neutral class, None: the raw logit). ``renders``: FineCLIPER's
     parsing/landmark renders (T, 3, H, W) when already made (else its face analyzer runs). Captions are not
     used. ``occlusion=False`` skips the neighbour-replacement check (zeros)."""
     frames = _frames_of(model, video)
@@ -255,8 +298,15 @@ def explain_clip(model, video, *, text=None, class_index=None, renders: Optional
         with torch.enable_grad(), _recording(model) as rec:
             feats = model.frame_features(x, renders)
             emb, weights = model.embed_sequences(feats, positions, return_weights=True)
-            target, words = _target(model, text, class_index, emb.detach())
-            logit = model.score(emb, target.to(dev))[0, 0]
+            target, words, target_class = _target(model, text, class_index, emb.detach())
+            target = target.to(dev)
+            contrast, versus_words = resolve_versus(model, versus, target_class)
+            contrast_emb = None
+            if contrast is not None:
+                with torch.no_grad():
+                    contrast_emb = model.class_embeddings()[contrast].detach().to(dev)
+            own_logit = model.score(emb, target)[0, 0]
+            logit = _explained(model, emb, target, contrast_emb)[0]
         stream_feats = feats if isinstance(feats, Mapping) else {model.visual_streams[0]: feats}
         names = list(stream_feats)
         wanted = rec.vit + rec.temporal + [stream_feats[n] for n in names]
@@ -269,13 +319,14 @@ def explain_clip(model, video, *, text=None, class_index=None, renders: Optional
         if weights is not None:
             stream_weights = dict(zip(model.streams, map(float, weights[0].detach().cpu())))
         fused = _fuse_shares(per_stream, stream_weights)
-        drop = _occlusion(model, feats, positions, target.to(dev), float(logit.detach())) if occlusion and t > 1 else \
-            torch.zeros(t)
+        drop = _occlusion(model, feats, positions, target, contrast_emb, float(logit.detach())) \
+            if occlusion and t > 1 else torch.zeros(t)
     finally:
         model.train(was_training)
     return Explanation(target=words, score=float(logit.detach()), maps=maps, frame_relevancy=fused.numpy(),
                        frame_occlusion=drop.numpy(), stream_frame_relevancy={k: v.numpy() for k, v in per_stream.items()},
-                       stream_weights=stream_weights, grid=grid, patch_maps=patch_maps)
+                       stream_weights=stream_weights, grid=grid, patch_maps=patch_maps,
+                       logit=float(own_logit.detach()), versus=versus_words)
 
 
 def _spatial_maps(model, rec: _Recorder, grads, names, t: int, size: tuple[int, int]):
@@ -323,8 +374,9 @@ def _fuse_shares(per_stream: dict[str, torch.Tensor], weights: Optional[dict[str
     return _shares(fused)
 
 
-def _occlusion(model, feats, positions: torch.Tensor, target: torch.Tensor, logit: float) -> torch.Tensor:
-    """(T,) mean logit drop when frame t is replaced by its left and by its right neighbour."""
+def _occlusion(model, feats, positions: torch.Tensor, target: torch.Tensor, versus: Optional[torch.Tensor],
+               score: float) -> torch.Tensor:
+    """(T,) mean drop of the explained score when frame t is replaced by its left and by its right neighbour."""
     t = positions.shape[1]
     seqs = []
     for k in range(t):
@@ -335,8 +387,8 @@ def _occlusion(model, feats, positions: torch.Tensor, target: torch.Tensor, logi
     detached = {k: v.detach() for k, v in feats.items()} if isinstance(feats, Mapping) else feats.detach()
     with torch.no_grad():
         emb = model.embed_sequences(detached, torch.stack(seqs))
-        scores = model.score(emb, target)[:, 0].float().cpu()
-    return logit - scores.view(t, 2).mean(dim=1)
+        scores = _explained(model, emb, target, versus).float().cpu()
+    return score - scores.view(t, 2).mean(dim=1)
 
 
 # --- pictures -----------------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ def add_arguments(p):
                         "class, through its learned prompt; without: plain CLIP text features)")
     p.add_argument("--class", dest="class_name", default=None,
                    help="a class name or index (default: the predicted class, when no --text is given)")
+    p.add_argument("--versus", default="auto",
+                   help='what the explanation contrasts the target with: "auto" (the neutral class, or the other '
+                        'classes when the target is neutral or there is none), "others", a class name, or "none" '
+                        "for the target's raw logit")
     p.add_argument("--out", default=None, help="write the maps: a .png picture or a .npz of arrays")
     p.add_argument("--checkpoint", "--model", dest="checkpoint", default=None,
                    help="weights: official .pth, own folder, name in checkpoints/, Hub id, random[:config], "
@@ -44,13 +48,15 @@ def run(args) -> int:
     if cls is not None and cls.isdigit():
         cls = int(cls)
     clip = ingest(args.video, model.input_config)
-    ex = explain_clip(model, clip.video, text=args.text, class_index=cls)
+    versus = None if args.versus == "none" else int(args.versus) if args.versus.isdigit() else args.versus
+    ex = explain_clip(model, clip.video, text=args.text, class_index=cls, versus=versus)
     if args.out:
         write_explanation(args.out, ex, frames_as_images(model, clip.video[0]), [f.time_s for f in clip.frames])
     if args.json:
         print(json.dumps(ex.to_dict(), indent=None))
         return 0
-    print(f"{Path(args.video).name}: {ex.target}, logit {ex.score:.3f} ({what})")
+    contrast = "" if ex.versus is None else f" versus {ex.versus}: explained difference {ex.score:+.3f}"
+    print(f"{Path(args.video).name}: {ex.target}, logit {ex.logit:.3f}{contrast} ({what})")
     print("frame  time(s)  share   occlusion drop")
     for k, (share, drop) in enumerate(zip(ex.frame_relevancy, ex.frame_occlusion)):
         print(f"{k:5d}  {clip.frames[k].time_s:7.2f}  {share:5.3f}  {drop:+8.3f}  {'#' * round(share * 60)}")
@@ -69,7 +75,8 @@ def write_explanation(path: str | Path, ex, images: list, times: list) -> Path:
         arrays = {f"map_{k}": v for k, v in ex.maps.items()}
         arrays |= {"frame_relevancy": ex.frame_relevancy, "frame_occlusion": ex.frame_occlusion,
                    "crops": np.stack(images), "times": np.asarray(times, dtype=np.float64),
-                   "score": np.float64(ex.score), "target": np.str_(ex.target)}
+                   "score": np.float64(ex.score), "logit": np.float64(ex.logit), "target": np.str_(ex.target),
+                   "versus": np.str_(ex.versus or "")}
         with atomic_write(path, "wb") as f:
             np.savez_compressed(f, **arrays)
         return path

@@ -22,11 +22,12 @@ import pandas as pd
 import torch
 
 from ..errors import DferclipError
-from ..explain import Explanation, explain_clip, overlay
+from ..explain import AUTO, OTHERS, Explanation, explain_clip, overlay
 from ..runtime import gpu, weights_banner
 from .context import AppContext
 
 PREDICTED = "predicted class"
+RAW = "none"  # the versus choice for the raw logit
 STRIP_COLUMNS = ["frame", "share (%)", "measure"]
 ROLLOUT = "temporal relevancy"
 OCCLUSION = "occlusion drop"
@@ -69,10 +70,12 @@ def arrays(ex: Explanation) -> dict:
 
 def note_for(model, ex: Explanation) -> str:
     what, warning = weights_banner(model.weights_info)
-    lines = [(f"**{html.escape(ex.target)}**: logit {ex.score:.3f}. Heat maps: gradient-weighted attention rollout "
+    score = f"logit {ex.logit:.3f}" if ex.versus is None else \
+        f"versus {html.escape(ex.versus)}: logit {ex.logit:.3f}, explained difference {ex.score:+.3f}"
+    lines = [(f"**{html.escape(ex.target)}** {score}. Heat maps: gradient-weighted attention rollout "
               f"of the image tower ({ex.grid[0]}×{ex.grid[1]} patches); each frame's caption is its share of the "
-              "temporal relevancy. The strip compares it with the drop of the logit when the frame is replaced by "
-              "its neighbours.")]
+              "temporal relevancy. The strip compares it with the drop of the explained score when the frame is "
+              "replaced by its neighbours.")]
     if ex.stream_weights:
         lines.append("Streams (fusion weight): " + ", ".join(f"{k} {100 * w:.0f} %" for k, w in ex.stream_weights.items()
                                                              if k in ex.maps) + ".")
@@ -115,37 +118,56 @@ def _explain_on_device(model, video, **kwargs) -> Explanation:
     return explain_clip(model, video, **kwargs)
 
 
+def _versus(choice: Optional[str]):
+    """The versus choice as :func:`explain_clip` takes it (``RAW``: None, empty: ``AUTO``)."""
+    return None if choice == RAW else (choice or AUTO)
+
+
 # --- events ---------------------------------------------------------------------------------------------
-def explain_expression(ctx: AppContext, model_key: Optional[str], record, class_choice: Optional[str]) -> tuple:
+def explain_expression(ctx: AppContext, model_key: Optional[str], record, class_choice: Optional[str],
+                       versus: Optional[str] = AUTO) -> tuple:
     """(overlays, strip rows, note, arrays) for the page's clip and a class (``PREDICTED`` or None: the
-    model's top class)."""
+    model's top class), versus a contrast (``AUTO``: the neutral class; ``OTHERS``; a class; ``RAW``: none)."""
     model, model_key, video = _clip_for(ctx, model_key, record)
     cls = None if class_choice in (None, "", PREDICTED) else class_choice
     try:
-        ex = _explain_on_device(model, video, class_index=cls, renders=_renders_of(model, record, model_key))
-    except DferclipError as e:
-        raise gr.Error(str(e), print_exception=False) from None
-    return _outputs(model, ex, record)
-
-
-def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_name: str, text: str) -> tuple:
-    """(overlays, strip rows, note, arrays) for the page's clip and one descriptor (class + text)."""
-    model, model_key, video = _clip_for(ctx, model_key, record)
-    if not (text or "").strip():
-        raise gr.Error("Pick a descriptor row (or type a text) to explain.", print_exception=False)
-    try:
-        ex = _explain_on_device(model, video, text=text, class_index=class_name or None,
+        ex = _explain_on_device(model, video, class_index=cls, versus=_versus(versus),
                                 renders=_renders_of(model, record, model_key))
     except DferclipError as e:
         raise gr.Error(str(e), print_exception=False) from None
     return _outputs(model, ex, record)
 
 
-def class_choices(ctx: AppContext, model_key: Optional[str]) -> list[str]:
+def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_name: str, text: str,
+                       versus: Optional[str] = AUTO) -> tuple:
+    """(overlays, strip rows, note, arrays) for the page's clip and one descriptor (class + text), versus a
+    contrast as :func:`explain_expression`."""
+    model, model_key, video = _clip_for(ctx, model_key, record)
+    if not (text or "").strip():
+        raise gr.Error("Pick a descriptor row (or type a text) to explain.", print_exception=False)
     try:
-        return [PREDICTED] + ctx.model(model_key or ctx.registry.default_key).class_names
+        ex = _explain_on_device(model, video, text=text, class_index=class_name or None, versus=_versus(versus),
+                                renders=_renders_of(model, record, model_key))
+    except DferclipError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    return _outputs(model, ex, record)
+
+
+def _class_names(ctx: AppContext, model_key: Optional[str]) -> list[str]:
+    try:
+        return ctx.model(model_key or ctx.registry.default_key).class_names
     except DferclipError:
-        return [PREDICTED]
+        return []
+
+
+def class_choices(ctx: AppContext, model_key: Optional[str]) -> list[str]:
+    return [PREDICTED] + _class_names(ctx, model_key)
+
+
+def versus_choices(ctx: AppContext, model_key: Optional[str]) -> list[tuple[str, str]]:
+    """(label, value) pairs: the default contrast, the other classes, none, then each class."""
+    return [("neutral (the other classes if none)", AUTO), ("the other classes", OTHERS),
+            ("nothing: the raw logit", RAW)] + [(n, n) for n in _class_names(ctx, model_key)]
 
 
 def _row_of(evt: gr.SelectData, rows) -> tuple[str, str]:
@@ -169,12 +191,14 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
             if kind == "predict":
                 choice = gr.Dropdown(class_choices(ctx, ctx.registry.default_key), value=PREDICTED,
                                      label="Explain the class", scale=2, elem_id="explain-class")
-                inputs = [ctx.model_dropdown, ctx.clip, choice]
             else:
                 choice = gr.Textbox(label="Class", scale=1, elem_id="explain-row-class")
                 text = gr.Textbox(label="Descriptor text (select a table row, or edit)", scale=3,
                                   elem_id="explain-row-text")
-                inputs = [ctx.model_dropdown, ctx.clip, choice, text]
+            versus = gr.Dropdown(versus_choices(ctx, ctx.registry.default_key), value=AUTO, scale=2,
+                                 label="Rather than", info="what the maps contrast it with",
+                                 elem_id=f"explain-{kind}-versus")
+            inputs = [ctx.model_dropdown, ctx.clip, choice] + ([] if kind == "predict" else [text]) + [versus]
             button = gr.Button("Explain", variant="secondary", scale=1, elem_id=f"explain-{kind}-button")
         note = gr.Markdown(elem_id=f"explain-{kind}-note")
         gallery = gr.Gallery(label="Relevancy over the face crops", columns=8, height=260, object_fit="contain",
@@ -184,20 +208,24 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
         with gr.Accordion("Maps as arrays (JSON)", open=False):
             data = gr.JSON(elem_id=f"explain-{kind}-json")
     outputs = [gallery, strip, note, data]
+    ctx.model_selected.then(lambda key: gr.Dropdown(choices=versus_choices(ctx, key), value=AUTO),
+                            ctx.model_dropdown, versus, api_visibility="private")
     if kind == "predict":
-        def fn(key, record, c):
-            return explain_expression(ctx, key, record, c)
+        def fn(key, record, c, v):
+            return explain_expression(ctx, key, record, c, v)
 
         button.click(fn, inputs, outputs, api_name="explain_expression", **run_kw)
         choice.input(fn, inputs, outputs, api_visibility="private", **run_kw)
+        versus.input(fn, inputs, outputs, api_visibility="private", **run_kw)
         ctx.model_selected.then(lambda key: gr.Dropdown(choices=class_choices(ctx, key), value=PREDICTED),
                                 ctx.model_dropdown, choice, api_visibility="private")
     else:
-        def fn(key, record, c, t):
-            return explain_descriptor(ctx, key, record, c, t)
+        def fn(key, record, c, t, v):
+            return explain_descriptor(ctx, key, record, c, t, v)
 
         button.click(fn, inputs, outputs, api_name="explain_descriptor", **run_kw)
         text.submit(fn, inputs, outputs, api_visibility="private", **run_kw)
+        versus.input(fn, inputs, outputs, api_visibility="private", **run_kw)
         if table is not None:
             table.select(_row_of, [table], [choice, text], api_visibility="private").then(
                 fn, inputs, outputs, api_visibility="private", **run_kw)
