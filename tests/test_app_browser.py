@@ -209,3 +209,26 @@ def test_clip_with_a_title_card_before_the_face(tiny_app, tmp_path):
     times = [float(c.split(" s")[0]) for c in captions]
     assert len(times) == 16 and min(times) >= 3.5, captions  # no crop from the title card
     assert not errors, errors
+
+
+def test_clicking_a_class_explains_it(tiny_app, tmp_path):
+    """The predict tab explains another class on click: a class clicked in the expression label opens the
+    explanation with that class's heat maps, contrasted with neutral by default."""
+    from playwright.sync_api import expect, sync_playwright
+
+    errors = []
+    with sync_playwright() as p:
+        browser, page = open_page(p, tiny_app, errors)
+        upload(page, expect, feat_clip("single_face.mp4"))
+        page.locator("#predict-button").click()
+        expect(page.locator("#face-crops img")).to_have_count(16, timeout=90_000)
+        page.locator("#expression-label").get_by_text("anger", exact=True).click()
+        note = page.locator("#explain-predict-note")
+        expect(note).to_contain_text('class "anger" versus class "neutral"', timeout=60_000)
+        expect(page.locator("#explain-class input")).to_have_value("anger")
+        expect(page.locator("#explain-predict-maps img")).to_have_count(16, timeout=30_000)
+        expect(note).to_contain_text("untrained")
+        page.locator("#explain-predict").screenshot(path=str(tmp_path / "explain.png"))
+        browser.close()
+    assert_not_blank(tmp_path / "explain.png")
+    assert not errors, errors

@@ -180,13 +180,21 @@ def _row_of(evt: gr.SelectData, rows) -> tuple[str, str]:
 
 
 # --- the section ----------------------------------------------------------------------------------------
-def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optional[gr.Dataframe] = None) -> None:
+def _clicked_class(evt: gr.SelectData):
+    """A class clicked in the expression label: the explain dropdown's new value, and the accordion opened."""
+    name = evt.value if isinstance(evt.value, str) else (evt.value or {}).get("label")
+    return (gr.Dropdown(value=name) if name else gr.update()), gr.Accordion(open=True)
+
+
+def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optional[gr.Dataframe] = None,
+                          label: Optional[gr.Label] = None) -> None:
     """An accordion with the explanation of the page's clip (inside a tab, after the components it reads).
-    ``kind="predict"``: for a class; ``kind="descriptor"``: for a description-table row (``table``)."""
+    ``kind="predict"``: for a class (clicking a class in ``label``, the prediction, explains that class);
+    ``kind="descriptor"``: for a description-table row (``table``)."""
     run_kw = {"concurrency_id": ctx.concurrency_id, "concurrency_limit": ctx.concurrency_limit}
     title = "Why this expression? Where and when the model matched it" if kind == "predict" else \
         "Where and when the current clip matches a descriptor"
-    with gr.Accordion(title, open=False, elem_id=f"explain-{kind}"):
+    with gr.Accordion(title, open=False, elem_id=f"explain-{kind}") as accordion:
         with gr.Row():
             if kind == "predict":
                 choice = gr.Dropdown(class_choices(ctx, ctx.registry.default_key), value=PREDICTED,
@@ -219,6 +227,9 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
         versus.input(fn, inputs, outputs, api_visibility="private", **run_kw)
         ctx.model_selected.then(lambda key: gr.Dropdown(choices=class_choices(ctx, key), value=PREDICTED),
                                 ctx.model_dropdown, choice, api_visibility="private")
+        if label is not None:
+            label.select(_clicked_class, None, [choice, accordion], api_visibility="private").then(
+                fn, inputs, outputs, api_visibility="private", **run_kw)
     else:
         def fn(key, record, c, t, v):
             return explain_descriptor(ctx, key, record, c, t, v)

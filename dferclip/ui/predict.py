@@ -330,7 +330,7 @@ def build_predict_tab(ctx: AppContext) -> None:
             annotated = gr.Video(label="Annotated clip (download with the button on the video)", height=300,
                                  interactive=False, elem_id="annotated-video")
         api_only = gr.Button(visible=False, elem_id="predict-api")  # the single-result /predict endpoint
-        build_explain_section(ctx, "predict")
+        build_explain_section(ctx, "predict", label=label)
         outputs = [label, crops, timeline, note, renders, ctx.clip]
         inputs = [video, ctx.model_dropdown]
         stream = functools.partial(stream_prediction, ctx)
