@@ -419,6 +419,20 @@ def overlay(frame, relevancy: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     return (img * (1 - a) + colorize(m).astype(np.float32) * a).round().clip(0, 255).astype(np.uint8)
 
 
+def change_overlay(frame, delta: np.ndarray, alpha: float = 0.7) -> np.ndarray:
+    """How a map changed, over a frame: ``delta`` (h, w) in [-1, 1] (new map minus old, resized to the frame);
+    red where relevancy was gained, blue where it was lost, transparent where nothing moved. uint8 RGB."""
+    from PIL import Image
+
+    img = np.asarray(frame.convert("RGB") if hasattr(frame, "convert") else frame, dtype=np.float32)
+    d = np.clip(np.asarray(delta, dtype=np.float32), -1, 1)
+    if d.shape != img.shape[:2]:
+        d = np.asarray(Image.fromarray(d).resize((img.shape[1], img.shape[0]), Image.BILINEAR))
+    colour = np.where(d[..., None] > 0, np.float32([230, 30, 30]), np.float32([30, 80, 235]))
+    a = alpha * np.abs(d)[..., None] ** 0.5
+    return (img * (1 - a) + colour * a).round().clip(0, 255).astype(np.uint8)
+
+
 def frames_as_images(model, frames: torch.Tensor) -> list[np.ndarray]:
     """Model-input frames (T, 3, H, W) -> uint8 RGB images (what the model saw)."""
     x01 = model.input_config.denormalize(frames.detach().float().cpu()).clamp(0, 1)

@@ -361,6 +361,18 @@ def test_app_explain_endpoints_return_maps_as_arrays_and_images(served):
     assert raw["versus"] is None and raw["score"] == raw["logit"] == other["logit"] and raw["maps"] != other["maps"]
     with pytest.raises(Exception, match="itself"):
         client.predict(TINY, model.class_names[3], model.class_names[3], api_name="/explain_expression")
-    _, _, _, row = client.predict(TINY, model.class_names[0], "raised cheeks", api_name="/explain_descriptor")
-    _, _, _, edited = client.predict(TINY, model.class_names[0], "a wide open mouth", api_name="/explain_descriptor")
-    assert row["target"].startswith('text "raised cheeks"') and row["maps"] != edited["maps"]
+    first = client.predict(TINY, model.class_names[0], "raised cheeks", api_name="/explain_descriptor")
+    row, no_change = first[3], first[4]
+    assert row["target"].startswith('text "raised cheeks"') and no_change == [] and "change" not in row
+    # an edit: its new map, and how the map changed from the text before (per frame, new minus old)
+    gallery, _, note, edited, change = client.predict(TINY, model.class_names[0], "a wide open mouth",
+                                                      api_name="/explain_descriptor")
+    assert row["maps"] != edited["maps"] and len(change) == 16 and 'Change from "raised cheeks"' in note
+    assert edited["change"]["from_text"] == "raised cheeks"
+    delta = np.asarray(edited["change"]["maps"]["video"])
+    expected = np.asarray(edited["maps"]["video"]) - np.asarray(row["maps"]["video"])
+    assert delta.shape == (16, 4, 4) and np.abs(delta - expected).max() <= 2e-3 and np.abs(delta).max() > 0.01
+    # another class is another row: no change drawn against the first row's text
+    *_, other_row, other_change = client.predict(TINY, model.class_names[1], "raised cheeks",
+                                                 api_name="/explain_descriptor")
+    assert other_change == [] and "change" not in other_row

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ..errors import DferclipError
-from ..explain import AUTO, OTHERS, Explanation, explain_clip, overlay
+from ..explain import AUTO, OTHERS, Explanation, change_overlay, explain_clip, overlay
 from ..runtime import gpu, weights_banner
 from .context import AppContext
 
@@ -108,6 +108,17 @@ def _clip_for(ctx: AppContext, model_key: Optional[str], record):
     return model, model_key, video
 
 
+def change_items(delta: dict[str, np.ndarray], crops: list, times: list[float]) -> list[tuple]:
+    """(change overlay, caption) per frame of each stream: red where the new text's map gained, blue lost."""
+    items = []
+    for name, frames in delta.items():
+        prefix = f"{name} · " if len(delta) > 1 else ""
+        for k, (crop, d) in enumerate(zip(crops, frames)):
+            t = f"{times[k]:.2f} s · " if k < len(times) else ""
+            items.append((change_overlay(crop, d), f"{prefix}{t}{100 * float(np.abs(d).mean()):.0f} % moved"))
+    return items
+
+
 def _outputs(model, ex: Explanation, record) -> tuple:
     times = [f.time_s for f in record.ingest.frames]
     return overlay_items(ex, record.ingest.crops, times), strip_frame(ex, times), note_for(model, ex), arrays(ex)
@@ -139,9 +150,11 @@ def explain_expression(ctx: AppContext, model_key: Optional[str], record, class_
 
 
 def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_name: str, text: str,
-                       versus: Optional[str] = AUTO) -> tuple:
-    """(overlays, strip rows, note, arrays) for the page's clip and one descriptor (class + text), versus a
-    contrast as :func:`explain_expression`."""
+                       versus: Optional[str] = AUTO, previous: Optional[dict] = None) -> tuple:
+    """(overlays, strip rows, note, arrays, change overlays, new previous) for the page's clip and one descriptor
+    (class + text), versus a contrast as :func:`explain_expression`. ``previous`` (the session's state): the
+    last other text explained for the same clip, model, class and contrast; the change from its map is drawn
+    and added to the arrays as ``change`` (new minus old, at the patch grid)."""
     model, model_key, video = _clip_for(ctx, model_key, record)
     if not (text or "").strip():
         raise gr.Error("Pick a descriptor row (or type a text) to explain.", print_exception=False)
@@ -150,7 +163,20 @@ def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_
                                 renders=_renders_of(model, record, model_key))
     except DferclipError as e:
         raise gr.Error(str(e), print_exception=False) from None
-    return _outputs(model, ex, record)
+    gallery, strip, note, data = _outputs(model, ex, record)
+    key, text = [record.path, model_key, class_name or "", versus or AUTO], text.strip()
+    changes = []
+    if previous and previous.get("key") == key and previous.get("text") != text:
+        old = previous["maps"]
+        delta = {k: v - old[k] for k, v in ex.patch_maps.items() if k in old and old[k].shape == v.shape}
+        changes = change_items(delta, record.ingest.crops, [f.time_s for f in record.ingest.frames])
+        data["change"] = {"from_text": previous["text"],
+                          "maps": {k: np.round(v.astype(np.float64), 3).tolist() for k, v in delta.items()}}
+        note += (f'\n\n**Change from "{html.escape(previous["text"])}"** (below the maps): red where this text\'s '
+                 "map gained relevancy, blue where it lost.")
+    elif previous and previous.get("key") == key:
+        return gallery, strip, note, data, gr.update(), previous  # the same text again: keep the last change
+    return gallery, strip, note, data, changes, {"key": key, "text": text, "maps": ex.patch_maps}
 
 
 def _class_names(ctx: AppContext, model_key: Optional[str]) -> list[str]:
@@ -211,6 +237,10 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
         note = gr.Markdown(elem_id=f"explain-{kind}-note")
         gallery = gr.Gallery(label="Relevancy over the face crops", columns=8, height=260, object_fit="contain",
                              elem_id=f"explain-{kind}-maps")
+        if kind == "descriptor":
+            changes = gr.Gallery(label="How the map changed with the last edit (red: gained, blue: lost)",
+                                 columns=8, height=200, object_fit="contain", elem_id="explain-descriptor-change")
+            previous = gr.State(None)
         strip = gr.BarPlot(None, x="frame", y="share (%)", color="measure", title="Frame importance",
                            x_label_angle=-45, height=240, elem_id=f"explain-{kind}-strip")
         with gr.Accordion("Maps as arrays (JSON)", open=False):
@@ -231,8 +261,10 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
             label.select(_clicked_class, None, [choice, accordion], api_visibility="private").then(
                 fn, inputs, outputs, api_visibility="private", **run_kw)
     else:
-        def fn(key, record, c, t, v):
-            return explain_descriptor(ctx, key, record, c, t, v)
+        inputs, outputs = inputs + [previous], outputs + [changes, previous]
+
+        def fn(key, record, c, t, v, last):
+            return explain_descriptor(ctx, key, record, c, t, v, last)
 
         button.click(fn, inputs, outputs, api_name="explain_descriptor", **run_kw)
         text.submit(fn, inputs, outputs, api_visibility="private", **run_kw)
