@@ -91,9 +91,11 @@ def build_demo(model: str | None = None, host: str | None = None, mode: str | No
     return demo
 
 
-def launch_kwargs() -> dict:
-    """Arguments for ``demo.launch`` that belong to the app (Gradio 6: theme and css go here)."""
-    return {"theme": THEME, "css": CSS, "max_file_size": MAX_UPLOAD, "footer_links": ["api", "gradio", "settings"]}
+def launch_kwargs(demo: gr.Blocks) -> dict:
+    """Arguments for ``demo.launch`` that belong to the app (Gradio 6: theme and css go here), including the
+    number of visitors' sessions kept in memory (each holds its clip; the least recently used go first)."""
+    return {"theme": THEME, "css": CSS, "max_file_size": MAX_UPLOAD, "footer_links": ["api", "gradio", "settings"],
+            "state_session_capacity": demo.ctx.policy.max_sessions}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -125,6 +127,6 @@ if __name__ == "__main__":
     ARGS = parse_args()
     ensure_no_deps_packages()
     demo = build_demo(ARGS.model, ARGS.host, ARGS.mode)
-    demo.launch(server_name=ARGS.host, server_port=ARGS.port, **launch_kwargs())
+    demo.launch(server_name=ARGS.host, server_port=ARGS.port, **launch_kwargs(demo))
 else:
     demo = build_demo(host=os.environ.get("GRADIO_SERVER_NAME"))

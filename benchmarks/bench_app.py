@@ -69,7 +69,7 @@ def bench_endpoint(model: str, clip: Path, repeats: int) -> list[dict]:
 
     port = free_port()
     app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    **app.launch_kwargs())
+                    **app.launch_kwargs(app.demo))
     client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
     runs, records = [], []  # server-side timings come from the library's Predictions of each call
     import dferclip.ui.predict as ui_predict

@@ -43,7 +43,7 @@ def served_app(model: str = TINY):
     appmod = importlib.reload(app)
     port = free_port()
     appmod.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                       **appmod.launch_kwargs())
+                       **appmod.launch_kwargs(appmod.demo))
     try:
         yield appmod, Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
     finally:

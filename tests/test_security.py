@@ -37,7 +37,7 @@ def launch(mode: str, monkeypatch, tmp_path, **env):
         monkeypatch.setenv(k, v)
     demo = app.build_demo(TINY, mode=mode)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_kwargs())
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.launch_kwargs(demo))
     return demo, f"http://127.0.0.1:{port}/"
 
 
@@ -347,6 +347,31 @@ def test_two_visitors_at_once_do_not_disturb_each_other(public_app):
         t.join(timeout=120)
     assert not errors, errors
     assert all(d == alone for d in during)
+
+
+def test_a_visitor_opening_session_after_session_cannot_fill_the_servers_memory(monkeypatch, tmp_path):
+    """Each session keeps its clip in memory: at most DFERCLIP_MAX_SESSIONS sessions are kept (the least recently
+    used go first), and a kept clip holds its frames, not the sliding windows' model input."""
+    from dferclip.ui.context import ClipRecord
+
+    demo, url = launch("public", monkeypatch, tmp_path, DFERCLIP_MAX_SESSIONS="3")
+    try:
+        clip = handle_file(str(feat_clip("single_face.mp4")))
+        visitors = [client(url) for _ in range(5)]
+        for v in visitors:
+            v.predict(clip, TINY, api_name="/predict")
+        assert "predict one" in error_of(visitors[0].predict, TINY, "predicted class", api_name="/explain_expression")
+        visitors[-1].predict(TINY, "predicted class", api_name="/explain_expression")  # the latest keep theirs
+        sessions = list(demo.state_holder.session_data.values())
+        records = [v for s in sessions for v in s.state_data.values() if isinstance(v, ClipRecord)]
+        # kept: the fourth and fifth visitors' sessions, and the first's new, empty one (which pushed out the third)
+        assert len(sessions) == 3 and len(records) == 2
+        for r in records:
+            assert r.ingest.windows is not None and len(r.ingest.windows.windows) > 1  # the clip has a timeline
+            assert r.ingest.windows.video.numel() == 0 and r.prediction.ingest is r.ingest
+            assert r.video.shape[1] == 16 and len(r.prediction.timeline) == len(r.ingest.windows.windows)
+    finally:
+        demo.close()
 
 
 def test_sixteen_visitors_at_once(monkeypatch):

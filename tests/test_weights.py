@@ -327,7 +327,7 @@ class ServedApp:
         self.build_s = time.perf_counter() - t0
         port = free_port()
         self.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                         **app.launch_kwargs())
+                         **app.launch_kwargs(self.demo))
         self.url = f"http://127.0.0.1:{port}/"
         self.client = Client(self.url, verbose=False, download_files=False)
 

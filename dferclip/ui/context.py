@@ -51,6 +51,18 @@ class ClipRecord:
     ingest: Any  # dferclip.ingest.IngestResult (video, crops, frames, face_found, warnings, timings)
     prediction: Any  # dferclip.predict.Prediction (probabilities, timeline, video_embedding, timings)
 
+    @classmethod
+    def of_prediction(cls, path: str, model_key: str, pred) -> "ClipRecord":
+        """What a visitor's session keeps of a prediction: all but the sliding windows' model input (W x T frames,
+        tens of MB at 224 px, used up once the timeline is drawn), so a session holds one clip's frames."""
+        ingest = pred.ingest
+        windows = getattr(ingest, "windows", None)
+        if windows is not None and windows.video.numel():
+            empty = torch.empty((0, *windows.video.shape[1:]), dtype=windows.video.dtype)  # not a view: frees them
+            ingest = dataclasses.replace(ingest, windows=dataclasses.replace(windows, video=empty))
+            pred = dataclasses.replace(pred, ingest=ingest)
+        return cls(path=path, model_key=model_key, ingest=ingest, prediction=pred)
+
     @property
     def video(self) -> torch.Tensor:
         """The model-input tensor (1, T, 3, S, S) of ``model_key``'s input config."""

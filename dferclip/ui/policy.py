@@ -58,6 +58,7 @@ class Policy:
     llm_requests_per_minute: int = 60  # per visitor
     llm_requests_per_minute_total: int = 240
     queue_size: int = 64
+    max_sessions: int = 10_000  # visitors' sessions kept in memory (each holds its clip); the oldest go first
     allow_private_llm_urls: bool = True
 
     @property
@@ -75,6 +76,7 @@ class Policy:
             llm_requests_per_minute=_env_int("DFERCLIP_LLM_PER_MINUTE", 30 if public else 600),
             llm_requests_per_minute_total=_env_int("DFERCLIP_LLM_PER_MINUTE_TOTAL", 120 if public else 6000),
             queue_size=_env_int("DFERCLIP_QUEUE_SIZE", 32 if public else 64),
+            max_sessions=_env_int("DFERCLIP_MAX_SESSIONS", 200 if public else 10_000),
             allow_private_llm_urls=not public or os.environ.get("DFERCLIP_LLM_ALLOW_PRIVATE_URLS") == "1",
         )
 

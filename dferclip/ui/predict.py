@@ -185,7 +185,7 @@ def stream_prediction(ctx: AppContext, video: Optional[str], model_key: Optional
     try:
         model = ctx.model(model_key)
         for pred in _iter_on_device(model, video):
-            record = ClipRecord(path=str(video), model_key=model_key, ingest=pred.ingest, prediction=pred)
+            record = ClipRecord.of_prediction(str(video), model_key, pred)
             first = pred.timeline is None or len(pred.timeline) == 0
             if first and not pred.ingest.face_found:
                 gr.Warning("No face found in this clip: it was classified from centre crops.")
