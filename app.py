@@ -18,6 +18,7 @@ import sys
 
 import gradio as gr
 
+from dferclip import logs
 from dferclip.runtime import ModelRegistry
 from dferclip.ui.context import AppContext, build_model_bar
 from dferclip.ui.live import build_live_tab
@@ -123,7 +124,7 @@ def ensure_no_deps_packages() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(logging.INFO)
     ARGS = parse_args()
     ensure_no_deps_packages()
     demo = build_demo(ARGS.model, ARGS.host, ARGS.mode)

@@ -29,6 +29,7 @@ import copy
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 import warnings
@@ -38,7 +39,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import files
+from . import files, logs
 
 log = logging.getLogger(__name__)
 
@@ -235,11 +236,24 @@ def _exported(tower, size: int):
         return export(tower, (example,), dynamic_shapes=({0: Dim("frames", min=1, max=MAX_FRAMES)},))
 
 
-def _build_openvino(tower, size: int, cache: bool):
+def _import_openvino():
+    """``openvino``. Importing it imports absl, whose log handler keeps the ``sys.stderr`` of that moment and
+    closes it when logging shuts handlers down (``logging.config.dictConfig``: uvicorn, at every Gradio launch)
+    if it is no longer ``sys.stderr`` by then; in a test session that closed pytest's own capture file. When
+    this import brings absl in, its handler writes to the current ``sys.stderr`` instead, and never closes it."""
+    absl_before = "absl.logging" in sys.modules
     try:
-        import openvino as ov
+        import openvino
     except ImportError:
         raise BackendUnavailable("openvino is not installed (pip install openvino)") from None
+    absl_logging = sys.modules.get("absl.logging")
+    if absl_logging is not None and not absl_before:
+        absl_logging.get_absl_handler().python_handler.stream = logs.CurrentStderr()
+    return openvino
+
+
+def _build_openvino(tower, size: int, cache: bool):
+    ov = _import_openvino()
     core = ov.Core()
     folder = files.cache_dir() / "openvino" / _fingerprint(tower, size, ov.__version__) if cache else None
     if folder is not None and (folder / "tower.xml").is_file():

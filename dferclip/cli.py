@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from . import logs
 from .errors import DferclipError
 
 COMMANDS = {
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
             modules[name] = importlib.import_module(f".commands.{name}", __package__)
             modules[name].add_arguments(command)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(logging.INFO if args.verbose else logging.WARNING)
     try:
         return int(modules[args.command].run(args) or 0)
     except DferclipError as e:
