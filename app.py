@@ -64,8 +64,6 @@ footer {opacity: 0.85;}
   #model-bar {flex-direction: column; gap: 0.5em;}
   #model-bar > * {width: 100% !important; min-width: 0 !important; flex: 1 1 auto !important;}
   .weights-banner {font-size: 0.85em; overflow-wrap: anywhere;}
-  #timeline {overflow-x: auto !important;}
-  #timeline .vega-embed {min-width: 600px;}
   #workbench-actions {flex-wrap: wrap;}
   #workbench-actions > * {flex: 1 1 45% !important; min-width: 140px !important;}
 }

@@ -22,18 +22,21 @@ def test_api_endpoints(served):
 
 def test_predict_a_face_clip(served):
     appmod, client = served
-    label, gallery, timeline, note, renders = client.predict(handle_file(str(feat_clip("single_face.mp4"))), TINY,
-                                                             api_name="/predict")
+    label, gallery, timeline, note, renders, chart = client.predict(handle_file(str(feat_clip("single_face.mp4"))),
+                                                                    TINY, api_name="/predict")
     classes = appmod.demo.ctx.model(TINY).class_names
     assert {c["label"] for c in label["confidences"]} == set(classes)
     assert math.isclose(sum(c["confidence"] for c in label["confidences"]), 1.0, rel_tol=1e-4)
     assert label["label"] == max(label["confidences"], key=lambda c: c["confidence"])["label"]
     assert len(gallery) == 16 and all(item["caption"].endswith(" s") for item in gallery)
-    # the timeline covers the clip: windows from 0 s to its end (2.4 s)
+    # the timeline covers the clip: windows from 0 s to its end (2.4 s), as rows and drawn
+    assert timeline["columns"] == ["time", "expression", "probability", "start", "end"]
     rows = timeline["data"]
     times = sorted({r[0] for r in rows})
     assert len(rows) == len(times) * len(classes) and len(times) >= 2
     assert 0 < times[0] < times[-1] < 2.42  # window centres inside the 2.4 s clip
+    assert all(r[3] < r[0] < r[4] <= 2.42 for r in rows)  # each window's span around its centre
+    assert chart.count("<polyline") == len(classes) and "<script" not in chart
     assert "Face found in 16/16" in note and "2.4 s" in note
     assert renders == []  # DFER-CLIP has no face-mesh streams
 
@@ -41,7 +44,7 @@ def test_predict_a_face_clip(served):
 def test_no_face_clip_warns(served):
     _, client = served
     job = client.submit(handle_file(str(feat_clip("no_face.mp4"))), TINY, api_name="/predict")
-    label, gallery, _, note, _ = job.result(timeout=120)
+    label, gallery, _, note, _, _ = job.result(timeout=120)
     assert "No face found" in note and all("centre crop" in g["caption"] for g in gallery)
     assert math.isclose(sum(c["confidence"] for c in label["confidences"]), 1.0, rel_tol=1e-4)
     logs = []
@@ -76,15 +79,15 @@ def test_streaming_endpoint_gives_the_label_before_the_timeline_and_ends_as_pred
     first = next(iter(job))  # the first yield, as soon as it arrives
     job.result(timeout=120)
     steps = job.outputs()  # every yield, in order
-    label, gallery, timeline, note, _ = first  # the page's outputs: label and plot come as updates
+    label, gallery, timeline, note, _, chart = first  # the page's outputs: the label comes as an update
     assert label["value"]["label"] and len(gallery) == 16
-    assert all(row[2] is None for row in timeline["value"]["data"])  # no window scored yet
+    assert timeline["data"] == [] and "<polyline" not in chart  # no window scored yet
     assert "so far" in note
     # one yield per window (the client patches earlier yields' data in place, so only their count is checked)
-    counts = [len({row[0] for row in step[2]["value"]["data"] if row[2] is not None}) for step in steps]
+    counts = [len({row[0] for row in step[2]["data"]}) for step in steps]
     assert counts[0] == 0 and counts == sorted(counts) and len(steps) == 1 + counts[-1] >= 3
     final = client.predict(clip, TINY, api_name="/predict")
-    last_label, last_gallery, last_timeline = steps[-1][0]["value"], steps[-1][1], steps[-1][2]["value"]
+    last_label, last_gallery, last_timeline = steps[-1][0]["value"], steps[-1][1], steps[-1][2]
     assert last_label["label"] == final[0]["label"] and len(last_gallery) == len(final[1]) == 16
     assert confidences(last_label) == pytest.approx(confidences(final[0]), abs=1e-6)
     assert [r[:2] for r in last_timeline["data"]] == [r[:2] for r in final[2]["data"]]

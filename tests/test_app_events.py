@@ -8,7 +8,6 @@ import pytest
 from app_helpers import TINY, corrupt_copy, feat_clip
 
 from dferclip.errors import DferclipError
-from dferclip.predict import predict_clip
 from dferclip.runtime import (
     FINECLIPER_SOURCE,
     ZERO_SHOT_SOURCE,
@@ -26,7 +25,6 @@ from dferclip.ui.predict import (
     preview_note,
     run_prediction,
     stream_prediction,
-    timeline_plot,
     uses_face_mesh,
 )
 
@@ -38,8 +36,9 @@ def label_probs(label: gr.Label) -> dict:
     return {c["label"]: c["confidence"] for c in label.value["confidences"]}
 
 
-def plot_frame(plot: gr.LinePlot) -> pd.DataFrame:
-    return pd.DataFrame(plot.value["data"], columns=plot.value["columns"])
+def rows_frame(rows: dict) -> pd.DataFrame:
+    """The timeline output's rows as a table."""
+    return pd.DataFrame(rows["data"], columns=rows["columns"])
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +49,19 @@ def ctx():
 
 
 def test_predict_event_outputs(ctx):
-    label, gallery, timeline, note, renders, record = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
+    label, gallery, rows, note, renders, chart, record = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
     model = ctx.model(TINY)
     assert renders == [] and "Streams" not in note and not uses_face_mesh(ctx, TINY)  # DFER-CLIP: one stream
     assert set(label) == set(model.class_names) and math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
     assert len(gallery) == 16
     assert all(caption.endswith(" s") for _, caption in gallery)  # a face in every frame: time only
+    timeline = rows_frame(rows)
     assert list(timeline.columns) == TIMELINE_COLUMNS
-    assert timeline["time"].dtype.kind == "f" and timeline["probability"].dtype.kind == "f"  # quantitative axes
     assert set(timeline["expression"]) == set(model.class_names)
     assert timeline["time"].between(0, record.ingest.source.duration_s).all()
+    assert (timeline["start"] < timeline["time"]).all() and (timeline["time"] < timeline["end"]).all()
     assert len(timeline) == len(record.prediction.timeline) * model.num_classes
+    assert chart.count("<polyline") == model.num_classes  # the chart draws every expression
     assert "Face found in 16/16" in note and "ingestion" in note
     assert note.startswith("⚠ **Untrained weights")  # said first
     assert record.model_key == TINY and record.video.shape[1] == 16
@@ -69,7 +70,7 @@ def test_predict_event_outputs(ctx):
 
 def test_no_face_warns_and_still_predicts(ctx):
     with pytest.warns(UserWarning, match="No face found"):
-        label, gallery, _, note, _, record = run_prediction(ctx, str(feat_clip("no_face.mp4")), TINY)
+        label, gallery, _, note, _, _, record = run_prediction(ctx, str(feat_clip("no_face.mp4")), TINY)
     assert math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
     assert "No face found" in note and all("centre crop" in c for _, c in gallery)
     assert not record.ingest.face_found
@@ -82,14 +83,16 @@ def test_streaming_event_label_first_then_the_timeline(ctx):
     steps = list(stream_prediction(ctx, str(feat_clip("single_face.mp4")), TINY, progress=lambda *a, **k: None))
     first, middle, last = steps[0], steps[1:-1], steps[-1]
     assert first[0].label == "Expression · untrained weights: predictions are meaningless"
-    assert len(first[1]) == 16 and plot_frame(first[2])["probability"].isna().all()  # no window scored yet
-    assert middle and all(step[0] == step[1] == gr.skip() for step in middle)  # label and crops left alone
-    assert [len(step[5].prediction.timeline) for step in steps] == list(range(len(steps)))  # window by window
-    assert all(plot_frame(step[2])["probability"].notna().any() for step in steps[1:])
-    assert last[2].x_lim == [0, round(last[5].ingest.source.duration_s, 2)]  # the x axis spans the clip
+    assert len(first[1]) == 16 and first[2]["data"] == []  # no window scored yet
+    assert "<polyline" not in first[5] and "Scoring the timeline" in first[5]
+    assert middle and all(step[0] == step[1] == step[4] == gr.skip() for step in middle)  # label, crops left alone
+    assert [len(step[6].prediction.timeline) for step in steps] == list(range(len(steps)))  # window by window
+    classes = len(last[6].prediction.classes)
+    assert [len(step[2]["data"]) for step in steps] == [k * classes for k in range(len(steps))]
+    assert all(step[5].count("<polyline") == classes for step in steps[1:])  # each partial timeline drawn
     label, _, timeline, *_ = run_prediction(ctx, str(feat_clip("single_face.mp4")), TINY)
     assert label_probs(last[0]) == pytest.approx(label, abs=1e-6)
-    pd.testing.assert_frame_equal(plot_frame(last[2]), timeline, check_dtype=False, atol=1e-6)
+    pd.testing.assert_frame_equal(rows_frame(last[2]), rows_frame(timeline), check_dtype=False, atol=1e-6)
 
 
 def test_bad_input_is_a_clean_error(ctx, tmp_path):
@@ -150,8 +153,8 @@ def test_fineclipper_prediction_shows_its_streams_and_renders():
     fusion weight, and the caption stream reported off (the app makes no captions)."""
     registry = ModelRegistry([ModelEntry(FINE_TINY, "fine", "explicit")], dev="cpu")
     fctx = AppContext(registry)
-    label, gallery, timeline, note, renders, record = run_prediction(fctx, str(feat_clip("single_face.mp4")),
-                                                                     FINE_TINY)
+    label, gallery, timeline, note, renders, _, record = run_prediction(fctx, str(feat_clip("single_face.mp4")),
+                                                                        FINE_TINY)
     model = fctx.model(FINE_TINY)
     assert set(label) == set(model.class_names) and math.isclose(sum(label.values()), 1.0, rel_tol=1e-5)
     n = model.input_config.num_frames
@@ -165,7 +168,7 @@ def test_fineclipper_prediction_shows_its_streams_and_renders():
     # a real face: the parsing renders are not all background and the landmark renders differ from the crops
     parsing = np.stack(pred.renders["parsing"])
     assert (parsing.reshape(-1, 3).any(axis=1)).mean() > 0.1
-    assert len(timeline) == len(pred.timeline) * model.num_classes
+    assert len(timeline["data"]) == len(pred.timeline) * model.num_classes
 
 
 def test_registry_loads_lazily_and_bounds_memory():
@@ -187,9 +190,10 @@ def test_examples_and_clear():
     paths = [p for p, _ in example_clips()]
     assert any(p.endswith("astronaut_drift.webm") for p in paths)
     assert all(label for _, label in example_clips())
-    label, gallery, timeline, note, renders, record = clear_outputs()
+    label, gallery, timeline, note, renders, chart, record = clear_outputs()
     assert not label.value and label.label == "Expression" and record is None and renders == []
-    assert timeline.empty and list(timeline.columns) == TIMELINE_COLUMNS and timeline["probability"].dtype.kind == "f"
+    assert timeline == {"columns": TIMELINE_COLUMNS, "data": []}
+    assert "<polyline" not in chart and "Predict a clip" in chart
 
 
 def test_a_clip_is_renormalised_for_a_model_with_other_input_statistics():
@@ -262,12 +266,3 @@ def test_example_labels_tell_what_the_clips_show():
     assert not any("Man on camera" in lbl for lbl in labels.values())
     woman = [lbl for path, lbl in labels.items() if path.endswith("WolfgangLanger_Pexels.mp4")]
     assert not woman or woman[0].startswith("Woman")
-
-
-def test_a_one_window_timeline_is_drawn_over_the_window_and_the_axis_spans_the_clip(ctx):
-    pred = predict_clip(ctx.model(TINY), feat_clip("single_face.mp4"), frame_budget=8)  # room for one window
-    plot = timeline_plot(pred)
-    frame = plot_frame(plot)
-    assert len(pred.timeline) == 1 and len(frame) == 2 * len(pred.classes)  # a flat segment, not a lone point
-    assert sorted(set(frame["time"])) == [pred.timeline.start[0], pred.timeline.end[0]]
-    assert plot.x_lim == [0, round(pred.ingest.source.duration_s, 2)]

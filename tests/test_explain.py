@@ -352,7 +352,10 @@ def test_app_explain_endpoints_return_maps_as_arrays_and_images(served):
     assert len(gallery) == 16 and all(item["caption"].endswith("%") for item in gallery)
     assert np.asarray(data["maps"]["video"]).shape == (16, 4, 4) and data["size"] == [64, 64]
     assert len(data["frame_relevancy"]) == len(data["frame_occlusion"]) == 16
-    assert len(strip["data"]) == 32  # per frame: its relevancy share and its occlusion share
+    rows = data["strip"]["data"]  # per frame: its number, time, relevancy share and occlusion share (%)
+    assert [r[0] for r in rows] == list(range(1, 17)) and sum(r[2] for r in rows) == pytest.approx(100, abs=0.1)
+    assert [r[2] for r in rows] == pytest.approx([100 * v for v in data["frame_relevancy"]], abs=0.1)
+    assert strip.count("<rect") == 32 and "<script" not in strip  # drawn: two columns a frame
     assert "untrained" in note  # the banner's warning
     model = appmod.demo.ctx.model(TINY)
     _, _, _, other = client.predict(TINY, model.class_names[3], api_name="/explain_expression")

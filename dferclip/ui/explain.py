@@ -7,9 +7,9 @@ Two sections, each added to its tab by one call to :func:`build_explain_section`
   (class + text, as the workbench's learned rows), so an edited text shows its new map.
 
 Both are API endpoints (``/explain_expression``, ``/explain_descriptor``) returning the overlays (gallery), the
-strip (a bar plot's rows), a note (with the untrained-weights warning the banner gives) and the maps as arrays
-(JSON: per stream, (T, grid, grid) at the ViT's patch resolution, rounded; the images are their bilinear
-upsampling to the crop).
+frame-importance strip (a chart: HTML with an inline SVG), a note (with the untrained-weights warning the banner
+gives) and the maps as arrays (JSON: per stream, (T, grid, grid) at the ViT's patch resolution, rounded; the
+images are their bilinear upsampling to the crop), with the strip's rows under ``"strip"``.
 """
 from __future__ import annotations
 
@@ -24,32 +24,35 @@ import torch
 from ..errors import DferclipError
 from ..explain import AUTO, OTHERS, Explanation, change_overlay, explain_clip, overlay
 from ..runtime import gpu, weights_banner
+from .charts import CHART_CSS, column_chart_html
 from .context import AppContext
 
 PREDICTED = "predicted class"
 RAW = "none"  # the versus choice for the raw logit
-STRIP_COLUMNS = ["frame", "share (%)", "measure"]
 ROLLOUT = "temporal relevancy"
 OCCLUSION = "occlusion drop"
+STRIP_COLUMNS = ["frame", "time (s)", f"{ROLLOUT} (%)", f"{OCCLUSION} (%)"]
+STRIP_COLORS = {ROLLOUT: "#285adc", OCCLUSION: "#f08c1e"}  # as in the command line's picture (strip_image)
 
 
 # --- the pieces ---------------------------------------------------------------------------------------
-def strip_frame(ex: Explanation, times: list[float]) -> pd.DataFrame:
-    """Rows for a grouped bar plot: per frame, its relevancy share and its share of the positive occlusion
-    drops (both in %), so the two measures of "when" can be compared."""
+def strip_rows(ex: Explanation, times: list[float]) -> dict:
+    """The frame-importance strip as data: per frame (1-based), its time, its share of the temporal relevancy
+    and its share of the positive occlusion drops (both in %), so the two measures of "when" can be compared."""
     drops = np.clip(ex.frame_occlusion, 0, None)
     drops = drops / drops.sum() if drops.sum() > 0 else drops
-    rows = []
-    for k, (share, drop) in enumerate(zip(ex.frame_relevancy, drops)):
-        label = f"{k + 1:02d} · {times[k]:.2f} s" if k < len(times) else f"{k + 1:02d}"
-        rows += [{"frame": label, "share (%)": round(100 * float(share), 2), "measure": ROLLOUT},
-                 {"frame": label, "share (%)": round(100 * float(drop), 2), "measure": OCCLUSION}]
-    return pd.DataFrame(rows, columns=STRIP_COLUMNS)
+    data = [[k + 1, round(times[k], 3) if k < len(times) else None, round(100 * float(share), 2),
+             round(100 * float(drop), 2)] for k, (share, drop) in enumerate(zip(ex.frame_relevancy, drops))]
+    return {"columns": STRIP_COLUMNS, "data": data}
 
 
-def empty_strip() -> pd.DataFrame:
-    return pd.DataFrame({"frame": pd.Series(dtype="str"), "share (%)": pd.Series(dtype="float64"),
-                         "measure": pd.Series(dtype="str")})
+def strip_chart(rows: dict) -> str:
+    """The strip drawn: per frame a relevancy column and an occlusion column (HTML with an SVG)."""
+    data = rows["data"]
+    titles = [f"frame {r[0]}" + (f" · {r[1]:.2f} s" if r[1] is not None else "") for r in data]
+    return column_chart_html("Frame importance (share per frame)", [str(r[0]) for r in data],
+                             {ROLLOUT: [r[2] for r in data], OCCLUSION: [r[3] for r in data]}, STRIP_COLORS,
+                             group_titles=titles, x_title="frame", unit=" %")
 
 
 def overlay_items(ex: Explanation, crops: list, times: list[float]) -> list[tuple]:
@@ -63,9 +66,9 @@ def overlay_items(ex: Explanation, crops: list, times: list[float]) -> list[tupl
     return items
 
 
-def arrays(ex: Explanation) -> dict:
-    """The JSON output: maps at the patch grid and the frame measures, rounded."""
-    return ex.to_dict(decimals=3)
+def arrays(ex: Explanation, strip: dict) -> dict:
+    """The JSON output: maps at the patch grid and the frame measures, rounded, and the strip's rows."""
+    return {**ex.to_dict(decimals=3), "strip": strip}
 
 
 def note_for(model, ex: Explanation) -> str:
@@ -121,7 +124,8 @@ def change_items(delta: dict[str, np.ndarray], crops: list, times: list[float]) 
 
 def _outputs(model, ex: Explanation, record) -> tuple:
     times = [f.time_s for f in record.ingest.frames]
-    return overlay_items(ex, record.ingest.crops, times), strip_frame(ex, times), note_for(model, ex), arrays(ex)
+    strip = strip_rows(ex, times)
+    return overlay_items(ex, record.ingest.crops, times), strip_chart(strip), note_for(model, ex), arrays(ex, strip)
 
 
 @gpu(duration=60)
@@ -137,8 +141,9 @@ def _versus(choice: Optional[str]):
 # --- events ---------------------------------------------------------------------------------------------
 def explain_expression(ctx: AppContext, model_key: Optional[str], record, class_choice: Optional[str],
                        versus: Optional[str] = AUTO) -> tuple:
-    """(overlays, strip rows, note, arrays) for the page's clip and a class (``PREDICTED`` or None: the
-    model's top class), versus a contrast (``AUTO``: the neutral class; ``OTHERS``; a class; ``RAW``: none)."""
+    """(overlays, strip chart, note, arrays with the strip rows) for the page's clip and a class (``PREDICTED``
+    or None: the model's top class), versus a contrast (``AUTO``: the neutral class; ``OTHERS``; a class;
+    ``RAW``: none)."""
     model, model_key, video = _clip_for(ctx, model_key, record)
     cls = None if class_choice in (None, "", PREDICTED) else class_choice
     try:
@@ -151,7 +156,7 @@ def explain_expression(ctx: AppContext, model_key: Optional[str], record, class_
 
 def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_name: str, text: str,
                        versus: Optional[str] = AUTO, previous: Optional[dict] = None) -> tuple:
-    """(overlays, strip rows, note, arrays, change overlays, new previous) for the page's clip and one descriptor
+    """(overlays, strip chart, note, arrays, change overlays, new previous) for the page's clip and one descriptor
     (class + text), versus a contrast as :func:`explain_expression`. ``previous`` (the session's state): the
     last other text explained for the same clip, model, class and contrast; the change from its map is drawn
     and added to the arrays as ``change`` (new minus old, at the patch grid)."""
@@ -241,9 +246,8 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
             changes = gr.Gallery(label="How the map changed with the last edit (red: gained, blue: lost)",
                                  columns=8, height=200, object_fit="contain", elem_id="explain-descriptor-change")
             previous = gr.State(None)
-        strip = gr.BarPlot(None, x="frame", y="share (%)", color="measure", title="Frame importance",
-                           x_label_angle=-45, height=240, elem_id=f"explain-{kind}-strip")
-        with gr.Accordion("Maps as arrays (JSON)", open=False):
+        strip = gr.HTML(css_template=CHART_CSS, js_on_load=None, elem_id=f"explain-{kind}-strip")
+        with gr.Accordion("Maps and frame shares as arrays (JSON)", open=False):
             data = gr.JSON(elem_id=f"explain-{kind}-json")
     outputs = [gallery, strip, note, data]
     ctx.model_selected.then(lambda key: gr.Dropdown(choices=versus_choices(ctx, key), value=AUTO),

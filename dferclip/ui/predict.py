@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Optional
 
 import gradio as gr
-import pandas as pd
 
 from ..errors import DferclipError, VideoError
 from ..predict import Prediction, iter_predict
 from ..runtime import UNTRAINED_WARNING, gpu
 from ..video.decode import Limits
+from .charts import CHART_CSS, Line, line_chart_html
 from .context import AppContext, ClipRecord
 from .explain import build_explain_section
 
@@ -27,7 +27,7 @@ MAX_CLIP_SECONDS = 60.0
 MAX_UPLOAD = "100mb"
 APP_LIMITS = Limits(max_file_bytes=100 * 1024**2, max_duration_s=MAX_CLIP_SECONDS, decode_timeout_s=30.0)
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-TIMELINE_COLUMNS = ["time", "expression", "probability"]
+TIMELINE_COLUMNS = ["time", "expression", "probability", "start", "end"]  # seconds; time: the window centre
 
 
 # --- examples -----------------------------------------------------------------------------------------
@@ -51,37 +51,42 @@ def example_clips() -> list[tuple[str, str]]:
 
 
 # --- output formatting --------------------------------------------------------------------------------
-def empty_timeline() -> pd.DataFrame:
-    """No rows, with the column types of a real timeline."""
-    return pd.DataFrame({"time": pd.Series(dtype="float64"), "expression": pd.Series(dtype="str"),
-                         "probability": pd.Series(dtype="float64")})
+TIMELINE_TITLE = "Expression over time (sliding windows)"
 
 
-def timeline_frame(pred: Prediction) -> pd.DataFrame:
-    """Long format for ``gr.LinePlot``: one row per (window centre time, expression); a single window is a
-    flat segment over its span (a line of one point draws nothing). Before the first window is scored, one
-    row per expression without a value (drawn as nothing, but it sets the legend and colours).
-
-    Gradio 6's front end keeps the axis types and colour domain of the first value it draws, and setting a
-    drawn plot to None raises a page error: so the plot starts as None, and "no timeline" is an empty frame
-    with the real column types (never an untyped one, which leaves every later timeline blank)."""
-    tl = pred.timeline
-    if tl is None:
-        return empty_timeline()
-    if len(tl) == 0:  # windows to come: every expression with no value yet fixes the plot's colours now
-        return pd.DataFrame({"time": 0.0, "expression": pred.classes, "probability": float("nan")})
-    rows = tl.rows(pred.classes)
-    if len(tl) == 1:
-        rows = [{**r, "time": t} for r in rows for t in (r["start"], r["end"])]
-    return pd.DataFrame(rows)[TIMELINE_COLUMNS]
+def timeline_rows(pred: Optional[Prediction]) -> dict:
+    """The timeline as data (the API's ``timeline`` output): one row per (window, expression), at the
+    window's centre time, with the window's span. No rows before the first window is scored."""
+    rows = pred.timeline.rows(pred.classes) if pred is not None and pred.timeline is not None else []
+    return {"columns": TIMELINE_COLUMNS, "data": [[r[c] for c in TIMELINE_COLUMNS] for r in rows]}
 
 
-def timeline_plot(pred: Optional[Prediction]) -> gr.LinePlot:
-    """The timeline plot's value, its x axis spanning the whole clip."""
+def timeline_chart(pred: Optional[Prediction]) -> str:
+    """The timeline drawn (HTML with an SVG): one line per expression over the whole clip, the predicted
+    class emphasised; a single window is a flat segment over its span. Partial timelines (while windows
+    are scored) and no timeline at all say so."""
     if pred is None:
-        return gr.LinePlot(value=empty_timeline())
-    duration = pred.ingest.source.duration_s or (max(pred.timeline.end, default=0.0) if pred.timeline else None)
-    return gr.LinePlot(value=timeline_frame(pred), x_lim=[0, round(duration, 2)] if duration else None)
+        return line_chart_html(TIMELINE_TITLE, [], x_range=(0.0, 1.0), x_title="time (s)",
+                               message="Predict a clip to see its expressions over time.")
+    tl = pred.timeline
+    duration = pred.ingest.source.duration_s or (max(tl.end, default=0.0) if tl is not None else 0.0) or 1.0
+    title, message = TIMELINE_TITLE, ""
+    if tl is None:
+        message = "No timeline for this clip."
+    elif len(tl) == 0:
+        message = f"Scoring the timeline: 0 of {pred.windows_total} windows…"
+    elif not pred.complete:
+        title += f" · window {len(tl)} of {pred.windows_total}"
+    windows = sorted(zip(tl.start, tl.end, tl.probabilities)) if tl is not None else []
+    lines = []
+    for k, name in enumerate(pred.classes):
+        if len(windows) == 1:
+            s, e, p = windows[0]
+            points = [(s, float(p[k])), (e, float(p[k]))]
+        else:
+            points = [((s + e) / 2, float(p[k])) for s, e, p in windows]
+        lines.append(Line(name, points, emphasis=name == pred.top))
+    return line_chart_html(title, lines, x_range=(0.0, duration), x_title="time (s)", message=message)
 
 
 def label_title(weights: dict, stale_from: Optional[str] = None) -> str:
@@ -174,9 +179,9 @@ def summary_note(pred: Prediction) -> str:
 
 # --- events -------------------------------------------------------------------------------------------
 def stream_prediction(ctx: AppContext, video: Optional[str], model_key: Optional[str], progress=gr.Progress()):
-    """The predict event, streaming: yields (label, gallery, timeline, note, stream renders, clip record) as
-    soon as the clip's label is known, then the timeline window by window (later steps skip the outputs
-    that do not change; the last step holds them all). Bad files raise ``gr.Error``; a clip without a face
+    """The predict event, streaming: yields (label, gallery, timeline rows, note, stream renders, timeline
+    chart, clip record) as soon as the clip's label is known, then the timeline window by window (later steps
+    skip the outputs that do not change; the last step holds them all). Bad files raise ``gr.Error``; a clip without a face
     warns (``gr.Warning``) and is still classified."""
     if not video:
         raise gr.Error("Upload a clip or record one with the webcam first.")
@@ -193,10 +198,11 @@ def stream_prediction(ctx: AppContext, video: Optional[str], model_key: Optional
                 progress(len(pred.timeline) / pred.windows_total,
                          desc=f"Timeline: window {len(pred.timeline)} of {pred.windows_total}")
             if first or pred.complete:
-                yield (label_output(pred), gallery_items(pred), timeline_plot(pred), summary_note(pred),
-                       stream_items(pred), record)
+                yield (label_output(pred), gallery_items(pred), timeline_rows(pred), summary_note(pred),
+                       stream_items(pred), timeline_chart(pred), record)
             else:
-                yield gr.skip(), gr.skip(), timeline_plot(pred), summary_note(pred), gr.skip(), record
+                yield (gr.skip(), gr.skip(), timeline_rows(pred), summary_note(pred), gr.skip(), timeline_chart(pred),
+                       record)
     except VideoError as e:
         raise gr.Error(f"Cannot use this file: {e}", print_exception=False) from None
     except DferclipError as e:
@@ -205,12 +211,12 @@ def stream_prediction(ctx: AppContext, video: Optional[str], model_key: Optional
 
 def run_prediction(ctx: AppContext, video: Optional[str], model_key: Optional[str]) -> tuple:
     """The predict event with one final result (the ``/predict`` endpoint): the last step of
-    :func:`stream_prediction`, as plain values (label probabilities, timeline DataFrame)."""
+    :func:`stream_prediction`, with the label as plain probabilities."""
     out = None
     for out in stream_prediction(ctx, video, model_key, progress=lambda *args, **kwargs: None):
         pass
-    _, crops, _, note, renders, record = out
-    return record.prediction.probabilities, crops, timeline_frame(record.prediction), note, renders, record
+    _, crops, rows, note, renders, chart, record = out
+    return record.prediction.probabilities, crops, rows, note, renders, chart, record
 
 
 @gpu(duration=60)
@@ -254,7 +260,7 @@ def preview_note(video: Optional[str]) -> str:
 
 
 def clear_outputs() -> tuple:
-    return gr.Label(value=None, label="Expression"), None, empty_timeline(), "", [], None
+    return gr.Label(value=None, label="Expression"), None, timeline_rows(None), "", [], timeline_chart(None), None
 
 
 def uses_face_mesh(ctx: AppContext, model_key: Optional[str]) -> bool:
@@ -305,8 +311,8 @@ def build_predict_tab(ctx: AppContext) -> None:
                     run = gr.Button("Predict expression", variant="primary", elem_id="predict-button")
                 examples = example_clips()
                 if examples:
-                    # No fn here, so nothing is cached (not even with GRADIO_CACHE_EXAMPLES=true on Spaces, where
-                    # cached plot outputs break Gradio 6's front end); a click loads the clip, then predicts.
+                    # No fn here, so nothing is cached (not even with GRADIO_CACHE_EXAMPLES=true on Spaces): a click
+                    # loads the clip, then predicts.
                     ex = gr.Examples([[path] for path, _ in examples], inputs=[video], label="Examples (click to run)",
                                      example_labels=[lbl for _, lbl in examples], examples_per_page=8)
                 gr.Markdown(f"Clips up to {MAX_CLIP_SECONDS:.0f} s. The model sees 16 frames spread over the "
@@ -317,10 +323,8 @@ def build_predict_tab(ctx: AppContext) -> None:
                 note = gr.Markdown(elem_id="predict-note")
         crops = gr.Gallery(label="Face crops the model saw", columns=8, height=260,
                            object_fit="contain", allow_preview=True, elem_id="face-crops")
-        timeline = gr.LinePlot(None, x="time", y="probability",
-                               color="expression", title="Expression over time (sliding windows)",
-                               x_title="time (s)", y_title="probability", y_lim=[0, 1], height=280,
-                               elem_id="timeline")
+        timeline = gr.HTML(timeline_chart(None), css_template=CHART_CSS, js_on_load=None, elem_id="timeline")
+        timeline_data = gr.JSON(visible=False, elem_id="timeline-data")  # the API's timeline rows
         renders = gr.Gallery(label="What FineCLIPER's face-mesh streams saw (landmarks, parsing regions)",
                              columns=8, height=260, object_fit="contain", elem_id="stream-renders",
                              visible=uses_face_mesh(ctx, ctx.registry.default_key))
@@ -331,7 +335,8 @@ def build_predict_tab(ctx: AppContext) -> None:
                                  interactive=False, elem_id="annotated-video")
         api_only = gr.Button(visible=False, elem_id="predict-api")  # the single-result /predict endpoint
         build_explain_section(ctx, "predict", label=label)
-        outputs = [label, crops, timeline, note, renders, ctx.clip]
+        # the API's return values: the timeline's rows third (as before), its chart after the renders
+        outputs = [label, crops, timeline_data, note, renders, timeline, ctx.clip]
         inputs = [video, ctx.model_dropdown]
         stream = functools.partial(stream_prediction, ctx)
         model_work = {"concurrency_id": ctx.concurrency_id, "concurrency_limit": ctx.concurrency_limit}
