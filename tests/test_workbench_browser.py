@@ -124,7 +124,7 @@ def test_fineclipper_shows_positive_and_negative_bars(fine_app_url, tmp_path):
             "negative: A person with an expression of no anger", timeout=30_000)
         pn.locator(".dc-line").first.wait_for(timeout=30_000)
         pn.scroll_into_view_if_needed()
-        page.wait_for_timeout(1000)  # let vega draw
+        page.wait_for_timeout(1000)  # let the page settle before the screenshot
         legend = pn.inner_text()
         assert "positive" in legend and "negative" in legend, legend
         pn.screenshot(path=str(tmp_path / "pn.png"))

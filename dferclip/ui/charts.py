@@ -1,15 +1,14 @@
 """Charts rendered on the server as plain HTML and inline SVG: the Descriptions tab's horizontal bars, the
 Predict tab's timeline (lines over time) and the explanation's frame-importance strip (grouped columns).
 
-Why not ``gr.BarPlot``: with Gradio 6.31's native plot, after a model switch the drawn Vega view kept the
-previous result (the scores table beside it was current) until the next update; a cell edit did not show it.
-The plot pushes new rows into an already drawn view from a copy of its rows that a separate effect recomputes,
-which is the likely cause (read from its front-end code, not proven). It also logs a Vega-Lite version warning
-per drawing, a band-scale warning per bar chart, "Infinite extent" for empty data, and its rotated labels
-collapse at phone width. These charts are one HTML string per result: what the server computed is what the page
-shows, every bar carries its number as text, in ``data-value`` and in its ``aria-label``, and long class names
-wrap instead of overlapping. The Predict tab's ``gr.LinePlot`` and the explanation's ``gr.BarPlot`` logged the
-same warnings, and at phone width the line plot's legend made the page scroll sideways.
+Why not Gradio's native plots (``gr.BarPlot``, ``gr.LinePlot``): in Gradio 6.31, after a model switch the
+drawn Vega view kept the previous result (the scores table beside it was current) until the next update; a cell
+edit did not show it. The plot pushes new rows into an already drawn view from a copy of its rows that a
+separate effect recomputes, which is the likely cause (read from its front-end code, not proven). They also log a
+Vega-Lite version warning per drawing, a band-scale warning per bar chart and "Infinite extent" for empty data;
+rotated labels collapse at phone width, and a line plot's legend made the page scroll sideways. These charts are
+one HTML string per result: what the server computed is what the page shows, every bar carries its number as
+text, in ``data-value`` and in its ``aria-label``, and long class names wrap instead of overlapping.
 
 Every chart is self-contained: no script, no external asset, every label escaped (class names come from
 user-edited description sets). Plots (:func:`line_chart_html`, :func:`column_chart_html`) draw their marks in
