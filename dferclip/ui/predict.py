@@ -181,8 +181,8 @@ def summary_note(pred: Prediction) -> str:
 def stream_prediction(ctx: AppContext, video: Optional[str], model_key: Optional[str], progress=gr.Progress()):
     """The predict event, streaming: yields (label, gallery, timeline rows, note, stream renders, timeline
     chart, clip record) as soon as the clip's label is known, then the timeline window by window (later steps
-    skip the outputs that do not change; the last step holds them all). Bad files raise ``gr.Error``; a clip without a face
-    warns (``gr.Warning``) and is still classified."""
+    skip the outputs that do not change; the last step holds them all). Bad files raise ``gr.Error``; a clip
+    without a face warns (``gr.Warning``) and is still classified."""
     if not video:
         raise gr.Error("Upload a clip or record one with the webcam first.")
     model_key = model_key or ctx.registry.default_key
