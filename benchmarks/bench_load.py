@@ -82,7 +82,9 @@ def _drive(server, url: str, clip: str, clients: int, seconds: float, seed: int,
     errors, sent, done = [], [0], [0]
     lock = threading.Lock()
     memory = [rss_mb(server.pid)]
-    deadline = time.monotonic() + seconds
+    begun = time.monotonic()
+    deadline = begun + seconds
+    trace: list[tuple[float, float]] = []  # (seconds since the start, RSS MB), one sample a tenth of the run
 
     def visitor(i: int):
         rng = random.Random(seed + i)
@@ -113,6 +115,9 @@ def _drive(server, url: str, clip: str, clients: int, seconds: float, seed: int,
     def sample_memory():
         while time.monotonic() < deadline:
             memory.append(rss_mb(server.pid))
+            now = time.monotonic() - begun
+            if now >= len(trace) * seconds / 10:
+                trace.append((round(now), round(memory[-1])))
             time.sleep(0.5)
 
     threads = [threading.Thread(target=visitor, args=(i,)) for i in range(clients)]
@@ -130,6 +135,7 @@ def _drive(server, url: str, clip: str, clients: int, seconds: float, seed: int,
         "per_op": {op: {"n": len(v), "median_s": round(statistics.median(v), 3) if v else None,
                         "max_s": round(max(v), 3) if v else None} for op, v in latencies.items()},
         "rss_mb": {"start": round(memory[0]), "peak": round(max(memory)), "end": round(memory[-1])},
+        "rss_trace": trace,
     }
 
 
@@ -152,6 +158,7 @@ def main():
     m = r["rss_mb"]
     print(f"| {r['requests']} | {r['completed']} | {len(r['errors'])} | {r['lost']} | "
           f"{m['start']} / {m['peak']} / {m['end']} |\n")
+    print("RSS over the run (s: MB): " + ", ".join(f"{t}: {mb}" for t, mb in r["rss_trace"]) + "\n")
     print("| request | count | median s | max s |")
     print("|---|---|---|---|")
     for op, v in r["per_op"].items():
