@@ -159,8 +159,10 @@ def main():
                                                              else ("yes" if r["default_worthy"] else "no"))
         print(f"| {r['backend']} | {r['setup_s']:.1f} | {r['clip_ms']:.0f} | {r['gflops']:.0f} | {r['share_of_peak']:.0%} "
               f"| {r['speedup']:.2f}x | {dr} | {agree} | {df} | {bar} |")
-    print(f"\nauto uses, in order: {', '.join(backends.AUTO_ORDER)} (faithful within {backends.FAITHFUL_ATOL:g} and "
-          f">= {FAST_ENOUGH}x faster than eager when this table was made).")
+    worthy = {r["backend"] for r in rows if r.get("default_worthy")}
+    verdicts = ", ".join(f"{b} {'meets' if b in worthy else 'misses'} it" for b in backends.AUTO_ORDER)
+    print(f"\nauto uses, in order: {', '.join(backends.AUTO_ORDER)}. The default bar (faithful within "
+          f"{backends.FAITHFUL_ATOL:g}, >= {FAST_ENOUGH}x faster than eager) in this run: {verdicts}.")
     write_json(args.json, {"machine": machine(), "peak_gflops": peak, "rows": rows,
                            "load": [load_before, load_after]})
 

@@ -10,9 +10,9 @@ Backends (``DFERCLIP_BACKEND`` or ``--backend``):
 - ``compile``: ``torch.compile`` of the tower;
 - ``openvino``: the tower exported with ``torch.export`` and compiled by OpenVINO for the CPU, fp32;
 - ``int8``: torch dynamic int8 quantisation of the tower's Linear layers. Lossy: only when asked for;
-- ``auto`` (default): the faithful backends measured at least 1.25x faster than eager on this project's
-  reference CPU (``benchmarks/bench_backends.py``, BENCHMARKS.md), in :data:`AUTO_ORDER`, on towers of real
-  size (a test-size tower converts slower than it runs).
+- ``auto`` (default): the faithful backends measured faster than eager on this project's reference CPU
+  (``benchmarks/bench_backends.py``, BENCHMARKS.md: OpenVINO 1.16-1.24x idle, 1.6-2.1x under load), in
+  :data:`AUTO_ORDER`, on towers of real size (a test-size tower converts slower than it runs).
 
 ONNX Runtime is not offered: exporting to ONNX needs the ``onnx`` package, whose current release (1.23) needs
 protobuf >= 6.31, while mediapipe pins protobuf < 5 here; OpenVINO converts the same ``torch.export`` graph.
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("eager", "compile", "openvino", "int8")
 CHOICES = BACKENDS + ("auto",)
 LOSSY = frozenset({"int8"})
-AUTO_ORDER = ("openvino",)  # faithful and >= 1.25x faster than eager, measured (BENCHMARKS.md)
+AUTO_ORDER = ("openvino",)  # faithful and faster than eager, measured (BENCHMARKS.md)
 FAITHFUL_ATOL = 1e-3  # max |logit change| a default backend may cause
 AUTO_MIN_PARAMS = 20_000_000  # auto leaves smaller towers eager (ViT-B/32's has 88 M parameters)
 PROBE_FRAMES = 4  # distinct random frames of the probe clip that checks a backend's logits
