@@ -55,15 +55,21 @@ def strip_chart(rows: dict) -> str:
                              group_titles=titles, x_title="frame", unit=" %")
 
 
-def overlay_items(ex: Explanation, crops: list, times: list[float]) -> list[tuple]:
-    """(overlay, caption) per frame of each stream."""
+def _gallery(per_stream: dict, crops: list, times: list[float], draw, label) -> list[tuple]:
+    """(picture, caption) per frame of each stream: ``draw(crop, frame's map)``, captioned with the frame's time
+    and ``label(k, frame's map)``, kept short to fit a phone's three-column gallery."""
     items = []
-    for name, maps in ex.maps.items():
-        prefix = f"{name} · " if len(ex.maps) > 1 else ""
-        for k, (crop, m) in enumerate(zip(crops, maps)):
-            t = f"{times[k]:.2f} s · " if k < len(times) else ""
-            items.append((overlay(crop, m), f"{prefix}{t}{100 * ex.frame_relevancy[k]:.0f} %"))
+    for name, frames in per_stream.items():
+        prefix = f"{name} " if len(per_stream) > 1 else ""
+        for k, (crop, m) in enumerate(zip(crops, frames)):
+            t = f"{times[k]:.2f}s " if k < len(times) else ""
+            items.append((draw(crop, m), f"{prefix}{t}{label(k, m)}"))
     return items
+
+
+def overlay_items(ex: Explanation, crops: list, times: list[float]) -> list[tuple]:
+    """(overlay, caption) per frame of each stream; the caption ends with the frame's relevancy share."""
+    return _gallery(ex.maps, crops, times, overlay, lambda k, m: f"{100 * ex.frame_relevancy[k]:.0f}%")
 
 
 def arrays(ex: Explanation, strip: dict) -> dict:
@@ -112,14 +118,9 @@ def _clip_for(ctx: AppContext, model_key: Optional[str], record):
 
 
 def change_items(delta: dict[str, np.ndarray], crops: list, times: list[float]) -> list[tuple]:
-    """(change overlay, caption) per frame of each stream: red where the new text's map gained, blue lost."""
-    items = []
-    for name, frames in delta.items():
-        prefix = f"{name} · " if len(delta) > 1 else ""
-        for k, (crop, d) in enumerate(zip(crops, frames)):
-            t = f"{times[k]:.2f} s · " if k < len(times) else ""
-            items.append((change_overlay(crop, d), f"{prefix}{t}{100 * float(np.abs(d).mean()):.0f} % moved"))
-    return items
+    """(change overlay, caption) per frame of each stream: red where the new text's map gained, blue lost; the
+    caption ends with the frame's mean absolute change."""
+    return _gallery(delta, crops, times, change_overlay, lambda k, d: f"Δ{100 * float(np.abs(d).mean()):.0f}%")
 
 
 def _outputs(model, ex: Explanation, record) -> tuple:
@@ -177,8 +178,9 @@ def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_
         changes = change_items(delta, record.ingest.crops, [f.time_s for f in record.ingest.frames])
         data["change"] = {"from_text": previous["text"],
                           "maps": {k: np.round(v.astype(np.float64), 3).tolist() for k, v in delta.items()}}
-        note += (f'\n\n**Change from "{html.escape(previous["text"])}"** (below the maps): red where this text\'s '
-                 "map gained relevancy, blue where it lost.")
+        note += (f'\n\n**Change from "{html.escape(previous["text"])}"** ("Change with the last edit", below the '
+                 "maps): red where this text's map gained relevancy, blue where it lost; each caption ends with the "
+                 "frame's mean change.")
     elif previous and previous.get("key") == key:
         return gallery, strip, note, data, gr.update(), previous  # the same text again: keep the last change
     return gallery, strip, note, data, changes, {"key": key, "text": text, "maps": ex.patch_maps}
@@ -243,7 +245,7 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
         gallery = gr.Gallery(label="Relevancy over the face crops", columns=8, height=260, object_fit="contain",
                              elem_id=f"explain-{kind}-maps")
         if kind == "descriptor":
-            changes = gr.Gallery(label="How the map changed with the last edit (red: gained, blue: lost)",
+            changes = gr.Gallery(label="Change with the last edit",
                                  columns=8, height=200, object_fit="contain", elem_id="explain-descriptor-change")
             previous = gr.State(None)
         strip = gr.HTML(css_template=CHART_CSS, js_on_load=None, elem_id=f"explain-{kind}-strip")
