@@ -10,9 +10,12 @@ Backends (``DFERCLIP_BACKEND`` or ``--backend``):
 - ``compile``: ``torch.compile`` of the tower;
 - ``openvino``: the tower exported with ``torch.export`` and compiled by OpenVINO for the CPU, fp32;
 - ``int8``: torch dynamic int8 quantisation of the tower's Linear layers. Lossy: only when asked for;
-- ``auto`` (default): the faithful backends measured faster than eager on this project's reference CPU
-  (``benchmarks/bench_backends.py``, BENCHMARKS.md: OpenVINO 1.16-1.24x idle, 1.6-2.1x under load), in
-  :data:`AUTO_ORDER`, on towers of real size (a test-size tower converts slower than it runs).
+- ``auto`` (default): the first backend of :data:`AUTO_ORDER` that is faithful and, on this machine, runs the
+  tower at least :data:`AUTO_MIN_SPEEDUP` times faster than eager, on towers of real size (a test-size tower
+  converts slower than it runs). The speed is timed once per machine and tower architecture (interleaved
+  rounds on a clip of random frames) and the verdict kept in ``DFERCLIP_CACHE/backend-speed.json``; delete it to
+  time again. On this project's 2-core reference CPU OpenVINO measured 1.16-1.24x idle and 1.6-2.1x under load
+  (``benchmarks/bench_backends.py``, BENCHMARKS.md).
 
 ONNX Runtime is not offered: exporting to ONNX needs the ``onnx`` package, whose current release (1.23) needs
 protobuf >= 6.31, while mediapipe pins protobuf < 5 here; OpenVINO converts the same ``torch.export`` graph.
@@ -27,8 +30,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import os
+import platform
+import statistics
 import sys
 import threading
 import time
@@ -49,6 +55,8 @@ LOSSY = frozenset({"int8"})
 AUTO_ORDER = ("openvino",)  # faithful and faster than eager, measured (BENCHMARKS.md)
 FAITHFUL_ATOL = 1e-3  # max |logit change| a default backend may cause
 AUTO_MIN_PARAMS = 20_000_000  # auto leaves smaller towers eager (ViT-B/32's has 88 M parameters)
+AUTO_MIN_SPEEDUP = 1.25  # auto keeps a backend only if it runs the tower at least this much faster here
+SPEED_ROUNDS = 3  # interleaved timing rounds (after one warm-up) behind a speed verdict
 PROBE_FRAMES = 4  # distinct random frames of the probe clip that checks a backend's logits
 MAX_FRAMES = 1024  # largest frame batch an exported tower accepts
 
@@ -66,6 +74,7 @@ class Accelerated:
     setup_s: float = 0.0
     max_logit_delta: Optional[float] = None
     note: str = ""  # why the requested backend is not the one in use, when it is not
+    speedup: Optional[float] = None  # auto: how much faster than eager this machine ran the tower
 
     @property
     def lossy(self) -> bool:
@@ -154,7 +163,14 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
             notes.append(f"{name} moved the logits by {delta:.2g} > {atol:g}")
             log.warning("backend %s moved a probe clip's logits by %.2g (> %g); using torch eager", name, delta, atol)
             continue
-        info = Accelerated(name, requested, time.perf_counter() - start, delta)
+        speedup = speed_verdict(model, name, run) if requested == "auto" else None
+        if speedup is not None and speedup < AUTO_MIN_SPEEDUP:
+            notes.append(f"{name} ran the tower only {speedup:.2f}x as fast as eager here (auto needs "
+                         f"{AUTO_MIN_SPEEDUP:g}x)")
+            log.info("backend %s: %.2fx eager's speed on this machine (< %gx); using torch eager", name, speedup,
+                     AUTO_MIN_SPEEDUP)
+            continue
+        info = Accelerated(name, requested, time.perf_counter() - start, delta, speedup=speedup)
         _attached[model] = _Attached(info, run, versions)
         log.log(logging.WARNING if info.lossy else logging.INFO, "image tower on %s (set up in %.1f s; max |logit "
                 "change| on a probe clip %.2g%s)", name, info.setup_s, delta, ", lossy" if info.lossy else "")
@@ -203,6 +219,80 @@ def probe_logit_delta(model, run: Callable[[torch.Tensor], torch.Tensor], seed: 
         eager = model.score(model.embed_sequences(model.frame_features(frames), positions), classes)
         fast = model.score(model.embed_sequences(run(frames), positions), classes)
     return float((fast - eager).abs().max())
+
+
+def probe_speedup(model, run: Callable[[torch.Tensor], torch.Tensor], rounds: int = SPEED_ROUNDS) -> float:
+    """How many times faster ``run`` turns one clip's frames (random, the model's frame count and size) into
+    features than the eager tower: medians of interleaved timing rounds after a warm-up of each."""
+    cfg = model.input_config
+    g = torch.Generator().manual_seed(1)
+    frames = cfg.normalize(torch.rand(cfg.num_frames, 3, cfg.image_size, cfg.image_size, generator=g))
+    eager_s, fast_s = [], []
+    with torch.inference_mode():
+        for k in range(rounds + 1):
+            for fn, times in ((model.frame_features, eager_s), (run, fast_s)):
+                t0 = time.perf_counter()
+                fn(frames)
+                if k:  # round 0 warms both up
+                    times.append(time.perf_counter() - t0)
+    return statistics.median(eager_s) / max(statistics.median(fast_s), 1e-9)
+
+
+def speed_verdict(model, name: str, run: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """``name``'s speed-up over eager for this tower architecture on this machine: from the verdict cache
+    (``DFERCLIP_CACHE/backend-speed.json``), else timed now (:func:`probe_speedup`) and kept there."""
+    path = files.cache_dir() / "backend-speed.json"
+    key = _speed_key(model, name)
+    try:
+        verdicts = json.loads(path.read_text())
+        if not isinstance(verdicts, dict):
+            verdicts = {}
+    except (OSError, ValueError):
+        verdicts = {}
+    known = verdicts.get(key)
+    if isinstance(known, dict) and isinstance(known.get("speedup"), (int, float)):
+        return float(known["speedup"])
+    speedup = probe_speedup(model, run)
+    log.info("backend %s runs this tower %.2fx as fast as eager on this machine (kept in %s)", name, speedup, path)
+    verdicts[key] = {"speedup": round(speedup, 3), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    try:
+        files.write_json(path, verdicts)
+    except OSError as e:  # a read-only cache only costs the timing next time
+        log.warning("could not keep the backend speed verdict in %s: %s", path, e)
+    return speedup
+
+
+def _speed_key(model, name: str) -> str:
+    """What a tower's speed depends on: the backend, the architecture (parameter names and shapes, not values),
+    the input size, the threads, this CPU and the library versions."""
+    tower = image_tower(model)
+    h = hashlib.blake2b(digest_size=12)
+    for pname, tensor in tower.state_dict().items():
+        h.update(f"{pname}{tuple(tensor.shape)}".encode())
+    return "|".join([name, h.hexdigest(), str(model.input_config.image_size), str(model.input_config.num_frames),
+                     f"{torch.get_num_threads()} threads", _cpu_name(), f"torch {torch.__version__}",
+                     _backend_version(name)])
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _backend_version(name: str) -> str:
+    if name == "openvino":
+        import importlib.metadata
+
+        try:
+            return f"openvino {importlib.metadata.version('openvino')}"
+        except importlib.metadata.PackageNotFoundError:
+            return "openvino ?"
+    return name
 
 
 # --- the backends: each turns a copy of the tower into (U, 3, S, S) -> (U, D), or raises ------

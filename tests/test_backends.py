@@ -129,6 +129,35 @@ def test_auto_leaves_small_towers_and_other_families_eager(tiny_dir):
     assert "eagerly" in backends.accelerate(fine, "int8").note
 
 
+@pytest.mark.skipif("openvino" not in backends.installed(), reason="openvino not installed")
+def test_auto_keeps_a_backend_only_where_this_machine_ran_it_fast_enough(tiny_dir, monkeypatch):
+    """auto times the backend against eager once per machine and tower architecture, keeps the verdict, and
+    uses the backend only at AUTO_MIN_SPEEDUP or more; a kept verdict is used without timing again."""
+    from dferclip import files
+
+    monkeypatch.setattr(backends, "AUTO_MIN_PARAMS", 0)  # let the tiny tower through the size rule
+    verdicts = files.cache_dir() / "backend-speed.json"
+    verdicts.unlink(missing_ok=True)
+    model = dferclip.load_model(tiny_dir)
+    key = backends._speed_key(model, "openvino")
+    used = backends.accelerate(model)
+    measured = json.loads(verdicts.read_text())[key]["speedup"]
+    assert measured > 0
+    if measured >= backends.AUTO_MIN_SPEEDUP:
+        assert used.name == "openvino" and used.speedup == pytest.approx(measured, abs=1e-3)
+    else:
+        assert used.name == "eager" and f"{measured:.2f}x as fast as eager" in used.note
+    for speedup, expected in ((1.0, "eager"), (2.0, "openvino")):
+        files.write_json(verdicts, {key: {"speedup": speedup, "measured": "kept"}})
+        used = backends.accelerate(dferclip.load_model(tiny_dir))
+        assert used.name == expected and json.loads(verdicts.read_text())[key]["measured"] == "kept"
+        assert expected == "openvino" or "1.00x as fast as eager" in used.note
+    assert used.speedup == 2.0
+    # other weights of the same architecture share the verdict; another architecture is timed on its own
+    assert backends._speed_key(dferclip.load_model("random:dferclip-tiny"), "openvino") == key
+    assert backends._speed_key(dferclip.load_model("random:dferclip-vit-b-32"), "openvino") != key
+
+
 def test_backend_names_are_checked(monkeypatch):
     with pytest.raises(ValueError, match="use one of"):
         backends.requested_backend("fastest")
