@@ -113,8 +113,6 @@ def bench_endpoint(model: str, clip: Path, repeats: int) -> list[dict]:
 
 def sixteen_frame_forward(model, clip: Path) -> float:
     """Seconds of one warm 16-frame forward of ``model`` on the clip's frames (best of 3)."""
-    import torch
-
     from dferclip import runtime
     from dferclip.video.ingest import ingest
 

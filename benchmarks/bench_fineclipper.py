@@ -112,7 +112,6 @@ def main():
                          "train_batch": batch, "train_clips_per_s": batch / tr["median_s"],
                          "trainable_params": trainable})
             print(rows[-1], file=sys.stderr, flush=True)
-            del model
         rows.append({"size": size, "frames": frames} | mediapipe_row(frames, 224 if size == "b16" else 64,
                                                                       args.repeat))
     result = {"machine": machine(), "rows": rows}
