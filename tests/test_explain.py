@@ -294,6 +294,21 @@ def test_bad_requests_are_typed_errors(tiny_model):
         overlay(np.zeros((8, 8)), np.zeros((8, 8)))
 
 
+def test_the_note_says_when_the_clip_speaks_against_the_target(tiny_model):
+    import html
+
+    from dferclip.ui.explain import note_for
+
+    video = torch.rand(1, 16, 3, 64, 64)
+    ex = explain_clip(tiny_model, video, class_index="anger", occlusion=False)
+    note = note_for(tiny_model, ex)
+    shown = html.unescape(note)  # the note is Markdown with its texts escaped
+    assert 'class "anger"** versus class "neutral"' in shown and "untrained" in shown
+    assert ('matches class "neutral" better' in shown) == (ex.score < 0)
+    ex.frame_relevancy[:] = 0  # nothing raised the score
+    assert "every frame's share is 0 %" in note_for(tiny_model, ex)
+
+
 def test_overlay_colours_relevant_pixels_only():
     frame = np.full((32, 32, 3), 128, dtype=np.uint8)
     m = np.zeros((4, 4), dtype=np.float32)

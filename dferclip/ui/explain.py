@@ -85,6 +85,12 @@ def note_for(model, ex: Explanation) -> str:
               f"of the image tower ({ex.grid[0]}×{ex.grid[1]} patches); each frame's caption is its share of the "
               "temporal relevancy. The strip compares it with the drop of the explained score when the frame is "
               "replaced by its neighbours.")]
+    if ex.versus is not None and ex.score < 0:
+        lines.append(f"The clip matches {html.escape(ex.versus)} better than {html.escape(ex.target)}: the maps and "
+                     "shares show what evidence for it there is, not why it lost.")
+    if not ex.frame_relevancy.any():
+        lines.append("No frame raised the explained score through the temporal attention, so every frame's share "
+                     "is 0 %; the strip's occlusion bars still show which frames the score depends on.")
     if ex.stream_weights:
         lines.append("Streams (fusion weight): " + ", ".join(f"{k} {100 * w:.0f} %" for k, w in ex.stream_weights.items()
                                                              if k in ex.maps) + ".")
