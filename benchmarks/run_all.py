@@ -34,6 +34,7 @@ BENCHES = {  # name: (title, script, extra arguments; {json} is replaced by a re
     "load": ("Public app under load: 16 concurrent visitors (issue 11)", "bench_load.py", ["--json", "{json}"]),
     "local-llm": ("Local description model, Qwen2.5-0.5B-Instruct shape (issue 12)", "bench_local_llm.py",
                   ["--load", "--json", "{json}"]),
+    "live": ("Live tab: one webcam frame with ViT-B/32 (issue 13)", "bench_live.py", ["--json", "{json}"]),
     "explain": ("Explanations: relevancy maps + frame importance vs a forward pass (issue 14)", "bench_explain.py",
                 ["--json", "{json}"]),
 }
