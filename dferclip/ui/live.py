@@ -106,7 +106,7 @@ def live_step(ctx: AppContext, frame: Optional[np.ndarray], session: Optional[Li
     session.keep(t, dets, None)
     box = _newest_box(session, size, tracking)
     region = center_region(size) if box is None else crop_region(box, DEFAULT_MARGIN, size)
-    crop = np.asarray(crop_square(image, region, cfg.image_size))
+    crop = np.array(crop_square(image, region, cfg.image_size))  # writable: torch shares its memory
     x = cfg.normalize(torch.from_numpy(crop).permute(2, 0, 1)[None].float().div_(255))
     dev = ctx.registry.device
     session.features[-1] = encode_frames(model, x, dev=dev, dtype=ctx.registry.dtype,
