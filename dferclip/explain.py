@@ -10,7 +10,7 @@
     ex = explain_clip(model, video, text=embedding)                   # any (D,) text embedding
     ex.maps["video"]            # (T, H, W) in [0, 1]: relevancy over each face crop, per visual stream
     ex.frame_relevancy          # (T,) each frame's share (sums to 1): temporal class-token relevancy
-    ex.frame_occlusion          # (T,) logit drop when the frame is replaced by its neighbours
+    ex.frame_occlusion          # (T,) drop of ex.score when the frame is replaced by its neighbours
     overlay(crop, ex.maps["video"][t])                                # heat map over a crop (uint8 RGB)
 
 **The score explained** is the model's own logit for the target: ``logit_scale * cos(v, text)`` with ``v`` the
@@ -30,7 +30,7 @@ largest value over the clip (a faint frame stays faint).
 frame (for mean-pooled streams, gradient x input of each frame's feature, i.e. the rollout of a uniform
 attention), as shares summing to 1 (multi-stream models: weighted by the clip's fusion weights). As a check,
 each frame is replaced by its left and by its right neighbour (the frame features are swapped, so only the
-cheap temporal part re-runs) and the mean drop of the logit is reported.
+cheap temporal part re-runs) and the mean drop of the explained score is reported.
 
 Attention probabilities are tapped with hooks installed once per model and active only inside
 :func:`explain_clip`'s context (a ``ContextVar``, so other threads' forwards are untouched): open_clip's
@@ -67,7 +67,7 @@ class Explanation:
     score: float  # the explained score: the target's logit minus the contrast's (the logit itself if none)
     maps: dict[str, np.ndarray]  # visual stream -> (T, H, W) float32 in [0, 1]
     frame_relevancy: np.ndarray  # (T,) shares summing to 1 (all zero when nothing is relevant)
-    frame_occlusion: np.ndarray  # (T,) logit drop when the frame is replaced by its neighbours
+    frame_occlusion: np.ndarray  # (T,) drop of the score when the frame is replaced by its neighbours
     stream_frame_relevancy: dict[str, np.ndarray] = field(default_factory=dict)  # per visual stream, (T,) shares
     stream_weights: Optional[dict[str, float]] = None  # multi-stream models: the clip's fusion weights
     grid: tuple[int, int] = (0, 0)  # the ViT's patch grid the maps were upsampled from
@@ -271,7 +271,7 @@ def _frames_of(model, video) -> torch.Tensor:
 
 def explain_clip(model, video, *, text=None, class_index=None, versus=AUTO,
                  renders: Optional[Mapping[str, torch.Tensor]] = None, occlusion: bool = True) -> Explanation:
-    """Explain one clip's logit for a target (see the module docstring).
+    """Explain one clip's score for a target (see the module docstring).
 
     ``video``: the model-input tensor (1, T, 3, H, W) or (T, 3, H, W), or a FineCLIPER input dict (its
     ``parsing``/``landmarks`` (1, T, 3, H, W) are used as ``renders``). ``text``: a string or a (D,) embedding;
