@@ -148,6 +148,10 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
     for name in (AUTO_ORDER if requested == "auto" else (requested,)):
         start = time.perf_counter()
         versions = _versions(tower)
+        known = known_speedup(model, name) if requested == "auto" else None
+        if known is not None and known < AUTO_MIN_SPEEDUP:  # timed before: not worth converting again
+            notes.append(_too_slow(name, known))
+            continue
         try:
             # a copy: the live tower keeps serving eager calls from other threads (the app) meanwhile
             snapshot = copy.deepcopy(tower).float().eval()
@@ -163,12 +167,9 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
             notes.append(f"{name} moved the logits by {delta:.2g} > {atol:g}")
             log.warning("backend %s moved a probe clip's logits by %.2g (> %g); using torch eager", name, delta, atol)
             continue
-        speedup = speed_verdict(model, name, run) if requested == "auto" else None
+        speedup = known if known is not None or requested != "auto" else measure_speedup(model, name, run)
         if speedup is not None and speedup < AUTO_MIN_SPEEDUP:
-            notes.append(f"{name} ran the tower only {speedup:.2f}x as fast as eager here (auto needs "
-                         f"{AUTO_MIN_SPEEDUP:g}x)")
-            log.info("backend %s: %.2fx eager's speed on this machine (< %gx); using torch eager", name, speedup,
-                     AUTO_MIN_SPEEDUP)
+            notes.append(_too_slow(name, speedup))
             continue
         info = Accelerated(name, requested, time.perf_counter() - start, delta, speedup=speedup)
         _attached[model] = _Attached(info, run, versions)
@@ -238,28 +239,43 @@ def probe_speedup(model, run: Callable[[torch.Tensor], torch.Tensor], rounds: in
     return statistics.median(eager_s) / max(statistics.median(fast_s), 1e-9)
 
 
-def speed_verdict(model, name: str, run: Callable[[torch.Tensor], torch.Tensor]) -> float:
-    """``name``'s speed-up over eager for this tower architecture on this machine: from the verdict cache
-    (``DFERCLIP_CACHE/backend-speed.json``), else timed now (:func:`probe_speedup`) and kept there."""
-    path = files.cache_dir() / "backend-speed.json"
-    key = _speed_key(model, name)
+SPEED_FILE = "backend-speed.json"  # in the cache folder: speed verdicts by machine and tower architecture
+
+
+def _speed_verdicts() -> dict:
     try:
-        verdicts = json.loads(path.read_text())
-        if not isinstance(verdicts, dict):
-            verdicts = {}
+        verdicts = json.loads((files.cache_dir() / SPEED_FILE).read_text())
     except (OSError, ValueError):
-        verdicts = {}
-    known = verdicts.get(key)
+        return {}
+    return verdicts if isinstance(verdicts, dict) else {}
+
+
+def known_speedup(model, name: str) -> Optional[float]:
+    """``name``'s kept speed-up over eager for this tower architecture on this machine, or None if never timed."""
+    known = _speed_verdicts().get(_speed_key(model, name))
     if isinstance(known, dict) and isinstance(known.get("speedup"), (int, float)):
         return float(known["speedup"])
+    return None
+
+
+def measure_speedup(model, name: str, run: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """Time ``run`` against eager now (:func:`probe_speedup`) and keep the verdict in ``DFERCLIP_CACHE``."""
+    path = files.cache_dir() / SPEED_FILE
     speedup = probe_speedup(model, run)
     log.info("backend %s runs this tower %.2fx as fast as eager on this machine (kept in %s)", name, speedup, path)
-    verdicts[key] = {"speedup": round(speedup, 3), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    verdicts = _speed_verdicts()
+    verdicts[_speed_key(model, name)] = {"speedup": round(speedup, 3), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
         files.write_json(path, verdicts)
     except OSError as e:  # a read-only cache only costs the timing next time
         log.warning("could not keep the backend speed verdict in %s: %s", path, e)
     return speedup
+
+
+def _too_slow(name: str, speedup: float) -> str:
+    log.info("backend %s: %.2fx eager's speed on this machine (< %gx); using torch eager", name, speedup,
+             AUTO_MIN_SPEEDUP)
+    return f"{name} ran the tower only {speedup:.2f}x as fast as eager here (auto needs {AUTO_MIN_SPEEDUP:g}x)"
 
 
 def _speed_key(model, name: str) -> str:
