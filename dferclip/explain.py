@@ -256,10 +256,11 @@ def resolve_versus(model, versus, target_class: Optional[int]) -> tuple[Optional
     return [c], f'class "{names[c]}"'
 
 
-def _explained(model, emb: torch.Tensor, target: torch.Tensor, versus: Optional[torch.Tensor]) -> torch.Tensor:
-    """(N,) explained scores of N video embeddings: the target's logit minus the contrast classes' mean logit."""
-    s = model.score(emb, target)[:, 0]
-    return s if versus is None else s - model.score(emb, versus).mean(dim=-1)
+def _explained(model, emb: torch.Tensor, target: torch.Tensor, versus: Optional[torch.Tensor]):
+    """((N,) explained scores, (N,) target logits) of N video embeddings: the score is the target's logit minus
+    the contrast classes' mean logit."""
+    own = model.score(emb, target)[:, 0]
+    return (own if versus is None else own - model.score(emb, versus).mean(dim=-1)), own
 
 
 def _frames_of(model, video) -> torch.Tensor:
@@ -305,8 +306,8 @@ def explain_clip(model, video, *, text=None, class_index=None, versus=AUTO,
             if contrast is not None:
                 with torch.no_grad():
                     contrast_emb = model.class_embeddings()[contrast].detach().to(dev)
-            own_logit = model.score(emb, target)[0, 0]
-            logit = _explained(model, emb, target, contrast_emb)[0]
+            explained, own = _explained(model, emb, target, contrast_emb)
+            logit, own_logit = explained[0], own[0]
         stream_feats = feats if isinstance(feats, Mapping) else {model.visual_streams[0]: feats}
         names = list(stream_feats)
         wanted = rec.vit + rec.temporal + [stream_feats[n] for n in names]
@@ -387,7 +388,7 @@ def _occlusion(model, feats, positions: torch.Tensor, target: torch.Tensor, vers
     detached = {k: v.detach() for k, v in feats.items()} if isinstance(feats, Mapping) else feats.detach()
     with torch.no_grad():
         emb = model.embed_sequences(detached, torch.stack(seqs))
-        scores = _explained(model, emb, target, versus).float().cpu()
+        scores = _explained(model, emb, target, versus)[0].float().cpu()
     return score - scores.view(t, 2).mean(dim=1)
 
 

@@ -129,8 +129,12 @@ def change_items(delta: dict[str, np.ndarray], crops: list, times: list[float]) 
     return _gallery(delta, crops, times, change_overlay, lambda k, d: f"Δ{100 * float(np.abs(d).mean()):.0f}%")
 
 
+def _times(record) -> list[float]:
+    return [f.time_s for f in record.ingest.frames]
+
+
 def _outputs(model, ex: Explanation, record) -> tuple:
-    times = [f.time_s for f in record.ingest.frames]
+    times = _times(record)
     strip = strip_rows(ex, times)
     return overlay_items(ex, record.ingest.crops, times), strip_chart(strip), note_for(model, ex), arrays(ex, strip)
 
@@ -181,7 +185,7 @@ def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_
     if previous and previous.get("key") == key and previous.get("text") != text:
         old = previous["maps"]
         delta = {k: v - old[k] for k, v in ex.patch_maps.items() if k in old and old[k].shape == v.shape}
-        changes = change_items(delta, record.ingest.crops, [f.time_s for f in record.ingest.frames])
+        changes = change_items(delta, record.ingest.crops, _times(record))
         data["change"] = {"from_text": previous["text"],
                           "maps": {k: np.round(v.astype(np.float64), 3).tolist() for k, v in delta.items()}}
         note += (f'\n\n**Change from "{html.escape(previous["text"])}"** ("Change with the last edit", below the '
