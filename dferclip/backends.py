@@ -286,15 +286,17 @@ def _speed_key(model, name: str) -> str:
     for pname, tensor in tower.state_dict().items():
         h.update(f"{pname}{tuple(tensor.shape)}".encode())
     return "|".join([name, h.hexdigest(), str(model.input_config.image_size), str(model.input_config.num_frames),
-                     f"{torch.get_num_threads()} threads", _cpu_name(), f"torch {torch.__version__}",
+                     f"{torch.get_num_threads()} threads", cpu_name(), f"torch {torch.__version__}",
                      _backend_version(name)])
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """This CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
