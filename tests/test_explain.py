@@ -346,14 +346,6 @@ def test_explain_command_writes_png_and_npz(tmp_path, capsys):
     assert not (tmp_path / "maps.gif").exists()
 
 
-@pytest.fixture(scope="module")
-def served():
-    from app_helpers import served_app
-
-    with served_app() as served:
-        yield served
-
-
 def test_app_explain_endpoints_return_maps_as_arrays_and_images(served):
     from gradio_client import handle_file
 

@@ -59,17 +59,9 @@ def test_live_step_without_a_face_says_so(ctx):
     assert "no face: centre of the frame" in status and label.value["label"]
 
 
-@pytest.fixture(scope="module")
-def served():
-    from app_helpers import served_app
-
-    with served_app() as (_, client):
-        yield client
-
-
 def test_live_endpoint_with_real_frames(served, tmp_path):
     """One frame per call: a client's calls share a session, so the window fills up to 16 frames and slides."""
-    client = served
+    _, client = served
     assert "/live" in client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     for k, frame in enumerate(clip_frames("single_face.mp4", count=18), start=1):
         path = tmp_path / f"frame{k}.jpg"
