@@ -8,7 +8,7 @@ import torch
 
 import dferclip
 from dferclip.errors import CheckpointError, DescriptionError, WeightsUnavailableError
-from dferclip.weights.checkpoints import (
+from dferclip.weights.formats import (
     infer_official_config,
     official_to_own,
     read_official,

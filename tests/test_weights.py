@@ -22,7 +22,7 @@ from dferclip.errors import (
     WeightsUnavailableError,
 )
 from dferclip.weights import fetch, published
-from dferclip.weights.checkpoints import (
+from dferclip.weights.formats import (
     RecorderMeter,
     infer_official_config,
     read_official,

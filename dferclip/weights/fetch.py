@@ -26,12 +26,16 @@ import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..config import get_config
 from ..errors import (
     CheckpointError,
     DferclipError,
     WeightsDownloadError,
     WeightsUnavailableError,
 )
+from ..text.descriptions import load_class_sets
+from . import hub
+from .formats import CONFIG_FILE, WEIGHTS_FILE, load_official, save_model
 from .published import PublishedWeights, cache_folder, is_cached, weights_root
 
 log = logging.getLogger(__name__)
@@ -41,9 +45,7 @@ DRIVE_URL = "https://drive.google.com"
 
 # --- is the host there? ----------------------------------------------------------------------
 def offline_mode() -> bool:
-    from .hub import offline_mode as hub_offline
-
-    return hub_offline()
+    return hub.offline_mode()
 
 
 def mirror() -> str | None:
@@ -63,10 +65,7 @@ def download_url(entry: PublishedWeights) -> str:
 
 def host_reachable(entry: PublishedWeights) -> bool:
     """Whether the entry's host (Drive or its mirror, else the Hub) answers; remembered for a minute."""
-    from .hub import hub_reachable
-    from .hub import host_reachable as url_reachable
-
-    return url_reachable(download_url(entry)) if entry.host_kind == "drive" else hub_reachable()
+    return hub.host_reachable(download_url(entry)) if entry.host_kind == "drive" else hub.hub_reachable()
 
 
 # --- progress, for the app --------------------------------------------------------------------
@@ -241,9 +240,6 @@ def _arch_facts(config) -> dict:
 
 def check_fits(model, entry: PublishedWeights) -> None:
     """The loaded checkpoint must have the entry's architecture and class count."""
-    from ..config import get_config
-    from ..text.descriptions import load_class_sets
-
     want, got = _arch_facts(get_config(entry.config)), _arch_facts(model.config)
     diffs = [f"{k} {got[k]} (expected {want[k]})" for k in want if got[k] != want[k]]
     classes = load_class_sets().get(entry.class_set)
@@ -267,8 +263,6 @@ def _check_file(entry: PublishedWeights, path: Path, seen: dict) -> None:
 
 def _install(entry: PublishedWeights, path: Path, seen: dict) -> Path:
     """Verify the official checkpoint at ``path`` and write it converted into the entry's cache folder."""
-    from .checkpoints import load_official, save_model
-
     _check_file(entry, path, seen)
     model = load_official(path)  # weights-only unpickler with the official allow-list
     check_fits(model, entry)
@@ -323,11 +317,8 @@ def ensure_cached(entry: PublishedWeights, *, retries: int = 3, quiet: bool = Fa
     if kind == "open_clip":
         raise ValueError(f"{entry.name} is served by open_clip: load {entry.load_source!r}")
     if kind == "hub" and not entry.host.get("file"):  # the project's format on the Hub: its own cache
-        from .checkpoints import CONFIG_FILE, WEIGHTS_FILE
-        from .hub import hub_download
-
-        hub_download(entry.host["hub"], WEIGHTS_FILE)
-        return Path(hub_download(entry.host["hub"], CONFIG_FILE)).parent
+        hub.hub_download(entry.host["hub"], WEIGHTS_FILE)
+        return Path(hub.hub_download(entry.host["hub"], CONFIG_FILE)).parent
     folder = cache_folder(entry)
     if is_cached(entry):
         return folder
@@ -344,9 +335,7 @@ def ensure_cached(entry: PublishedWeights, *, retries: int = 3, quiet: bool = Fa
                 st.state = "ready"
                 return folder
             if kind == "hub":  # an official pickle on the Hub: huggingface_hub downloads and resumes it
-                from .hub import hub_download
-
-                path = Path(hub_download(entry.host["hub"], entry.host["file"]))
+                path = Path(hub.hub_download(entry.host["hub"], entry.host["file"]))
                 seen = {"url": download_url(entry), "size": path.stat().st_size}
                 st.state = "verifying"
                 _install(entry, path, seen)
@@ -387,14 +376,3 @@ def install_file(entry: PublishedWeights, path: str | Path) -> Path:
     st.state = "ready"
     return folder
 
-
-def load_published(entry: PublishedWeights, descriptions=None):
-    """The entry's model (fetched first if needed); ``weights_info`` carries the entry's facts."""
-    from .checkpoints import load_model, load_own
-
-    if entry.load_source:
-        model = load_model(entry.load_source, descriptions=descriptions)
-    else:
-        model = load_own(ensure_cached(entry), descriptions)
-    model.weights_info = entry.facts() | model.weights_info | {"published": entry.name}
-    return model

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import WeightsUnavailableError
-from .checkpoints import CONFIG_FILE, WEIGHTS_FILE
+from .formats import CONFIG_FILE, WEIGHTS_FILE
 from .fetch import _arch_facts, ensure_cached
 from .published import PublishedWeights
 
