@@ -1,8 +1,10 @@
 """Where the library's files live, and the one way it writes them (atomically).
 
-- Shipped, read-only data (class sets, official descriptions, prompt styles, configs) is package data.
-- The user's own files: ``checkpoints/`` and ``descriptions/`` in the working folder, or ``DFERCLIP_CHECKPOINTS``
-  and ``DFERCLIP_DESCRIPTIONS``.
+- Shipped, read-only data (class sets, prompt styles, configs) is package data. The shipped description sets
+  are the repository's top-level ``descriptions/`` folder, the one copy in git; a wheel carries it as
+  ``dferclip/_shipped_descriptions/`` (pyproject maps the folder there): :func:`shipped_descriptions_dir`.
+- The user's own files: ``checkpoints/`` and ``descriptions/local/`` in the working folder (git-ignored in the
+  repository, so saving never dirties it), or ``DFERCLIP_CHECKPOINTS`` and ``DFERCLIP_DESCRIPTIONS``.
 - Caches (downloaded weights, embeddings): ``DFERCLIP_CACHE``, else ``/data/dferclip-cache`` on a Space with
   persistent storage, else ``$XDG_CACHE_HOME/dferclip`` (``~/.cache/dferclip``).
 """
@@ -24,7 +26,14 @@ def checkpoints_dir() -> Path:
 
 
 def user_descriptions_dir() -> Path:
-    return Path(os.environ.get("DFERCLIP_DESCRIPTIONS") or "descriptions").resolve()
+    return Path(os.environ.get("DFERCLIP_DESCRIPTIONS") or os.path.join("descriptions", "local")).resolve()
+
+
+def shipped_descriptions_dir() -> Path:
+    """The shipped description sets (read-only): inside an installed wheel, else the source tree's
+    ``descriptions/``."""
+    installed = PACKAGE_DIR / "_shipped_descriptions"
+    return installed if installed.is_dir() else PACKAGE_DIR.parent / "descriptions"
 
 
 def cache_dir() -> Path:

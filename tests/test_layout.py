@@ -1,12 +1,19 @@
-"""The package's shape: every module imports, and no two dferclip modules import each other, even through
-imports made inside functions (a cycle hidden in a function still ties the two modules into one)."""
+"""The repository's shape: every module imports, no two dferclip modules import each other (even through
+imports made inside functions: a cycle hidden in a function still ties two modules into one), and the shipped
+description sets sit in the top-level descriptions/ while a user's saves land where git ignores them."""
 import ast
+import hashlib
 import importlib
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "dferclip"
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "dferclip"
 
 
 def module_name(path: Path) -> str:
@@ -100,3 +107,53 @@ def test_no_import_cycle_among_dferclip_modules(inside_functions):
 @pytest.mark.parametrize("name", sorted(set(MODULES) - {"dferclip.__main__"}))  # __main__ runs the CLI
 def test_every_module_imports(name):
     importlib.import_module(name)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.json"))}
+
+
+SAVE_TWICE = """
+import dferclip
+from dferclip.errors import DescriptionError
+from dferclip.text.descriptions import list_description_sets, load_description_set, save_description_set
+from dferclip.workbench import Workbench
+
+wb = Workbench(dferclip.load_model("random:dferclip-tiny"))
+rows = [[c, d + " again"] for c, ds in zip(wb.current.classes, wb.current.descriptions) for d in ds]
+wb.edit_rows(rows)
+print(wb.save("my-set"))
+print(save_description_set(wb.current))  # the same name again: the first goes to .history
+try:
+    save_description_set(load_description_set("dferclip-official-dfew"))
+except DescriptionError as e:
+    print("refused:", e)
+print(list_description_sets())
+"""
+
+
+def test_shipped_sets_are_in_descriptions_and_a_save_leaves_a_clone_clean(tmp_path):
+    shipped = _digests(REPO / "descriptions")
+    assert {"dferclip-official-dfew.json", "dferclip-official-ferv39k.json", "dferclip-official-mafw.json"} <= set(shipped)
+    assert (REPO / "descriptions" / "README.md").is_file() and (REPO / "checkpoints" / "README.md").is_file()
+    clone = tmp_path / "clone"  # what a visitor gets: the tracked descriptions/ and the real .gitignore
+    shutil.copytree(REPO / "descriptions", clone / "descriptions", ignore=shutil.ignore_patterns("local"))
+    shutil.copy(REPO / ".gitignore", clone)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(clone)]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "clone"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if k != "DFERCLIP_DESCRIPTIONS"}  # the default folder
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([sys.executable, "-c", SAVE_TWICE], cwd=clone, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved, again, refused, listed = proc.stdout.strip().splitlines()[-4:]
+    assert Path(saved) == Path(again) == clone / "descriptions" / "local" / "my-set.json"
+    assert (clone / "descriptions" / "local" / ".history" / "my-set.v1.json").is_file()
+    assert refused.startswith("refused:") and "shipped set" in refused
+    assert "'dferclip-official-dfew'" in listed and listed.endswith("'my-set']")  # shipped first, then the user's
+    status = subprocess.run(git + ["status", "--porcelain"], capture_output=True, text=True, check=True).stdout
+    assert status == ""  # written, and ignored by git
+    ignored = subprocess.run(git + ["status", "--porcelain", "--ignored"], capture_output=True, text=True).stdout
+    assert "!! descriptions/local/" in ignored
+    assert _digests(REPO / "descriptions") == shipped == _digests(clone / "descriptions")

@@ -15,8 +15,8 @@ from app_helpers import feat_clip
 REPO = Path(__file__).resolve().parent.parent
 DATA_FILES = [  # one of each kind the library reads at run time
     "dferclip/models/configs/dferclip-tiny.json",
-    "dferclip/text/data/class_sets.json",
-    "dferclip/text/data/dferclip-official-dfew.json",
+    "dferclip/text/class_sets.json",
+    "dferclip/_shipped_descriptions/dferclip-official-dfew.json",  # the repository's descriptions/
     "dferclip/text/prompts/styles.json",
     "dferclip/training/configs/official.json",
     "dferclip/ui/examples/astronaut_drift.webm",
@@ -36,6 +36,7 @@ def wheel(tmp_path_factory):
     shutil.copy(REPO / "pyproject.toml", src)
     shutil.copy(REPO / "README.md", src)
     shutil.copytree(REPO / "dferclip", src / "dferclip", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "descriptions", src / "descriptions", ignore=shutil.ignore_patterns("local"))
     out = tmp_path_factory.mktemp("wheel")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--disable-pip-version-check",
           "-q", "-w", str(out), str(src)])
@@ -50,6 +51,8 @@ def test_the_wheel_holds_the_data_files_and_the_console_script(wheel):
     shipped = {str(p.relative_to(REPO)) for p in (REPO / "dferclip").rglob("*")
                if p.is_file() and p.suffix in (".json", ".webm")}
     assert shipped <= names
+    description_sets = {f"dferclip/_shipped_descriptions/{p.name}" for p in (REPO / "descriptions").glob("*.json")}
+    assert len(description_sets) >= 3 and description_sets <= names
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert "dferclip = dferclip.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -76,3 +79,11 @@ def test_declared_dependencies_are_the_requirements():
     required = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
     assert sorted(declared) == sorted(r for r in required if r)
     assert not any(re.match(r"(facenet-pytorch|mediapipe)\b", d) for d in declared)  # installed --no-deps
+
+
+def test_every_folder_of_code_is_a_declared_package():
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "dferclip").rglob("*.py")}
+    folders.discard("dferclip.ui.examples")  # make_examples.py: a maintainer's script beside what it writes
+    assert set(setuptools["packages"]) == folders | {"dferclip._shipped_descriptions"}
+    assert setuptools["package-dir"] == {"dferclip._shipped_descriptions": "descriptions"}

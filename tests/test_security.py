@@ -12,7 +12,7 @@ from gradio_client import Client, handle_file
 from workbench_helpers import FakeOpenAI, completion
 
 SECRET = "sk-server-secret-0123456789abcdef"
-SHIPPED = Path(__file__).resolve().parent.parent / "dferclip" / "text" / "data"
+SHIPPED = Path(__file__).resolve().parent.parent / "descriptions"  # the shipped description sets
 ROWS = {"headers": ["class", "description"], "metadata": None}
 
 

@@ -31,7 +31,7 @@ def add_arguments(p):
     g.add_argument("--style", default="dferclip", help="prompt style: dferclip, cupl, dclip, contrastive")
     g.add_argument("--prompt", help="user prompt template replacing the style's ({name} {others} {n} {example})")
     g.add_argument("-n", type=int, help="descriptions per class")
-    g.add_argument("--name", required=True, help="name of the new set (saved in descriptions/)")
+    g.add_argument("--name", required=True, help="name of the new set (saved in descriptions/local/, or $DFERCLIP_DESCRIPTIONS)")
     g.add_argument("--model", help="LLM model (default: $DFERCLIP_LLM_MODEL)")
     g.add_argument("--base-url", help="OpenAI-compatible base URL (default: $OPENAI_BASE_URL or OpenAI)")
     g.add_argument("--backend", choices=["openai", "local"],

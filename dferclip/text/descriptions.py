@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from ..errors import DescriptionError
-from ..files import user_descriptions_dir, write_json
+from ..files import shipped_descriptions_dir, user_descriptions_dir, write_json
 
 FORMAT = "dferclip.descriptions/1"
-SHIPPED_DIR = Path(__file__).resolve().parent / "data"  # read-only: class sets and the official sets
+CLASS_SETS_FILE = Path(__file__).resolve().with_name("class_sets.json")  # package data, read-only
 HISTORY_DIR = ".history"  # earlier versions of a user's saved sets, inside its folder
 # Bounds of one set (shipped sets are far inside them): a set anyone can upload must stay cheap to encode.
 MAX_CLASSES = 100
@@ -43,7 +43,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 def load_class_sets(path: Path | None = None) -> dict[str, list[str]]:
-    data = json.loads((path or SHIPPED_DIR / "class_sets.json").read_text())
+    data = json.loads((path or CLASS_SETS_FILE).read_text())
     return {k: list(v) for k, v in data["class_sets"].items()}
 
 
@@ -179,14 +179,15 @@ class DescriptionSet:
 
 
 def shipped_names() -> set[str]:
-    """Names no saved set may take: the shipped sets and ``class_sets``."""
-    return {p.stem for p in SHIPPED_DIR.glob("*.json")}
+    """Names no saved set may take: the shipped sets (:func:`dferclip.files.shipped_descriptions_dir`) and
+    ``class_sets`` (the shipped class sets' file)."""
+    return {p.stem for p in shipped_descriptions_dir().glob("*.json")} | {CLASS_SETS_FILE.stem}
 
 
 def list_description_sets(folder: Path | None = None) -> list[str]:
     """The shipped sets, then the user's (``folder``, default :func:`dferclip.files.user_descriptions_dir`)."""
     folder = Path(folder) if folder is not None else user_descriptions_dir()
-    shipped = sorted(shipped_names() - {"class_sets"})
+    shipped = sorted(shipped_names() - {CLASS_SETS_FILE.stem})
     own = sorted(p.stem for p in folder.glob("*.json") if p.stem not in shipped_names()) if folder.is_dir() else []
     return shipped + own
 
@@ -196,8 +197,8 @@ def load_description_set(name_or_path: str | Path, folder: Path | None = None) -
     p = Path(name_or_path)
     if p.suffix != ".json":
         name = validate_name(str(name_or_path))
-        p = SHIPPED_DIR / f"{name}.json"
-        if name == "class_sets" or not p.is_file():
+        p = shipped_descriptions_dir() / f"{name}.json"
+        if name == CLASS_SETS_FILE.stem or not p.is_file():
             p = (Path(folder) if folder is not None else user_descriptions_dir()) / f"{name}.json"
     if not p.is_file():
         raise DescriptionError(
