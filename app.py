@@ -126,6 +126,17 @@ if __name__ == "__main__":
     ARGS = parse_args()
     ensure_no_deps_packages()
     demo = build_demo(ARGS.model, ARGS.host, ARGS.mode)
-    demo.launch(server_name=ARGS.host, server_port=ARGS.port, **launch_kwargs(demo))
+    try:
+        demo.launch(server_name=ARGS.host, server_port=ARGS.port, **launch_kwargs(demo))
+    finally:  # a backend conversion still running stops at its next step; wait for that, not for its end
+        demo.ctx.close()
 else:
-    demo = build_demo(host=os.environ.get("GRADIO_SERVER_NAME"))
+    _demo = None  # imported (``gradio app.py``, tests): built on first use of ``app.demo``, not on import
+
+    def __getattr__(name: str):
+        global _demo
+        if name != "demo":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        if _demo is None:
+            _demo = build_demo(host=os.environ.get("GRADIO_SERVER_NAME"))
+        return _demo

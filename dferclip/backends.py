@@ -121,11 +121,12 @@ def current(model) -> Accelerated:
 
 
 def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
-               atol: float = FAITHFUL_ATOL) -> Accelerated:
+               atol: float = FAITHFUL_ATOL, stop: Optional[threading.Event] = None) -> Accelerated:
     """Run ``model``'s image tower through ``backend`` (default: :func:`requested_backend`) from now on.
 
     Returns what is in use, which is ``eager`` when the backend does not apply, is missing, fails or is not
     faithful (see the module docstring); never raises for those. Call it again after changing the weights.
+    Once ``stop`` is set, the conversion is abandoned at its next step (eager, nothing attached).
     """
     requested = requested_backend(backend)
     _attached.pop(model, None)
@@ -145,7 +146,16 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
                 requested, reason)
         return Accelerated("eager", requested, note=reason)
     notes = []
+
+    def stopped() -> bool:
+        if stop is not None and stop.is_set():
+            notes.append("stopped before the conversion finished")
+            return True
+        return False
+
     for name in (AUTO_ORDER if requested == "auto" else (requested,)):
+        if stopped():
+            break
         start = time.perf_counter()
         versions = _versions(tower)
         known = known_speedup(model, name) if requested == "auto" else None
@@ -156,6 +166,8 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
             # a copy: the live tower keeps serving eager calls from other threads (the app) meanwhile
             snapshot = copy.deepcopy(tower).float().eval()
             run = _BUILDERS[name](snapshot, model.input_config.image_size, _cacheable(model))
+            if stopped():
+                break
             delta = probe_logit_delta(model, run)
         except Exception as e:  # a backend that cannot take this tower must not stop the model
             notes.append(f"{name} failed: {_short(e)}")
@@ -167,7 +179,11 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
             notes.append(f"{name} moved the logits by {delta:.2g} > {atol:g}")
             log.warning("backend %s moved a probe clip's logits by %.2g (> %g); using torch eager", name, delta, atol)
             continue
+        if stopped():
+            break
         speedup = known if known is not None or requested != "auto" else measure_speedup(model, name, run)
+        if stopped():
+            break
         if speedup is not None and speedup < AUTO_MIN_SPEEDUP:
             notes.append(_too_slow(name, speedup))
             continue

@@ -10,7 +10,8 @@ place that chooses them for the app, prediction, training and evaluation:
   ``DFERCLIP_DTYPE`` (``fp32``, ``bf16``, ``fp16``) overrides, e.g. ``bf16`` on CPUs with AVX512-BF16.
 - the image tower's backend (:mod:`dferclip.backends`: eager, compile, openvino, int8, auto):
   ``DFERCLIP_BACKEND``, default ``auto`` (the faithful faster one when installed). The registry converts
-  each model it loads in a background thread, so the first clips run eagerly instead of waiting.
+  each model it loads in a background thread, so the first clips run eagerly instead of waiting;
+  :meth:`ModelRegistry.close` (the app calls it when it stops) stops and joins those threads.
 
 :func:`gpu` is ``spaces.GPU`` on Hugging Face ZeroGPU (``SPACES_ZERO_GPU`` set and ``spaces`` importable) and
 the identity everywhere else, so library code can decorate its GPU work unconditionally.
@@ -38,6 +39,7 @@ import importlib.util
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,6 +55,7 @@ from .weights.checkpoints import UNTRAINED_WARNING, discover_models, load_model
 
 log = logging.getLogger(__name__)
 
+CONVERSION_THREAD = "dferclip-backend"  # the name of a registry's background conversion threads
 DEFAULT_SOURCE = "random"
 FINECLIPER_SOURCE = "random:fineclipper-vit-b-16"
 ZERO_SHOT_SOURCE = "pretrained:dferclip-vit-b-32:openai"
@@ -286,6 +289,8 @@ class ModelRegistry:
         self._loaded: "OrderedDict[str, torch.nn.Module]" = OrderedDict()
         self._lock = threading.Lock()  # guards the dicts only, never held while loading
         self._loading: dict[str, threading.Lock] = {}
+        self._conversions: list[threading.Thread] = []  # background backend conversions, joined by close()
+        self._closed = threading.Event()
 
     @classmethod
     def discover(cls, explicit: str | None = None, **kwargs) -> "ModelRegistry":
@@ -366,10 +371,32 @@ class ModelRegistry:
             return model
 
     def _accelerate(self, model) -> None:
-        if self.backend == "eager":
+        if self.backend == "eager" or self._closed.is_set():
             return
-        run = functools.partial(backends.accelerate, model, self.backend, dev=self.device, dtype=self.dtype)
-        if self.background:  # not a daemon: exiting mid-conversion would abort in the converter's C++ threads
-            threading.Thread(target=run, name="dferclip-backend").start()
-        else:
+        run = functools.partial(backends.accelerate, model, self.backend, dev=self.device, dtype=self.dtype,
+                                stop=self._closed)
+        if not self.background:
             run()
+            return
+        # not a daemon: exiting mid-conversion would abort in the converter's C++ threads; close() joins it
+        with self._lock:  # started under the lock, so close() either sees it alive or stops it from starting
+            if self._closed.is_set():
+                return
+            thread = threading.Thread(target=run, name=CONVERSION_THREAD)
+            thread.start()
+            self._conversions = [t for t in self._conversions if t.is_alive()] + [thread]
+
+    def conversions(self) -> list[threading.Thread]:
+        """The background conversions still running."""
+        with self._lock:
+            return [t for t in self._conversions if t.is_alive()]
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Start no more conversions, abandon running ones at their next step and wait for them (at most
+        ``timeout`` seconds). True when none is left running. Loaded models stay usable (eagerly, unless converted before)."""
+        with self._lock:
+            self._closed.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self.conversions():
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not self.conversions()

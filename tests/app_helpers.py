@@ -40,7 +40,7 @@ def served_app(model: str = TINY):
     mp.setenv("DFERCLIP_MODEL", model)
     import app
 
-    appmod = importlib.reload(app)
+    appmod = importlib.reload(app)  # app.demo is built anew, with this environment
     port = free_port()
     appmod.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                        **appmod.launch_kwargs(appmod.demo))
@@ -48,4 +48,5 @@ def served_app(model: str = TINY):
         yield appmod, Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
     finally:
         appmod.demo.close()
+        appmod.demo.ctx.close()
         mp.undo()

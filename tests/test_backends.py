@@ -4,6 +4,7 @@ backend falls back to eager with a log line."""
 import json
 import logging
 import sys
+import threading
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import dferclip
 from app_helpers import feat_clip
 from dferclip import backends
 from dferclip.predict import predict_clip, score_sequences
-from dferclip.runtime import ModelEntry, ModelRegistry
+from dferclip.runtime import CONVERSION_THREAD, ModelEntry, ModelRegistry
 
 FAITHFUL = [pytest.param(b, marks=pytest.mark.slow) if b == "compile" else b
             for b in backends.installed() if b != "eager" and b not in backends.LOSSY]
@@ -169,16 +170,62 @@ def test_backend_names_are_checked(monkeypatch):
 
 
 def test_registry_converts_in_the_background(tiny_dir):
-    import threading
-
     registry = ModelRegistry([ModelEntry(str(tiny_dir), "tiny", "explicit")], dev="cpu", backend="int8")
     model = registry.get()  # returns at once; the app's first clips run eagerly meanwhile
-    for thread in threading.enumerate():
-        if thread.name == "dferclip-backend":
-            thread.join(timeout=120)
+    for thread in registry.conversions():
+        thread.join(timeout=120)
     assert backends.current(model).name == "int8"
     pred = predict_clip(model, feat_clip("single_face.mp4"), windows=False)
     assert pred.backend == "int8" and pred.to_dict()["backend"] == "int8"
+    assert registry.close(timeout=0) and backends.current(model).name == "int8"  # a finished one is kept
+
+
+def _conversion_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == CONVERSION_THREAD and t.is_alive()]
+
+
+@pytest.fixture
+def held_int8(monkeypatch):
+    """The real int8 build, held in its thread until ``release`` is set: (entered, release) events."""
+    entered, release = threading.Event(), threading.Event()
+    real = backends._BUILDERS["int8"]
+
+    def build(tower, size, cache):
+        entered.set()
+        release.wait(120)
+        return real(tower, size, cache)
+
+    monkeypatch.setitem(backends._BUILDERS, "int8", build)
+    yield entered, release
+    release.set()
+
+
+def test_closing_the_registry_stops_and_joins_its_conversion(tiny_dir, held_int8):
+    entered, release = held_int8
+    registry = ModelRegistry([ModelEntry(str(tiny_dir), "tiny", "explicit"),
+                              ModelEntry("random:dferclip-tiny", "other", "default")], dev="cpu", backend="int8")
+    model = registry.get()
+    assert entered.wait(60) and registry.conversions() and _conversion_threads()
+    assert registry.close(timeout=0) is False  # still inside the build
+    release.set()
+    assert registry.close(timeout=60) is True
+    assert not _conversion_threads()
+    assert backends.current(model).name == "eager"  # abandoned before its int8 tower was attached
+    other = registry.get("random:dferclip-tiny")  # a closed registry still serves models, converting none
+    assert not registry.conversions() and backends.current(other).name == "eager"
+
+
+def test_closing_the_app_leaves_no_conversion_running(tiny_dir, held_int8, monkeypatch):
+    import app
+
+    entered, release = held_int8
+    monkeypatch.setenv("DFERCLIP_BACKEND", "int8")
+    demo = app.build_demo(str(tiny_dir))  # the banner loads the model, which starts converting
+    assert entered.wait(60) and demo.ctx.registry.conversions()
+    threading.Timer(1.0, release.set).start()  # the build ends a second into close(), which waits for it
+    assert demo.ctx.close(timeout=60)
+    assert not _conversion_threads()
+    assert backends.current(demo.ctx.registry.get()).name == "eager"
 
 
 def test_the_predict_command_offers_every_backend():

@@ -346,6 +346,7 @@ class ServedApp:
 
     def close(self):
         self.demo.close()
+        self.demo.ctx.close()  # and its model registry's background conversions
 
 
 @pytest.mark.slow  # two app builds, a download and a conversion

@@ -95,6 +95,10 @@ class AppContext:
         self.clip: Optional[gr.State] = None
         self.model_selected = None
 
+    def close(self, timeout: float | None = None) -> bool:
+        """When the app stops: stop and join the registry's background conversions (True when none is left)."""
+        return self.registry.close(timeout)
+
     # --- one LLM generation per session, cancellable from another request ----------------------------------
     def generation_started(self, session: str) -> "threading.Event":
         event = threading.Event()
