@@ -104,9 +104,30 @@ def test_no_import_cycle_among_dferclip_modules(inside_functions):
     assert import_cycles(graph) == []
 
 
+def test_the_app_never_reaches_training():
+    graph = {name: imported_modules(name, path, inside_functions=True) for name, path in MODULES.items()}
+    reached, todo = set(), list(imported_modules("app", REPO / "app.py", inside_functions=True))
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo.extend(graph[name])
+    assert "dferclip.ui.workbench" in reached and "dferclip.predict" in reached
+    assert sorted(m for m in reached if m.startswith("dferclip.training")) == []
+
+
 @pytest.mark.parametrize("name", sorted(set(MODULES) - {"dferclip.__main__"}))  # __main__ runs the CLI
 def test_every_module_imports(name):
     importlib.import_module(name)
+
+
+def test_the_imports_the_docs_show_work():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    lines = {line.strip() for page in pages for line in page.read_text(encoding="utf-8").splitlines()
+             if line.strip().startswith(("from dferclip", "import dferclip"))}
+    assert len(lines) >= 5
+    for line in sorted(lines):
+        exec(line.split("#")[0], {})  # an ImportError names the stale line
 
 
 def _digests(folder: Path) -> dict[str, str]:

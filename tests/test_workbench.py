@@ -13,11 +13,11 @@ from dferclip.metrics import compute_metrics
 from dferclip.scoring import Scorer
 from dferclip.text.descriptions import DescriptionSet, load_description_set
 from dferclip.text.llm import LLMSettings
+from dferclip.labelled import read_labels_csv
 from dferclip.workbench import (
     EmbeddedSet,
     Workbench,
     descriptions_to_rows,
-    read_labels_csv,
     rows_to_descriptions,
     starting_set,
 )
@@ -183,7 +183,7 @@ def test_evaluation_set_from_csv_cached_on_disk(model, videos, tmp_path):
 
 def test_evaluation_set_from_hf_dataset(model, videos, tmp_path):
     datasets = pytest.importorskip("datasets")
-    from dferclip.workbench import read_hf_dataset
+    from dferclip.labelled import read_hf_dataset
 
     paths = write_tensor_clips(tmp_path, videos[:2])
     features = datasets.Features({"path": datasets.Value("string"),

@@ -8,11 +8,11 @@ import torch
 from app_helpers import TINY, free_port
 
 from dferclip.errors import DataError
+from dferclip.labelled import read_labels_csv
 from dferclip.workbench import (
     EmbeddedSet,
     Workbench,
     numeric_labels_allowed,
-    read_labels_csv,
     starting_set,
 )
 

@@ -163,7 +163,8 @@ def _score(args) -> int:
 def _evaluate(args) -> int:
     from ..errors import DataError
     from ..progress import progress_callback
-    from ..workbench import DEFAULT_CACHE_DIR, read_hf_dataset, read_labels_csv
+    from ..labelled import read_hf_dataset, read_labels_csv
+    from ..workbench import DEFAULT_CACHE_DIR
 
     wb, sets = _workbench(args)
     if args.hf_dataset:

@@ -46,16 +46,13 @@ from ..text.llm import LLMSettings, get_style, prompt_styles, visitor_settings
 from ..text.local_llm import local_models
 from .charts import CHART_CSS, Bar, bar_chart_html
 from .errors import user_error
+from ..labelled import LabelledClip, read_hf_dataset, read_labels_csv, read_uploaded_labels
 from ..workbench import (
-    LabelledClip,
-    numeric_labels_allowed,
-    read_uploaded_labels,
     Workbench,
     class_set_choices,
     descriptions_to_rows,
-    read_hf_dataset,
+    numeric_labels_allowed,
     rows_to_descriptions,
-    read_labels_csv,
     starting_set,
 )
 from .explain import build_explain_section
