@@ -1,17 +1,37 @@
-"""Shared test setup: offline Hub (set before huggingface_hub is imported), no analytics, fixtures."""
+"""Shared test setup: offline Hub (set before huggingface_hub is imported), no analytics, one folder per run for
+all that the suite writes, fixtures."""
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# the suite never writes the user's descriptions/ folder or cache
-_SCRATCH = __import__("tempfile").mkdtemp(prefix="dferclip-tests-")
-os.environ.setdefault("DFERCLIP_DESCRIPTIONS", os.path.join(_SCRATCH, "descriptions"))
-os.environ.setdefault("DFERCLIP_CACHE", os.path.join(_SCRATCH, "cache"))
-
-from pathlib import Path  # noqa: E402
+# One folder per run holds all that the suite writes: pytest's base temp (its default, /tmp/pytest-of-USER, keeps
+# three runs and deletes older ones, so two runs at once would delete each other's folders) and stand-ins for the
+# user's descriptions/ folder and cache. Removed when the run passes, kept (and named) when it fails.
+RUN_DIR = Path(tempfile.mkdtemp(prefix="dferclip-tests-"))
+os.environ.setdefault("DFERCLIP_DESCRIPTIONS", str(RUN_DIR / "descriptions"))
+os.environ.setdefault("DFERCLIP_CACHE", str(RUN_DIR / "cache"))
 
 import pytest  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path plugin reads the option
+def pytest_configure(config):
+    if config.option.basetemp is None:
+        config.option.basetemp = str(RUN_DIR / "pytest")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if exitstatus == 0:
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus):
+    if RUN_DIR.exists():
+        terminalreporter.write_line(f"this run's files (tmp_path, cache, descriptions) are kept in {RUN_DIR}")
 
 SHARED = Path(os.environ.get("DFERCLIP_SHARED") or Path(__file__).resolve().parent.parent.parent / "shared")  # git worktrees: set it
 CONFORMANCE = SHARED / "conformance" / "dferclip_official_dfew_seed0.pt"
