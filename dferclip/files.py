@@ -6,14 +6,18 @@
 - The user's own files: ``checkpoints/`` and ``descriptions/local/`` in the working folder (git-ignored in the
   repository, so saving never dirties it), or ``DFERCLIP_CHECKPOINTS`` and ``DFERCLIP_DESCRIPTIONS``.
 - Caches (downloaded weights, embeddings): ``DFERCLIP_CACHE``, else ``/data/dferclip-cache`` on a Space with
-  persistent storage, else ``$XDG_CACHE_HOME/dferclip`` (``~/.cache/dferclip``).
+  persistent storage, else ``$XDG_CACHE_HOME/dferclip`` (``~/.cache/dferclip``); when that cannot be written
+  (a container's read-only HOME), a temporary folder of the process's own, removed at exit, with a warning.
 """
 from __future__ import annotations
 
+import atexit
 import json
+import logging
 import os
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -42,7 +46,31 @@ def cache_dir() -> Path:
     if os.environ.get("SPACE_ID") and os.path.isdir("/data") and os.access("/data", os.W_OK):
         return Path("/data/dferclip-cache")
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dferclip"
+    folder = Path(base) / "dferclip"
+    return folder if _can_create(folder) else _temporary_cache(folder)
+
+
+def _can_create(folder: Path) -> bool:
+    """Whether ``folder`` is, or could be made as, a writable folder: its nearest existing ancestor is one."""
+    for path in (folder, *folder.parents):
+        if path.exists():
+            return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+    return False
+
+
+_temporary: list[Path] = []  # this process's stand-in cache, made once
+_temporary_lock = threading.Lock()
+
+
+def _temporary_cache(wanted: Path) -> Path:
+    with _temporary_lock:
+        if not _temporary:
+            _temporary.append(Path(tempfile.mkdtemp(prefix="dferclip-cache-")))
+            atexit.register(shutil.rmtree, _temporary[0], ignore_errors=True)
+            logging.getLogger(__name__).warning(
+                "%s cannot be written; caching in %s until this process exits (set DFERCLIP_CACHE to keep a cache)",
+                wanted, _temporary[0])
+        return _temporary[0]
 
 
 @contextmanager
