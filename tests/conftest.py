@@ -2,7 +2,9 @@
 all that the suite writes, fixtures."""
 import os
 import shutil
+import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,6 +16,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 RUN_DIR = Path(tempfile.mkdtemp(prefix="dferclip-tests-"))
 os.environ.setdefault("DFERCLIP_DESCRIPTIONS", str(RUN_DIR / "descriptions"))
 os.environ.setdefault("DFERCLIP_CACHE", str(RUN_DIR / "cache"))
+# Caches that default to HOME go there too: the suite passes with HOME unwritable, and the user's Hugging Face
+# cache and token (say, CLIP weights the tests expect to be missing offline) cannot change what it sees.
+os.environ["HF_HOME"] = str(RUN_DIR / "huggingface")
+for _inherited in ("HF_HUB_CACHE", "HF_TOKEN_PATH", "HF_TOKEN"):
+    os.environ.pop(_inherited, None)
+os.environ["MPLCONFIGDIR"] = str(RUN_DIR / "matplotlib")
 
 import pytest  # noqa: E402
 
@@ -32,6 +40,16 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_terminal_summary(terminalreporter, exitstatus):
     if RUN_DIR.exists():
         terminalreporter.write_line(f"this run's files (tmp_path, cache, descriptions) are kept in {RUN_DIR}")
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch(request):
+    """pytest-randomly (random order, its seed printed at the top) reseeds random and numpy before each test; torch
+    is seeded the same way, so a failing run replays with ``-p randomly --randomly-seed=N``."""
+    seed = getattr(request.config.option, "randomly_seed", None)
+    torch = sys.modules.get("torch")  # not imported yet: it starts from its fixed default seed anyway
+    if isinstance(seed, int) and torch is not None:
+        torch.manual_seed((seed + zlib.crc32(request.node.nodeid.encode())) % 2**63)
 
 SHARED = Path(os.environ.get("DFERCLIP_SHARED") or Path(__file__).resolve().parent.parent.parent / "shared")  # git worktrees: set it
 CONFORMANCE = SHARED / "conformance" / "dferclip_official_dfew_seed0.pt"

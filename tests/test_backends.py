@@ -132,31 +132,45 @@ def test_auto_leaves_small_towers_and_other_families_eager(tiny_dir):
 
 @pytest.mark.skipif("openvino" not in backends.installed(), reason="openvino not installed")
 def test_auto_keeps_a_backend_only_where_this_machine_ran_it_fast_enough(tiny_dir, monkeypatch):
-    """auto times the backend against eager once per machine and tower architecture, keeps the verdict, and
-    uses the backend only at AUTO_MIN_SPEEDUP or more; a kept verdict is used without timing again."""
+    """auto times the backend against eager once per machine and tower architecture, at every frames-a-call
+    size, keeps the verdict under the size the backend will run at, and uses the backend only at
+    AUTO_MIN_SPEEDUP or more; a kept verdict is used without timing again."""
     from dferclip import files
 
     monkeypatch.setattr(backends, "AUTO_MIN_PARAMS", 0)  # let the tiny tower through the size rule
     verdicts = files.cache_dir() / "backend-speed.json"
     verdicts.unlink(missing_ok=True)
     model = dferclip.load_model(tiny_dir)
-    key = backends._speed_key(model, "openvino")
     used = backends.accelerate(model)
-    measured = json.loads(verdicts.read_text())[key]["speedup"]
+    kept = json.loads(verdicts.read_text())
+    frames = backends.known_frame_batch(model, "openvino")
+    assert frames in backends.frame_batch_sizes(model.input_config.num_frames)
+    assert backends.known_frame_batch(model, "eager") in backends.frame_batch_sizes(model.input_config.num_frames)
+    key = backends._speed_key(model, "openvino", frames)
+    assert key.endswith(f"|{frames} frames a call")
+    measured = kept[key]["speedup"]
     assert measured > 0
     if measured >= backends.AUTO_MIN_SPEEDUP:
         assert used.name == "openvino" and used.speedup == pytest.approx(measured, abs=1e-3)
+        assert used.frame_batch == frames and backends.frame_batch(model, "cpu", torch.float32) == frames
     else:
         assert used.name == "eager" and f"{measured:.2f}x as fast as eager" in used.note
+    batch_key = backends._batch_key(model, "openvino")
     for speedup, expected in ((1.0, "eager"), (2.0, "openvino")):
-        files.write_json(verdicts, {key: {"speedup": speedup, "measured": "kept"}})
+        files.write_json(verdicts, {batch_key: kept[batch_key], key: {"speedup": speedup, "measured": "kept"}})
         used = backends.accelerate(dferclip.load_model(tiny_dir))
         assert used.name == expected and json.loads(verdicts.read_text())[key]["measured"] == "kept"
         assert expected == "openvino" or "1.00x as fast as eager" in used.note
-    assert used.speedup == 2.0
+    assert used.speedup == 2.0 and used.frame_batch == frames
+    # a verdict at another size is not this size's: the backend is timed again
+    other = next(n for n in backends.frame_batch_sizes(model.input_config.num_frames) if n != frames)
+    files.write_json(verdicts, {batch_key: {"frames": other}, key: {"speedup": 2.0, "measured": "kept"}})
+    backends.accelerate(dferclip.load_model(tiny_dir))
+    assert backends._speed_key(model, "openvino", backends.known_frame_batch(model, "openvino")) in json.loads(
+        verdicts.read_text())
     # other weights of the same architecture share the verdict; another architecture is timed on its own
-    assert backends._speed_key(dferclip.load_model("random:dferclip-tiny"), "openvino") == key
-    assert backends._speed_key(dferclip.load_model("random:dferclip-vit-b-32"), "openvino") != key
+    assert backends._speed_key(dferclip.load_model("random:dferclip-tiny"), "openvino", frames) == key
+    assert backends._speed_key(dferclip.load_model("random:dferclip-vit-b-32"), "openvino", frames) != key
 
 
 def test_backend_names_are_checked(monkeypatch):
@@ -180,8 +194,8 @@ def test_registry_converts_in_the_background(tiny_dir):
     assert registry.close(timeout=0) and backends.current(model).name == "int8"  # a finished one is kept
 
 
-def _conversion_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == CONVERSION_THREAD and t.is_alive()]
+def _still_running(threads: list[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t in threads]
 
 
 @pytest.fixture
@@ -205,11 +219,13 @@ def test_closing_the_registry_stops_and_joins_its_conversion(tiny_dir, held_int8
     registry = ModelRegistry([ModelEntry(str(tiny_dir), "tiny", "explicit"),
                               ModelEntry("random:dferclip-tiny", "other", "default")], dev="cpu", backend="int8")
     model = registry.get()
-    assert entered.wait(60) and registry.conversions() and _conversion_threads()
+    assert entered.wait(60)
+    threads = registry.conversions()
+    assert [t.name for t in _still_running(threads)] == [CONVERSION_THREAD]
     assert registry.close(timeout=0) is False  # still inside the build
     release.set()
     assert registry.close(timeout=60) is True
-    assert not _conversion_threads()
+    assert not _still_running(threads)
     assert backends.current(model).name == "eager"  # abandoned before its int8 tower was attached
     other = registry.get("random:dferclip-tiny")  # a closed registry still serves models, converting none
     assert not registry.conversions() and backends.current(other).name == "eager"
@@ -221,10 +237,12 @@ def test_closing_the_app_leaves_no_conversion_running(tiny_dir, held_int8, monke
     entered, release = held_int8
     monkeypatch.setenv("DFERCLIP_BACKEND", "int8")
     demo = app.build_demo(str(tiny_dir))  # the banner loads the model, which starts converting
-    assert entered.wait(60) and demo.ctx.registry.conversions()
+    assert entered.wait(60)
+    threads = demo.ctx.registry.conversions()
+    assert [t.name for t in _still_running(threads)] == [CONVERSION_THREAD]
     threading.Timer(1.0, release.set).start()  # the build ends a second into close(), which waits for it
     assert demo.ctx.close(timeout=60)
-    assert not _conversion_threads()
+    assert not _still_running(threads)
     assert backends.current(demo.ctx.registry.get()).name == "eager"
 
 
