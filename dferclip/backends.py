@@ -13,9 +13,17 @@ Backends (``DFERCLIP_BACKEND`` or ``--backend``):
 - ``auto`` (default): the first backend of :data:`AUTO_ORDER` that is faithful and, on this machine, runs the
   tower at least :data:`AUTO_MIN_SPEEDUP` times faster than eager, on towers of real size (a test-size tower
   converts slower than it runs). The speed is timed once per machine and tower architecture (interleaved
-  rounds on a clip of random frames) and the verdict kept in ``DFERCLIP_CACHE/backend-speed.json``; delete it to
-  time again. On this project's 2-core reference CPU OpenVINO measured 1.16-1.24x idle and 1.6-2.1x under load
-  (``benchmarks/bench_backends.py``, BENCHMARKS.md).
+  rounds on random frames, eager and the backend each at every size of :func:`frame_batch_sizes`) and compared
+  at the frames per call each would run with (its fastest); the verdict, keyed with that size, is kept in
+  ``DFERCLIP_CACHE/backend-speed.json``; delete it to time again. On this project's 2-core reference CPU
+  OpenVINO measured 1.16-1.24x idle and 1.6-2.1x under load at 16 frames a call (``benchmarks/bench_backends.py``,
+  BENCHMARKS.md).
+
+Frames per tower call: :func:`frame_batch` gives the size the corpus and the timeline run the tower with, the
+fastest per frame of :func:`frame_batch_sizes` as timed on this machine (kept in the same file), else
+:data:`FRAME_BATCH`. Bigger is not always faster on a CPU: glibc serves allocations above its mmap threshold
+(at most 32 MB) with fresh pages each time, so once a batch's activations pass it (ViT-B/32's MLP at about 54
+frames) every call page-faults and zeroes them again (``benchmarks/bench_batching.py``).
 
 ONNX Runtime is not offered: exporting to ONNX needs the ``onnx`` package, whose current release (1.23) needs
 protobuf >= 6.31, while mediapipe pins protobuf < 5 here; OpenVINO converts the same ``torch.export`` graph.
@@ -29,6 +37,7 @@ tower is a snapshot of the weights: once any tower parameter changes (training, 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -41,7 +50,7 @@ import time
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -59,6 +68,8 @@ AUTO_MIN_SPEEDUP = 1.25  # auto keeps a backend only if it runs the tower at lea
 SPEED_ROUNDS = 3  # interleaved timing rounds (after one warm-up) behind a speed verdict
 PROBE_FRAMES = 4  # distinct random frames of the probe clip that checks a backend's logits
 MAX_FRAMES = 1024  # largest frame batch an exported tower accepts
+FRAME_BATCH = 32  # frames per tower call where no size was timed (GPUs, other model families, not yet timed)
+BATCH_ROUNDS = 2  # interleaved timing rounds (after one warm-up) behind a frame-batch choice
 
 
 class BackendUnavailable(RuntimeError):
@@ -75,6 +86,7 @@ class Accelerated:
     max_logit_delta: Optional[float] = None
     note: str = ""  # why the requested backend is not the one in use, when it is not
     speedup: Optional[float] = None  # auto: how much faster than eager this machine ran the tower
+    frame_batch: Optional[int] = None  # auto: frames per tower call, the fastest timed for this backend here
 
     @property
     def lossy(self) -> bool:
@@ -158,7 +170,8 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
             break
         start = time.perf_counter()
         versions = _versions(tower)
-        known = known_speedup(model, name) if requested == "auto" else None
+        frames = known_frame_batch(model, name)
+        known = known_speedup(model, name, frames) if requested == "auto" and frames else None
         if known is not None and known < AUTO_MIN_SPEEDUP:  # timed before: not worth converting again
             notes.append(_too_slow(name, known))
             continue
@@ -181,13 +194,15 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
             continue
         if stopped():
             break
-        speedup = known if known is not None or requested != "auto" else measure_speedup(model, name, run)
+        speedup = known
+        if known is None and requested == "auto":
+            speedup, frames = measure_speedup(model, name, run)
         if stopped():
             break
         if speedup is not None and speedup < AUTO_MIN_SPEEDUP:
             notes.append(_too_slow(name, speedup))
             continue
-        info = Accelerated(name, requested, time.perf_counter() - start, delta, speedup=speedup)
+        info = Accelerated(name, requested, time.perf_counter() - start, delta, speedup=speedup, frame_batch=frames)
         _attached[model] = _Attached(info, run, versions)
         log.log(logging.WARNING if info.lossy else logging.INFO, "image tower on %s (set up in %.1f s; max |logit "
                 "change| on a probe clip %.2g%s)", name, info.setup_s, delta, ", lossy" if info.lossy else "")
@@ -238,24 +253,7 @@ def probe_logit_delta(model, run: Callable[[torch.Tensor], torch.Tensor], seed: 
     return float((fast - eager).abs().max())
 
 
-def probe_speedup(model, run: Callable[[torch.Tensor], torch.Tensor], rounds: int = SPEED_ROUNDS) -> float:
-    """How many times faster ``run`` turns one clip's frames (random, the model's frame count and size) into
-    features than the eager tower: medians of interleaved timing rounds after a warm-up of each."""
-    cfg = model.input_config
-    g = torch.Generator().manual_seed(1)
-    frames = cfg.normalize(torch.rand(cfg.num_frames, 3, cfg.image_size, cfg.image_size, generator=g))
-    eager_s, fast_s = [], []
-    with torch.inference_mode():
-        for k in range(rounds + 1):
-            for fn, times in ((model.frame_features, eager_s), (run, fast_s)):
-                t0 = time.perf_counter()
-                fn(frames)
-                if k:  # round 0 warms both up
-                    times.append(time.perf_counter() - t0)
-    return statistics.median(eager_s) / max(statistics.median(fast_s), 1e-9)
-
-
-SPEED_FILE = "backend-speed.json"  # in the cache folder: speed verdicts by machine and tower architecture
+SPEED_FILE = "backend-speed.json"  # in the cache folder: speed verdicts and fastest frame batches by machine and tower
 
 
 def _speed_verdicts() -> dict:
@@ -266,26 +264,113 @@ def _speed_verdicts() -> dict:
     return verdicts if isinstance(verdicts, dict) else {}
 
 
-def known_speedup(model, name: str) -> Optional[float]:
-    """``name``'s kept speed-up over eager for this tower architecture on this machine, or None if never timed."""
-    known = _speed_verdicts().get(_speed_key(model, name))
+def frame_batch_sizes(num_frames: int) -> tuple[int, ...]:
+    """Frames per tower call that are timed: half a clip, one, two and four clips of ``num_frames``."""
+    return tuple(sorted({max(1, num_frames // 2), num_frames, 2 * num_frames, 4 * num_frames}))
+
+
+def time_frame_batches(runs: dict[str, Callable[[torch.Tensor], torch.Tensor]], frames: torch.Tensor,
+                       sizes: Sequence[int], rounds: int = BATCH_ROUNDS) -> dict[str, dict[int, float]]:
+    """Seconds a frame that each of ``runs`` takes at each of ``sizes`` frames a call (on the first frames of
+    ``frames``): medians of interleaved rounds after a warm-up round, so load from other processes hits every
+    run and size alike."""
+    times: dict[str, dict[int, list]] = {name: {n: [] for n in sizes} for name in runs}
+    with torch.inference_mode():
+        for k in range(rounds + 1):
+            for n in sizes:
+                for name, run in runs.items():
+                    t0 = time.perf_counter()
+                    run(frames[:n])
+                    if k:  # round 0 warms every size up (kernels and buffers are made per shape)
+                        times[name][n].append((time.perf_counter() - t0) / n)
+    return {name: {n: statistics.median(t) for n, t in by_size.items()} for name, by_size in times.items()}
+
+
+def fastest(per_frame: dict[int, float]) -> int:
+    """The size with the least time a frame (the smaller of equals)."""
+    return min(per_frame, key=lambda n: (per_frame[n], n))
+
+
+def measure_frame_batches(model, runs: dict[str, Callable[[torch.Tensor], torch.Tensor]]) -> dict[str, dict[int, float]]:
+    """Time ``runs`` (backend name -> tower function) at every size of :func:`frame_batch_sizes` now, on random
+    frames; keep each one's fastest size in ``DFERCLIP_CACHE``; return the seconds a frame by backend and size."""
+    cfg = model.input_config
+    sizes = frame_batch_sizes(cfg.num_frames)
+    g = torch.Generator().manual_seed(1)
+    frames = cfg.normalize(torch.rand(max(sizes), 3, cfg.image_size, cfg.image_size, generator=g))
+    per_frame = time_frame_batches(runs, frames, sizes)
+    verdicts = _speed_verdicts()
+    for name, by_size in per_frame.items():
+        log.info("%s runs this tower fastest at %d frames a call here (%s a frame)", name, fastest(by_size),
+                 ", ".join(f"{n}: {s * 1000:.1f} ms" for n, s in by_size.items()))
+        verdicts[_batch_key(model, name)] = {"frames": fastest(by_size), "ms_per_frame": {
+            str(n): round(s * 1000, 3) for n, s in by_size.items()}, "measured": _now()}
+    _keep(verdicts)
+    return per_frame
+
+
+def known_frame_batch(model, name: str) -> Optional[int]:
+    """The fastest frames per call timed for ``name`` on this tower architecture and machine, or None."""
+    known = _speed_verdicts().get(_batch_key(model, name))
+    if isinstance(known, dict) and isinstance(known.get("frames"), int) and known["frames"] > 0:
+        return known["frames"]
+    return None
+
+
+def frame_batch(model, dev=None, dtype=None, *, measure: bool = False) -> int:
+    """Frames per image-tower call for ``model`` on ``dev`` in ``dtype``, with the backend it runs there: the
+    fastest size timed on this machine; with ``measure``, timed now if it never was (three passes over
+    :func:`frame_batch_sizes`: about 20 s for ViT-B/32 on 2 cores, once per machine and tower architecture);
+    else :data:`FRAME_BATCH`. GPUs, other dtypes and other model families get :data:`FRAME_BATCH`."""
+    dev = torch.device(dev) if dev is not None else next(model.parameters()).device
+    if image_tower(model) is None or dev.type != "cpu" or (dtype is not None and dtype != torch.float32):
+        return FRAME_BATCH
+    attached = _active(model, dev, dtype)
+    if attached is not None and attached.info.frame_batch:
+        return attached.info.frame_batch
+    name = "eager" if attached is None else attached.info.name
+    known = known_frame_batch(model, name)
+    if known is not None or not measure:
+        return known or FRAME_BATCH
+    per_frame = measure_frame_batches(model, {name: model.frame_features if attached is None else attached.run})
+    return fastest(per_frame[name])
+
+
+def known_speedup(model, name: str, frames: int) -> Optional[float]:
+    """``name``'s kept speed-up over eager with ``name`` at ``frames`` frames a call (and eager at its fastest,
+    timed together) for this tower architecture on this machine, or None if never timed."""
+    known = _speed_verdicts().get(_speed_key(model, name, frames))
     if isinstance(known, dict) and isinstance(known.get("speedup"), (int, float)):
         return float(known["speedup"])
     return None
 
 
-def measure_speedup(model, name: str, run: Callable[[torch.Tensor], torch.Tensor]) -> float:
-    """Time ``run`` against eager now (:func:`probe_speedup`) and keep the verdict in ``DFERCLIP_CACHE``."""
-    path = files.cache_dir() / SPEED_FILE
-    speedup = probe_speedup(model, run)
-    log.info("backend %s runs this tower %.2fx as fast as eager on this machine (kept in %s)", name, speedup, path)
+def measure_speedup(model, name: str, run: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, int]:
+    """Time ``run`` and the eager tower now at every size of :func:`frame_batch_sizes`; keep both fastest sizes
+    and ``name``'s verdict (its time a frame at its fastest size against eager's at eager's) in ``DFERCLIP_CACHE``.
+    Returns the speed-up and the frames a call ``name`` runs fastest with."""
+    per_frame = measure_frame_batches(model, {"eager": model.frame_features, name: run})
+    frames, eager_frames = fastest(per_frame[name]), fastest(per_frame["eager"])
+    speedup = per_frame["eager"][eager_frames] / max(per_frame[name][frames], 1e-12)
+    log.info("backend %s at %d frames a call runs this tower %.2fx as fast as eager at %d on this machine",
+             name, frames, speedup, eager_frames)
     verdicts = _speed_verdicts()
-    verdicts[_speed_key(model, name)] = {"speedup": round(speedup, 3), "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+    verdicts[_speed_key(model, name, frames)] = {"speedup": round(speedup, 3), "eager_frames": eager_frames,
+                                                 "measured": _now()}
+    _keep(verdicts)
+    return speedup, frames
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _keep(verdicts: dict) -> None:
+    path = files.cache_dir() / SPEED_FILE
     try:
         files.write_json(path, verdicts)
     except OSError as e:  # a read-only cache only costs the timing next time
-        log.warning("could not keep the backend speed verdict in %s: %s", path, e)
-    return speedup
+        log.warning("could not keep the speed verdicts in %s: %s", path, e)
 
 
 def _too_slow(name: str, speedup: float) -> str:
@@ -294,18 +379,23 @@ def _too_slow(name: str, speedup: float) -> str:
     return f"{name} ran the tower only {speedup:.2f}x as fast as eager here (auto needs {AUTO_MIN_SPEEDUP:g}x)"
 
 
-def _speed_key(model, name: str) -> str:
+def _speed_key(model, name: str, frames: Optional[int] = None) -> str:
     """What a tower's speed depends on: the backend, the architecture (parameter names and shapes, not values),
-    the input size, the threads, this CPU and the library versions."""
+    the input size, the threads, this CPU and the library versions; and the frames a call, when given."""
     tower = image_tower(model)
     h = hashlib.blake2b(digest_size=12)
     for pname, tensor in tower.state_dict().items():
         h.update(f"{pname}{tuple(tensor.shape)}".encode())
     return "|".join([name, h.hexdigest(), str(model.input_config.image_size), str(model.input_config.num_frames),
                      f"{torch.get_num_threads()} threads", cpu_name(), f"torch {torch.__version__}",
-                     _backend_version(name)])
+                     _backend_version(name)] + ([f"{frames} frames a call"] if frames else []))
 
 
+def _batch_key(model, name: str) -> str:
+    return f"{_speed_key(model, name)}|fastest frames a call"
+
+
+@functools.lru_cache(maxsize=1)
 def cpu_name() -> str:
     """This CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
     try:

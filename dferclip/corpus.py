@@ -7,7 +7,8 @@ Clips come from a folder (video files, recursively), a CSV list (a ``path`` colu
 relative paths are relative to the CSV), or ``hf:<Hub id or save_to_disk folder>[@split]`` (a video column,
 or a ``path``/``video``/``file`` column). Decoding and face detection run in DataLoader worker processes
 (:func:`dferclip.video.ingest.ingest`, the same path as one clip) while the model scores earlier clips in
-batches (:func:`dferclip.predict.score_sequences`). Each clip gets one line, in ``.jsonl`` or ``.csv``:
+batches (:func:`dferclip.predict.score_sequences`), as many clips a forward as fill the frames per tower call
+that run fastest on this machine (:func:`dferclip.backends.frame_batch`, timed once and kept). Each clip gets one line, in ``.jsonl`` or ``.csv``:
 its class probabilities and top class, whether a face was found, ingestion/model seconds, warnings, and
 the error when it could not be read (one bad clip never stops the run).
 
@@ -31,16 +32,20 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
-import numpy as np
-import torch
-
-from . import files, runtime
+from . import files
 from .errors import DataError, DferclipError
 from .progress import progress_counter
 from .video.clips import VIDEO_EXTENSIONS
-from .video.decode import Limits
+
+if TYPE_CHECKING:
+    import torch
+
+    from .video.decode import Limits
+
+# torch, numpy and the decoder are imported where they are used: a resumed run with nothing left to do
+# answers without them (python -m dferclip predict ... --output checks what is left before loading a model)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,7 @@ class CorpusSummary:
     no_face: int
     seconds: float
     backend: str = "eager"
+    clips_per_forward: int = 0  # clips scored together, in one image-tower call on CPU
 
     @property
     def clips_per_s(self) -> float:
@@ -166,11 +172,14 @@ class Ingested:
     error: Optional[str] = None
 
 
-class IngestDataset(torch.utils.data.Dataset):
-    """Ingests clips (dferclip.video.ingest, as for one clip); failures become ``Ingested.error``."""
+class IngestDataset:
+    """Ingests clips (dferclip.video.ingest, as for one clip); failures become ``Ingested.error``. A map-style
+    dataset for torch's DataLoader (``__len__`` and ``__getitem__``)."""
 
     def __init__(self, clips: Sequence[ClipRef], input_config, *, fallback: str = "center",
                  limits: Optional[Limits] = None):
+        from .video.decode import Limits
+
         self.clips = list(clips)
         self.input_config = input_config
         self.fallback = fallback
@@ -180,6 +189,9 @@ class IngestDataset(torch.utils.data.Dataset):
         return len(self.clips)
 
     def __getitem__(self, i: int) -> Ingested:
+        import numpy as np
+        import torch
+
         from .video.ingest import ingest
 
         ref = self.clips[i]
@@ -195,6 +207,8 @@ class IngestDataset(torch.utils.data.Dataset):
 
 
 def _worker_init(_, yield_to_model: bool = False):
+    import torch
+
     torch.set_num_threads(1)  # workers share the cores with the model; one thread each decodes best
     if yield_to_model:  # on a CPU the model is the bottleneck: decoding takes the cycles it leaves
         try:
@@ -395,51 +409,100 @@ class Shard:
         return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
-def shard_device(shard: Shard) -> torch.device:
+def shard_device(shard: Shard) -> "torch.device":
     """Each process of a sharded run on its own GPU (LOCAL_RANK), else the usual device."""
+    import torch
+
+    from . import runtime
+
     dev = runtime.device()
     if dev.type == "cuda" and shard.world > 1 and dev.index is None:
         return torch.device("cuda", shard.local_rank % torch.cuda.device_count())
     return dev
 
 
+def left_to_do(clips: Sequence[ClipRef], output: str | Path, shard: Shard = Shard()) -> list[ClipRef]:
+    """``shard``'s clips of ``clips`` that are not yet in ``output`` (nor in part files of an interrupted
+    sharded run)."""
+    done = done_clips(Path(output))
+    return [c for c in list(clips)[shard.rank :: shard.world] if c.key not in done]
+
+
+def nothing_left(clips: Sequence[ClipRef], output: str | Path) -> Optional[CorpusSummary]:
+    """For one process: when every clip is already in ``output`` (or in part files, which are merged into it
+    now), the run's summary, without a model; None when some clip is left to predict."""
+    output = Path(output)
+    output_kind(output)
+    start = time.perf_counter()
+    if left_to_do(clips, output):
+        return None
+    if _part_files(output):
+        merge_parts(output, [c.key for c in clips])
+    return CorpusSummary(output, len(clips), len(clips), 0, 0, 0, time.perf_counter() - start)
+
+
+def _as_is(item):
+    return item
+
+
+def _forwards(items: Iterable[Ingested], clips: int) -> Iterable[list[Ingested]]:
+    """Ingested clips in groups holding ``clips`` readable ones (unreadable ones go along with a group)."""
+    group, readable = [], 0
+    for item in items:
+        group.append(item)
+        readable += item.pixels is not None
+        if readable == clips:
+            yield group
+            group, readable = [], 0
+    if group:
+        yield group
+
+
 def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard: Shard = Shard(),
-                   batch_size: int = 8, workers: int = 2, dev=None, dtype=None, fallback: str = "center",
-                   limits: Optional[Limits] = None, progress: bool = True, accelerate=None) -> CorpusSummary:
+                   batch_size: Optional[int] = None, workers: int = 2, dev=None, dtype=None,
+                   fallback: str = "center", limits: Optional[Limits] = None, progress: bool = True,
+                   accelerate=None) -> CorpusSummary:
     """Predict every clip of ``clips`` not yet in ``output`` (see the module docstring).
 
+    ``batch_size``: clips a model forward, their frames in one image-tower call; by default as many clips as
+    fill the frames a call that run fastest here with the backend in use (:func:`dferclip.backends.frame_batch`,
+    timed now on CPU if it never was on this machine), at least one.
     ``accelerate``: a function called with no argument once the worker processes have started (so they are
     forked before any backend thread pool exists), e.g. to convert the image tower (dferclip.backends).
     With ``shard.world > 1`` torch.distributed must be initialised (:func:`run_sharded` does it).
     """
-    from .predict import score_sequences, mid_level_renders
-    from . import backends
+    import torch
+
+    from . import backends, runtime
+    from .predict import mid_level_renders, score_sequences
 
     output = Path(output)
     output_kind(output)
     start = time.perf_counter()
     dev = torch.device(dev) if dev is not None else next(model.parameters()).device
     dtype = dtype or runtime.compute_dtype(dev)
-    done = done_clips(output)
     mine = list(clips)[shard.rank :: shard.world]
-    todo = [c for c in mine if c.key not in done]
+    todo = left_to_do(clips, output, shard)
     target = output if shard.world == 1 else part_path(output, shard.rank)
     summary = CorpusSummary(output, len(clips), len(mine) - len(todo), 0, 0, 0, 0.0)
     T = model.input_config.num_frames
     with LineWriter(target, model.class_names) as writer:
         if todo:
+            ahead = batch_size or max(backends.frame_batch_sizes(T)) // T  # clips the workers keep ready
             loader = torch.utils.data.DataLoader(
-                IngestDataset(todo, model.input_config, fallback=fallback, limits=limits), batch_size=batch_size,
-                num_workers=workers, collate_fn=list,
+                IngestDataset(todo, model.input_config, fallback=fallback, limits=limits), batch_size=None,
+                num_workers=workers, collate_fn=_as_is,
                 worker_init_fn=functools.partial(_worker_init, yield_to_model=dev.type == "cpu") if workers else None,
-                prefetch_factor=2 if workers else None, persistent_workers=False)
-            batches = iter(loader)  # forks the workers now
+                prefetch_factor=max(2, -(-ahead // workers)) if workers else None, persistent_workers=False)
+            items = iter(loader)  # forks the workers now
             if accelerate is not None:
                 accelerate()
             summary.backend = backends.in_use(model, dev, dtype)
+            frames_a_call = batch_size * T if batch_size else backends.frame_batch(model, dev, dtype, measure=True)
+            summary.clips_per_forward = batch_size or max(1, frames_a_call // T)
             bar = progress_counter(len(todo), desc="clips" if shard.world == 1 else f"rank {shard.rank}",
                                    unit="clip", enabled=progress, position=shard.rank)
-            for batch in batches:
+            for batch in _forwards(items, summary.clips_per_forward):
                 ok = [b for b in batch if b.pixels is not None]
                 probs, model_s = None, 0.0
                 if ok:
@@ -447,7 +510,7 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
                     frames = model_input(model.input_config, torch.cat([b.pixels for b in ok]))
                     positions = torch.arange(len(ok) * T).view(len(ok), T)
                     logits, _, _ = score_sequences(model, frames, positions, dev=dev, dtype=dtype,
-                                                   renders=mid_level_renders(model, frames))
+                                                   renders=mid_level_renders(model, frames), batch=frames_a_call)
                     probs = logits.softmax(-1)
                     model_s = (time.perf_counter() - t0) / len(ok)
                 row = 0
@@ -474,12 +537,12 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
     return summary
 
 
-def model_input(input_config, pixels: torch.Tensor) -> torch.Tensor:
+def model_input(input_config, pixels: "torch.Tensor") -> "torch.Tensor":
     """uint8 crops (N, S, S, 3) -> model input (N, 3, S, S), as ingest makes it."""
     return input_config.normalize(pixels.permute(0, 3, 1, 2).float().div_(255.0))
 
 
-def clip_record(item: Ingested, classes: Sequence[str], probs: Optional[torch.Tensor], model_s: float) -> dict:
+def clip_record(item: Ingested, classes: Sequence[str], probs: Optional["torch.Tensor"], model_s: float) -> dict:
     """One output line."""
     record = {"clip": item.key, "top": None, "probabilities": None,
               "face_found": None if item.status is None else item.status != "no_face", "status": item.status,

@@ -13,7 +13,8 @@
 
 The clip's 16 model frames and the timeline's sliding windows share frames, so every distinct frame goes
 through the CLIP image tower once, the clip's own frames first (so its label is ready after one 16-frame
-forward), then each window's new frames; only the (cheap) temporal model runs per window. Windows
+forward), then the windows' new frames, several windows' at a time up to the frames per tower call that run
+fastest here (:func:`dferclip.backends.frame_batch`); only the (cheap) temporal model runs per window. Windows
 overlap by half, so they share half their frames; their number follows a frame budget (small on CPU).
 A FineCLIPER model works the same way: each distinct frame's parsing/landmark renders are made once, its
 visual streams share one routed tower pass, and ``pred.streams`` holds the clip's fusion weights.
@@ -35,7 +36,6 @@ from .video.decode import Limits, WindowSpec
 
 log = logging.getLogger(__name__)
 
-FRAME_BATCH = 32  # frames per image-tower call
 MAX_MIN_WINDOW_S = 2.0  # windows are at least this long when the clip lasts twice as long
 
 
@@ -158,9 +158,11 @@ def mid_level_renders(model, frames: torch.Tensor) -> Optional[dict]:
     return {k: v.squeeze(0) for k, v in model.render_mid_level(frames.unsqueeze(0)).items()}
 
 
-def encode_frames(model, frames: torch.Tensor, *, dev, dtype=None, renders=None, batch: int = FRAME_BATCH):
+def encode_frames(model, frames: torch.Tensor, *, dev, dtype=None, renders=None, batch: Optional[int] = None):
     """Per-frame tower features of ``frames`` (U, 3, S, S) (a tensor, or a dict of them for multi-stream
-    models), on ``dev``; ``renders`` are FineCLIPER's mid-level renders of the same frames."""
+    models), on ``dev``, ``batch`` frames a tower call (default: :func:`dferclip.backends.frame_batch`);
+    ``renders`` are FineCLIPER's mid-level renders of the same frames."""
+    batch = batch or backends.frame_batch(model, dev, dtype)
     with runtime.inference(dev, dtype):
         renders = None if renders is None else {k: v.to(dev) for k, v in renders.items()}
         return _batched(backends.frame_function(model, dev, dtype), frames.to(dev), renders, batch)
@@ -185,7 +187,7 @@ def join_features(parts: list):
 
 
 def score_sequences(model, frames: torch.Tensor, positions: torch.Tensor, *, dev, dtype=None, renders=None,
-                    batch: int = FRAME_BATCH):
+                    batch: Optional[int] = None):
     """Logits (N, C), video embeddings (N, D) and, for multi-stream models, fusion weights (N, S) of N frame
     sequences over shared ``frames``: every distinct frame goes through the image tower(s) once."""
     feats = encode_frames(model, frames, dev=dev, dtype=dtype, renders=renders, batch=batch)
@@ -193,27 +195,32 @@ def score_sequences(model, frames: torch.Tensor, positions: torch.Tensor, *, dev
 
 
 class _FramesOnDemand:
-    """Shared distinct frames encoded in order, each once, as far as the sequences scored so far need them.
+    """Shared distinct frames encoded in order, each once, as far as the sequences scored so far need them, or
+    with ``ahead`` a tower call's worth further (the frames a call that run fastest here).
 
     ``_shared_frames`` numbers frames in order of first use, so sequences 0..j need exactly frames [0, m_j)."""
 
     def __init__(self, model, frames: torch.Tensor, *, dev, dtype):
         self.model, self.frames, self.dev, self.dtype = model, frames, dev, dtype
+        self.batch = backends.frame_batch(model, dev, dtype)
         self.parts: list = []
         self.render_parts: list = []
         self.done = 0
         self.face_analysis_s = 0.0
 
-    def score(self, positions: torch.Tensor):
+    def score(self, positions: torch.Tensor, ahead: bool = False):
         need = int(positions.max()) + 1
         if need > self.done:
+            if ahead:
+                need = min(len(self.frames), max(need, self.done + self.batch))
             chunk = self.frames[self.done : need]
             t0 = time.perf_counter()
             renders = mid_level_renders(self.model, chunk)
             self.face_analysis_s += time.perf_counter() - t0
             if renders is not None:
                 self.render_parts.append(renders)
-            self.parts.append(encode_frames(self.model, chunk, dev=self.dev, dtype=self.dtype, renders=renders))
+            self.parts.append(encode_frames(self.model, chunk, dev=self.dev, dtype=self.dtype, renders=renders,
+                                            batch=self.batch))
             self.done = need
         return score_features(self.model, join_features(self.parts), positions, dev=self.dev, dtype=self.dtype)
 
@@ -273,7 +280,7 @@ def iter_predict(model, path: str | Path, *, windows: bool = True, frame_budget:
     rows = []
     for w, span in enumerate(spans, start=1):
         t = time.perf_counter()
-        rows.append(encoder.score(positions[w : w + 1])[0].softmax(-1)[0].numpy())
+        rows.append(encoder.score(positions[w : w + 1], ahead=True)[0].softmax(-1)[0].numpy())
         model_s += time.perf_counter() - t
         done = spans[:w]
         pred = replace(pred, timeline=Timeline([float(s.start_s) for s in done], [float(s.end_s) for s in done],

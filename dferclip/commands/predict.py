@@ -37,7 +37,9 @@ def add_arguments(p):
     corpus = p.add_argument_group("corpus (with --output)")
     corpus.add_argument("--output", "-o", default=None, help="preds.jsonl or preds.csv: one line per clip; clips "
                                                              "already in it are skipped")
-    corpus.add_argument("--batch-size", type=int, default=8, help="clips per model forward (default 8)")
+    corpus.add_argument("--batch-size", type=int, default=None,
+                        help="clips per model forward (default: as many as fill the frames per image-tower call that "
+                             "run fastest on this machine, timed once on CPU and kept in the cache)")
     corpus.add_argument("--workers", type=int, default=2, help="decoding/face detection processes (default 2)")
     corpus.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -86,12 +88,19 @@ def _codec_of(path: Path) -> str:
 
 
 def run_corpus(args) -> int:
-    from .. import backends, runtime
-    from ..corpus import Shard, list_clips, predict_corpus, run_sharded, shard_device
+    from ..corpus import Shard, list_clips, nothing_left
 
     shard = Shard.from_env()
-    dev = shard_device(shard)
     clips = list_clips(args.video)
+    finished = nothing_left(clips, args.output) if shard.world == 1 else None
+    if finished is not None:  # a resumed run with nothing to do answers before torch and the model load
+        print(f"0 clips predicted, {finished.skipped} already in the output; {len(clips)} clips listed -> "
+              f"{finished.output}", file=sys.stderr)
+        return 0
+    from .. import backends, runtime
+    from ..corpus import predict_corpus, run_sharded, shard_device
+
+    dev = shard_device(shard)
     registry = runtime.ModelRegistry.discover(args.checkpoint, dev=dev, max_loaded=1, backend="eager")
     if shard.world > 1:
         import torch
@@ -112,7 +121,8 @@ def run_corpus(args) -> int:
     where = f"rank {shard.rank}: " if shard.world > 1 else ""
     print(f"{where}{summary.done} clips predicted ({summary.errors} errors, {summary.no_face} without a face), "
           f"{summary.skipped} already in the output; {summary.clips_per_s:.2f} clips/s on {registry.device} "
-          f"({summary.backend}); {len(clips)} clips listed -> {summary.output}", file=sys.stderr)
+          f"({summary.backend}, {summary.clips_per_forward} clips a forward); {len(clips)} clips listed -> "
+          f"{summary.output}", file=sys.stderr)
     return 0
 
 
