@@ -393,7 +393,8 @@ class ModelRegistry:
 
     def close(self, timeout: float | None = None) -> bool:
         """Start no more conversions, abandon running ones at their next step and wait for them (at most
-        ``timeout`` seconds). True when none is left running. Loaded models stay usable (eagerly, unless converted before)."""
+        ``timeout`` seconds). True when none is left running. Loaded models stay usable (eagerly, unless their
+        conversion had finished)."""
         with self._lock:
             self._closed.set()
         deadline = None if timeout is None else time.monotonic() + timeout
