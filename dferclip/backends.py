@@ -196,7 +196,10 @@ def accelerate(model, backend: Optional[str] = None, *, dev=None, dtype=None,
             break
         speedup = known
         if known is None and requested == "auto":
-            speedup, frames = measure_speedup(model, name, run)
+            try:
+                speedup, frames = measure_speedup(model, name, run, stop=stop)
+            except TimingStopped:
+                pass  # stopped() says so below
         if stopped():
             break
         if speedup is not None and speedup < AUTO_MIN_SPEEDUP:
@@ -269,16 +272,23 @@ def frame_batch_sizes(num_frames: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, num_frames // 2), num_frames, 2 * num_frames, 4 * num_frames}))
 
 
+class TimingStopped(RuntimeError):
+    """The ``stop`` event of a timing was set (a registry closing): it was abandoned."""
+
+
 def time_frame_batches(runs: dict[str, Callable[[torch.Tensor], torch.Tensor]], frames: torch.Tensor,
-                       sizes: Sequence[int], rounds: int = BATCH_ROUNDS) -> dict[str, dict[int, float]]:
+                       sizes: Sequence[int], rounds: int = BATCH_ROUNDS,
+                       stop: Optional[threading.Event] = None) -> dict[str, dict[int, float]]:
     """Seconds a frame that each of ``runs`` takes at each of ``sizes`` frames a call (on the first frames of
     ``frames``): medians of interleaved rounds after a warm-up round, so load from other processes hits every
-    run and size alike."""
+    run and size alike. Raises :class:`TimingStopped` once ``stop`` is set."""
     times: dict[str, dict[int, list]] = {name: {n: [] for n in sizes} for name in runs}
     with torch.inference_mode():
         for k in range(rounds + 1):
             for n in sizes:
                 for name, run in runs.items():
+                    if stop is not None and stop.is_set():
+                        raise TimingStopped("stopped")
                     t0 = time.perf_counter()
                     run(frames[:n])
                     if k:  # round 0 warms every size up (kernels and buffers are made per shape)
@@ -291,14 +301,15 @@ def fastest(per_frame: dict[int, float]) -> int:
     return min(per_frame, key=lambda n: (per_frame[n], n))
 
 
-def measure_frame_batches(model, runs: dict[str, Callable[[torch.Tensor], torch.Tensor]]) -> dict[str, dict[int, float]]:
+def measure_frame_batches(model, runs: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+                          stop: Optional[threading.Event] = None) -> dict[str, dict[int, float]]:
     """Time ``runs`` (backend name -> tower function) at every size of :func:`frame_batch_sizes` now, on random
     frames; keep each one's fastest size in ``DFERCLIP_CACHE``; return the seconds a frame by backend and size."""
     cfg = model.input_config
     sizes = frame_batch_sizes(cfg.num_frames)
     g = torch.Generator().manual_seed(1)
     frames = cfg.normalize(torch.rand(max(sizes), 3, cfg.image_size, cfg.image_size, generator=g))
-    per_frame = time_frame_batches(runs, frames, sizes)
+    per_frame = time_frame_batches(runs, frames, sizes, stop=stop)
     verdicts = _speed_verdicts()
     for name, by_size in per_frame.items():
         log.info("%s runs this tower fastest at %d frames a call here (%s a frame)", name, fastest(by_size),
@@ -345,11 +356,12 @@ def known_speedup(model, name: str, frames: int) -> Optional[float]:
     return None
 
 
-def measure_speedup(model, name: str, run: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, int]:
+def measure_speedup(model, name: str, run: Callable[[torch.Tensor], torch.Tensor],
+                    stop: Optional[threading.Event] = None) -> tuple[float, int]:
     """Time ``run`` and the eager tower now at every size of :func:`frame_batch_sizes`; keep both fastest sizes
     and ``name``'s verdict (its time a frame at its fastest size against eager's at eager's) in ``DFERCLIP_CACHE``.
     Returns the speed-up and the frames a call ``name`` runs fastest with."""
-    per_frame = measure_frame_batches(model, {"eager": model.frame_features, name: run})
+    per_frame = measure_frame_batches(model, {"eager": model.frame_features, name: run}, stop=stop)
     frames, eager_frames = fastest(per_frame[name]), fastest(per_frame["eager"])
     speedup = per_frame["eager"][eager_frames] / max(per_frame[name][frames], 1e-12)
     log.info("backend %s at %d frames a call runs this tower %.2fx as fast as eager at %d on this machine",

@@ -137,3 +137,19 @@ def test_a_resumed_corpus_with_nothing_left_answers_without_torch(tmp_path):
     assert "0 clips predicted, 2 already in the output; 2 clips listed" in done.stderr
     assert sorted(r["clip"] for r in read_records(out)) == sorted(str(p) for p in folder.iterdir())
     assert not (tmp_path / "preds.part1.jsonl").exists()  # the interrupted sharded run's part merged in
+
+
+def test_a_timing_is_abandoned_once_its_stop_is_set():
+    import threading
+
+    stop = threading.Event()
+    calls = []
+
+    def run(x):
+        calls.append(len(x))
+        if len(calls) == 3:
+            stop.set()  # a registry closing while the timing runs
+
+    with pytest.raises(backends.TimingStopped):
+        backends.time_frame_batches({"run": run}, torch.zeros(64, 1), (8, 16, 32, 64), stop=stop)
+    assert calls == [8, 16, 32]
