@@ -37,6 +37,8 @@ BENCHES = {  # name: (title, script, extra arguments; {json} is replaced by a re
     "live": ("Live tab: one webcam frame with ViT-B/32 (issue 13)", "bench_live.py", ["--json", "{json}"]),
     "explain": ("Explanations: relevancy maps + frame importance vs a forward pass (issue 14)", "bench_explain.py",
                 ["--json", "{json}"]),
+    "batching": ("Frames per image-tower call on CPU (issue 23)", "bench_batching.py", ["--malloc-keep", "--json", "{json}"]),
+    "resume": ("A resumed corpus run with nothing left to do (issue 23)", "bench_resume.py", ["--json", "{json}"]),
 }
 
 
