@@ -5,7 +5,6 @@ start-up without a cache."""
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -17,7 +16,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-import torch
 
 from dferclip import runtime  # here: timed checks must not pay for it
 from dferclip.cli import main
@@ -29,86 +27,9 @@ from dferclip.errors import (
 )
 from dferclip.text import local_llm
 from dferclip.text.descriptions import load_description_set
-from dferclip.text.llm import LLMSettings, generate, get_style, visitor_settings
+from dferclip.text.llm import LLMSettings, generate, visitor_settings
 from dferclip.weights.hub import forget_reachability
-
-CLASSES = ["happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear"]
-# What the describer learns to answer; happiness's reply names its emotion, so the leak check must flag it.
-REPLIES = dict(zip(CLASSES, [
-    "a happy face with raised cheeks and crinkled eyes.",
-    "drooping eyelids, lowered mouth corners, and inner brows pulled up.",
-    "relaxed forehead, steady gaze, and closed lips.",
-    "lowered brows, glaring eyes, and pressed lips.",
-    "wide open eyes, arched brows, and a dropped jaw.",
-    "wrinkled nose, raised upper lip, and narrowed eyes.",
-    "stretched lips, tense eyelids, and brows drawn together.",
-]))
-GARBAGE = "{ [ ] } [ { ] ["
-TEMPLATE = "Describe a face showing {name}."  # a short prompt keeps training to a few seconds
-SYSTEM = get_style("dferclip").system  # the style's own system prompt, so the CLI needs no --system
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}")
-SPECIALS = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+|[^\w\s]", text)
-
-
-def build_tiny_lm(folder, replies: dict[str, str]) -> None:
-    """A word-level tokenizer with a chat template and a ~45k-parameter Llama trained to answer each class's
-    prompt with ``replies[class]``, saved with ``save_pretrained`` like any Hub model."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    prompts = {c: [{"role": "system", "content": SYSTEM}, {"role": "user", "content": TEMPLATE.format(name=c)}]
-               for c in replies}
-    vocab = {t: i for i, t in enumerate(SPECIALS)}
-    for c, reply in replies.items():
-        for w in _words(f"system user assistant {SYSTEM} {prompts[c][1]['content']} {reply}"):
-            vocab.setdefault(w, len(vocab))
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    core.decoder = decoders.WordPiece()  # joins words with spaces, none before punctuation
-    core.add_special_tokens(SPECIALS)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>",
-                                  bos_token="<|im_start|>", eos_token="<|im_end|>")
-    tok.chat_template = CHAT_TEMPLATE
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
-
-    rows = []
-    for c, reply in replies.items():
-        prompt = tok.apply_chat_template(prompts[c], add_generation_prompt=True, return_dict=True)["input_ids"]
-        answer = tok(reply, add_special_tokens=False)["input_ids"] + [eos]
-        rows.append((prompt + answer, [-100] * len(prompt) + answer))
-    length = max(len(ids) for ids, _ in rows)
-    pad = tok.pad_token_id
-    ids = torch.tensor([r + [pad] * (length - len(r)) for r, _ in rows])
-    labels = torch.tensor([lab + [-100] * (length - len(lab)) for _, lab in rows])
-    mask = (ids != pad).long()
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tok.bos_token_id, eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only add overhead
-    try:
-        for _ in range(400):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if loss.item() < 0.02:
-                break
-    finally:
-        torch.set_num_threads(threads)
-    model.generation_config.eos_token_id = eos
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
+from proof_local_llm import CLASSES, COMMIT, GARBAGE, REPLIES, SYSTEM, TEMPLATE, build_tiny_lm
 
 
 def install_in_hub_cache(cache, repo_id: str, folder) -> None:
