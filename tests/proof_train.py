@@ -21,9 +21,12 @@ def figures(seed: int = 0, folder=None) -> dict:
         train_list = write_frame_dataset(tmp / "train", 40, seed=11 + 1000 * seed, size=64, frames=(10, 20),
                                          variation=0.0)
         test_list = write_frame_dataset(tmp / "test", 12, seed=12, size=64, frames=(10, 20), variation=0.0)
+        # no augmentation: the faces are centred (variation=0); synthetic-tiny's random crops (70-100 % of the
+        # area) and brightness jitter left seeds 0 and 3 at 18-32 % UAR after 60 epochs (94 % without, at seed 0)
         cfg = load_train_config("synthetic-tiny").with_overrides(
-            [f"{k}={json.dumps(v)}" for k, v in dict(train=str(train_list), test=str(test_list),
-                                                      output=str(tmp / "run"), log_every=0, seed=seed).items()])
+            [f"{k}={json.dumps(v)}" for k, v in dict(
+                train=str(train_list), test=str(test_list), output=str(tmp / "run"), log_every=0, seed=seed,
+                augment={"brightness": 0.0, "crop_area": None, "flip": False}).items()])
         test = train(cfg)["test"]
     cm = np.array(test["confusion"])
     a, b = (CLASS_NAMES.index(c) for c in TEMPORAL_PAIR)
