@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import atexit
 import logging
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol, Sequence, runtime_checkable
@@ -104,6 +106,18 @@ def _nodes(edges) -> list[int]:
     return sorted({i for e in edges for i in e})
 
 
+# analyzers with a running MediaPipe graph: closed at exit, before the interpreter tears down what their threads use
+# (left to the garbage collector, a graph's threads could abort a torchrun worker at exit: "terminate called
+# without an active exception")
+_OPEN: "weakref.WeakSet[MediaPipeFaceAnalyzer]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_analyzers() -> None:
+    for analyzer in list(_OPEN):
+        analyzer.close()
+
+
 class MediaPipeFaceAnalyzer:
     """MediaPipe Face Mesh (one face, still-image mode so each frame's result depends on that frame only).
 
@@ -125,6 +139,13 @@ class MediaPipeFaceAnalyzer:
         self._mesh = None
         self._lock = threading.Lock()
         self._regions = None
+
+    def close(self) -> None:
+        """Stop the MediaPipe graph (its threads); the next analysis starts a new one."""
+        with self._lock:
+            if self._mesh is not None:
+                self._mesh.close()
+                self._mesh = None
 
     def __getstate__(self):  # picklable for DataLoader workers: the graph is rebuilt on first use
         return {"landmark_subset": self.landmark_subset, "min_detection_confidence": self.min_detection_confidence}
@@ -148,6 +169,7 @@ class MediaPipeFaceAnalyzer:
                 f"attrs flatbuffers 'protobuf>=4.25.3,<5' ({e})") from None
         self._mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
                                         min_detection_confidence=self.min_detection_confidence)
+        _OPEN.add(self)
         lips_outer, lips_inner = sorted(_loops(c.FACEMESH_LIPS), key=len, reverse=True)[:2]
         if self.landmark_subset == "contours":
             self._subset = np.array(_nodes(c.FACEMESH_CONTOURS))
