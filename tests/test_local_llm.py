@@ -192,12 +192,15 @@ def test_cancel_cuts_a_reply_within_a_token(local_env):
 
 def test_a_reply_that_never_ends_is_cut_at_its_budget(local_env):
     chat = local_llm.local_chat("tiny-describer")
-    eos = chat.model.generation_config.eos_token_id
-    chat.model.generation_config.eos_token_id = None  # it now talks on after its answer
+    config = chat.model.generation_config
+    eos = config.eos_token_id
+    # it now talks on after its answer: no end token, and its end token is never picked (a well-trained describer
+    # would otherwise repeat it, which decodes to nothing)
+    config.eos_token_id, config.suppress_tokens = None, [eos]
     try:
         gen = generate(["anger"], settings=local_settings(max_new_tokens=500), template=TEMPLATE, n=1)
     finally:
-        chat.model.generation_config.eos_token_id = eos
+        config.eos_token_id, config.suppress_tokens = eos, None
     words = gen.replies[0].replace(",", " ,").replace(".", " .").split()
     assert gen.replies[0].startswith(REPLIES["anger"])
     assert len(REPLIES["anger"].split()) + 10 < len(words) <= local_llm.reply_budget(500, 1) == 64
