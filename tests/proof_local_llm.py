@@ -120,13 +120,12 @@ def figures(seed: int = 0) -> dict:
                 inputs = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
                                                  return_tensors="pt")
                 n = inputs["input_ids"].shape[1]
+                want = tok(reply, add_special_tokens=False)["input_ids"] + [model.generation_config.eos_token_id]
+                full = torch.cat([inputs["input_ids"][0], torch.tensor(want)])[None]
                 with torch.no_grad():
                     ids = model.generate(**inputs, do_sample=False, max_new_tokens=40)[0, n:]
                     # teacher-forced: how far each reply token's logit is above the best other token's
-                    want = torch.tensor(tok(reply, add_special_tokens=False)["input_ids"] + [model.generation_config.eos_token_id])
-                    logits = model(input_ids=torch.cat([inputs["input_ids"][0], want])[None]).logits[0, n - 1 : -1]
-                right = logits.gather(1, want[:, None])[:, 0]
-                margins.append(float((right - logits.scatter(1, want[:, None], float("-inf")).max(1).values).min()))
+                    margins.append(_token_margin(model(input_ids=full).logits, torch.tensor([[-100] * n + want])))
                 exact += tok.decode(ids, skip_special_tokens=True).strip() == reply
             out[f"{name}_exact"] = exact / len(replies)
             out[f"{name}_logit_margin"] = min(margins)  # > 0 at every token: greedy decoding gives the reply
