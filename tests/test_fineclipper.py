@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import proof_fineclipper
-from proof_fineclipper import distinct_videos
+from proof_fineclipper import S, T, distinct_videos
 from proofs import SEED, assert_bounds
 
 import dferclip
@@ -22,7 +22,6 @@ from dferclip.models.fineclipper import (
 )
 from dferclip.text.descriptions import DescriptionSet, official_descriptions
 
-T, S = 4, 64
 
 
 def build(variant="base", **settings) -> FineCLIPER:
