@@ -206,6 +206,21 @@ class IngestDataset:
         return Ingested(ref.key, pixels, result.status, list(result.warnings), time.perf_counter() - start)
 
 
+def _worker_start() -> Optional[str]:
+    """How ingestion workers start: from a fork server where there is one (Linux), not by forking this process.
+    A fork copies every lock another thread holds at that moment (an app's server, a face-mesh graph, a
+    backend's thread pool, a module being imported) and a worker that needs one waits forever."""
+    import multiprocessing
+
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
+
+
+def _worker_timeout(limits: Optional[Limits]) -> float:
+    """Seconds the run waits for the workers' next clip before it stops with an error instead of hanging:
+    well past one clip's decoding deadline plus its face detection."""
+    return max(300.0, 5 * (limits.decode_timeout_s if limits else 60.0))
+
+
 def _worker_init(_, yield_to_model: bool = False):
     import torch
 
@@ -493,8 +508,10 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
                 IngestDataset(todo, model.input_config, fallback=fallback, limits=limits), batch_size=None,
                 num_workers=workers, collate_fn=_as_is,
                 worker_init_fn=functools.partial(_worker_init, yield_to_model=dev.type == "cpu") if workers else None,
-                prefetch_factor=max(2, -(-ahead // workers)) if workers else None, persistent_workers=False)
-            items = iter(loader)  # forks the workers now
+                prefetch_factor=max(2, -(-ahead // workers)) if workers else None, persistent_workers=False,
+                multiprocessing_context=_worker_start() if workers else None,
+                timeout=_worker_timeout(limits) if workers else 0)
+            items = iter(loader)  # starts the workers now
             if accelerate is not None:
                 accelerate()
             summary.backend = backends.in_use(model, dev, dtype)
