@@ -202,6 +202,174 @@ def test_tensors_that_do_not_fit_the_entry_are_refused(server, env):
     assert list((env / "weights" / ".downloads").iterdir()) == []
 
 
+# --- integrity: pinned hashes, trust on first use; credentials; downloads that fail midway --------------
+def _checkpoint_bytes(ck: dict) -> bytes:
+    main = sys.modules["__main__"]
+    had = hasattr(main, "RecorderMeter")
+    main.RecorderMeter = RecorderMeter
+    try:
+        buf = io.BytesIO()
+        torch.save(ck, buf)
+    finally:
+        if not had:
+            del main.RecorderMeter
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def other_checkpoint(official, tmp_path_factory):
+    """A second valid official-format checkpoint of the same architecture: one tensor nudged."""
+    path = tmp_path_factory.mktemp("other") / "x.pth"
+    path.write_bytes(official[0])
+    ck = read_official(path)
+    key = next(k for k in ck["state_dict"] if k.endswith("prompt_learner.ctx"))
+    ck["state_dict"][key] = ck["state_dict"][key] + 0.01
+    return _checkpoint_bytes(ck)
+
+
+def _registry_with(registry_file: Path, folder: Path, **changes) -> Path:
+    """The test registry with dfew-fold1's fields changed (e.g. a pinned sha256 and size)."""
+    data = json.loads(registry_file.read_text())
+    for e in data["entries"]:
+        if e["name"] == "dfew-fold1":
+            e.update(changes)
+    path = folder / "pinned.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_pinned_sha256_and_size_install_and_a_wrong_pin_is_refused(server, official, env, tmp_path, monkeypatch,
+                                                                      registry_file):
+    import hashlib
+
+    real = {"sha256": hashlib.sha256(official[0]).hexdigest(), "size": len(official[0])}
+    monkeypatch.setenv("DFERCLIP_PUBLISHED", str(_registry_with(registry_file, tmp_path, **real)))
+    assert dferclip.load_model("dfew-fold1").weights_info["file"]["sha256"] == real["sha256"]
+
+    fetch.forget_converted(published.get_entry("dfew-fold1"), "test")
+    wrong = dict(real, sha256="0" * 64)
+    (tmp_path / "wrong").mkdir()
+    monkeypatch.setenv("DFERCLIP_PUBLISHED", str(_registry_with(registry_file, tmp_path / "wrong", **wrong)))
+    with pytest.raises(CheckpointError, match="differs from the hash pinned in the published-weights registry: "
+                                              f"sha256 {real['sha256']} \\(expected 0{{64}}\\)"):
+        dferclip.load_model("dfew-fold1")
+    assert_nothing_cached(env, "dfew-fold1")
+    assert list((env / "weights" / ".downloads").iterdir()) == []
+    assert fetch.status("dfew-fold1").state == "failed"
+
+
+def test_a_pinned_hash_installs_a_file_that_came_without_one(official, env, tmp_path):
+    """The Hub's path hands over a file without its sha256 (it used to be refused as "sha256 None differs")."""
+    import hashlib
+
+    entry = published.PublishedWeights.from_dict(dict(
+        vars(published.get_entry("dfew-fold1")), name="hub-pickle", host={"hub": "someone/x", "file": "m.pth"},
+        sha256=hashlib.sha256(official[0]).hexdigest(), size=len(official[0])))
+    path = tmp_path / "m.pth"
+    path.write_bytes(official[0])
+    folder = fetch._install(entry, path, {"url": fetch.shown_url(entry)})
+    saved = json.loads((folder / "config.json").read_text())["weights"]["file"]
+    assert saved["sha256"] == entry.sha256 and saved["size"] == entry.size
+
+
+def test_trust_on_first_use_refuses_a_later_different_file(server, official, other_checkpoint, env):
+    import hashlib
+
+    entry = published.get_entry("dfew-fold1")
+    dferclip.load_model("dfew-fold1")
+    known = json.loads(fetch.known_path(entry).read_text())
+    assert known["sha256"] == hashlib.sha256(official[0]).hexdigest() and known["size"] == len(official[0])
+
+    fetch.forget_converted(entry, "test")  # the cache is lost; the host now serves another (valid) file
+    server.files["/dfew-fold1.pth"] = other_checkpoint
+    with pytest.raises(CheckpointError, match="differs from the file first verified here on .*sha256 "
+                                              f"{hashlib.sha256(other_checkpoint).hexdigest()}.*delete that record"):
+        dferclip.load_model("dfew-fold1")
+    assert_nothing_cached(env, "dfew-fold1")
+    assert list((env / "weights" / ".downloads").iterdir()) == []
+    assert json.loads(fetch.known_path(entry).read_text()) == known  # the record is not replaced
+    server.files["/dfew-fold1.pth"] = official[0]  # the host serves the first file again: it installs
+    with torch.no_grad():
+        assert (dferclip.load_model("dfew-fold1")(official[1]) - official[2]).abs().max() <= ATOL
+
+
+SECRET = "s3cret-pass"
+
+
+def test_mirror_credentials_are_used_but_never_shown_or_stored(server, official, env, tmp_path, monkeypatch, capsys):
+    import base64
+
+    from dferclip.cli import main
+    from dferclip.weights.push import build_folder
+
+    monkeypatch.setenv("DFERCLIP_WEIGHTS_MIRROR", server.url.replace("http://", f"http://op:{SECRET}@"))
+    entry = published.get_entry("dfew-fold1")
+    server.files.pop("/dfew-fold1.pth")
+    with pytest.raises(WeightsDownloadError) as missing:
+        fetch.ensure_cached(entry, quiet=True)
+    server.files["/dfew-fold1.pth"] = official[0]
+    server.drops["/dfew-fold1.pth"] = 1
+    with pytest.raises(WeightsDownloadError) as cut:
+        fetch.ensure_cached(entry, retries=0, quiet=True)
+    for err in (missing.value, cut.value):
+        assert SECRET not in str(err) and "op:" not in str(err) and "127.0.0.1" in str(err)
+    assert SECRET not in fetch.status("dfew-fold1").text
+
+    assert main(["weights", "download", "dfew-fold1"]) == 0  # gdown's own output included
+    printed = capsys.readouterr()
+    assert SECRET not in printed.out + printed.err
+    expected = "Basic " + base64.b64encode(f"op:{SECRET}".encode()).decode()
+    assert set(server.authorizations) == {expected}  # every request carried the credentials
+    stored = [p for p in (env / "weights").rglob("*") if p.is_file() and p.suffix == ".json"]
+    assert stored and all(SECRET not in p.read_text() for p in stored)
+    assert json.loads((env / "weights" / "dfew-fold1" / "config.json").read_text())["weights"]["file"]["url"] == (
+        server.url + "/dfew-fold1.pth")
+
+    # a cache converted by an older version kept the credentials: what is pushed does not
+    cfg = env / "weights" / "dfew-fold1" / "config.json"
+    info = json.loads(cfg.read_text())
+    info["weights"]["file"]["url"] = server.url.replace("http://", f"http://op:{SECRET}@") + "/dfew-fold1.pth"
+    cfg.write_text(json.dumps(info))
+    out = build_folder(entry, tmp_path / "repo", "someone/x")
+    assert all(SECRET not in p.read_text(errors="replace") for p in out.iterdir() if p.suffix in (".json", ".md"))
+
+
+def test_a_download_cut_midway_again_and_again_keeps_its_part_and_heals_when_the_host_does(server, official, env):
+    """The host cuts the next 4 responses halfway (gdown's first look at the file counts as one)."""
+    entry = published.get_entry("dfew-fold1")
+    server.drops["/dfew-fold1.pth"] = 4
+    kept, failures = [0], 0
+    while True:
+        try:
+            fetch.ensure_cached(entry, retries=0, quiet=True)
+            break
+        except WeightsDownloadError as e:
+            failures += 1
+            assert failures <= 4 and e.reason == "interrupted" and "resumes where it stopped" in str(e)
+        assert fetch.status("dfew-fold1").state == "failed"
+        assert_nothing_cached(env, "dfew-fold1")
+        parts = list((env / "weights" / ".downloads").iterdir())
+        assert len(parts) == 1 and parts[0].name.endswith(".part") and parts[0].stat().st_size > kept[-1]
+        kept.append(parts[0].stat().st_size)
+    assert failures >= 2 and server.drops["/dfew-fold1.pth"] == 0
+    assert fetch.status("dfew-fold1").state == "ready"
+    assert list((env / "weights" / ".downloads").iterdir()) == []
+    with torch.no_grad():
+        assert (dferclip.load_model("dfew-fold1")(official[1]) - official[2]).abs().max() <= ATOL
+
+
+def test_a_corrupt_converted_folder_is_fetched_again(server, official, env):
+    dferclip.load_model("dfew-fold1")
+    weights = env / "weights" / "dfew-fold1" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # cut short (a disk fault)
+    with torch.no_grad():
+        assert (dferclip.load_model("dfew-fold1")(official[1]) - official[2]).abs().max() <= ATOL
+    assert len(server.requests_for("/dfew-fold1.pth")) == 2
+    (env / "weights" / "dfew-fold1" / "config.json").write_text("{not json")
+    assert dferclip.load_model("dfew-fold1").weights_info["published"] == "dfew-fold1"
+    assert len(server.requests_for("/dfew-fold1.pth")) == 3
+
+
 def test_offline_without_a_cache_fails_fast(env, monkeypatch):
     from app_helpers import free_port
 

@@ -22,6 +22,7 @@ class WeightsServer:
         self.gates: dict[str, threading.Event] = {}  # path -> the body stops halfway until the event is set
         self.halfway = threading.Event()  # set when a gated body reached its halfway point
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.authorizations: list[str | None] = []  # each request's Authorization header
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -30,6 +31,7 @@ class WeightsServer:
 
             def do_GET(self):
                 server.requests.append((self.path, self.headers.get("Range")))
+                server.authorizations.append(self.headers.get("Authorization"))
                 server.serve(self)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

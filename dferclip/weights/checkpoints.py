@@ -27,7 +27,7 @@ from ..errors import CheckpointError
 from ..files import checkpoints_dir
 from ..models import build_model
 from ..text.descriptions import official_descriptions
-from . import hub, published
+from . import fetch, hub, published
 from .fetch import ensure_cached
 from .formats import (
     CONFIG_FILE,
@@ -104,7 +104,14 @@ def load_published(entry: PublishedWeights, descriptions=None) -> nn.Module:
     if entry.load_source:
         model = load_model(entry.load_source, descriptions=descriptions)
     else:
-        model = load_own(ensure_cached(entry), descriptions)
+        folder = ensure_cached(entry)
+        try:
+            model = load_own(folder, descriptions)
+        except CheckpointError as e:
+            if folder != published.cache_folder(entry):  # the Hub's own cache: not ours to delete
+                raise
+            fetch.forget_converted(entry, str(e))  # corrupt (a disk fault, a copy cut short): fetched again
+            model = load_own(ensure_cached(entry), descriptions)
     model.weights_info = entry.facts() | model.weights_info | {"published": entry.name}
     return model
 

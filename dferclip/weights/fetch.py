@@ -19,14 +19,18 @@ through the same code path.
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
+import json
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import get_config
+from ..files import write_json
 from ..errors import (
     CheckpointError,
     DferclipError,
@@ -34,9 +38,10 @@ from ..errors import (
     WeightsUnavailableError,
 )
 from ..text.descriptions import load_class_sets
+from ..text.llm import redact_url
 from . import hub
 from .formats import CONFIG_FILE, WEIGHTS_FILE, load_official, save_model
-from .published import PublishedWeights, cache_folder, is_cached, weights_root
+from .published import PublishedWeights, cache_folder, default_name, is_cached, weights_root
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +57,22 @@ def mirror() -> str | None:
     return os.environ.get("DFERCLIP_WEIGHTS_MIRROR", "").strip().rstrip("/") or None
 
 
+def shown_url(entry: PublishedWeights) -> str:
+    """:func:`download_url` without credentials or query string: the form every message and file gets."""
+    return redact_url(download_url(entry))
+
+
+def scrub(text: str) -> str:
+    """``text`` with the mirror's credentials and any other ``user:password@`` in a URL removed."""
+    m = mirror()
+    if m:
+        text = text.replace(m, redact_url(m))
+    return re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@", r"\1", text)
+
+
 def download_url(entry: PublishedWeights) -> str:
-    """Where the entry's file comes from: the mirror's ``<name>.pth``, Drive, or the Hub."""
+    """Where the entry's file comes from: the mirror's ``<name>.pth``, Drive, or the Hub. Can hold the mirror's
+    credentials: show :func:`shown_url` instead."""
     kind = entry.host_kind
     if kind == "drive":
         m = mirror()
@@ -74,7 +93,7 @@ class DownloadStatus:
     """How the fetch of one entry is going, in this process."""
 
     name: str
-    state: str = "idle"  # idle | waiting | downloading | verifying | ready | failed
+    state: str = "idle"  # idle | waiting | downloading | verifying | ready | failed | refused
     done: int = 0
     total: int | None = None
     error: str | None = None
@@ -91,12 +110,13 @@ class DownloadStatus:
             return f"downloading: {mb} MB"
         return {"idle": "about to download", "waiting": "waiting for another process that is downloading it",
                 "verifying": "verifying and converting", "ready": "ready",
-                "failed": f"failed: {self.error}"}[self.state]
+                "failed": f"failed: {self.error}", "refused": f"refused: {self.error}"}[self.state]
 
 
 _statuses: dict[str, DownloadStatus] = {}
 _threads: dict[str, threading.Thread] = {}
 _locks: dict[str, threading.Lock] = {}
+_starting = threading.Lock()  # two visitors picking the same entry at once start one fetch
 
 
 def status(name: str) -> DownloadStatus | None:
@@ -113,18 +133,19 @@ def in_progress(name: str) -> bool:
 
 def start_background(entry: PublishedWeights) -> DownloadStatus:
     """Fetch ``entry`` in a daemon thread (once); poll :func:`status`."""
-    if not in_progress(entry.name):
-        _statuses[entry.name] = DownloadStatus(entry.name)
+    with _starting:
+        if not in_progress(entry.name):
+            _statuses[entry.name] = DownloadStatus(entry.name)
 
-        def run():
-            try:
-                ensure_cached(entry, quiet=True)
-            except DferclipError as e:
-                log.warning("fetching %s failed: %s", entry.name, e)
+            def run():
+                try:
+                    ensure_cached(entry, quiet=True)
+                except Exception as e:  # the status says "failed" and why
+                    log.warning("fetching %s failed: %s", entry.name, scrub(str(e)))
 
-        _threads[entry.name] = threading.Thread(target=run, name=f"fetch-{entry.name}", daemon=True)
-        _threads[entry.name].start()
-    return status(entry.name)
+            _threads[entry.name] = threading.Thread(target=run, name=f"fetch-{entry.name}", daemon=True)
+            _threads[entry.name].start()
+        return status(entry.name)
 
 
 # --- Drive's web pages --------------------------------------------------------------------------
@@ -160,10 +181,10 @@ def page_error(entry: PublishedWeights, text: str, url: str) -> WeightsDownloadE
             "virus-scan": "Try again later",
             "not-found": "Check the entry's Drive id against the source",
             }.get(reason, "Check the address")
-    return WeightsDownloadError(
+    return WeightsDownloadError(scrub(
         f"{entry.name}: {what}; nothing was cached. {todo}, or open {page} in a browser, save the file and run "
         f"`python -m dferclip weights download {entry.name} --file PATH`, or set DFERCLIP_WEIGHTS_MIRROR to a "
-        "server that has it.", reason)
+        "server that has it."), reason)
 
 
 # --- download -------------------------------------------------------------------------------------
@@ -193,33 +214,39 @@ def _download(entry: PublishedWeights, target: Path, st: DownloadStatus, retries
     import requests
     from gdown.exceptions import DownloadCancelled, DownloadError, FileURLRetrievalError
 
-    url = download_url(entry)
+    url, shown = download_url(entry), shown_url(entry)
     where = {"url": url} if mirror() else {"id": entry.host["drive"]}
     target.parent.mkdir(parents=True, exist_ok=True)
     sha = _Sha256()
     st.state = "downloading"
     try:
-        gdown.download(output=str(target), quiet=quiet, resume=True, retries=retries, timeout=(10, 60),
-                       progress=st.update, hasher=sha, **where)
+        # gdown prints the URL it downloads from: never one with credentials
+        gdown.download(output=str(target), quiet=quiet or shown != url, resume=True, retries=retries,
+                       timeout=(10, 60), progress=st.update, hasher=sha, **where)
     except FileURLRetrievalError as e:  # Drive answered with a page gdown could not get past
         _drop(target)
-        raise page_error(entry, str(e), url) from None
+        raise page_error(entry, str(e), shown) from None
     except requests.HTTPError as e:
         _drop(target)
         code = e.response.status_code if e.response is not None else "?"
-        raise WeightsDownloadError(f"{entry.name}: {url} answered HTTP {code}; nothing was cached.", "http") from None
+        raise WeightsDownloadError(f"{entry.name}: {shown} answered HTTP {code}; nothing was cached.", "http") from None
     except (DownloadError, DownloadCancelled, requests.RequestException, OSError) as e:
         kept = sum(p.stat().st_size for p in _partials(target))
-        raise WeightsDownloadError(
-            f"{entry.name}: the download from {url} was interrupted after {kept / 1e6:.0f} MB "
-            f"({str(e).splitlines()[0]}). Run the same command again: it resumes where it stopped.",
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise WeightsDownloadError(
+                f"{entry.name}: the disk is full ({e.strerror}) after {kept / 1e6:.0f} MB of the download from "
+                f"{shown}. Free some space (or raise the quota) and try again: it resumes where it stopped.",
+                "disk") from None
+        raise WeightsDownloadError(scrub(
+            f"{entry.name}: the download from {shown} was interrupted after {kept / 1e6:.0f} MB "
+            f"({str(e).splitlines()[0]}). Run the same command again: it resumes where it stopped."),
             "interrupted") from None
     if sha.n != target.stat().st_size:  # gdown found a finished file and skipped the transfer
         sha = _Sha256()
         with open(target, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 sha.update(block)
-    return {"url": url, "size": sha.n, "sha256": sha.h.hexdigest()}
+    return {"url": shown, "size": sha.n, "sha256": sha.h.hexdigest()}
 
 
 # --- verify and convert ---------------------------------------------------------------------------
@@ -249,25 +276,80 @@ def check_fits(model, entry: PublishedWeights) -> None:
         raise CheckpointError(f"{entry.name}: the file's tensors do not fit {entry.config}: " + ", ".join(diffs))
 
 
+def _hash_file(path: Path) -> dict:
+    sha = _Sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return {"size": sha.n, "sha256": sha.h.hexdigest()}
+
+
+# --- trust on first use: what a published file was when first verified here --------------------------
+def known_path(entry: PublishedWeights) -> Path:
+    return weights_root() / ".known" / f"{entry.name}.json"
+
+
+def known_file(entry: PublishedWeights) -> dict | None:
+    """The size and sha256 recorded when the entry's file was first verified here, or None."""
+    try:
+        known = json.loads(known_path(entry).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(known, dict) and isinstance(known.get("sha256"), str) and isinstance(known.get("size"), int):
+        return known
+    return None
+
+
+def expected_file(entry: PublishedWeights) -> tuple[dict, str] | None:
+    """(size and/or sha256 the file must have, where that comes from): pinned in the registry, else recorded on
+    first use; None for a file never seen and not pinned."""
+    pinned = {k: getattr(entry, k) for k in ("size", "sha256") if getattr(entry, k) is not None}
+    if pinned:
+        return pinned, "the hash pinned in the published-weights registry"
+    known = known_file(entry)
+    if known:
+        return ({"size": known["size"], "sha256": known["sha256"]},
+                f"the file first verified here on {known.get('verified', '?')} ({known_path(entry)})")
+    return None
+
+
+def _record_known(entry: PublishedWeights, seen: dict) -> None:
+    if known_file(entry) is None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        write_json(known_path(entry), {"name": entry.name, "size": seen["size"], "sha256": seen["sha256"],
+                                       "url": redact_url(seen.get("url")), "verified": stamp})
+
+
 def _check_file(entry: PublishedWeights, path: Path, seen: dict) -> None:
     with open(path, "rb") as f:
         head = f.read(4096)
     if _looks_like_html(head):
         with open(path, "rb") as f:
             raise page_error(entry, f.read(1 << 20).decode("utf-8", "replace"), seen.get("url", str(path)))
-    for key in ("size", "sha256"):
-        expected = getattr(entry, key)
-        if expected is not None and seen.get(key) != expected:
-            raise CheckpointError(f"{entry.name}: {key} {seen.get(key)} differs from the published {expected}")
+    expected = expected_file(entry)
+    if expected is None:
+        return
+    want, origin = expected
+    diffs = [f"{k} {seen.get(k)} (expected {want[k]})" for k in ("size", "sha256")
+             if k in want and seen.get(k) != want[k]]
+    if diffs:
+        todo = ("If the host replaced the file on purpose, delete that record to trust the new one"
+                if "first verified" in origin else "Check the host, or update the pinned size and sha256")
+        raise CheckpointError(f"{entry.name}: the downloaded file differs from {origin}: {', '.join(diffs)}. "
+                              f"Refused and deleted; nothing was cached. {todo}.")
 
 
 def _install(entry: PublishedWeights, path: Path, seen: dict) -> Path:
     """Verify the official checkpoint at ``path`` and write it converted into the entry's cache folder."""
+    if seen.get("sha256") is None or seen.get("size") is None:  # the Hub's download: hashed here
+        seen = seen | _hash_file(path)
+    seen = seen | {"url": redact_url(seen.get("url"))} if "://" in str(seen.get("url")) else seen
     _check_file(entry, path, seen)
     model = load_official(path)  # weights-only unpickler with the official allow-list
     check_fits(model, entry)
     model.weights_info = {"kind": "published", "trained": True, **entry.facts()}
     fetched = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    _record_known(entry, seen)
     # atomic: a whole folder renamed into place; one already there is incomplete (this code never leaves one)
     return save_model(model, cache_folder(entry), meta={"file": seen, "fetched": fetched}, overwrite=True)
 
@@ -312,7 +394,9 @@ class _EntryLock:
 def ensure_cached(entry: PublishedWeights, *, retries: int = 3, quiet: bool = False) -> Path:
     """The entry's folder in the project's format, fetched, verified and converted first if needed.
     Raises :class:`WeightsUnavailableError` (offline), :class:`WeightsDownloadError` (what went wrong and what
-    to do) or :class:`CheckpointError` (a file that is not the published checkpoint). See the module docstring."""
+    to do; ``reason`` "disk" for a full disk) or :class:`CheckpointError` (a file that is not the published
+    checkpoint). See the module docstring. Whatever fails, the status says "failed" and no downloaded file is
+    kept for reuse (only a ``.part`` that the next try resumes)."""
     kind = entry.host_kind
     if kind == "open_clip":
         raise ValueError(f"{entry.name} is served by open_clip: load {entry.load_source!r}")
@@ -326,7 +410,7 @@ def ensure_cached(entry: PublishedWeights, *, retries: int = 3, quiet: bool = Fa
     if not host_reachable(entry):
         st.state, st.error = "failed", "offline"
         raise WeightsUnavailableError(
-            f"{entry.name} is not in the cache ({folder}) and {download_url(entry)} cannot be reached "
+            f"{entry.name} is not in the cache ({folder}) and {shown_url(entry)} cannot be reached "
             f"({'HF_HUB_OFFLINE is set' if offline_mode() else 'offline?'}). Run `python -m dferclip weights "
             f"download {entry.name}` on a connected machine and copy {folder} here, or pick other weights.")
     try:
@@ -336,25 +420,33 @@ def ensure_cached(entry: PublishedWeights, *, retries: int = 3, quiet: bool = Fa
                 return folder
             if kind == "hub":  # an official pickle on the Hub: huggingface_hub downloads and resumes it
                 path = Path(hub.hub_download(entry.host["hub"], entry.host["file"]))
-                seen = {"url": download_url(entry), "size": path.stat().st_size}
                 st.state = "verifying"
-                _install(entry, path, seen)
+                _install(entry, path, {"url": shown_url(entry)})
             else:
                 target = weights_root() / ".downloads" / f"{entry.name}.pth"
                 seen = _download(entry, target, st, retries, quiet)
                 st.state = "verifying"
                 try:
                     _install(entry, target, seen)
-                except DferclipError:
-                    _drop(target)  # not the published checkpoint: never resume or reuse it
+                except BaseException:
+                    _drop(target)  # never resume or reuse a file that failed: the next try downloads afresh
                     raise
                 target.unlink(missing_ok=True)
-    except DferclipError as e:
-        st.state, st.error = "failed", str(e)
+    except OSError as e:  # writing the converted folder or the record (the download reports its own)
+        st.state, st.error = "failed", _disk_text(entry, e)
+        raise WeightsDownloadError(st.error, "disk") from None
+    except BaseException as e:
+        st.state, st.error = "failed", scrub(str(e)) or type(e).__name__
         raise
     st.state = "ready"
     log.info("%s: ready in %s", entry.name, folder)
     return folder
+
+
+def _disk_text(entry: PublishedWeights, e: OSError) -> str:
+    what = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "a file could not be written"
+    return (f"{entry.name}: {what} ({e.strerror or e}) while converting the weights into {weights_root()}; "
+            "nothing was cached and the download was deleted. Free some space and try again.")
 
 
 def install_file(entry: PublishedWeights, path: str | Path) -> Path:
@@ -366,13 +458,106 @@ def install_file(entry: PublishedWeights, path: str | Path) -> Path:
     if entry.host_kind not in ("drive", "hub") or not (entry.host_kind == "drive" or entry.host.get("file")):
         raise CheckpointError(f"{entry.name} is not published as an official checkpoint file")
     st = _statuses.setdefault(entry.name, DownloadStatus(entry.name))
-    with _EntryLock(entry, st):
-        sha = _Sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                sha.update(block)
-        st.state = "verifying"
-        folder = _install(entry, path, {"url": path.name, "size": sha.n, "sha256": sha.h.hexdigest()})
+    try:
+        with _EntryLock(entry, st):
+            st.state = "verifying"
+            folder = _install(entry, path, {"url": path.name} | _hash_file(path))
+    except OSError as e:
+        st.state, st.error = "failed", _disk_text(entry, e)
+        raise WeightsDownloadError(st.error, "disk") from None
+    except BaseException as e:
+        st.state, st.error = "failed", scrub(str(e)) or type(e).__name__
+        raise
     st.state = "ready"
     return folder
 
+
+def forget_converted(entry: PublishedWeights, why: str) -> None:
+    """Delete the entry's converted folder (it failed to load): the next :func:`ensure_cached` fetches again."""
+    import shutil
+
+    folder = cache_folder(entry)
+    log.warning("%s: the cached weights in %s cannot be used (%s); deleting them to fetch them again",
+                entry.name, folder, why)
+    shutil.rmtree(folder, ignore_errors=True)
+    _statuses.pop(entry.name, None)
+
+
+# --- who may download what (a public app) -------------------------------------------------------------
+DEFAULT_PUBLIC_DISK_BYTES = 6 << 30
+ASSUMED_FILE_BYTES = 1 << 30  # a published file's size when neither pinned nor seen (DFER-CLIP ViT-B/32: ~0.6 GB)
+
+
+def public_downloads() -> set[str]:
+    """Entries a public app may download: ``DFERCLIP_PUBLIC_DOWNLOADS`` (comma-separated names, ``*`` for all,
+    empty for none), else the app's default entry only."""
+    raw = os.environ.get("DFERCLIP_PUBLIC_DOWNLOADS")
+    if raw is None:
+        name = default_name()
+        return {name} if name else set()
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+def disk_budget(public: bool) -> int | None:
+    """Bytes the weights cache (downloads, converted weights, backends' compiled towers) may take:
+    ``DFERCLIP_WEIGHTS_DISK_BYTES``, else 6 GiB in public mode and no limit otherwise (None)."""
+    raw = os.environ.get("DFERCLIP_WEIGHTS_DISK_BYTES", "").strip()
+    if raw:
+        return int(float(raw))
+    return DEFAULT_PUBLIC_DISK_BYTES if public else None
+
+
+def disk_used() -> int:
+    """Bytes under the weights cache and the compiled towers' cache."""
+    total = 0
+    for root in (weights_root(), weights_root().parent / "openvino"):
+        for dirpath, _, names in os.walk(root):
+            for n in names:
+                try:
+                    total += os.lstat(os.path.join(dirpath, n)).st_size
+                except OSError:
+                    pass
+    return total
+
+
+def disk_needed(entry: PublishedWeights) -> int:
+    """What fetching ``entry`` takes at its peak: the download plus the converted copy."""
+    size = entry.size or (known_file(entry) or {}).get("size") or ASSUMED_FILE_BYTES
+    return 2 * int(size)
+
+
+def download_refusal(entry: PublishedWeights, public: bool) -> str | None:
+    """Why this app may not download ``entry`` now (a sentence for a visitor), or None when it may."""
+    if public and "*" not in (allowed := public_downloads()) and entry.name not in allowed:
+        return (f"{entry.title} ({entry.name}) is not downloaded on this server, and the operator has not enabled "
+                "downloading it here (DFERCLIP_PUBLIC_DOWNLOADS). Pick a model that is marked cached.")
+    budget = disk_budget(public)
+    if budget is not None:
+        used, needed = disk_used(), disk_needed(entry)
+        if used + needed > budget:
+            return (f"{entry.title} ({entry.name}) needs about {needed / 1e9:.1f} GB to download and convert, and "
+                    f"the weights cache holds {used / 1e9:.1f} of its {budget / 1e9:.1f} GB "
+                    "(DFERCLIP_WEIGHTS_DISK_BYTES). Pick a model that is marked cached.")
+    return None
+
+
+def request(entry: PublishedWeights, *, public: bool = False) -> DownloadStatus:
+    """What the app calls when a visitor picks ``entry``; never blocks on the network or a conversion.
+
+    Returns a snapshot: ``ready`` (cached: load it), ``downloading`` / ``waiting`` / ``verifying`` (a background
+    fetch runs: poll :func:`status`), ``refused`` (not allowed here, or over the disk budget; ``error`` says
+    why), or ``failed`` (offline: ``error`` says so). A fetch that failed earlier is started again."""
+    if is_cached(entry):
+        st = _statuses.get(entry.name)
+        if st is not None and st.state != "ready" and not in_progress(entry.name):
+            st.state = "ready"
+        return DownloadStatus(entry.name, "ready")
+    if in_progress(entry.name):
+        return status(entry.name)
+    refusal = download_refusal(entry, public)
+    if refusal:
+        return DownloadStatus(entry.name, "refused", error=refusal)
+    if offline_mode():
+        return DownloadStatus(entry.name, "failed", error=f"{entry.name} is not cached and this server is offline "
+                              "(HF_HUB_OFFLINE is set)")
+    return start_background(entry)

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 
 from ..errors import WeightsUnavailableError
+from ..files import write_json
+from ..text.llm import redact_url
 from .formats import CONFIG_FILE, WEIGHTS_FILE
 from .fetch import _arch_facts, ensure_cached
 from .published import PublishedWeights
@@ -56,9 +58,12 @@ def build_folder(entry: PublishedWeights, out_dir: str | Path, repo_id: str) -> 
     folder = ensure_cached(entry)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in (WEIGHTS_FILE, CONFIG_FILE):
-        shutil.copyfile(folder / name, out / name)
+    shutil.copyfile(folder / WEIGHTS_FILE, out / WEIGHTS_FILE)
     info = json.loads((folder / CONFIG_FILE).read_text())
+    file = (info.get("weights") or {}).get("file")
+    if isinstance(file, dict) and file.get("url"):  # a cache converted by an older version may hold credentials
+        file["url"] = redact_url(file["url"])
+    write_json(out / CONFIG_FILE, info)
     (out / "README.md").write_text(model_card(entry, info, repo_id))
     return out
 
