@@ -42,6 +42,10 @@ class DecodeTimeoutError(VideoError):
     """Decoding took longer than ``Limits.decode_timeout_s``."""
 
 
+class TextTooLongError(DferclipError):
+    """A text someone sent (a prompt template, a descriptor, an LLM's reply) is longer than its bound."""
+
+
 class NoFaceFoundError(DferclipError):
     """No face was detected in the sampled frames and the caller asked for ``fallback="error"``."""
 

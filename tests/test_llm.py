@@ -217,3 +217,179 @@ def test_prompt_styles_are_data():
     assert "furrowed eyebrows" not in p and "tears" in p  # the example comes from another class
     with pytest.raises(LLMConfigError, match="placeholder"):
         llm.render_prompt("describe {nme}", "fear", CLASSES, 1)
+
+
+# --- bounds and deadlines (issue 20): real misbehaving servers on 127.0.0.1 ---------------------------------
+from llm_server import ScriptedLLM  # noqa: E402
+
+from dferclip.errors import LLMCancelledError, TextTooLongError  # noqa: E402
+
+
+@pytest.fixture
+def scripted():
+    s = ScriptedLLM()
+    yield s
+    s.close()
+
+
+def deadline_settings(server, seconds: float, **kw) -> LLMSettings:
+    return LLMSettings(model="test-model", base_url=server.url, api_key=KEY, timeout=seconds, **kw)
+
+
+def timed(fn, *args, **kwargs):
+    t0 = time.monotonic()
+    with pytest.raises(Exception) as info:
+        fn(*args, **kwargs)
+    return info.value, time.monotonic() - t0
+
+
+def test_max_tokens_is_sent_for_the_descriptions_asked(server):
+    generate(["anger"], settings=settings(server), n=3)
+    generate(["anger"], settings=settings(server), n=50)
+    assert [r["body"]["max_tokens"] for r in server.requests] == [llm.reply_tokens(3), llm.reply_tokens(50)]
+    assert llm.reply_tokens(3) < llm.reply_tokens(50) <= llm.MAX_REPLY_TOKENS
+
+
+def test_a_server_taking_max_completion_tokens_gets_it(server):
+    def respond(body):
+        if "max_tokens" in body:
+            return 400, {"error": {"message": "Unsupported parameter: 'max_tokens'. Use 'max_completion_tokens'."}}, 0
+        return 200, completion('{"descriptions": ["a frown"]}'), 0
+
+    server.respond = respond
+    assert generate(["anger"], settings=settings(server), n=2).descriptions == [["a frown"]]
+    assert server.requests[-1]["body"]["max_completion_tokens"] == llm.reply_tokens(2)
+
+
+@pytest.mark.parametrize("mode", ["trickle", "trickle-headers", "hang"])
+def test_a_slow_server_ends_at_the_total_deadline(scripted, mode):
+    scripted.mode = mode  # a byte every 0.3 s never trips a per-read timeout; the total deadline stops it
+    error, took = timed(generate, ["anger"], settings=deadline_settings(scripted, 1.5))
+    assert isinstance(error, LLMTimeoutError) and "1.5 s deadline" in str(error)
+    assert 1.4 <= took < 4.0, took
+    assert len(scripted.requests) == 1  # a timed-out call is not retried past its deadline
+
+
+def test_cancel_stops_a_request_in_flight(scripted):
+    import threading
+
+    scripted.mode = "hang"
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    error, took = timed(generate, ["anger", "fear"], settings=deadline_settings(scripted, 30), cancel=cancel)
+    assert isinstance(error, LLMCancelledError) and error.partial is not None and error.partial.classes == []
+    assert took < 3.0, took
+
+
+@pytest.mark.parametrize("status,error", [(503, LLMServerError), (429, LLMRateLimitError)])
+def test_a_refusing_server_answers_quickly(scripted, status, error):
+    scripted.mode, scripted.status = "status", status  # with "Retry-After: 60", which is not waited for
+    raised, took = timed(generate, ["anger"], settings=deadline_settings(scripted, 30, max_retries=2))
+    assert isinstance(raised, error) and "inner-secret-body" not in str(raised)
+    assert len(scripted.requests) == 3 and took < 5.0, took
+
+
+def test_connection_refused_answers_quickly():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    raised, took = timed(generate, ["anger"], settings=LLMSettings(
+        model="m", base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, timeout=30, max_retries=2))
+    assert isinstance(raised, LLMConnectionError) and took < 5.0, took
+
+
+def test_redirects_are_not_followed(scripted):
+    inner = ScriptedLLM("status")
+    inner.status = 418
+    try:
+        scripted.mode, scripted.location = "redirect", inner.url + "/chat/completions"
+        raised, _ = timed(generate, ["anger"], settings=deadline_settings(scripted, 5))
+        assert isinstance(raised, LLMConfigError) and "redirect" in str(raised)
+        assert inner.requests == []  # the loopback target was never asked
+        assert "418" not in str(raised) and "inner-secret" not in str(raised) and str(inner.httpd.server_address[1]) \
+            not in str(raised)
+    finally:
+        inner.close()
+
+
+def test_a_public_only_server_is_checked_when_connecting(scripted):
+    raised, _ = timed(generate, ["anger"], settings=deadline_settings(scripted, 5, public_only=True))
+    assert isinstance(raised, LLMConfigError) and "own network" in str(raised)
+    assert scripted.requests == []
+
+
+def test_an_oversized_reply_is_refused_before_it_is_read_whole(scripted):
+    scripted.mode = "big"
+    raised, _ = timed(generate, ["anger"], settings=deadline_settings(scripted, 10))
+    assert isinstance(raised, LLMReplyError) and "larger than" in str(raised)
+    scripted.mode, scripted.reply = "ok", json.dumps({"descriptions": ["x " * 30_000]})
+    raised, _ = timed(generate, ["anger"], settings=deadline_settings(scripted, 10))
+    assert isinstance(raised, LLMReplyError) and f"at most {llm.MAX_REPLY_CHARS}" in str(raised)
+
+
+def test_reply_descriptions_are_held_to_the_set_bounds(scripted):
+    from dferclip.text.descriptions import MAX_DESCRIPTIONS_PER_CLASS, MAX_TEXT_CHARS
+
+    scripted.reply = json.dumps({"descriptions": ["lowered brows " * 100] + ["a frown"] * 60})
+    gen = generate(["anger"], settings=deadline_settings(scripted, 10), n=50)
+    descs = gen.descriptions[0]
+    assert len(descs) == MAX_DESCRIPTIONS_PER_CLASS and len(descs[0]) <= MAX_TEXT_CHARS
+    assert descs[0].startswith("lowered brows") and not descs[0].endswith(" lowered b")
+    assert gen.to_description_set("bounded").classes == ["anger"]  # a valid set
+
+
+@pytest.mark.parametrize("template", ["{n:>200000000}", "{name!r}", "{name.__class__}", "{name[0]}", "{0}", "{}",
+                                      "{n:{n}}", "{others:>9}"])
+def test_formatted_placeholders_are_refused(scripted, template):
+    raised, took = timed(generate, ["anger"], settings=deadline_settings(scripted, 10), template=template)
+    assert isinstance(raised, LLMConfigError) and "placeholder" in str(raised)
+    assert took < 2.0 and scripted.requests == []
+
+
+def test_prompt_texts_are_bounded_before_any_request(scripted):
+    for kwargs in ({"template": "Describe {name}. " + "x" * llm.MAX_TEMPLATE_CHARS},
+                   {"system": "s" * (llm.MAX_SYSTEM_CHARS + 1)},
+                   {"template": "{others}" * 400}):  # 400 x the other 99 class names: megabytes, never built
+        raised, took = timed(generate, [f"class-{i:03d}-{'c' * 30}" for i in range(100)],
+                             settings=deadline_settings(scripted, 10), **kwargs)
+        assert isinstance(raised, TextTooLongError) and "at most" in str(raised) and took < 2.0
+    for n in (-1, 51):
+        assert isinstance(timed(generate, ["anger"], settings=deadline_settings(scripted, 10), n=n)[0], LLMConfigError)
+    assert scripted.requests == []
+    assert llm.render_prompt("{{literal}} {name}, not {others}; {n}", "fear", ["fear", "anger"], 2) == \
+        "{literal} fear, not anger; 2"
+
+
+def test_the_model_on_the_operators_server_is_the_operators(monkeypatch, scripted):
+    from dferclip.text.llm import visitor_settings
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", scripted.url)
+    monkeypatch.setenv("DFERCLIP_LLM_MODEL", "operator-model")
+    monkeypatch.delenv("DFERCLIP_LLM_ALLOW_MODELS", raising=False)
+    with pytest.raises(LLMConfigError, match="allows no other model"):
+        visitor_settings("gpt-expensive", restrict_models=True)
+    assert visitor_settings("", restrict_models=True).model == "operator-model"
+    assert visitor_settings("operator-model", restrict_models=True).model == "operator-model"
+    assert visitor_settings("gpt-expensive").model == "gpt-expensive"  # the operator at their own app
+    monkeypatch.setenv("DFERCLIP_LLM_ALLOW_MODELS", "gpt-cheap, gpt-expensive")
+    assert visitor_settings("gpt-expensive", restrict_models=True).model == "gpt-expensive"
+    with pytest.raises(LLMConfigError, match="allows no other model"):
+        visitor_settings("gpt-other", restrict_models=True)
+    monkeypatch.setenv("DFERCLIP_LLM_ALLOW_MODELS", "*")
+    assert visitor_settings("gpt-other", restrict_models=True).model == "gpt-other"
+    monkeypatch.setenv("DFERCLIP_LLM_ALLOW_MODELS", "")
+    other = ScriptedLLM()  # a visitor's own server and key: any model
+    try:
+        s = visitor_settings("their-model", other.url, "their-key", restrict_models=True)
+        assert (s.model, s.api_key) == ("their-model", "their-key")
+    finally:
+        other.close()
+
+
+def test_the_deadline_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DFERCLIP_LLM_DEADLINE_S", "7.5")
+    assert LLMSettings.from_env().timeout == 7.5
+    monkeypatch.setenv("DFERCLIP_LLM_DEADLINE_S", "soon")
+    with pytest.raises(LLMConfigError, match="DFERCLIP_LLM_DEADLINE_S"):
+        LLMSettings.from_env()

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -37,7 +38,9 @@ from ..errors import (
     LLMReplyError,
     LLMServerError,
     LLMTimeoutError,
+    TextTooLongError,
 )
+from .descriptions import MAX_DESCRIPTIONS_PER_CLASS, MAX_TEXT_CHARS
 from .tokens import CONTEXT_LENGTH, token_count
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,47 @@ RESPONSE_SCHEMA = {
 }
 _JSON_HINT = ' Reply as JSON: {"descriptions": ["...", ...]}.'
 
+# What one generation may send and take (docs/security.md): refused before any request, never cut silently.
+MAX_TEMPLATE_CHARS = 4000  # the user-prompt template
+MAX_SYSTEM_CHARS = 4000  # the system prompt
+MAX_PROMPT_CHARS = 16_000  # one rendered user prompt (the class names of a 100-class set fit)
+MAX_REPLY_CHARS = 50_000  # one reply's text, checked before it is parsed or token-counted
+TOKENS_PER_DESCRIPTION, TOKENS_FRAMING, MAX_REPLY_TOKENS = 60, 100, 4000  # max_tokens sent with each request
+DEFAULT_DEADLINE_S = 60.0  # one request, retries included (DFERCLIP_LLM_DEADLINE_S)
+PLACEHOLDERS = ("name", "article", "others", "n", "example")
+
+
+def check_length(what: str, text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters, else a clear :class:`TextTooLongError`."""
+    if len(text) > limit:
+        raise TextTooLongError(f"the {what} has {len(text)} characters; at most {limit} are accepted")
+    return text
+
+
+def reply_tokens(n: int) -> int:
+    """``max_tokens`` for a reply of ``n`` descriptions."""
+    return min(MAX_REPLY_TOKENS, TOKENS_FRAMING + TOKENS_PER_DESCRIPTION * max(1, n))
+
+
+def _deadline_from_env() -> float:
+    value = (os.environ.get("DFERCLIP_LLM_DEADLINE_S") or "").strip()
+    try:
+        seconds = float(value) if value else DEFAULT_DEADLINE_S
+    except ValueError:
+        raise LLMConfigError(f"DFERCLIP_LLM_DEADLINE_S={value!r} is not a number of seconds") from None
+    if not 0 < seconds <= 3600:
+        raise LLMConfigError("DFERCLIP_LLM_DEADLINE_S must be between 0 and 3600 seconds")
+    return seconds
+
+
+def operator_models() -> Optional[frozenset]:
+    """The models a visitor may name on the operator's server besides its own (``DFERCLIP_LLM_ALLOW_MODELS``, a
+    comma list; "*": any, returned as None)."""
+    value = (os.environ.get("DFERCLIP_LLM_ALLOW_MODELS") or "").strip()
+    if value == "*":
+        return None
+    return frozenset(m.strip() for m in value.split(",") if m.strip())
+
 
 # --- settings ------------------------------------------------------------------------------------
 @dataclass
@@ -71,13 +115,15 @@ class LLMSettings:
     base_url: Optional[str] = None  # None: OpenAI's API
     api_key: Optional[str] = field(default=None, repr=False)
     temperature: float = 0.7
-    timeout: float = 60.0
+    timeout: float = DEFAULT_DEADLINE_S  # seconds for one request in all (retries included), not per read
     max_retries: int = 2
     structured: bool = True  # ask for json_schema output; falls back to plain text if the server refuses
     # "openai": an OpenAI-compatible server; "local": a small instruct model run here (text/local_models.json)
     backend: str = "openai"
     local_model: Optional[str] = None  # a name in the local model registry; None: its default
     max_new_tokens: int = 200  # local backend: the longest reply, in tokens
+    max_tokens: Optional[int] = None  # server backend: max_tokens sent (None: for the style's n descriptions)
+    public_only: bool = False  # connect only to public addresses (a visitor's own server on a public app)
 
     @classmethod
     def from_env(cls, **overrides) -> "LLMSettings":
@@ -86,6 +132,7 @@ class LLMSettings:
             "model": os.environ.get("DFERCLIP_LLM_MODEL") or DEFAULT_MODEL,
             "base_url": os.environ.get("OPENAI_BASE_URL") or None,
             "api_key": os.environ.get("OPENAI_API_KEY") or None,
+            "timeout": _deadline_from_env(),
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         if "backend" not in values:
@@ -141,7 +188,8 @@ def _same_server(a: Optional[str], b: Optional[str]) -> bool:
 
 
 def visitor_settings(model: str = "", base_url: str = "", api_key: str = "", *, backend: str = "",
-                     local_model: str = "", allow_private_urls: bool = True) -> LLMSettings:
+                     local_model: str = "", allow_private_urls: bool = True,
+                     restrict_models: bool = False) -> LLMSettings:
     """Settings for a request from someone who is not the server's operator (a visitor of the app).
 
     The server's key (``OPENAI_API_KEY``) is used only when the request goes to the server's own base URL
@@ -149,7 +197,10 @@ def visitor_settings(model: str = "", base_url: str = "", api_key: str = "", *, 
     falls back to the server's key. With ``allow_private_urls=False`` (a public app) a visitor's base URL
     must be an http(s) URL whose host resolves to public addresses only (no loopback, private or link-local
     address of the server's network). ``backend`` "local" runs a model of the local registry (``local_model``,
-    validated; no key, no server), "openai" a server; "" chooses as :func:`default_backend`."""
+    validated; no key, no server), "openai" a server; "" chooses as :func:`default_backend`. With
+    ``restrict_models`` (a public app) a model named for the operator's server must be its own
+    (``DFERCLIP_LLM_MODEL``) or one the operator allows (:func:`operator_models`); a visitor's own server and key
+    may use any model."""
     server = LLMSettings.from_env()
     backend = (backend or "").strip().lower()
     if backend == "local":
@@ -167,8 +218,16 @@ def visitor_settings(model: str = "", base_url: str = "", api_key: str = "", *, 
                 "there: type the key for that server (any non-empty value for a local server without keys)"
             )
         _check_visitor_url(base_url, allow_private_urls)
+    check_length("model name", model, 200)
+    if restrict_models and not own_url and model and model != server.model:
+        allowed = operator_models()
+        if allowed is not None and model not in allowed:
+            raise LLMConfigError(
+                f"this app's LLM server runs {server.model!r}; its operator allows no other model name here "
+                "(leave the name empty, or type your own server's base URL and key to use another model)")
     chosen = {"base_url": base_url if own_url else server.base_url,
-              "api_key": api_key or (None if own_url else server.api_key)}
+              "api_key": api_key or (None if own_url else server.api_key),
+              "public_only": bool(own_url) and not allow_private_urls}
     return replace(server, model=model or server.model, backend=backend or default_backend(chosen), **chosen)
 
 
@@ -232,11 +291,13 @@ def make_client(settings: LLMSettings, http_client=None):
         )
     if not settings.model:
         raise LLMConfigError("no model name: set DFERCLIP_LLM_MODEL or type one in")
-    kwargs = {"api_key": settings.api_key, "timeout": settings.timeout, "max_retries": settings.max_retries}
+    from .llm_http import http_client as limited_client
+
+    # retries are made by complete(), within the call's deadline; redirects are never followed
+    kwargs = {"api_key": settings.api_key, "timeout": settings.timeout, "max_retries": 0,
+              "http_client": http_client or limited_client(settings.timeout, settings.public_only)}
     if settings.base_url:
         kwargs["base_url"] = settings.base_url
-    if http_client is not None:
-        kwargs["http_client"] = http_client
     return openai.OpenAI(**kwargs)
 
 
@@ -276,23 +337,45 @@ def _example_for(class_name: str) -> str:
     return ds.descriptions[ds.classes.index(other)][0] if other in ds.classes else _EXAMPLE_FALLBACK
 
 
+def template_fields(template: str) -> list[tuple[str, Optional[str]]]:
+    """(literal text, placeholder or None) pairs of a prompt template: only the placeholders of
+    :data:`PLACEHOLDERS`, bare (no format spec, conversion, attribute or index); ``{{``/``}}`` are braces."""
+    import string
+
+    hint = ("use {name}, {article}, {others}, {n}, {example} as they are, and double braces for literal ones")
+    check_length("prompt template", template, MAX_TEMPLATE_CHARS)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise LLMConfigError(f"prompt template has a broken placeholder ({e}); {hint}") from None
+    fields = []
+    for literal, name, spec, conversion in parsed:
+        if name is not None and (name not in PLACEHOLDERS or spec or conversion):
+            shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise LLMConfigError(f"prompt template has an unknown or broken placeholder {shown[:60]}; {hint}")
+        fields.append((literal, name))
+    return fields
+
+
 def render_prompt(template: str, class_name: str, classes: Sequence[str], n: int) -> str:
-    """Fill a user-prompt template for one class; unknown ``{placeholders}`` are a clear error."""
+    """Fill a user-prompt template for one class (placeholders are substituted as plain text, never through
+    ``str.format``); unknown or formatted ``{placeholders}`` and a prompt over :data:`MAX_PROMPT_CHARS` are
+    clear errors."""
+    fields = template_fields(template)
+    used = {name for _, name in fields if name}
     others = [c for c in classes if c != class_name]
     values = {
         "name": class_name,
         "article": "an" if class_name[:1].lower() in "aeiou" else "a",
         "others": ", ".join(others) if others else "other expressions",
-        "n": n,
-        "example": _example_for(class_name) if "{example}" in template else "",
+        "n": str(int(n)),
+        "example": _example_for(class_name) if "example" in used else "",
     }
-    try:
-        return template.format(**values)
-    except (KeyError, IndexError, ValueError) as e:
-        raise LLMConfigError(
-            f"prompt template has an unknown or broken placeholder ({e}); use {{name}}, {{article}}, "
-            "{others}, {n}, {example}, and double braces for literal ones"
-        ) from None
+    size = sum(len(literal) + (len(values[name]) if name else 0) for literal, name in fields)
+    if size > MAX_PROMPT_CHARS:
+        raise TextTooLongError(f"the prompt for {class_name[:60]!r} would have {size} characters; at most "
+                               f"{MAX_PROMPT_CHARS} are sent (shorten the template or the class names)")
+    return "".join(literal + (values[name] if name else "") for literal, name in fields)
 
 
 # --- reply parsing ---------------------------------------------------------------------------------
@@ -460,7 +543,8 @@ def translate_error(e: Exception, settings: LLMSettings) -> LLMError:
 
     where = settings.describe()  # never the key, never URL credentials
     if isinstance(e, openai.APITimeoutError):
-        return LLMTimeoutError(f"{where} did not answer within {settings.timeout:g} s; try again or raise the timeout")
+        return LLMTimeoutError(f"{where} did not answer within the {settings.timeout:g} s deadline; try again "
+                               "later")
     if isinstance(e, openai.APIConnectionError):
         return LLMConnectionError(f"cannot reach {where}: is the server running and the base URL right?")
     if isinstance(e, openai.RateLimitError):
@@ -469,6 +553,9 @@ def translate_error(e: Exception, settings: LLMSettings) -> LLMError:
         return LLMConfigError(f"{where} refused the API key ({e.status_code})")
     if isinstance(e, openai.NotFoundError):
         return LLMConfigError(f"{where}: model or endpoint not found (404); check the model name and base URL")
+    if isinstance(e, openai.APIStatusError) and 300 <= e.status_code < 400:  # the target is never shown
+        return LLMConfigError(f"{where} answered with a redirect ({e.status_code}); redirects are not followed: "
+                              "type the server's final base URL")
     if isinstance(e, openai.APIStatusError):
         kind = "server error" if e.status_code >= 500 else "request refused"
         return LLMServerError(f"{where}: {kind} ({e.status_code}); try again later")
@@ -485,44 +572,110 @@ def _is_schema_refusal(e: Exception) -> bool:
     )
 
 
+def _stopped(limits, settings: LLMSettings) -> Optional[LLMError]:
+    """The error for a call its limits stopped (llm_http.CallLimits.stopped), or None."""
+    where = settings.describe()
+    return {
+        "cancelled": LLMCancelledError("cancelled while waiting for the server"),
+        "deadline": LLMTimeoutError(f"{where} did not answer within the {settings.timeout:g} s deadline; try "
+                                    "again later"),
+        "too-large": LLMReplyError(f"{where} sent a reply larger than {limits.max_bytes // 1024} kB"),
+        "private-address": LLMConfigError(f"{where} resolves to an address in the app server's own network; on a "
+                                          "public app a typed base URL must be a public server"),
+    }.get(limits.stopped)
+
+
+def _retry_wait(e: Exception, attempt: int) -> Optional[float]:
+    """Seconds to wait before retrying after ``e`` (connection failures, 429, 5xx), or None: do not retry."""
+    import openai
+
+    if isinstance(e, openai.APITimeoutError):
+        return None
+    if isinstance(e, (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)):
+        return min(4.0, 0.5 * 2 ** attempt)
+    return None
+
+
+def _request(client, settings: LLMSettings, kwargs: dict, user: str, structured: bool):
+    """(response, structured) of one request. A server refusing json_schema output is asked again in text; one
+    that takes ``max_completion_tokens`` instead of ``max_tokens`` (OpenAI's reasoning models) again with it."""
+    import openai
+
+    for _ in range(3):
+        extra = {"response_format": {"type": "json_schema", "json_schema": RESPONSE_SCHEMA}} if structured else {}
+        try:
+            return client.chat.completions.create(**kwargs, **extra), structured
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
+            if "max_tokens" in kwargs and "max_completion_tokens" in str(e):
+                kwargs["max_completion_tokens"] = kwargs.pop("max_tokens")
+            elif structured and _is_schema_refusal(e):
+                log.info("server refused json_schema output; asking for plain text")
+                structured = False
+                kwargs["messages"][-1] = {"role": "user", "content": user + _JSON_HINT}
+            else:
+                raise
+    return client.chat.completions.create(**kwargs), structured
+
+
 def complete(client, settings: LLMSettings, system: str, user: str, cancel=None) -> tuple[str, bool]:
     """One chat completion; returns (reply text, whether structured output was used). A local ``client``
     (:class:`dferclip.text.local_llm.LocalChat`) answers the prompts as given (no structured output) and stops
-    early once ``cancel`` is set."""
+    early once ``cancel`` is set. A server gets ``max_tokens`` and one deadline (``settings.timeout``) for the
+    request, its retries (connection failures, 429, 5xx; ``settings.max_retries``) and their waits; it stops
+    waiting as soon as ``cancel`` is set. Its reply must be at most :data:`MAX_REPLY_CHARS` characters."""
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     if settings.backend == "local":
         return client.reply(messages, temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
                             cancel=cancel), False
     import openai
 
-    kwargs = {"model": settings.model, "messages": messages, "temperature": settings.temperature}
+    from .llm_http import call_limits
+
+    kwargs = {"model": settings.model, "messages": messages, "temperature": settings.temperature,
+              "max_tokens": settings.max_tokens or reply_tokens(1)}
     structured = settings.structured
-    try:
-        try:
-            if structured:
-                resp = client.chat.completions.create(
-                    **kwargs, response_format={"type": "json_schema", "json_schema": RESPONSE_SCHEMA}
-                )
-            else:
-                resp = client.chat.completions.create(**kwargs)
-        except openai.APIError as e:
-            if not (structured and _is_schema_refusal(e)):
-                raise
-            log.info("server refused json_schema output; asking for plain text")
-            structured = False
-            messages[-1] = {"role": "user", "content": user + _JSON_HINT}
-            resp = client.chat.completions.create(**kwargs)
-    except openai.OpenAIError as e:
-        raise translate_error(e, settings) from None
-    except ValueError:  # a body that is not JSON (json.JSONDecodeError)
-        raise LLMReplyError(f"{settings.describe()} sent a reply that is not JSON") from None
+    with call_limits(settings.timeout, cancel) as limits:
+        attempt = 0
+        while True:
+            try:
+                resp, structured = _request(client, settings, kwargs, user, structured)
+                break
+            except openai.OpenAIError as e:
+                stopped = _stopped(limits, settings)
+                if stopped is not None:
+                    raise stopped from None
+                wait = _retry_wait(e, attempt)
+                if wait is None or attempt >= settings.max_retries or wait >= limits.left():
+                    raise translate_error(e, settings) from None
+                attempt += 1
+                if cancel is not None and cancel.wait(wait):
+                    raise LLMCancelledError("cancelled while waiting to retry") from None
+                if cancel is None:
+                    time.sleep(wait)
+            except ValueError:  # a body that is not JSON (json.JSONDecodeError)
+                raise LLMReplyError(f"{settings.describe()} sent a reply that is not JSON") from None
     try:
         content = resp.choices[0].message.content
     except (AttributeError, IndexError, TypeError):
         raise LLMReplyError(f"{settings.describe()} sent a reply without a message") from None
     if not isinstance(content, str):
         raise LLMReplyError(f"{settings.describe()} sent a reply without text")
+    if len(content) > MAX_REPLY_CHARS:
+        raise LLMReplyError(f"{settings.describe()} sent a reply of {len(content)} characters; at most "
+                            f"{MAX_REPLY_CHARS} are read")
     return content, structured
+
+
+def bounded_descriptions(found: Sequence[str]) -> list[str]:
+    """A reply's descriptions within the description-set bounds: at most MAX_DESCRIPTIONS_PER_CLASS, each cut to
+    MAX_TEXT_CHARS characters (at a word boundary where there is one)."""
+    out = []
+    for text in list(found)[:MAX_DESCRIPTIONS_PER_CLASS]:
+        if len(text) > MAX_TEXT_CHARS:
+            cut = text[:MAX_TEXT_CHARS]
+            text = cut.rsplit(" ", 1)[0] if " " in cut else cut
+        out.append(text)
+    return out
 
 
 def generate(
@@ -539,26 +692,36 @@ def generate(
     reserved_tokens: int = 8,
     progress: Optional[Callable[[int, int, str], None]] = None,
     cancel=None,
+    before_request: Optional[Callable[[int, str], None]] = None,
 ) -> Generation:
     """Ask the model for descriptions of each class (or of the classes in ``only``).
 
     ``template``/``system`` replace the style's prompts (the user may edit them); ``client`` or
     ``client_factory(settings)`` supply the client (default: :func:`make_chat_client`). ``cancel``: a
-    ``threading.Event``; once set, generation stops (a local model within a token, a server after the current
-    request) with :class:`LLMCancelledError`, whose ``partial`` holds the classes already finished.
+    ``threading.Event``; once set, generation stops (a local model within a token, a server within
+    ``llm_http.READ_SLICE_S``) with :class:`LLMCancelledError`, whose ``partial`` holds the classes already
+    finished. ``before_request(i, class)``: called before each class's request (e.g. to take a rate-limit token;
+    it may wait, and raise to stop).
+
+    Every prompt is rendered and checked (template, system text, n, rendered size) before the first request.
     """
     settings = settings or LLMSettings.from_env()
     st = get_style(style)
     template = template if template is not None else st.user
-    system = system if system is not None else st.system
+    system = check_length("system prompt", system if system is not None else st.system, MAX_SYSTEM_CHARS)
     n = int(n or st.n)
+    if not 1 <= n <= MAX_DESCRIPTIONS_PER_CLASS:
+        raise LLMConfigError(f"ask for 1 to {MAX_DESCRIPTIONS_PER_CLASS} descriptions per class, not {n}")
+    targets = [c for c in classes if only is None or c in only]
+    rendered = [render_prompt(template, cls, classes, n) for cls in targets]
     if settings.backend == "local":
         from .local_llm import reply_budget
 
         settings = replace(settings, max_new_tokens=reply_budget(settings.max_new_tokens, n))
+    else:
+        settings = replace(settings, max_tokens=settings.max_tokens or reply_tokens(n))
     if client is None:
         client = (client_factory or make_chat_client)(settings)
-    targets = [c for c in classes if only is None or c in only]
     prompts, replies, descs, flags = [], [], [], []
     structured_used = settings.structured and settings.backend != "local"
 
@@ -571,13 +734,18 @@ def generate(
             progress(i, len(targets), cls)
         if cancel is not None and cancel.is_set():
             raise LLMCancelledError(f"cancelled after {i} of {len(targets)} classes", partial=result())
-        user = render_prompt(template, cls, classes, n)
-        reply, structured_used = complete(client, settings, system, user, cancel=cancel)
+        if before_request is not None:
+            before_request(i, cls)
+        user = rendered[i]
+        try:
+            reply, structured_used = complete(client, settings, system, user, cancel=cancel)
+        except LLMCancelledError:
+            raise LLMCancelledError(f"cancelled after {i} of {len(targets)} classes", partial=result()) from None
         if cancel is not None and cancel.is_set():  # the reply may be cut short: keep only finished classes
             raise LLMCancelledError(f"cancelled after {i} of {len(targets)} classes", partial=result())
         if not structured_used:
             settings = replace(settings, structured=False)  # remember for the session's next classes
-        found = parse_descriptions(reply, cls)
+        found = bounded_descriptions(parse_descriptions(reply, cls))
         prompts.append(user)
         replies.append(reply)
         descs.append(found)
