@@ -170,7 +170,17 @@ def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_
     """(overlays, strip chart, note, arrays, change overlays, new previous) for the page's clip and one descriptor
     (class + text), versus a contrast as :func:`explain_expression`. ``previous`` (the session's state): the
     last other text explained for the same clip, model, class and contrast; the change from its map is drawn
-    and added to the arrays as ``change`` (new minus old, at the patch grid)."""
+    and added to the arrays as ``change`` (new minus old, at the patch grid). The text and the class name are
+    held to a description's bound (``MAX_TEXT_CHARS``) before anything else."""
+    from ..text.descriptions import MAX_TEXT_CHARS
+    from ..text.llm import check_length
+
+    text, class_name = str(text or ""), str(class_name or "")
+    try:
+        check_length("descriptor text", text, MAX_TEXT_CHARS)
+        check_length("class name", class_name, MAX_TEXT_CHARS)
+    except DferclipError as e:
+        raise gr.Error(str(e), print_exception=False) from None
     model, model_key, video = _clip_for(ctx, model_key, record)
     if not (text or "").strip():
         raise gr.Error("Pick a descriptor row (or type a text) to explain.", print_exception=False)

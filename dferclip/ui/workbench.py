@@ -601,16 +601,33 @@ def build_workbench_tab(ctx) -> None:
         try:
             settings = visitor_settings(str(model_v or ""), str(url_v or ""), str(key_v or ""),
                                         backend=str(backend_v or ""), local_model=str(local_v or ""),
-                                        allow_private_urls=ctx.policy.allow_private_llm_urls)
-            requests = len([c for c in wb.current.classes if not only_v or c in only_v])
-            wait = ctx.llm_limiter.take(session, requests)
-            if wait is not None:
-                raise LLMRateLimitError(f"too many LLM requests: this app allows {ctx.policy.llm_requests_per_minute} "
-                                        f"a minute per visitor; try again in {wait:.0f} s")
+                                        allow_private_urls=ctx.policy.allow_private_llm_urls,
+                                        restrict_models=ctx.policy.public)
+            try:
+                n = int(float(n_v or 0)) or None
+            except (TypeError, ValueError, OverflowError):
+                raise DescriptionError(f"descriptions per class must be a whole number, not {str(n_v)[:40]!r}") from None
+            total = len([c for c in wb.current.classes if not only_v or c in only_v])
             cancel = ctx.generation_started(session)
+
+            def take_rate_token(i, cls):
+                """One request a class, as it goes: the first is refused when over the limit, the later ones
+                wait for their turn (a big class set generates, at the limit's pace)."""
+                while not cancel.is_set():
+                    wait = ctx.llm_limiter.take(session, 1)
+                    if wait is None:
+                        return
+                    if i == 0:
+                        raise LLMRateLimitError(f"too many LLM requests: this app allows "
+                                                f"{ctx.policy.llm_requests_per_minute} a minute per visitor; try "
+                                                f"again in {wait:.0f} s")
+                    progress(i / max(total, 1), desc=f"rate limit: {wait:.0f} s before asking for {cls}")
+                    cancel.wait(max(wait, 0.05))
+
             try:
                 gen = wb.generate(style_v, only=only_v or None, replace=mode_v == "replace", settings=settings,
-                                  template=prompt_v, system=system_v, n=int(n_v or 0) or None, cancel=cancel,
+                                  template=prompt_v, system=system_v, n=n, cancel=cancel,
+                                  before_request=take_rate_token,
                                   progress=lambda i, n, c: progress(i / max(n, 1), desc=f"asking for {c}"))
             finally:
                 ctx.generation_ended(session, cancel)
