@@ -51,7 +51,7 @@ def add_arguments(p):
     p.add_argument("--extra-leak-words", default="",
                    help="comma-separated words the refinement also removes, e.g. calm,nervous")
     p.add_argument("--flush-every", type=_positive_int, default=10, help="write the file every N new captions")
-    p.add_argument("--timeout", type=float, default=60.0, help="openai: seconds to wait for one reply")
+    p.add_argument("--timeout", type=float, default=60.0, help="openai: seconds for one reply in all (retries included)")
     p.add_argument("--max-retries", type=int, default=2, help="openai: retries of a request that failed")
     p.add_argument("--device", default="cuda", help="video-llava: torch device (default cuda)")
     p.add_argument("--load-in-4bit", action="store_true", help="video-llava: 4-bit weights (needs bitsandbytes)")

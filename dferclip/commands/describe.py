@@ -42,7 +42,8 @@ def add_arguments(p):
                                          "see dferclip/text/local_models.json)")
     g.add_argument("--max-new-tokens", type=int, default=200, help="local backend: longest reply in tokens")
     g.add_argument("--temperature", type=float, default=0.7, help="0: greedy (local backend)")
-    g.add_argument("--timeout", type=float, default=60.0)
+    g.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds for one request in all (retries included), not per read")
     g.add_argument("--show-prompt", action="store_true", help="print the prompts sent")
 
     c = sub.add_parser("check", help="flag label leaks and descriptions too long for CLIP's 77 tokens")

@@ -617,29 +617,19 @@ def _request(client, settings: LLMSettings, kwargs: dict, user: str, structured:
     return client.chat.completions.create(**kwargs), structured
 
 
-def complete(client, settings: LLMSettings, system: str, user: str, cancel=None) -> tuple[str, bool]:
-    """One chat completion; returns (reply text, whether structured output was used). A local ``client``
-    (:class:`dferclip.text.local_llm.LocalChat`) answers the prompts as given (no structured output) and stops
-    early once ``cancel`` is set. A server gets ``max_tokens`` and one deadline (``settings.timeout``) for the
-    request, its retries (connection failures, 429, 5xx; ``settings.max_retries``) and their waits; it stops
-    waiting as soon as ``cancel`` is set. Its reply must be at most :data:`MAX_REPLY_CHARS` characters."""
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    if settings.backend == "local":
-        return client.reply(messages, temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
-                            cancel=cancel), False
+def call_server(settings: LLMSettings, send: Callable[[], object], cancel=None):
+    """``send()`` (a request through a :func:`make_client` client) within one deadline (``settings.timeout``)
+    for it, its retries (connection failures, 429, 5xx; at most ``settings.max_retries``) and their waits, which
+    stop as soon as ``cancel`` is set. Returns what ``send`` returns; errors are typed (:class:`LLMError`)."""
     import openai
 
     from .llm_http import call_limits
 
-    kwargs = {"model": settings.model, "messages": messages, "temperature": settings.temperature,
-              "max_tokens": settings.max_tokens or reply_tokens(1)}
-    structured = settings.structured
     with call_limits(settings.timeout, cancel) as limits:
         attempt = 0
         while True:
             try:
-                resp, structured = _request(client, settings, kwargs, user, structured)
-                break
+                return send()
             except openai.OpenAIError as e:
                 stopped = _stopped(limits, settings)
                 if stopped is not None:
@@ -654,6 +644,22 @@ def complete(client, settings: LLMSettings, system: str, user: str, cancel=None)
                     time.sleep(wait)
             except ValueError:  # a body that is not JSON (json.JSONDecodeError)
                 raise LLMReplyError(f"{settings.describe()} sent a reply that is not JSON") from None
+
+
+def complete(client, settings: LLMSettings, system: str, user: str, cancel=None) -> tuple[str, bool]:
+    """One chat completion; returns (reply text, whether structured output was used). A local ``client``
+    (:class:`dferclip.text.local_llm.LocalChat`) answers the prompts as given (no structured output) and stops
+    early once ``cancel`` is set. A server gets ``max_tokens`` and one deadline (``settings.timeout``) for the
+    request, its retries (connection failures, 429, 5xx; ``settings.max_retries``) and their waits; it stops
+    waiting as soon as ``cancel`` is set. Its reply must be at most :data:`MAX_REPLY_CHARS` characters."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    if settings.backend == "local":
+        return client.reply(messages, temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+                            cancel=cancel), False
+    kwargs = {"model": settings.model, "messages": messages, "temperature": settings.temperature,
+              "max_tokens": settings.max_tokens or reply_tokens(1)}
+    resp, structured = call_server(settings, lambda: _request(client, settings, kwargs, user, settings.structured),
+                                   cancel)
     try:
         content = resp.choices[0].message.content
     except (AttributeError, IndexError, TypeError):

@@ -253,23 +253,16 @@ class OpenAICaptioner:
         return [{"role": "user", "content": parts}]
 
     def describe(self, frames: Sequence[np.ndarray]) -> str:
-        import openai
-
         from ..errors import LLMReplyError
-        from ..text.llm import make_client, translate_error
+        from ..text.llm import call_server, make_client
 
         if not len(frames):
             raise CaptionError("a clip without frames cannot be described")
         if self.client is None:
             self.client = make_client(self.settings)
-        try:
-            resp = self.client.chat.completions.create(model=self.settings.model, messages=self.messages(frames),
-                                                       temperature=self.settings.temperature,
-                                                       max_tokens=self.max_tokens)
-        except openai.OpenAIError as e:
-            raise translate_error(e, self.settings) from None
-        except ValueError:
-            raise LLMReplyError(f"{self.settings.describe()} sent a reply that is not JSON") from None
+        resp = call_server(self.settings, lambda: self.client.chat.completions.create(
+            model=self.settings.model, messages=self.messages(frames), temperature=self.settings.temperature,
+            max_tokens=self.max_tokens))  # one deadline for the request and its retries
         try:
             content = resp.choices[0].message.content
         except (AttributeError, IndexError, TypeError):
