@@ -146,6 +146,16 @@ def test_a_slow_operator_server_ends_at_the_deadline(public_app, server, mode):
     assert "2 s deadline" in message and took < 15, (message, took)
 
 
+@pytest.mark.parametrize("status,said", [(503, "server error"), (429, "429")])
+def test_a_refusing_operator_server_answers_quickly(public_app, server, status, said):
+    url, _ = public_app
+    server.mode, server.status = "status", status  # with "Retry-After: 60"
+    before = len(server.requests)
+    message, took = timed_error(generate, client(url))
+    assert said in message and "inner-secret" not in message and took < 15, (message, took)
+    assert 2 <= len(server.requests) - before <= 3  # retried (0.5 s, then 1 s) while the 2 s deadline allows
+
+
 def test_a_redirect_to_a_loopback_address_is_not_followed(public_app, server):
     url, _ = public_app
     inner = ScriptedLLM("status")

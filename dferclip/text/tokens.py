@@ -3,8 +3,8 @@
 open_clip's tokenizer runs BPE over the whole string before it truncates to the context, and caches every word
 it has seen: one 16 000-letter word takes seconds, and the cache grows without bound. Here:
 
-- a text is cut to :data:`MAX_TOKENIZED_CHARS` characters before anything else (CLIP reads 77 tokens; a token
-  covers at most 32 characters, so the cut only touches text CLIP would drop anyway);
+- a text is cut to :data:`MAX_TOKENIZED_CHARS` characters before anything else (CLIP reads 77 tokens of at
+  most 32 characters each, so the cut only touches text CLIP drops, barring long runs of spaces or entities);
 - a word longer than :data:`MAX_WORD_CHARS` (after byte encoding) goes through BPE in pieces of that length:
   BPE costs about the square of a word's length;
 - :func:`tokenize` stops once the context is full;
