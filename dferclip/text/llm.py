@@ -13,6 +13,12 @@ configured) a small instruct model run on this machine (:mod:`dferclip.text.loca
 - Backends: ``"openai"`` when a server is configured (``OPENAI_BASE_URL`` or ``OPENAI_API_KEY``, or a base URL
   or key typed in), else ``"local"``; ``DFERCLIP_LLM_BACKEND`` or ``backend=`` chooses explicitly. Both answer
   through :func:`complete`, so parsing, checks and provenance are shared.
+- Bounds (docs/security.md): templates are filled by :func:`render_prompt` without ``str.format`` (bare
+  placeholders only); template, system text, rendered prompt and ``n`` are checked before the first request;
+  ``max_tokens`` is sent; a server request has one total deadline (``DFERCLIP_LLM_DEADLINE_S``, 60 s) for it and
+  its retries, stops within a quarter second of a cancel, follows no redirect and reads at most 1 MB
+  (:mod:`dferclip.text.llm_http`); a reply is length-checked before it is parsed and token-counted. On a public
+  app a visitor names a model for the operator's server only if ``DFERCLIP_LLM_ALLOW_MODELS`` allows it.
 - :func:`check_description` flags label leaks (the emotion's word family) and texts too long for CLIP's
   77-token context (counting the learned context tokens).
 """
