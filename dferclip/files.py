@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import atexit
+import glob
 import json
 import logging
 import os
@@ -111,9 +112,12 @@ def atomic_folder(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
     """Yield a fresh hidden folder beside ``path`` to fill; on success it becomes ``path`` in one rename, on
     any error it is removed and ``path`` is untouched. An existing non-empty ``path`` raises FileExistsError
     unless ``overwrite``: then it is swapped out (renamed aside, the new folder renamed in, the old one
-    removed), so ``path`` never holds a mix of old and new files."""
+    removed), so ``path`` never holds a mix of old and new files. If the new folder cannot be renamed in, the
+    old one is renamed back; one left aside by a process killed between the two renames is restored on the
+    next call."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    restore_set_aside(path)
     if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
         raise FileExistsError(f"{path} already exists")
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
@@ -123,12 +127,36 @@ def atomic_folder(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
             os.replace(path, old / path.name)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old / path.name, path)
+                old.rmdir()
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def restore_set_aside(path: str | Path) -> bool:
+    """Put back a folder that :func:`atomic_folder` renamed aside when ``path`` is missing (a process killed
+    between its two renames); True if one was restored. Set-aside copies of a present ``path`` are removed."""
+    path = Path(path)
+    aside = [d / path.name for d in path.parent.glob(f".{glob.escape(path.name)}.*.old") if (d / path.name).exists()]
+    if not aside:
+        return False
+    restored = False
+    if not path.exists():
+        newest = max(aside, key=lambda p: p.stat().st_mtime)
+        os.replace(newest, path)
+        restored = True
+        logging.getLogger(__name__).warning("%s: restored the copy set aside by an interrupted replace", path)
+    for d in {p.parent for p in aside}:
+        shutil.rmtree(d, ignore_errors=True)
+    return restored
 
 
 def write_json(path: str | Path, data: Any, indent: int = 2) -> Path:

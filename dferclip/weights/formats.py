@@ -11,6 +11,7 @@ weights (:mod:`dferclip.weights.fetch`) reads and writes through this module too
 from __future__ import annotations
 
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -194,7 +195,6 @@ def save_model(model: nn.Module, out_dir: str | Path, meta: Optional[dict] = Non
     """Write ``model.safetensors`` + ``config.json`` (architecture, descriptions, provenance) as one folder: both
     files go into a temporary folder that is renamed into place, so ``out_dir`` never holds half a model. A
     non-empty ``out_dir`` raises CheckpointError unless ``overwrite`` (then it is replaced as a whole)."""
-    from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     info = {
@@ -205,12 +205,26 @@ def save_model(model: nn.Module, out_dir: str | Path, meta: Optional[dict] = Non
     }
     try:
         with atomic_folder(out_dir, overwrite=overwrite) as tmp:
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": OWN_FORMAT})
+            _save_tensors(state, tmp / WEIGHTS_FILE)
             write_json(tmp / CONFIG_FILE, info)
     except FileExistsError:
         raise CheckpointError(f"{out_dir} already exists and is not empty: choose another folder, or replace it "
                               "explicitly (overwrite=True; --force on the command line)") from None
     return Path(out_dir)
+
+
+def _save_tensors(state: dict, path: Path) -> None:
+    """``safetensors.save_file``, whose I/O errors (a full disk) are raised as the OSError they are."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(state, str(path), metadata={"format": OWN_FORMAT})
+    except SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
 
 
 def load_own(path: str | Path, descriptions=None) -> nn.Module:
