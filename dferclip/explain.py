@@ -41,6 +41,7 @@ forward and one backward (input gradients only) plus 2T temporal passes: about 2
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -135,9 +136,18 @@ def _temporal_sink() -> Optional[list]:
     return rec.temporal if rec is not None else None
 
 
+_HOOKS_LOCK = threading.Lock()  # two first explanations at once install one set of hooks
+
+
 def _install_hooks(model: nn.Module) -> None:
     if getattr(model, "_explain_hooks", False):
         return
+    with _HOOKS_LOCK:
+        if not getattr(model, "_explain_hooks", False):
+            _install_hooks_once(model)
+
+
+def _install_hooks_once(model: nn.Module) -> None:
     visual = model.clip.visual
     if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
         raise ExplainError("relevancy maps need a ViT image tower that outputs its class token")
