@@ -12,7 +12,9 @@ that run fastest on this machine (:func:`dferclip.backends.frame_batch`, timed o
 its class probabilities and top class, whether a face was found, ingestion/model seconds, warnings, and
 the error when it could not be read (one bad clip never stops the run).
 
-Resuming: clips already in the output (or in part files of an interrupted sharded run) are skipped.
+Resuming: clips already in the output (or in part files of an interrupted sharded run) are skipped. Every
+line names the model that wrote it (``model``: :func:`model_identity`); resuming with another model is refused
+(lines without the field, from older versions, are taken as they are).
 Each line is appended with one ``write`` on an ``O_APPEND`` file, so an interruption leaves whole lines
 (an unfinished last line is ignored and its clip done again).
 
@@ -51,7 +53,7 @@ log = logging.getLogger(__name__)
 
 FORMATS = (".jsonl", ".csv")
 PATH_COLUMNS = ("path", "video", "file", "filename", "clip")
-FIXED_COLUMNS = ("clip", "top", "face_found", "status", "error", "warnings", "ingestion_s", "model_s")
+FIXED_COLUMNS = ("clip", "top", "face_found", "status", "error", "warnings", "ingestion_s", "model_s", "model")
 
 
 @dataclass(frozen=True)
@@ -319,7 +321,7 @@ def flatten(record: dict, columns: Sequence[str]) -> list:
     values = {"clip": record["clip"], "top": record.get("top"), "face_found": record.get("face_found"),
               "status": record.get("status"), "error": record.get("error"),
               "warnings": " | ".join(record.get("warnings") or []), "ingestion_s": timings.get("ingestion"),
-              "model_s": timings.get("model")}
+              "model_s": timings.get("model"), "model": record.get("model")}
     values |= {f"p_{c}": p for c, p in probs.items()}
     return [values.get(c) for c in columns]
 
@@ -436,6 +438,36 @@ def shard_device(shard: Shard) -> "torch.device":
     return dev
 
 
+def model_identity(model) -> str:
+    """A short digest of what decides a model's outputs: architecture, class descriptions and weights (a
+    sample of every tensor's values, as :func:`dferclip.scoring.model_fingerprint`; not where they were loaded
+    from)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    h.update(json.dumps(model.descriptions.to_dict(), sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            flat = p.detach().reshape(-1)
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+            h.update(flat[:: max(1, flat.numel() // 64)].to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_same_model(output: str | Path, identity: str) -> None:
+    """Refuse to add lines to an output (or its part files) that another model wrote."""
+    output = Path(output)
+    for path in [output, *_part_files(output)]:
+        others = {r.get("model") for r in read_records(path)} - {None, "", identity}
+        if others:
+            raise DataError(f"{path} holds predictions of another model ({', '.join(sorted(others))}; this model is "
+                            f"{identity}): resuming would mix two models' lines. Write to a new file, or delete it "
+                            "to start over.")
+
+
 def left_to_do(clips: Sequence[ClipRef], output: str | Path, shard: Shard = Shard()) -> list[ClipRef]:
     """``shard``'s clips of ``clips`` that are not yet in ``output`` (nor in part files of an interrupted
     sharded run)."""
@@ -497,6 +529,8 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
     dev = torch.device(dev) if dev is not None else next(model.parameters()).device
     dtype = dtype or runtime.compute_dtype(dev)
     mine = list(clips)[shard.rank :: shard.world]
+    identity = model_identity(model)
+    check_same_model(output, identity)
     todo = left_to_do(clips, output, shard)
     target = output if shard.world == 1 else part_path(output, shard.rank)
     summary = CorpusSummary(output, len(clips), len(mine) - len(todo), 0, 0, 0, 0.0)
@@ -535,7 +569,7 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
                     p = None
                     if item.pixels is not None:
                         p, row = probs[row], row + 1
-                    writer.append(clip_record(item, model.class_names, p, model_s))
+                    writer.append(clip_record(item, model.class_names, p, model_s) | {"model": identity})
                     summary.done += 1
                     summary.errors += item.error is not None
                     summary.no_face += item.status == "no_face"
