@@ -254,6 +254,17 @@ class VideoEmbedding:
         return self.learned if mode == "learned" else self.zero_shot
 
 
+def _embedding_problem(emb: VideoEmbedding) -> Optional[str]:
+    """What is wrong with an embedding read back from disk (shapes, non-finite values, not unit length)."""
+    a, b = emb.learned, emb.zero_shot
+    if a.dim() != 1 or b.dim() != 1 or a.dtype != torch.float32 or b.dtype != torch.float32:
+        return f"shapes {tuple(a.shape)} {tuple(b.shape)} / {a.dtype}, not two float32 vectors"
+    for t in (a, b):
+        if not torch.isfinite(t).all() or abs(float(t.norm()) - 1.0) > 1e-3:
+            return "values that are not a unit vector (damaged)"
+    return None
+
+
 def encode_clip(model, video: torch.Tensor) -> VideoEmbedding:
     """Both embeddings of a (1, T, 3, H, W) or (T, 3, H, W) model-input tensor, as float32 on the CPU."""
     if video.dim() == 4:
@@ -320,23 +331,36 @@ class VideoEmbeddingCache:
 
         try:
             t = load_file(str(path))
+            emb = VideoEmbedding(t["learned"], t["zero_shot"])
+            problem = _embedding_problem(emb)
+            if problem:
+                raise ValueError(problem)
             os.utime(path)  # recently used: evicted last
-            return VideoEmbedding(t["learned"], t["zero_shot"])
-        except (SafetensorError, OSError, KeyError) as e:
-            log.warning("ignoring unreadable cache entry %s: %s", path.name, e)
+            return emb
+        except (SafetensorError, OSError, KeyError, ValueError) as e:
+            log.warning("deleting an unreadable embedding cache entry %s (%s); the clip is encoded again",
+                        path.name, e)
+            path.unlink(missing_ok=True)
+            with self._disk_lock:
+                self._disk_bytes = None  # measured again on the next write
             return None
 
     def _write_disk(self, full: tuple, emb: VideoEmbedding) -> None:
         path = self._disk_path(full)
         if path is None:
             return
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
         from .files import atomic_write_with
 
         tensors = {"learned": emb.learned.contiguous(), "zero_shot": emb.zero_shot.contiguous()}
-        atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata={"model": full[0], "clip": str(full[1])}))
-        self._account(path.stat().st_size)
+        try:
+            atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata={"model": full[0],
+                                                                                  "clip": str(full[1])}))
+            self._account(path.stat().st_size)
+        except (OSError, SafetensorError) as e:  # a full disk costs the cache entry, never the answer
+            log.warning("embedding cache: cannot write %s (%s); serving from memory", path.name, e)
 
     def _account(self, added: int) -> None:
         """Keep the folder under ``max_bytes``: past it, delete least recently used entries down to 90 %."""
