@@ -262,6 +262,18 @@ def published_banner(facts: dict) -> str:
     return " · ".join(parts)
 
 
+def request_weights(key: str, *, public: bool = False) -> Optional[fetch.DownloadStatus]:
+    """For a model picked in the app: None when ``key`` needs no download (not a published entry, served by
+    open_clip, or cached), else :func:`dferclip.weights.fetch.request`'s status: a background fetch started or
+    running, ``refused`` (public mode: not enabled by the operator, or over the disk budget) or ``failed``
+    (offline). Returns at once."""
+    entry = published.get_entry(key) if isinstance(key, str) else None
+    if entry is None or entry.load_source or entry.host_kind == "hub" and not entry.host.get("file"):
+        return None
+    st = fetch.request(entry, public=public)
+    return None if st.state == "ready" else st
+
+
 def download_text(key: str) -> Optional[str]:
     """While published weights ``key`` download in this process: a sentence saying so, with progress."""
     if not fetch.in_progress(key):
@@ -274,10 +286,14 @@ class ModelRegistry:
     """Models on offer and the loaded ones (lazily, thread-safely, at most ``max_loaded`` at a time).
 
     Loading one model (maybe a download) holds only that model's lock: requests for models already loaded
-    are served meanwhile, and two requests for the same model wait for one load."""
+    are served meanwhile, and two requests for the same model wait for one load. With ``download_inline``
+    False (the default when ``background``, i.e. the app) an uncached published entry is never downloaded by
+    :meth:`get`: it starts a background fetch (:func:`request_weights`, limited by ``public``) and raises
+    WeightsUnavailableError saying so."""
 
     def __init__(self, entries: list[ModelEntry], dev: torch.device | str | None = None, max_loaded: int = 2,
-                 backend: str | None = None, background: bool = True):
+                 backend: str | None = None, background: bool = True, download_inline: Optional[bool] = None,
+                 public: bool = False):
         if not entries:
             raise ValueError("a model registry needs at least one entry")
         self.entries = list(entries)
@@ -285,6 +301,8 @@ class ModelRegistry:
         self.dtype = compute_dtype(self.device)
         self.backend = backends.requested_backend(backend)  # the image tower's (DFERCLIP_BACKEND, else auto)
         self.background = background  # convert in a thread (the app) or before get() returns (batch jobs)
+        self.download_inline = (not background) if download_inline is None else download_inline
+        self.public = public  # downloads limited to the operator's list and disk budget
         self.max_loaded = max_loaded
         self._loaded: "OrderedDict[str, torch.nn.Module]" = OrderedDict()
         self._lock = threading.Lock()  # guards the dicts only, never held while loading
@@ -350,6 +368,8 @@ class ModelRegistry:
             raise WeightsUnavailableError(f"The weights are still downloading ({downloading}). They are used as soon as "
                                           "they are ready; "
                                           "until then, pick another model.")
+        if not self.download_inline and key not in self._loaded:
+            self.raise_unless_cached(key)
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
@@ -369,6 +389,19 @@ class ModelRegistry:
                     dropped, _ = self._loaded.popitem(last=False)
                     log.info("unloaded %s", dropped)
             return model
+
+    def raise_unless_cached(self, key: str) -> None:
+        """Nothing when ``key`` loads without a download; else start its background fetch (when allowed) and
+        raise WeightsUnavailableError saying what happens."""
+        st = request_weights(key, public=self.public)
+        if st is None:
+            return
+        entry = published.get_entry(key)
+        if st.state in ("refused", "failed"):
+            raise WeightsUnavailableError(st.error or st.text)
+        raise WeightsUnavailableError(f"{entry.title}: the weights are not on this server yet; downloading them "
+                                      f"started in the background ({st.text}). They are used as soon as they are "
+                                      "ready; until then, pick another model.")
 
     def _accelerate(self, model) -> None:
         if self.backend == "eager" or self._closed.is_set():
