@@ -13,8 +13,18 @@
    folder that is renamed into place in one step, and the pickle is deleted.
 
 A failed download keeps only a ``.part`` file (which the next run resumes, and which nothing takes as weights);
-an invalid file is deleted. ``DFERCLIP_WEIGHTS_MIRROR=URL`` downloads every Drive entry from ``URL/<name>.pth``
-through the same code path.
+a file that fails verification for any reason (a full disk while converting included) is deleted and the
+status says "failed", so the next try downloads afresh. A converted folder that no longer loads is deleted
+and fetched again (:func:`dferclip.weights.checkpoints.load_published`). ``DFERCLIP_WEIGHTS_MIRROR=URL``
+downloads every Drive entry from ``URL/<name>.pth`` through the same code path; credentials in it
+(``user:password@``) are sent but never shown or stored (:func:`shown_url`, :func:`scrub`).
+
+Integrity: a ``size``/``sha256`` pinned in the registry must match; otherwise the size and sha256 of the file
+first verified here are recorded (``weights/.known/<name>.json``, atomically) and a later download that
+differs is refused (trust on first use; delete the record to accept a file the host replaced on purpose).
+
+A public app calls :func:`request` (never blocks): only entries in ``DFERCLIP_PUBLIC_DOWNLOADS`` (default: the
+app's default entry) download, within ``DFERCLIP_WEIGHTS_DISK_BYTES`` (default 6 GiB in public mode).
 """
 from __future__ import annotations
 
