@@ -411,11 +411,12 @@ class ModelRegistry:
         if not self.background:
             run()
             return
-        # not a daemon: exiting mid-conversion would abort in the converter's C++ threads; close() joins it
+        # not a daemon, even when an app's (daemon) worker thread starts it: exiting mid-conversion aborts the
+        # process in the converter's C++ threads ("terminate called without an active exception"); close() joins it
         with self._lock:  # started under the lock, so close() either sees it alive or stops it from starting
             if self._closed.is_set():
                 return
-            thread = threading.Thread(target=run, name=CONVERSION_THREAD)
+            thread = threading.Thread(target=run, name=CONVERSION_THREAD, daemon=False)
             thread.start()
             self._conversions = [t for t in self._conversions if t.is_alive()] + [thread]
 
