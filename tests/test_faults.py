@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_weights import ATOL, assert_nothing_cached, env, official, registry_file, server  # noqa: F401
-from weights_server import WeightsServer  # noqa: F401
+from test_weights import ATOL, env, official, registry_file, server  # noqa: F401 (fixtures)
 
 import dferclip
 from dferclip import backends, explain, files
