@@ -6,6 +6,7 @@ the app's downloads: in the background, only what the operator enabled, within a
 A full disk is a real one: a tmpfs of a few MB mounted for the test (root only; skipped elsewhere)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -71,7 +72,7 @@ def test_a_replace_whose_second_rename_fails_keeps_the_original_folder(tmp_path)
     with pytest.raises(FileNotFoundError):
         with files.atomic_folder(target, overwrite=True) as tmp:
             (tmp / "weights").write_text("new")
-            files.shutil.rmtree(tmp)  # the new folder is gone when it should be renamed in: that rename fails
+            shutil.rmtree(tmp)  # the new folder is gone when it should be renamed in: that rename fails
     assert (target / "weights").read_text() == "original"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
