@@ -77,7 +77,8 @@ def build_demo(model: str | None = None, host: str | None = None, mode: str | No
     policy = Policy.from_env(host, mode)
     logging.getLogger(__name__).info("app mode: %s", policy.mode)
     ctx = AppContext(ModelRegistry.discover(model), policy)
-    with gr.Blocks(title=TITLE) as demo:
+    age = policy.upload_max_age_s  # Gradio deletes uploads (and files it served) older than this
+    with gr.Blocks(title=TITLE, delete_cache=(max(1, min(600, age // 4)), age) if age > 0 else None) as demo:
         gr.Markdown(INTRO, elem_id="app-intro")
         build_model_bar(ctx)
         with gr.Tabs():
@@ -85,7 +86,7 @@ def build_demo(model: str | None = None, host: str | None = None, mode: str | No
             build_live_tab(ctx)
             if build_workbench_tab is not None:
                 build_workbench_tab(ctx)
-    demo.queue(max_size=policy.queue_size, default_concurrency_limit=ctx.concurrency_limit)
+    demo.queue(max_size=policy.queue_size, default_concurrency_limit=ctx.groups["predict"]["concurrency_limit"])
     demo.ctx = ctx
     return demo
 

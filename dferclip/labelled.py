@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
+from . import pacing
 from .errors import DataError, DferclipError
 from .scoring import VideoEmbeddingCache, file_digest
 
@@ -179,27 +180,31 @@ class EmbeddedSet:
         return len(self.paths)
 
 
-def default_ingest(model) -> tuple[Callable[[str], torch.Tensor], dict]:
-    """Ingestion of a file into model input (face crops, the model's sampler) and its settings for cache keys."""
+def default_ingest(model, limits=None) -> tuple[Callable[[str], torch.Tensor], dict]:
+    """Ingestion of a file into model input (face crops, the model's sampler) and its settings for cache keys.
+    ``limits`` (``dferclip.video.decode.Limits``) bound each file; they decide only whether it is read, so
+    they are not part of the settings."""
     from .video.ingest import ingest
 
     cfg = model.input_config
 
     def load(path: str) -> torch.Tensor:
-        return ingest(path, cfg).video
+        return (ingest(path, cfg, limits=limits) if limits is not None else ingest(path, cfg)).video
 
     return load, {"ingest": "dferclip.ingest", "input": dataclasses.asdict(cfg)}
 
 
 def embed_clips(model, clips: Sequence[LabelledClip], cache: VideoEmbeddingCache, *,
                 ingest_fn: Optional[Callable[[str], torch.Tensor]] = None, ingest_settings: Optional[dict] = None,
-                progress: Optional[Callable[[int, int, str], None]] = None) -> EmbeddedSet:
-    """Embeddings of every clip, each computed once per (model, file content, ingestion settings)."""
+                progress: Optional[Callable[[int, int, str], None]] = None, limits=None) -> EmbeddedSet:
+    """Embeddings of every clip, each computed once per (model, file content, ingestion settings); ``limits``
+    bound each file read by the default ingestion."""
     if ingest_fn is None:
-        ingest_fn, ingest_settings = default_ingest(model)
+        ingest_fn, ingest_settings = default_ingest(model, limits)
     settings = hashlib.sha256(json.dumps(ingest_settings or {}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     paths, labels, names, learned, zero, failed = [], [], [], [], [], []
     for i, clip in enumerate(clips):
+        pacing.checkpoint()
         if progress:
             progress(i, len(clips), clip.path)
         try:

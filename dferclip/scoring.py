@@ -53,6 +53,7 @@ from typing import Hashable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import pacing
 from .text.descriptions import DescriptionSet
 
 log = logging.getLogger(__name__)
@@ -172,6 +173,9 @@ class Tally:
         self.encoded = 0
 
 
+TEXT_CHUNK = 64  # texts a text-tower call: one piece of a long re-score
+
+
 class TextEmbeddingCache:
     """Normalised text features per (model, mode, [class,] text); only unseen texts are encoded.
 
@@ -222,8 +226,13 @@ class TextEmbeddingCache:
             first.setdefault(keys[i], i)
         unique, idx = list(first), list(first.values())
         if unique:
-            with torch.no_grad():
-                feats = encode(idx).detach().float().cpu()
+            parts = []
+            for at in range(0, len(idx), TEXT_CHUNK):  # pieces a server can pause between (dferclip.pacing)
+                if at:
+                    pacing.checkpoint()
+                with torch.no_grad():
+                    parts.append(encode(idx[at : at + TEXT_CHUNK]).detach().float().cpu())
+            feats = torch.cat(parts)
             self.encoded += len(idx)
             if tally is not None:
                 tally.encoded += len(idx)

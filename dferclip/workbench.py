@@ -259,9 +259,9 @@ class Workbench:
 
     def set_evaluation(self, clips: Sequence[LabelledClip], *, cache_dir: Optional[str | Path] = DEFAULT_CACHE_DIR,
                        cache: Optional[VideoEmbeddingCache] = None, ingest_fn=None, ingest_settings=None,
-                       progress=None) -> EmbeddedSet:
+                       progress=None, limits=None) -> EmbeddedSet:
         """Attach a labelled set: embeddings computed once (with progress) and cached on disk in ``cache_dir``
-        (or in ``cache``, e.g. the app's bounded one)."""
+        (or in ``cache``, e.g. the app's bounded one); ``limits`` bound each video read."""
         if cache is None:
             cache = self.video_cache
             if cache_dir == DEFAULT_CACHE_DIR:
@@ -271,7 +271,7 @@ class Workbench:
             if cache_dir is not None and cache.folder != Path(cache_dir):
                 cache = VideoEmbeddingCache(maxsize=max(4096, len(clips)), folder=cache_dir)
         self.evaluation = embed_clips(self.model, clips, cache, ingest_fn=ingest_fn,
-                                      ingest_settings=ingest_settings, progress=progress)
+                                      ingest_settings=ingest_settings, progress=progress, limits=limits)
         return self.evaluation
 
     def set_evaluation_embeddings(self, embedded: EmbeddedSet) -> None:

@@ -19,8 +19,11 @@ For a tab's event functions:
 - ``ctx.clip``: a per-page ``gr.State`` holding the last predicted :class:`ClipRecord` or None. The predict tab
   writes it; other tabs read it (its ``video`` is the model-input tensor, so a tab can embed the clip again with
   another model or other descriptions without decoding the file again).
-- ``ctx.concurrency_id``: pass ``concurrency_id=ctx.concurrency_id, concurrency_limit=ctx.concurrency_limit`` to
-  every event that runs a model, so model work is queued together (one at a time on CPU).
+- ``ctx.groups``: the queue each event joins, ``**ctx.groups["predict" | "quick" | "long"]``: predicts, quick
+  calls (re-scores of small edits, model switches) and long jobs (explanations, evaluation sets, generation)
+  each have a queue of their own, so none waits behind another's. Inside the event, run the work under
+  ``ctx.scheduler.quick()`` or ``ctx.scheduler.long(ctx.session(request), what)`` (:mod:`.scheduler`), which
+  decides how they share the CPU.
 - ``ctx.banner``: the ``gr.HTML`` stating what weights run; ``ctx.banner_text(key)`` renders it.
 - ``ctx.model_selected``: the event of a successful model switch; chain on it to follow the selection, e.g.
   ``ctx.model_selected.success(fn, [ctx.model_dropdown, ...], [...])`` (the dropdown then holds the new key).
@@ -40,6 +43,7 @@ from ..errors import DferclipError
 from ..runtime import ModelRegistry, download_text, dtype_name, weights_banner
 from ..weights import fetch, published
 from .policy import Policy, RateLimiter
+from .scheduler import Scheduler
 
 
 @dataclass
@@ -88,8 +92,14 @@ class AppContext:
         self.llm_limiter = RateLimiter(self.policy.llm_requests_per_minute, self.policy.llm_requests_per_minute_total)
         self._generations: dict[str, "threading.Event"] = {}  # session -> the cancel flag of its running generation
         self._generations_lock = threading.Lock()
-        self.concurrency_id = "model"
-        self.concurrency_limit = 1 if registry.device.type == "cpu" else 2
+        self.scheduler = Scheduler()
+        # one predict at a time on a CPU (it uses every core); quick and long calls may overlap it, and the
+        # scheduler keeps long ones to one piece at a time, behind quick work
+        predicts = 1 if registry.device.type == "cpu" else 2
+        self.groups = {"predict": {"concurrency_id": "predict", "concurrency_limit": predicts},
+                       "quick": {"concurrency_id": "quick", "concurrency_limit": 4},
+                       "long": {"concurrency_id": "long", "concurrency_limit": 4}}
+        self.concurrency_id, self.concurrency_limit = "predict", predicts
         self.model_dropdown: Optional[gr.Dropdown] = None
         self.banner: Optional[gr.HTML] = None
         self.clip: Optional[gr.State] = None
@@ -98,6 +108,11 @@ class AppContext:
     def close(self, timeout: float | None = None) -> bool:
         """When the app stops: stop and join the registry's background conversions (True when none is left)."""
         return self.registry.close(timeout)
+
+    @staticmethod
+    def session(request) -> str:
+        """The visitor's session (a browser tab, or one gradio_client): the key of per-visitor bounds."""
+        return getattr(request, "session_hash", None) or "anonymous"
 
     # --- one LLM generation per session, cancellable from another request ----------------------------------
     def generation_started(self, session: str) -> "threading.Event":
@@ -167,11 +182,13 @@ def build_model_bar(ctx: AppContext) -> None:
     ctx.clip = gr.State(None)
     watch_download(ctx, default, last_good)
     # .select, not .input: Gradio 6.31's dropdown sends "input" twice per pick (its option and its blur handler)
+    def select(key, good):
+        with ctx.scheduler.quick():
+            return select_model(ctx, key, good)
+
     ctx.model_selected = ctx.model_dropdown.select(
-        lambda key, good: select_model(ctx, key, good), [ctx.model_dropdown, last_good],
-        [ctx.model_dropdown, ctx.banner, last_good], api_name="select_model",
-        concurrency_id=ctx.concurrency_id, concurrency_limit=ctx.concurrency_limit,
-    )
+        select, [ctx.model_dropdown, last_good], [ctx.model_dropdown, ctx.banner, last_good], api_name="select_model",
+        **ctx.groups["quick"])
 
 
 # --- published weights downloading in the background (the page starts at once) -----------------------

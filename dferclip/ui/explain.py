@@ -14,7 +14,8 @@ images are their bilinear upsampling to the crop), with the strip's rows under `
 from __future__ import annotations
 
 import html
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import gradio as gr
 import numpy as np
@@ -26,6 +27,7 @@ from ..explain import AUTO, OTHERS, Explanation, change_overlay, explain_clip, o
 from ..runtime import gpu, weights_banner
 from .charts import CHART_CSS, column_chart_html
 from .context import AppContext
+from .scheduler import BusyError
 
 PREDICTED = "predicted class"
 RAW = "none"  # the versus choice for the raw logit
@@ -139,6 +141,15 @@ def _outputs(model, ex: Explanation, record) -> tuple:
     return overlay_items(ex, record.ingest.crops, times), strip_chart(strip), note_for(model, ex), arrays(ex, strip)
 
 
+@contextmanager
+def _long_job(ctx: AppContext, request) -> Iterator[None]:
+    try:
+        with ctx.scheduler.long(ctx.session(request), "explanation"):
+            yield
+    except BusyError as e:
+        raise gr.Error(str(e), print_exception=False) from None
+
+
 @gpu(duration=60)
 def _explain_on_device(model, video, **kwargs) -> Explanation:
     return explain_clip(model, video, **kwargs)
@@ -244,7 +255,7 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
     """An accordion with the explanation of the page's clip (inside a tab, after the components it reads).
     ``kind="predict"``: for a class (clicking a class in ``label``, the prediction, explains that class);
     ``kind="descriptor"``: for a description-table row (``table``)."""
-    run_kw = {"concurrency_id": ctx.concurrency_id, "concurrency_limit": ctx.concurrency_limit}
+    run_kw = ctx.groups["long"]  # a long job: one per visitor, paced behind quick work (ui/scheduler.py)
     title = "Why this expression? Where and when the model matched it" if kind == "predict" else \
         "Where and when the current clip matches a descriptor"
     with gr.Accordion(title, open=False, elem_id=f"explain-{kind}") as accordion:
@@ -275,8 +286,9 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
     ctx.model_selected.then(lambda key: gr.Dropdown(choices=versus_choices(ctx, key), value=AUTO),
                             ctx.model_dropdown, versus, api_visibility="private")
     if kind == "predict":
-        def fn(key, record, c, v):
-            return explain_expression(ctx, key, record, c, v)
+        def fn(key, record, c, v, request: gr.Request):
+            with _long_job(ctx, request):
+                return explain_expression(ctx, key, record, c, v)
 
         button.click(fn, inputs, outputs, api_name="explain_expression", **run_kw)
         choice.input(fn, inputs, outputs, api_visibility="private", **run_kw)
@@ -289,8 +301,9 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
     else:
         inputs, outputs = inputs + [previous], outputs + [changes, previous]
 
-        def fn(key, record, c, t, v, last):
-            return explain_descriptor(ctx, key, record, c, t, v, last)
+        def fn(key, record, c, t, v, last, request: gr.Request):
+            with _long_job(ctx, request):
+                return explain_descriptor(ctx, key, record, c, t, v, last)
 
         button.click(fn, inputs, outputs, api_name="explain_descriptor", **run_kw)
         text.submit(fn, inputs, outputs, api_visibility="private", **run_kw)

@@ -9,7 +9,6 @@ temporal model, which is cheap, so updates come several times a second on a 2-co
 """
 from __future__ import annotations
 
-import functools
 import html
 import time
 from collections import deque
@@ -149,7 +148,10 @@ def build_live_tab(ctx: AppContext) -> None:
                 label = gr.Label(num_top_classes=3, label="Expression over the last frames", elem_id="live-label")
                 status = gr.Markdown(elem_id="live-status", elem_classes=["hint"])
         session = gr.State(None)
-        step = functools.partial(live_step, ctx)
+        def step(frame, session, model_key):
+            with ctx.scheduler.quick():  # long jobs give way to live frames too
+                return live_step(ctx, frame, session, model_key)
+
         io = {"inputs": [camera, session, ctx.model_dropdown], "outputs": [view, label, status, session],
               "concurrency_id": "live", "concurrency_limit": ctx.concurrency_limit, "show_progress": "hidden"}
         camera.stream(step, stream_every=STREAM_EVERY_S, time_limit=TIME_LIMIT_S, api_visibility="private", **io)

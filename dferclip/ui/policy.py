@@ -60,6 +60,7 @@ class Policy:
     queue_size: int = 64
     max_sessions: int = 10_000  # visitors' sessions kept in memory (each holds its clip); the oldest go first
     allow_private_llm_urls: bool = True
+    upload_max_age_s: int = 0  # uploads and files made for visitors are deleted this long after (0: kept)
 
     @property
     def public(self) -> bool:
@@ -78,6 +79,7 @@ class Policy:
             queue_size=_env_int("DFERCLIP_QUEUE_SIZE", 32 if public else 64),
             max_sessions=_env_int("DFERCLIP_MAX_SESSIONS", 200 if public else 10_000),
             allow_private_llm_urls=not public or os.environ.get("DFERCLIP_LLM_ALLOW_PRIVATE_URLS") == "1",
+            upload_max_age_s=_env_int("DFERCLIP_UPLOAD_MAX_AGE_S", 3600 if public else 0),
         )
 
 

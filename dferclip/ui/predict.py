@@ -4,6 +4,7 @@ Event functions are plain functions of their inputs (and the :class:`AppContext`
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
 import importlib.util
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 MAX_CLIP_SECONDS = 60.0
 MAX_UPLOAD = "100mb"
 APP_LIMITS = Limits(max_file_bytes=100 * 1024**2, max_duration_s=MAX_CLIP_SECONDS, decode_timeout_s=30.0)
+# an annotated video decodes, draws and encodes every frame of a clip of at most MAX_CLIP_SECONDS
+ANNOTATE_LIMITS = dataclasses.replace(APP_LIMITS, decode_timeout_s=120.0)
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TIMELINE_COLUMNS = ["time", "expression", "probability", "start", "end"]  # seconds; time: the window centre
 
@@ -188,25 +191,31 @@ def stream_prediction(ctx: AppContext, video: Optional[str], model_key: Optional
     model_key = model_key or ctx.registry.default_key
     progress(0, desc="Finding the face and encoding the clip")
     try:
-        model = ctx.model(model_key)
-        for pred in _iter_on_device(model, video):
-            record = ClipRecord.of_prediction(str(video), model_key, pred)
-            first = pred.timeline is None or len(pred.timeline) == 0
-            if first and not pred.ingest.face_found:
-                gr.Warning("No face found in this clip: it was classified from centre crops.")
-            if pred.windows_total:
-                progress(len(pred.timeline) / pred.windows_total,
-                         desc=f"Timeline: window {len(pred.timeline)} of {pred.windows_total}")
-            if first or pred.complete:
-                yield (label_output(pred), gallery_items(pred), timeline_rows(pred), summary_note(pred),
-                       stream_items(pred), timeline_chart(pred), record)
-            else:
-                yield (gr.skip(), gr.skip(), timeline_rows(pred), summary_note(pred), gr.skip(), timeline_chart(pred),
-                       record)
+        with ctx.scheduler.quick():
+            yield from _stream(ctx, video, model_key, progress)
     except VideoError as e:
         raise gr.Error(f"Cannot use this file: {e}", print_exception=False) from None
     except DferclipError as e:
         raise gr.Error(str(e), print_exception=False) from None
+
+
+def _stream(ctx: AppContext, video: str, model_key: str, progress):
+    """The steps of :func:`stream_prediction`."""
+    model = ctx.model(model_key)
+    for pred in _iter_on_device(model, video):
+        record = ClipRecord.of_prediction(str(video), model_key, pred)
+        first = pred.timeline is None or len(pred.timeline) == 0
+        if first and not pred.ingest.face_found:
+            gr.Warning("No face found in this clip: it was classified from centre crops.")
+        if pred.windows_total:
+            progress(len(pred.timeline) / pred.windows_total,
+                     desc=f"Timeline: window {len(pred.timeline)} of {pred.windows_total}")
+        if first or pred.complete:
+            yield (label_output(pred), gallery_items(pred), timeline_rows(pred), summary_note(pred),
+                   stream_items(pred), timeline_chart(pred), record)
+        else:
+            yield (gr.skip(), gr.skip(), timeline_rows(pred), summary_note(pred), gr.skip(), timeline_chart(pred),
+                   record)
 
 
 def run_prediction(ctx: AppContext, video: Optional[str], model_key: Optional[str]) -> tuple:
@@ -275,8 +284,9 @@ def uses_face_mesh(ctx: AppContext, model_key: Optional[str]) -> bool:
 MAX_ANNOTATED = 50  # annotated videos kept for download (the oldest go first)
 
 
-def annotate_event(ctx: AppContext, clip: Optional[ClipRecord]) -> str:
-    """The page's last predicted clip written back with its face box and running expression (H.264 or VP9)."""
+def annotate_event(ctx: AppContext, clip: Optional[ClipRecord], session: str = "anonymous") -> str:
+    """The page's last predicted clip written back with its face box and running expression (H.264 or VP9),
+    decoded within the app's limits; a long job (one per visitor, paced by the scheduler)."""
     import tempfile
 
     from ..files import prune_folders
@@ -291,7 +301,8 @@ def annotate_event(ctx: AppContext, clip: Optional[ClipRecord]) -> str:
     root.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(dir=root)) / f"{Path(clip.path).stem[:60] or 'clip'}-annotated.mp4"
     try:
-        written = annotate_prediction(pred, clip.path, out)
+        with ctx.scheduler.long(session, "annotated video"):
+            written = annotate_prediction(pred, clip.path, out, limits=ANNOTATE_LIMITS)
     except DferclipError as e:
         raise gr.Error(str(e), print_exception=False) from None
     prune_folders(root, keep=MAX_ANNOTATED)
@@ -339,7 +350,7 @@ def build_predict_tab(ctx: AppContext) -> None:
         outputs = [label, crops, timeline_data, note, renders, timeline, ctx.clip]
         inputs = [video, ctx.model_dropdown]
         stream = functools.partial(stream_prediction, ctx)
-        model_work = {"concurrency_id": ctx.concurrency_id, "concurrency_limit": ctx.concurrency_limit}
+        model_work = ctx.groups["predict"]
         # minimal progress on the timeline: a window count that does not cover the windows already drawn
         run.click(stream, inputs, outputs, api_name="predict_stream", show_progress="minimal",
                   show_progress_on=[timeline], **model_work)
@@ -348,8 +359,10 @@ def build_predict_tab(ctx: AppContext) -> None:
             ex.load_input_event.then(stream, inputs, outputs, api_visibility="private", show_progress="minimal",
                                      show_progress_on=[timeline],
                                      **model_work)
-        annotate_btn.click(functools.partial(annotate_event, ctx), [ctx.clip], [annotated], api_name="annotate",
-                           **model_work)
+        def annotate(clip, request: gr.Request):
+            return annotate_event(ctx, clip, ctx.session(request))
+
+        annotate_btn.click(annotate, [ctx.clip], [annotated], api_name="annotate", **ctx.groups["long"])
         video.change(preview_note, video, preview, api_visibility="private", queue=False)
         ctx.model_selected.then(lambda key: gr.Gallery(value=None, visible=uses_face_mesh(ctx, key)),
                                 ctx.model_dropdown, renders, api_visibility="private")

@@ -20,7 +20,8 @@ import csv
 import logging
 import tempfile
 from pathlib import Path
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import gradio as gr
 import pandas as pd
@@ -56,6 +57,8 @@ from ..workbench import (
     starting_set,
 )
 from .explain import build_explain_section
+from .predict import APP_LIMITS
+from .scheduler import BusyError
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,17 @@ def load_named_set(ctx, name: str, own: Optional[dict]) -> DescriptionSet:
         raise DescriptionError(f"no description set {name!r} in this session; shipped sets: "
                                + ", ".join(sorted(shipped_names() - {"class_sets"})))
     return load_description_set(name)
+
+
+# --- who computes when ---------------------------------------------------------------------------
+@contextmanager
+def _quick(ctx, request) -> Iterator[None]:
+    """Quick work for the scheduler; one that grows into a long job is refused while the visitor has another."""
+    try:
+        with ctx.scheduler.quick(ctx.session(request), grows_into="re-score of many new descriptions"):
+            yield
+    except BusyError as e:
+        raise user_error(e) from None
 
 
 # --- state <-> workbench -------------------------------------------------------------------------
@@ -541,7 +555,12 @@ def build_workbench_tab(ctx) -> None:
         return (out[0], out[1], gr.update(choices=ds_classes, value=first_class), *out[2:], stash_v,
                 gr.update(visible=stash_v is not None))
 
-    def start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own, state_v, stash_v):
+    def start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own, state_v, stash_v,
+              request: gr.Request = None):
+        with _quick(ctx, request):
+            return _start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own, state_v, stash_v)
+
+    def _start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own, state_v, stash_v):
         names = [c for c in next(csv.reader([str(custom_v or "")]), []) if c.strip()]
         if class_set_v == "custom" and not saved_v and not names:  # nothing typed yet: say how, change nothing
             return tuple(gr.skip() for _ in start_outputs[:4]) + (
@@ -556,31 +575,35 @@ def build_workbench_tab(ctx) -> None:
         classes = DescriptionSet.from_dict(out[2]["current"]).classes
         return started(classes, out, stash_v, note)
 
-    def restore(model_key, stash_v, combine_v, clip, eval_set):
+    def restore(model_key, stash_v, combine_v, clip, eval_set, request: gr.Request = None):
         if not stash_v:
             raise user_error("no edits were put aside")
-        wb = _workbench(ctx, model_key, stash_v)
-        wb.combine = combine_v
-        out = (_rows_df(wb.current), gr.update(choices=wb.current.classes, value=[])) + workbench_outputs(
-            wb, clip, eval_set, "Edits restored.")
+        with _quick(ctx, request):
+            wb = _workbench(ctx, model_key, stash_v)
+            wb.combine = combine_v
+            out = (_rows_df(wb.current), gr.update(choices=wb.current.classes, value=[])) + workbench_outputs(
+                wb, clip, eval_set, "Edits restored.")
         return started(wb.current.classes, out, None)
 
     start_inputs = [ctx.model_dropdown, class_set, custom, saved, combine, ctx.clip, eval_state, own_sets, state,
                     stash]
-    run_kw = {"concurrency_id": ctx.concurrency_id, "concurrency_limit": ctx.concurrency_limit}
+    run_kw = ctx.groups["quick"]  # re-scores, starts, switches: quick work unless it grows (ui/scheduler.py)
+    long_kw = ctx.groups["long"]
 
-    def rescore(model_key, rows, state_v, combine_v, clip, eval_set):
-        return rescore_event(ctx, model_key, rows, state_v, combine_v, clip, eval_set)
+    def rescore(model_key, rows, state_v, combine_v, clip, eval_set, request: gr.Request = None):
+        with _quick(ctx, request):
+            return rescore_event(ctx, model_key, rows, state_v, combine_v, clip, eval_set)
 
-    def rescore_if_changed(model_key, rows, state_v, combine_v, clip, eval_set):
+    def rescore_if_changed(model_key, rows, state_v, combine_v, clip, eval_set, request: gr.Request = None):
         if unchanged(rows, state_v, combine_v):  # the table fires again for an edit already scored
             return tuple(gr.skip() for _ in score_outputs)
-        return rescore(model_key, rows, state_v, combine_v, clip, eval_set)
+        return rescore(model_key, rows, state_v, combine_v, clip, eval_set, request)
 
     rescore_inputs = [ctx.model_dropdown, table, state, combine, ctx.clip, eval_state]
 
-    def switch_model(model_key, state_v, combine_v, clip, eval_set):
-        return switch_model_event(ctx, model_key, state_v, combine_v, clip, eval_set)
+    def switch_model(model_key, state_v, combine_v, clip, eval_set, request: gr.Request = None):
+        with _quick(ctx, request):
+            return switch_model_event(ctx, model_key, state_v, combine_v, clip, eval_set)
 
     def add_row(rows, cls):
         """A new empty row for ``cls``, after that class's last row."""
@@ -641,16 +664,17 @@ def build_workbench_tab(ctx) -> None:
         session = getattr(request, "session_hash", None) or "anonymous"
         return "Cancelling…" if ctx.cancel_generation(session) else "No generation is running."
 
-    def load_eval(model_key, files, *rest, progress=gr.Progress()):
+    def load_eval(model_key, files, *rest, request: gr.Request = None, progress=gr.Progress()):
         folder, csv_path, hf_path = rest[:-2] if len(rest) == 5 else ("", "", "")
         state_v, clip = rest[-2:]
         wb = _workbench(ctx, model_key, state_v)
         try:
             clips = evaluation_clips(ctx, wb.current.classes, files, folder, csv_path, hf_path,
                                      numeric=numeric_labels_allowed(wb.current))
-            embedded = wb.set_evaluation(
-                clips, cache=_eval_cache(ctx),
-                progress=lambda i, n, p: progress(i / max(n, 1), desc=f"embedding {Path(p).name}"))
+            with ctx.scheduler.long(ctx.session(request), "evaluation set"):  # paced clip by clip
+                embedded = wb.set_evaluation(
+                    clips, cache=_eval_cache(ctx), limits=APP_LIMITS,
+                    progress=lambda i, n, p: progress(i / max(n, 1), desc=f"embedding {Path(p).name}"))
         except DferclipError as e:
             raise user_error(e) from None
         embedded.model_key = model_key
@@ -681,7 +705,11 @@ def build_workbench_tab(ctx) -> None:
     def do_download(model_key, state_v):
         return set_file((state_v or {}).get("current") or first.to_dict())
 
-    def do_upload(model_key, file, combine_v, clip, eval_set, state_v, stash_v):
+    def do_upload(model_key, file, combine_v, clip, eval_set, state_v, stash_v, request: gr.Request = None):
+        with _quick(ctx, request):
+            return _upload(model_key, file, combine_v, clip, eval_set, state_v, stash_v)
+
+    def _upload(model_key, file, combine_v, clip, eval_set, state_v, stash_v):
         if file is None:
             raise user_error("no file uploaded")
         try:
@@ -732,13 +760,25 @@ def build_workbench_tab(ctx) -> None:
     combine.input(rescore_if_changed, rescore_inputs, score_outputs, api_visibility="private", **run_kw)
     add_row_btn.click(add_row, [table, add_class], [table], api_visibility="private")
     style.input(on_style, [style], [prompt, system_prompt, n_desc, source_md], api_visibility="private")
-    generate_btn.click(generate, gen_inputs, [table, sent] + score_outputs, api_name="generate_descriptions",
-                       **run_kw)
+    def generate_job(model_key, state_v, style_v, model_v, url_v, key_v, only_v, n_v, mode_v, system_v, prompt_v,
+                     combine_v, clip, eval_set, backend_v="", local_v="", request: gr.Request = None,
+                     progress=gr.Progress()):
+        # a long job that mostly waits for an LLM server: it takes no turn of the CPU while it waits
+        try:
+            with ctx.scheduler.long(ctx.session(request), "generation", turn=False):
+                return generate(model_key, state_v, style_v, model_v, url_v, key_v, only_v, n_v, mode_v, system_v,
+                                prompt_v, combine_v, clip, eval_set, backend_v, local_v, request=request,
+                                progress=progress)
+        except BusyError as e:
+            raise user_error(e) from None
+
+    generate_btn.click(generate_job, gen_inputs, [table, sent] + score_outputs, api_name="generate_descriptions",
+                       **long_kw)
     # not in the model queue: it must reach a generation that is running there
     cancel_btn.click(cancel_generation, None, [sent], api_name="cancel_generation", concurrency_id="cancel",
                      concurrency_limit=None)
     eval_btn.click(load_eval, [ctx.model_dropdown, eval_files] + server_inputs + [state, ctx.clip],
-                   [eval_state] + score_outputs, api_name="load_evaluation_set", **run_kw)
+                   [eval_state] + score_outputs, api_name="load_evaluation_set", **long_kw)
     save_btn.click(save, [ctx.model_dropdown, save_name, state, own_sets],
                    [state, own_sets, save_msg, saved, diff_a, diff_b], api_name="save_descriptions")
     # the download button always holds the current set, so one click downloads it

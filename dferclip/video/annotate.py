@@ -21,7 +21,7 @@ import av
 import cv2
 import numpy as np
 
-from .. import files
+from .. import files, pacing
 from .decode import Limits, VideoReader
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def video_encoder(out_path: str | Path) -> tuple[str, Path]:
     return "libvpx-vp9", out.with_suffix(".webm")
 
 
-def annotate_prediction(prediction, clip_path: str | Path, out_path: str | Path) -> Path:
+def annotate_prediction(prediction, clip_path: str | Path, out_path: str | Path,
+                        limits: Optional[Limits] = None) -> Path:
     """Write ``clip_path`` with ``prediction``'s face box and running expression drawn; returns the file written
     (``out_path``, its suffix changed to .webm when H.264 cannot be encoded here). Atomic: a failure leaves
     nothing behind."""
@@ -53,8 +54,10 @@ def annotate_prediction(prediction, clip_path: str | Path, out_path: str | Path)
     track = _face_track(prediction.ingest)
     labels = RunningLabel(prediction)
     source = prediction.ingest.source
-    limits = dataclasses.replace(Limits(), max_kept_frames=max(source.num_frames, 1), max_frame_bytes=1 << 62,
-                                 decode_timeout_s=max(600.0, 4 * (source.duration_s or 0)))
+    # every frame is read once and let go, so the bounds on kept frames do not apply; the caller's others do
+    # (the app's: its file size, duration and decoding deadline)
+    limits = dataclasses.replace(limits or Limits(decode_timeout_s=max(600.0, 4 * (source.duration_s or 0))),
+                                 max_kept_frames=max(source.num_frames, 1), max_frame_bytes=1 << 62)
     rate = Fraction(source.fps or 25).limit_denominator(1001)
 
     def write(tmp: str) -> None:
@@ -63,7 +66,9 @@ def annotate_prediction(prediction, clip_path: str | Path, out_path: str | Path)
         with VideoReader(clip_path, limits) as reader, av.open(tmp, "w", format=fmt, options=faststart) as container:
             stream = None
             last_pts = -1
-            for frame in reader.iter_frames(range(reader.num_frames)):
+            for i, frame in enumerate(reader.iter_frames(range(reader.num_frames))):
+                if i % 25 == 0:
+                    pacing.checkpoint()
                 image = frame.image
                 if stream is None:
                     stream = _add_stream(container, encoder, rate, image.shape[1], image.shape[0])
