@@ -76,7 +76,7 @@ def build_demo(model: str | None = None, host: str | None = None, mode: str | No
     ``host``/``mode`` decide public or local mode (:mod:`dferclip.ui.policy`)."""
     policy = Policy.from_env(host, mode)
     logging.getLogger(__name__).info("app mode: %s", policy.mode)
-    ctx = AppContext(ModelRegistry.discover(model), policy)
+    ctx = AppContext(ModelRegistry.discover(model, public=policy.public), policy)
     age = policy.upload_max_age_s  # Gradio deletes uploads (and files it served) older than this
     with gr.Blocks(title=TITLE, delete_cache=(max(1, min(600, age // 4)), age) if age > 0 else None) as demo:
         gr.Markdown(INTRO, elem_id="app-intro")

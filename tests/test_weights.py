@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -579,3 +580,40 @@ def test_app_offline_without_a_cache(env, monkeypatch):
         assert key == "random" and "untrained weights: predictions are meaningless" in banner
     finally:
         served.close()
+
+
+@pytest.mark.slow  # an app build, a download and a conversion
+def test_a_public_visitor_picking_uncached_weights_holds_nobody(server, env, monkeypatch):
+    """Public mode: picking published weights not on the server answers at once and keeps the visitor's model
+    while they download in the background; other visitors are served meanwhile; weights the operator did not
+    enable are refused without a request; the banner says when the download is ready."""
+    from gradio_client import Client, handle_file
+
+    from app_helpers import feat_clip
+
+    monkeypatch.setenv("DFERCLIP_MODE", "public")
+    monkeypatch.setenv("DFERCLIP_MODEL", "random:dferclip-tiny")
+    monkeypatch.setenv("DFERCLIP_PUBLIC_DOWNLOADS", "dfew-fold2")
+    server.gates["/dfew-fold2.pth"] = gate = threading.Event()
+    served = ServedApp()
+    try:
+        t0 = time.perf_counter()
+        key, banner = served.client.predict("dfew-fold2", api_name="/select_model")
+        picked_s = time.perf_counter() - t0
+        assert key == "random:dferclip-tiny" and "Downloading the weights" in banner
+        assert server.halfway.wait(60)  # the download runs, held halfway by the server
+        other = Client(served.url, verbose=False, download_files=False)
+        probs, *_ = other.predict(handle_file(str(feat_clip("single_face.mp4"))), "random:dferclip-tiny",
+                                  api_name="/predict")
+        assert abs(sum(p["confidence"] for p in probs["confidences"]) - 1) < 1e-4
+        assert "Downloading the weights" in served.weights_status()[0]  # this visitor's timer follows it
+        key, banner = served.client.predict("dfew-fold1", api_name="/select_model")  # not enabled here
+        assert key == "random:dferclip-tiny" and server.requests_for("/dfew-fold1.pth") == []
+        gate.set()
+        wait_for(lambda: "is ready" in served.weights_status()[0], 120, "the banner to say the weights are ready")
+        key, banner = served.client.predict("dfew-fold2", api_name="/select_model")
+        assert key == "dfew-fold2" and "DFEW fold 2 of 5" in banner and "untrained" not in banner
+    finally:
+        gate.set()
+        served.close()
+    assert picked_s < 5  # a pick never waits for a download (about 0.1 s here)

@@ -40,7 +40,7 @@ import gradio as gr
 import torch
 
 from ..errors import DferclipError
-from ..runtime import ModelRegistry, download_text, dtype_name, weights_banner
+from ..runtime import ModelRegistry, download_text, dtype_name, request_weights, weights_banner
 from ..weights import fetch, published
 from .policy import Policy, RateLimiter
 from .scheduler import Scheduler
@@ -158,11 +158,20 @@ class AppContext:
 
 # --- the model bar (dropdown + banner), shared by all tabs -------------------------------------------
 def select_model(ctx: AppContext, key: str, last_good: str) -> tuple[str, str, str]:
-    """Load ``key``; returns (dropdown value, banner, last good key). On failure, warn and keep the previous one."""
+    """Load ``key``; returns (dropdown value, banner, last good key). On failure, warn and keep the previous one.
+    Published weights not on the server yet are never fetched here: their download starts in the background
+    (when allowed) and the previous model stays, with a banner saying so (:func:`pending_download`)."""
     try:
         reason = ctx.registry.unavailable(key)
         if reason:
             raise DferclipError(reason)
+        st = request_weights(key, public=ctx.policy.public)
+        if st is not None and st.state in ("refused", "failed"):
+            raise DferclipError(st.error or st.text)
+        if st is not None:
+            gr.Info(f"{ctx.registry.entry(key).label}: downloading in the background; the banner says when it "
+                    "is ready. Until then the current model stays.")
+            return last_good, downloading_banner(key), last_good
         ctx.model(key)
     except DferclipError as e:
         kept = ctx.registry.entry(last_good).label if key != last_good else "the previous model"
@@ -180,25 +189,34 @@ def build_model_bar(ctx: AppContext) -> None:
         ctx.banner = gr.HTML(initial_banner(ctx, default), elem_id="weights-banner")
     last_good = gr.State(default)
     ctx.clip = gr.State(None)
-    watch_download(ctx, default, last_good)
+    pending, timer = watch_download(ctx, default, last_good)
+
     # .select, not .input: Gradio 6.31's dropdown sends "input" twice per pick (its option and its blur handler)
     def select(key, good):
         with ctx.scheduler.quick():
-            return select_model(ctx, key, good)
+            value, banner, good = select_model(ctx, key, good)
+        if value == key:  # loaded: no download to follow
+            return value, banner, good, None
+        # downloading now: the timer follows it; refused: it keeps following an earlier pick's download
+        return value, banner, good, key if fetch.in_progress(key) else gr.skip()
 
     ctx.model_selected = ctx.model_dropdown.select(
-        select, [ctx.model_dropdown, last_good], [ctx.model_dropdown, ctx.banner, last_good], api_name="select_model",
-        **ctx.groups["quick"])
+        select, [ctx.model_dropdown, last_good], [ctx.model_dropdown, ctx.banner, last_good, pending],
+        api_name="select_model", **ctx.groups["quick"])
+    ctx.model_selected.then(lambda key: gr.Timer(active=key is not None), pending, timer, api_visibility="private",
+                            queue=False)
 
 
 # --- published weights downloading in the background (the page starts at once) -----------------------
 def initial_banner(ctx: AppContext, key: str) -> str:
     """The banner for the page's first model; published weights not yet cached start downloading now."""
-    entry = published.get_entry(key)
-    if entry is not None and not entry.load_source and not published.is_cached(entry):
-        fetch.start_background(entry)
-        return downloading_banner(key)
-    return ctx.banner_text(key)
+    st = request_weights(key, public=ctx.policy.public)
+    if st is None:
+        return ctx.banner_text(key)
+    if st.state in ("refused", "failed"):
+        return (f'<div class="weights-banner untrained">&#9888; <b>Could not get {html.escape(key)}:</b> '
+                f"{html.escape(st.error or st.text)}</div>")
+    return downloading_banner(key)
 
 
 def downloading_banner(key: str) -> str:
@@ -209,15 +227,21 @@ def downloading_banner(key: str) -> str:
             f"{html.escape(weights_banner(entry.facts())[0])}</div>")
 
 
-def download_progress(ctx: AppContext, key: str, value: str, last_good: str):
-    """Timer tick: progress while ``key`` downloads, then its banner (or, if it failed, the next model's)."""
+def download_progress(ctx: AppContext, key: Optional[str], value: str, last_good: str):
+    """Timer tick: progress while ``key`` (the page's first model, or one the visitor picked) downloads, then
+    its banner. The first model is switched to when ready; a picked one is announced (picking it again loads
+    it, so the other tabs follow). A failed download says why and keeps (or finds) a model that loads."""
+    if not key:
+        return gr.skip(), gr.skip(), last_good, gr.Timer(active=False)
     if fetch.in_progress(key):
-        banner = downloading_banner(key) if value == key else gr.skip()
-        return banner, gr.skip(), last_good, gr.Timer(active=True)
+        return downloading_banner(key), gr.skip(), last_good, gr.Timer(active=True)
     st = fetch.status(key)
     choices = ctx.registry.choices()
-    if value != key:
-        return gr.skip(), gr.Dropdown(choices=choices), last_good, gr.Timer(active=False)
+    if key != value and (st is None or st.state == "ready"):  # picked while another model ran: say it is here
+        label = html.escape(ctx.registry.entry(key).label)
+        return (f'<div class="weights-banner trained">&#10003; <b>{label} is ready:</b> pick it in the list to use '
+                f"it.</div>" + ctx.banner_text(value), gr.Dropdown(choices=choices), last_good,
+                gr.Timer(active=False))
     if st is None or st.state == "ready":
         try:
             return ctx.banner_text(key), gr.Dropdown(choices=choices, value=key), key, gr.Timer(active=False)
@@ -225,6 +249,8 @@ def download_progress(ctx: AppContext, key: str, value: str, last_good: str):
             st = fetch.DownloadStatus(key, "failed", error=str(e))
     note = (f'<div class="weights-banner untrained">&#9888; <b>Could not get {html.escape(key)}:</b> '
             f"{html.escape(st.error or st.state)}</div>")
+    if key != value:
+        return note + ctx.banner_text(value), gr.Dropdown(choices=choices), last_good, gr.Timer(active=False)
     for fallback in [e.key for e in ctx.registry.entries if e.origin != "published"]:  # "random" always loads
         try:
             banner = ctx.banner_text(fallback)
@@ -234,11 +260,13 @@ def download_progress(ctx: AppContext, key: str, value: str, last_good: str):
     return note, gr.Dropdown(choices=choices), last_good, gr.Timer(active=False)
 
 
-def watch_download(ctx: AppContext, key: str, last_good) -> None:
-    """A timer that follows a background download of ``key`` (api ``/weights_status``)."""
-    if not fetch.in_progress(key) and fetch.status(key) is None:
-        return
-    timer = gr.Timer(1.0, active=True)
-    timer.tick(lambda value, good: download_progress(ctx, key, value, good), [ctx.model_dropdown, last_good],
+def watch_download(ctx: AppContext, key: str, last_good):
+    """A timer (api ``/weights_status``) that follows the download of the page's first model ``key``, or of
+    one the visitor picks; returns (the key it follows, a State; the timer)."""
+    first = key if fetch.in_progress(key) or fetch.status(key) is not None else None
+    pending = gr.State(first)
+    timer = gr.Timer(1.0, active=first is not None)
+    timer.tick(lambda k, value, good: download_progress(ctx, k, value, good), [pending, ctx.model_dropdown, last_good],
                [ctx.banner, ctx.model_dropdown, last_good, timer], api_name="weights_status", queue=False,
                show_progress="hidden")
+    return pending, timer
