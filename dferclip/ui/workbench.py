@@ -664,9 +664,15 @@ def build_workbench_tab(ctx) -> None:
         session = getattr(request, "session_hash", None) or "anonymous"
         return "Cancelling…" if ctx.cancel_generation(session) else "No generation is running."
 
-    def load_eval(model_key, files, *rest, request: gr.Request = None, progress=gr.Progress()):
-        folder, csv_path, hf_path = rest[:-2] if len(rest) == 5 else ("", "", "")
-        state_v, clip = rest[-2:]
+    # two signatures (public mode has no server-path inputs): Gradio passes the request to named parameters only
+    def load_eval_public(model_key, files, state_v, clip, request: gr.Request = None, progress=gr.Progress()):
+        return load_eval(model_key, files, "", "", "", state_v, clip, request, progress)
+
+    def load_eval_local(model_key, files, folder, csv_path, hf_path, state_v, clip, request: gr.Request = None,
+                        progress=gr.Progress()):
+        return load_eval(model_key, files, folder, csv_path, hf_path, state_v, clip, request, progress)
+
+    def load_eval(model_key, files, folder, csv_path, hf_path, state_v, clip, request, progress):
         wb = _workbench(ctx, model_key, state_v)
         try:
             clips = evaluation_clips(ctx, wb.current.classes, files, folder, csv_path, hf_path,
@@ -777,7 +783,8 @@ def build_workbench_tab(ctx) -> None:
     # not in the model queue: it must reach a generation that is running there
     cancel_btn.click(cancel_generation, None, [sent], api_name="cancel_generation", concurrency_id="cancel",
                      concurrency_limit=None)
-    eval_btn.click(load_eval, [ctx.model_dropdown, eval_files] + server_inputs + [state, ctx.clip],
+    eval_btn.click(load_eval_local if server_inputs else load_eval_public,
+                   [ctx.model_dropdown, eval_files] + server_inputs + [state, ctx.clip],
                    [eval_state] + score_outputs, api_name="load_evaluation_set", **long_kw)
     save_btn.click(save, [ctx.model_dropdown, save_name, state, own_sets],
                    [state, own_sets, save_msg, saved, diff_a, diff_b], api_name="save_descriptions")
