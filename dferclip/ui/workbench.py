@@ -20,12 +20,13 @@ import csv
 import logging
 import tempfile
 from pathlib import Path
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Optional
 
 import gradio as gr
 import pandas as pd
 
+from .. import pacing
 from ..errors import DataError, DescriptionError, DferclipError, LLMRateLimitError
 from ..files import prune_folders, write_json
 from ..scoring import (
@@ -635,7 +636,9 @@ def build_workbench_tab(ctx) -> None:
 
             def take_rate_token(i, cls):
                 """One request a class, as it goes: the first is refused when over the limit, the later ones
-                wait for their turn (a big class set generates, at the limit's pace)."""
+                wait for their turn (a big class set generates, at the limit's pace). A local describer gives
+                way to other visitors' work here, between classes."""
+                pacing.checkpoint()
                 while not cancel.is_set():
                     wait = ctx.llm_limiter.take(session, 1)
                     if wait is None:
@@ -647,18 +650,23 @@ def build_workbench_tab(ctx) -> None:
                     progress(i / max(total, 1), desc=f"rate limit: {wait:.0f} s before asking for {cls}")
                     cancel.wait(max(wait, 0.05))
 
+            # a local describer computes here: it takes the CPU's turn like any long job; a server's answer is
+            # waited for without it
+            computing = ctx.scheduler.turn() if settings.backend == "local" else nullcontext()
             try:
-                gen = wb.generate(style_v, only=only_v or None, replace=mode_v == "replace", settings=settings,
-                                  template=prompt_v, system=system_v, n=n, cancel=cancel,
-                                  before_request=take_rate_token,
-                                  progress=lambda i, n, c: progress(i / max(n, 1), desc=f"asking for {c}"))
+                with computing:
+                    gen = wb.generate(style_v, only=only_v or None, replace=mode_v == "replace", settings=settings,
+                                      template=prompt_v, system=system_v, n=n, cancel=cancel,
+                                      before_request=take_rate_token,
+                                      progress=lambda i, n, c: progress(i / max(n, 1), desc=f"asking for {c}"))
             finally:
                 ctx.generation_ended(session, cancel)
         except DferclipError as e:
             raise user_error(e) from None
         sent_text = "\n\n".join(f"[{c}] {p}" for c, p in zip(gen.classes, gen.prompts))
-        return (_rows_df(wb.current), sent_text) + workbench_outputs(wb, clip, eval_set,
-                                                                     f"Generated with {settings.describe()}.")
+        with ctx.scheduler.turn():  # scoring the new set: paced like a long re-score
+            scored = workbench_outputs(wb, clip, eval_set, f"Generated with {settings.describe()}.")
+        return (_rows_df(wb.current), sent_text) + scored
 
     def cancel_generation(request: gr.Request):
         session = getattr(request, "session_hash", None) or "anonymous"
