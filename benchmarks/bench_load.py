@@ -16,6 +16,9 @@ that switches go to. ``run_load`` is also used by tests/test_security.py (shorte
 
     python benchmarks/bench_load.py [--model random] [--clients 16] [--seconds 104] [--json out.json]
     python benchmarks/bench_load.py --abuse [--model random] [--attackers 3] [--seconds 120] [--idle-seconds 30]
+
+The app gets a fresh ``DFERCLIP_CACHE`` unless ``--cache`` names one: with a fresh one the CPU backend's speed is
+timed (``auto``) while the run starts; pass ``--cache DIR`` (kept between runs) or ``--backend`` to avoid that.
 """
 from __future__ import annotations
 
@@ -443,7 +446,8 @@ def print_load(r: dict):
         print(f"| {op} | {v['n']} | {_fmt(v['median_s'])} | {_fmt(v['p95_s'])} | {_fmt(v['max_s'])} | "
               f"{_fmt(a.get('median_s'))} | {_fmt(a.get('p95_s'))} | {_fmt(wait)} |")
     if lone.get("predict", {}).get("median_s"):
-        print(f"\nA lone visitor: {round(1 / lone['predict']['median_s'], 3)} clips/s.")
+        print(f"\nMedian wait: the median under load less a lone visitor's. A lone visitor: "
+              f"{round(1 / lone['predict']['median_s'], 3)} clips/s.")
     if r["errors"]:
         print("\nerrors: " + "; ".join(r["errors"][:5]))
 
