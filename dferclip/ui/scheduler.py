@@ -39,6 +39,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._quick = 0  # quick jobs running now
         self._holder: Optional[object] = None  # the long job piece that holds the turn
+        self._fresh = False  # the holder has passed no checkpoint since it took the turn
         self._waiting: deque = deque()  # long jobs asking for the turn, first come first served
         self._jobs: dict[str, str] = {}  # session -> what its long job is
 
@@ -116,6 +117,8 @@ class Scheduler:
         """Compute holding the turn; pacing checkpoints inside give way to quick work and other long jobs."""
         me = object()
         self._acquire(me)
+        with self._cond:
+            self._fresh = True  # its first checkpoint keeps the turn: a piece runs on every turn taken
         try:
             with pacing.paced(lambda: self._give_way(me)):
                 yield
@@ -143,8 +146,10 @@ class Scheduler:
 
     def _give_way(self, me: object) -> None:
         with self._cond:
-            if not self._waiting and self._quick == 0:
-                return  # nobody else wants the CPU
+            fresh = self._fresh
+            self._fresh = False
+            if fresh or not self._waiting and self._quick == 0:
+                return  # the turn was just taken (one piece runs on it), or nobody else wants the CPU
         self._release(me)
         self._acquire(me)
 
