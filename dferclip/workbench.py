@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from . import pacing
 from .errors import DataError, DescriptionError
 from .labelled import EmbeddedSet, LabelledClip, default_ingest, embed_clips
 from .metrics import Metrics, compute_metrics
@@ -124,6 +125,8 @@ def _metric_delta(a: Metrics, b: Optional[Metrics]) -> Optional[dict]:
     return {"uar": a.uar - b.uar, "war": a.war - b.war, "recall": recall}
 
 
+FLAG_PIECE = 256  # descriptions flag-checked between two pacing checkpoints (about 0.7 s when all are new)
+
 class Workbench:
     """Current / previous / baseline description sets, scored for clips and a labelled set with one model."""
 
@@ -206,8 +209,12 @@ class Workbench:
         reserved = self.reserved_tokens()
         templates = self.scorer.templates
         rows = []
+        checked = 0
         for cls, descs in zip(ds.classes, ds.descriptions):
             for d in descs:
+                checked += 1
+                if checked % FLAG_PIECE == 0:
+                    pacing.checkpoint()  # a piece of a long re-score
                 for f in check_description(d, cls, ds.classes, reserved_tokens=reserved, templates=templates):
                     rows.append({"class": cls, "description": d, "kind": f.kind, "message": f.message})
         return rows

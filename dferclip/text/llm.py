@@ -476,11 +476,32 @@ def word_family(class_name: str) -> list[str]:
 
 def find_leaks(text: str, class_name: str) -> list[str]:
     """The words of ``class_name``'s family that ``text`` uses (whole words, case-insensitive)."""
-    hits = []
-    for word in word_family(class_name):
-        if re.search(rf"(?<![A-Za-z]){re.escape(word)}(?![A-Za-z])", text, re.I):
-            hits.append(word)
-    return hits
+    return leaks(text, (class_name,))[class_name]
+
+
+def _whole_word(word: str) -> "re.Pattern":
+    return re.compile(rf"(?<![A-Za-z]){re.escape(word)}(?![A-Za-z])", re.I)
+
+
+@lru_cache(maxsize=64)
+def _families(classes: tuple[str, ...]) -> tuple["re.Pattern", dict[str, list[str]], dict[str, "re.Pattern"]]:
+    """One pattern for every family word of ``classes`` (longest first), built once per class set."""
+    families = {c: word_family(c) for c in classes}
+    words = sorted({w.lower() for f in families.values() for w in f}, key=len, reverse=True)
+    # a lookahead: matches may overlap, so every place a family word starts is seen
+    pattern = re.compile(r"(?<![A-Za-z])(?=(" + "|".join(map(re.escape, words)) + r")(?![A-Za-z]))", re.I)
+    return pattern, families, {w: _whole_word(w) for w in words}
+
+
+def leaks(text: str, classes: Sequence[str]) -> dict[str, list[str]]:
+    """For each of ``classes``: the words of its family that ``text`` uses, as :func:`find_leaks` says, in one
+    pass over the text (a set of 100 classes has about 900 family words)."""
+    pattern, families, single = _families(tuple(classes))
+    spans = {m.group(1).lower() for m in pattern.finditer(text)}
+    found = set(spans)
+    for span in spans:  # a shorter family word at the same place as a longer one ("sad" in "sad-eyed")
+        found.update(w for w, p in single.items() if w != span and w in span and p.search(span))
+    return {c: [w for w in f if w.lower() in found] for c, f in families.items()}
 
 
 @dataclass(frozen=True)
@@ -501,15 +522,23 @@ def check_description(
     """Leak and length flags for one description.
 
     ``reserved_tokens``: learned context tokens in front of it (8 for DFER-CLIP). ``templates``: zero-shot
-    templates (``{name}``, ``{description}``) it is wrapped in; the longest one counts.
+    templates (``{name}``, ``{description}``) it is wrapped in; the longest one counts. Remembered for the
+    last texts checked: a re-score checks only the descriptions that changed.
     """
+    return list(_checked(text, class_name, tuple(classes), reserved_tokens, tuple(templates), context_length))
+
+
+@lru_cache(maxsize=20_000)
+def _checked(text: str, class_name: str, classes: tuple[str, ...], reserved_tokens: int, templates: tuple[str, ...],
+             context_length: int) -> tuple[Flag, ...]:
     flags = []
-    own = find_leaks(text, class_name)
+    used = leaks(text, tuple(dict.fromkeys([class_name, *classes])))
+    own = used[class_name]
     if own:
         flags.append(Flag("leak", f"names the emotion itself: {', '.join(own)}"))
     for other in classes:
         if other != class_name:
-            hits = find_leaks(text, other)
+            hits = used[other]
             if hits:
                 flags.append(Flag("other-emotion", f"names another emotion ({other}): {', '.join(hits)}"))
     learned = token_count(text) + reserved_tokens
@@ -521,7 +550,7 @@ def check_description(
         if zs > context_length:
             flags.append(Flag("too-long", f"{zs} tokens in the longest zero-shot template; CLIP keeps "
                                           f"{context_length}, the rest is cut off"))
-    return flags
+    return tuple(flags)
 
 
 # --- generation ------------------------------------------------------------------------------------

@@ -43,7 +43,6 @@ from ..config import get_config
 from ..files import write_json
 from ..errors import (
     CheckpointError,
-    DferclipError,
     WeightsDownloadError,
     WeightsUnavailableError,
 )
