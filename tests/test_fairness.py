@@ -158,3 +158,33 @@ def test_evaluation_sets_use_the_apps_limits_and_uploads_are_deleted(monkeypatch
     finally:
         demo.close()
         demo.ctx.close()
+
+
+def test_the_largest_re_score_is_a_long_job_that_gives_way(public_app, tmp_path):
+    """100 classes x 50 descriptions x 1000 characters, all new: it runs (whole) as the visitor's long job, in
+    pieces, while another visitor predicts."""
+    import json
+
+    from dferclip.text.descriptions import MAX_CLASSES, MAX_DESCRIPTIONS_PER_CLASS, MAX_TEXT_CHARS
+
+    url, demo = public_app
+    big, honest = client(url), client(url)
+    predict(honest)
+    names = [f"class {k}" for k in range(MAX_CLASSES)]
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({"format": "dferclip.descriptions/1", "name": "big",
+                                "classes": [{"name": n, "descriptions": [f"a face, {n}"]} for n in names]}))
+    big.predict(TINY, handle_file(str(path)), "mean-embedding", api_name="/upload_descriptions")
+    filler = ("raised cheeks, narrowed eyes and a tight mouth " * 40)[:MAX_TEXT_CHARS]
+    rows = [[n, f"{k} {j} {filler}"[:MAX_TEXT_CHARS]] for k, n in enumerate(names)
+            for j in range(MAX_DESCRIPTIONS_PER_CLASS)]
+    job = big.submit(TINY, {"headers": ["class", "description"], "data": rows, "metadata": None},
+                     "mean-embedding", api_name="/rescore_descriptions")
+    wait_for(lambda: "re-score of many new descriptions" in long_jobs(demo).values(), 120,
+             "the re-score to grow into a long job")
+    probs, *_ = predict(honest)
+    assert probs["confidences"] and not job.done()
+    message = error_of(big.predict, TINY, "predicted class", api_name="/explain_expression")
+    assert "re-score of many new descriptions is still running" in message
+    out = job.result(timeout=600)  # scored whole: the last class is in the scores
+    assert f"class {MAX_CLASSES - 1}" in str(out)
