@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,3 +51,12 @@ def served_app(model: str = TINY):
         appmod.demo.close()
         appmod.demo.ctx.close()
         mp.undo()
+
+
+def wait_for(condition, timeout: float, what: str):
+    """Poll ``condition`` until it holds; an AssertionError naming ``what`` after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

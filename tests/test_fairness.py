@@ -8,20 +8,12 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from app_helpers import TINY, feat_clip
+from app_helpers import TINY, feat_clip, wait_for
 from gradio_client import handle_file
 from llm_server import ScriptedLLM
 from test_security import client, error_of, launch, official_rows
 
 EVAL_CLIPS = 48  # the attacker's evaluation set: distinct files, so none comes from the embedding cache
-
-
-def wait_for(condition, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from app_helpers import wait_for
 from weights_server import DRIVE_QUOTA_PAGE, DRIVE_VIRUS_SCAN_PAGE, WeightsServer
 
 import dferclip
@@ -38,16 +39,7 @@ def official(conformance_path):
     """(bytes of an official-format checkpoint without the fixture's extras, the fixture's input and logits)."""
     ck = read_official(conformance_path)
     fx = ck.pop("conformance")
-    main = sys.modules["__main__"]
-    had = hasattr(main, "RecorderMeter")
-    main.RecorderMeter = RecorderMeter  # pickled as __main__.RecorderMeter, as the official script does
-    try:
-        buf = io.BytesIO()
-        torch.save(ck, buf)
-    finally:
-        if not had:
-            del main.RecorderMeter
-    return buf.getvalue(), fx["input"], fx["logits"], ck["state_dict"]
+    return _checkpoint_bytes(ck), fx["input"], fx["logits"], ck["state_dict"]
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +197,7 @@ def test_tensors_that_do_not_fit_the_entry_are_refused(server, env):
 
 # --- integrity: pinned hashes, trust on first use; credentials; downloads that fail midway --------------
 def _checkpoint_bytes(ck: dict) -> bytes:
+    """The checkpoint pickled as the official script writes it: RecorderMeter as __main__.RecorderMeter."""
     main = sys.modules["__main__"]
     had = hasattr(main, "RecorderMeter")
     main.RecorderMeter = RecorderMeter
@@ -395,14 +388,6 @@ import dferclip
 model = dferclip.load_model(sys.argv[1])
 print("loaded", model.weights_info["published"], model.num_classes, flush=True)
 """
-
-
-def wait_for(condition, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.slow  # two fresh Python processes importing torch
