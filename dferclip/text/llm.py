@@ -46,6 +46,7 @@ from ..errors import (
     LLMTimeoutError,
     TextTooLongError,
 )
+from ..urls import redact_url  # noqa: F401  (also this module's: its callers import it from here)
 from .descriptions import MAX_DESCRIPTIONS_PER_CLASS, MAX_TEXT_CHARS
 from .tokens import CONTEXT_LENGTH, token_count
 
@@ -163,27 +164,6 @@ class LLMSettings:
 
 
 OPENAI_URL = "https://api.openai.com/v1"
-
-
-def redact_url(url: Optional[str]) -> str:
-    """The URL without ``user:password@`` (and without a query string, which can carry tokens)."""
-    if not url:
-        return ""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError:
-        return "<invalid URL>"
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = host + (f":{port}" if port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _same_server(a: Optional[str], b: Optional[str]) -> bool:

@@ -47,7 +47,7 @@ from ..errors import (
     WeightsUnavailableError,
 )
 from ..text.descriptions import load_class_sets
-from ..text.llm import redact_url
+from ..urls import redact_url
 from . import hub
 from .formats import CONFIG_FILE, WEIGHTS_FILE, load_official, save_model
 from .published import PublishedWeights, cache_folder, default_name, is_cached, weights_root

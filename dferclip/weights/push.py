@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import WeightsUnavailableError
 from ..files import write_json
-from ..text.llm import redact_url
+from ..urls import redact_url
 from .formats import CONFIG_FILE, WEIGHTS_FILE
 from .fetch import _arch_facts, ensure_cached
 from .published import PublishedWeights
