@@ -51,6 +51,7 @@ import time
 import warnings
 import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -492,8 +493,13 @@ def _build_openvino(tower, size: int, cache: bool):
     settings = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                 "INFERENCE_NUM_THREADS": torch.get_num_threads()}
     cached_in = None
-    if folder is not None and (folder / "tower.xml").is_file():
+    if folder is not None and folder.is_dir():
         try:
+            # checked before OpenVINO parses it: a damaged file read in-process can corrupt the heap (a truncated
+            # tower.xml made a later, unrelated call segfault)
+            problem = _damage(folder)
+            if problem:
+                raise ValueError(problem)
             compiled = core.compile_model(core.read_model(str(folder / "tower.xml")), "CPU", settings)
             cached_in = folder
         except Exception as e:  # a damaged cache entry (cut short, a disk fault): convert again
@@ -504,8 +510,11 @@ def _build_openvino(tower, size: int, cache: bool):
         converted = ov.convert_model(_exported(tower, size), input=[ov.PartialShape([-1, 3, size, size])])
         if folder is not None:
             try:
-                _save_folder(folder, lambda tmp: ov.save_model(converted, os.path.join(tmp, "tower.xml"),
-                                                               compress_to_fp16=False))
+                def write(tmp: str) -> None:
+                    ov.save_model(converted, os.path.join(tmp, "tower.xml"), compress_to_fp16=False)
+                    _write_digests(Path(tmp))
+
+                _save_folder(folder, write)
             except OSError as e:  # a full disk costs the conversion next time, not this one
                 log.warning("backend openvino: cannot keep the conversion in %s (%s)", folder, _short(e))
         compiled = core.compile_model(converted, "CPU", settings)
@@ -542,6 +551,29 @@ def _fingerprint(tower, size: int, backend_version: str) -> str:
         h.update(str(tuple(tensor.shape)).encode())
         h.update(tensor.detach().float().contiguous().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+DIGESTS = "digests.json"  # sha256 of each file of a kept conversion, written with it
+
+
+def _write_digests(folder: Path) -> None:
+    sums = {p.name: files.sha256_of(p) for p in sorted(folder.iterdir()) if p.name != DIGESTS}
+    (folder / DIGESTS).write_text(json.dumps(sums, indent=1))
+
+
+def _damage(folder: Path) -> Optional[str]:
+    """What is wrong with a kept conversion (its files against the digests written with it), or None."""
+    try:
+        sums = json.loads((folder / DIGESTS).read_text())
+    except (OSError, ValueError):
+        return "no digests (written by an older version, or cut short)"
+    for name, digest in sums.items():
+        try:
+            if files.sha256_of(folder / name) != digest:
+                return f"{name} differs from its digest"
+        except OSError:
+            return f"{name} is missing"
+    return None if "tower.xml" in sums else "no tower.xml"
 
 
 def _save_folder(folder, write: Callable[[str], None]) -> None:

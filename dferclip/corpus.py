@@ -30,11 +30,13 @@ import io
 import json
 import logging
 import os
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
 
 from . import files
 from .errors import DataError, DferclipError
@@ -215,6 +217,22 @@ def _worker_start() -> Optional[str]:
     import multiprocessing
 
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
+
+
+@contextmanager
+def _own_sigchld() -> Iterator[None]:
+    """Put back the process's SIGCHLD handler after the run: torch's DataLoader installs one for its workers
+    and leaves it, so every later child process (a ``subprocess.run``) ran a Python handler, which crashed the
+    process (SIGSEGV, SI_KERNEL) once a native library had left the signal stack unusable."""
+    import signal
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGCHLD) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGCHLD, before)
 
 
 def _worker_timeout(limits: Optional[Limits]) -> float:
@@ -535,7 +553,7 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
     target = output if shard.world == 1 else part_path(output, shard.rank)
     summary = CorpusSummary(output, len(clips), len(mine) - len(todo), 0, 0, 0, 0.0)
     T = model.input_config.num_frames
-    with LineWriter(target, model.class_names) as writer:
+    with LineWriter(target, model.class_names) as writer, _own_sigchld():
         if todo:
             ahead = batch_size or max(backends.frame_batch_sizes(T)) // T  # clips the workers keep ready
             loader = torch.utils.data.DataLoader(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -173,3 +174,12 @@ def prune_folders(root: str | Path, keep: int) -> None:
     folders = sorted((d for d in Path(root).iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime)
     for old in folders[:max(0, len(folders) - keep)]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The file's sha256 (hex), read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
