@@ -461,12 +461,16 @@ def _inference(module):
     return run
 
 
+_EXPORT_LOCK = threading.RLock()  # torch.export (and converting its program) keeps tracing state in globals
+
+
 def _exported(tower, size: int):
-    """The tower as a torch.export program with a dynamic frame count."""
+    """The tower as a torch.export program with a dynamic frame count (one export at a time in this process:
+    two models' background conversions at once failed with torch.fx's KeyError: 'custom')."""
     from torch.export import Dim, export
 
     example = torch.zeros(2, 3, size, size)
-    with torch.no_grad():
+    with _EXPORT_LOCK, torch.no_grad():
         return export(tower, (example,), dynamic_shapes=({0: Dim("frames", min=1, max=MAX_FRAMES)},))
 
 
@@ -507,7 +511,8 @@ def _build_openvino(tower, size: int, cache: bool):
                         folder, _short(e))
             shutil.rmtree(folder, ignore_errors=True)
     if cached_in is None:
-        converted = ov.convert_model(_exported(tower, size), input=[ov.PartialShape([-1, 3, size, size])])
+        with _EXPORT_LOCK:  # the conversion runs the exported program's decompositions: traced too
+            converted = ov.convert_model(_exported(tower, size), input=[ov.PartialShape([-1, 3, size, size])])
         if folder is not None:
             try:
                 def write(tmp: str) -> None:
