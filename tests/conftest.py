@@ -1,5 +1,6 @@
 """Shared test setup: offline Hub (set before huggingface_hub is imported), no analytics, one folder per run for
 all that the suite writes, fixtures."""
+import contextlib
 import os
 import shutil
 import sys
@@ -49,7 +50,11 @@ def _seed_torch(request):
     seed = getattr(request.config.option, "randomly_seed", None)
     torch = sys.modules.get("torch")  # not imported yet: it starts from its fixed default seed anyway
     if isinstance(seed, int) and torch is not None:
-        torch.manual_seed((seed + zlib.crc32(request.node.nodeid.encode())) % 2**63)
+        backends = sys.modules.get("dferclip.backends")
+        # torch.manual_seed and torch.export share tracing state (torch.fx's annotate): not while an earlier
+        # test's app converts a tower in the background
+        with backends._EXPORT_LOCK if backends is not None else contextlib.nullcontext():
+            torch.manual_seed((seed + zlib.crc32(request.node.nodeid.encode())) % 2**63)
 
 SHARED = Path(os.environ.get("DFERCLIP_SHARED") or Path(__file__).resolve().parent.parent.parent / "shared")  # git worktrees: set it
 CONFORMANCE = SHARED / "conformance" / "dferclip_official_dfew_seed0.pt"

@@ -33,8 +33,11 @@ def serve(key: str, frames: int):
     from dferclip.ui.context import AppContext, ClipRecord, build_model_bar
     from dferclip.ui.workbench import build_workbench_tab
 
+    from dferclip.backends import _EXPORT_LOCK
+
     ctx = AppContext(ModelRegistry([ModelEntry(key, "tiny random model", "explicit")], dev="cpu"))
-    torch.manual_seed(0)
+    with _EXPORT_LOCK:  # torch.manual_seed shares tracing state with a conversion running in the background
+        torch.manual_seed(0)
     clip = ClipRecord(path="clip.webm", model_key=key,
                       ingest=SimpleNamespace(video=torch.rand(1, frames, 3, 64, 64)), prediction=None)
     with gr.Blocks() as demo:
