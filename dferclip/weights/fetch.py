@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import get_config
-from ..files import write_json
+from ..files import sha256_of, write_json
 from ..errors import (
     CheckpointError,
     WeightsDownloadError,
@@ -286,11 +286,7 @@ def check_fits(model, entry: PublishedWeights) -> None:
 
 
 def _hash_file(path: Path) -> dict:
-    sha = _Sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return {"size": sha.n, "sha256": sha.h.hexdigest()}
+    return {"size": path.stat().st_size, "sha256": sha256_of(path)}
 
 
 # --- trust on first use: what a published file was when first verified here --------------------------
