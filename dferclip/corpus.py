@@ -30,18 +30,17 @@ import io
 import json
 import logging
 import os
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 from . import files
 from .errors import DataError, DferclipError
 from .progress import progress_counter
 from .video.clips import VIDEO_EXTENSIONS
+from .workers import fork_free_start, sigchld_kept
 
 if TYPE_CHECKING:
     import torch
@@ -208,31 +207,6 @@ class IngestDataset:
             return Ingested(ref.key, None, seconds=time.perf_counter() - start, error=f"{type(e).__name__}: {message}")
         pixels = torch.from_numpy(np.stack([np.asarray(c) for c in result.crops]))
         return Ingested(ref.key, pixels, result.status, list(result.warnings), time.perf_counter() - start)
-
-
-def _worker_start() -> Optional[str]:
-    """How ingestion workers start: from a fork server where there is one (Linux), not by forking this process.
-    A fork copies every lock another thread holds at that moment (an app's server, a face-mesh graph, a
-    backend's thread pool, a module being imported) and a worker that needs one waits forever."""
-    import multiprocessing
-
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
-
-
-@contextmanager
-def _own_sigchld() -> Iterator[None]:
-    """Put back the process's SIGCHLD handler after the run: torch's DataLoader installs one for its workers
-    and leaves it, so every later child process (a ``subprocess.run``) ran a Python handler, which crashed the
-    process (SIGSEGV, SI_KERNEL) once a native library had left the signal stack unusable."""
-    import signal
-
-    main = threading.current_thread() is threading.main_thread()
-    before = signal.getsignal(signal.SIGCHLD) if main else None
-    try:
-        yield
-    finally:
-        if main and before is not None:
-            signal.signal(signal.SIGCHLD, before)
 
 
 def _worker_timeout(limits: Optional[Limits]) -> float:
@@ -553,7 +527,7 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
     target = output if shard.world == 1 else part_path(output, shard.rank)
     summary = CorpusSummary(output, len(clips), len(mine) - len(todo), 0, 0, 0, 0.0)
     T = model.input_config.num_frames
-    with LineWriter(target, model.class_names) as writer, _own_sigchld():
+    with LineWriter(target, model.class_names) as writer, sigchld_kept():
         if todo:
             ahead = batch_size or max(backends.frame_batch_sizes(T)) // T  # clips the workers keep ready
             loader = torch.utils.data.DataLoader(
@@ -561,7 +535,7 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
                 num_workers=workers, collate_fn=_as_is,
                 worker_init_fn=functools.partial(_worker_init, yield_to_model=dev.type == "cpu") if workers else None,
                 prefetch_factor=max(2, -(-ahead // workers)) if workers else None, persistent_workers=False,
-                multiprocessing_context=_worker_start() if workers else None,
+                multiprocessing_context=fork_free_start() if workers else None,
                 timeout=_worker_timeout(limits) if workers else 0)
             items = iter(loader)  # starts the workers now
             if accelerate is not None:

@@ -3,6 +3,7 @@ all that the suite writes, fixtures."""
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import zlib
@@ -25,6 +26,8 @@ for _inherited in ("HF_HUB_CACHE", "HF_TOKEN_PATH", "HF_TOKEN"):
 os.environ["MPLCONFIGDIR"] = str(RUN_DIR / "matplotlib")
 
 import pytest  # noqa: E402
+
+SIGCHLD_AT_START = signal.getsignal(signal.SIGCHLD)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path plugin reads the option
@@ -55,6 +58,18 @@ def _seed_torch(request):
         # test's app converts a tower in the background
         with backends._EXPORT_LOCK if backends is not None else contextlib.nullcontext():
             torch.manual_seed((seed + zlib.crc32(request.node.nodeid.encode())) % 2**63)
+
+@pytest.fixture(autouse=True)
+def _sigchld_left_alone():
+    """No test leaves a SIGCHLD handler behind (torch's DataLoader installs one for its workers): with one
+    installed, a later test's subprocess crashed the whole run with SIGSEGV. The handler is put back and the
+    test that left it fails."""
+    yield
+    after = signal.getsignal(signal.SIGCHLD)
+    if after is not SIGCHLD_AT_START:  # module fixtures included: checked against the session's start
+        signal.signal(signal.SIGCHLD, SIGCHLD_AT_START)
+        pytest.fail(f"the test left a SIGCHLD handler installed: {after!r}")
+
 
 SHARED = Path(os.environ.get("DFERCLIP_SHARED") or Path(__file__).resolve().parent.parent.parent / "shared")  # git worktrees: set it
 CONFORMANCE = SHARED / "conformance" / "dferclip_official_dfew_seed0.pt"

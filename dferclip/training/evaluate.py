@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from ..files import atomic_write_with
 from ..metrics import Metrics, compute_metrics
 from ..runtime import autocast, mixed_precision_dtype
+from ..workers import sigchld_kept
 
 log = logging.getLogger(__name__)
 
@@ -118,10 +119,11 @@ def encode_dataset(model, dataset, *, batch_size: int = 16, device="cpu", worker
     model.eval()
     embs, labels = [], []
     try:
-        for inputs, label in (progress(loader) if progress else loader):
-            with autocast(device, dtype):
-                embs.append(model.encode_video(to_device(inputs, device, non_blocking=True)).float().cpu())
-            labels.append(label.numpy())
+        with sigchld_kept():
+            for inputs, label in (progress(loader) if progress else loader):
+                with autocast(device, dtype):
+                    embs.append(model.encode_video(to_device(inputs, device, non_blocking=True)).float().cpu())
+                labels.append(label.numpy())
     finally:
         model.train(was_training)
     if not embs:

@@ -56,6 +56,7 @@ from ..text.descriptions import (
     load_description_set,
     official_descriptions,
 )
+from ..workers import sigchld_kept
 from .data import augment_for, open_dataset, stratified_split, subset
 from .evaluate import (
     aggregate_folds,
@@ -577,79 +578,80 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, replace: b
                  len(train_ds), cfg.selection, len(val_ds) if val_ds else 0, len(test_ds) if test_ds else 0,
                  d.world, d.device)
     run_log = RunLog(out, d.main, history)
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            sampler.set_epoch(epoch)
-            train_ds.set_epoch(epoch)
-            loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
-                                drop_last=True, pin_memory=d.device.type == "cuda",
-                                multiprocessing_context=worker_context(train_ds, cfg.workers))
-            model.train()
-            sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss * n, correct, n
-            for step, (inputs, label) in enumerate(progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                                                                    unit="batch", enabled=d.main, leave=False)):
-                inputs = to_device(inputs, d.device, non_blocking=True)  # a video tensor or an input dict
-                label = label.to(d.device, non_blocking=True)
-                with autocast(d.device, amp_dtype):
-                    logits = ddp(inputs)
-                loss = model.loss(logits, label)  # the family's objective (cross-entropy, or FineCLIPER's PN loss)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                with torch.no_grad():
-                    sums += torch.stack([loss.detach().double() * len(label),
-                                         (logits.argmax(-1) == label).sum().double(),
-                                         torch.tensor(float(len(label)), device=d.device, dtype=torch.float64)])
-                if d.main and cfg.log_every and (step + 1) % cfg.log_every == 0:
-                    log.info("epoch %d step %d loss %.4f", epoch + 1, step + 1, loss.item())
-            if d.enabled:
-                dist.all_reduce(sums)
-            lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
-            scheduler.step()
-            record = {"epoch": epoch + 1, "train/loss": sums[0].item() / max(sums[2].item(), 1),
-                      "train/acc": 100 * sums[1].item() / max(sums[2].item(), 1), **lrs,
-                      "train/seconds": time.perf_counter() - t0}
-            improved = val_ds is None
-            if val_ds is not None:
-                y, p = evaluate_distributed(model, val_ds, d, eval_bs, cfg.workers, use_amp)
+    with sigchld_kept():  # the workers' SIGCHLD handler goes when the epochs end
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                sampler.set_epoch(epoch)
+                train_ds.set_epoch(epoch)
+                loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers,
+                                    drop_last=True, pin_memory=d.device.type == "cuda",
+                                    multiprocessing_context=worker_context(train_ds, cfg.workers))
+                model.train()
+                sums = torch.zeros(3, dtype=torch.float64, device=d.device)  # loss * n, correct, n
+                for step, (inputs, label) in enumerate(progress_bar(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                                                                        unit="batch", enabled=d.main, leave=False)):
+                    inputs = to_device(inputs, d.device, non_blocking=True)  # a video tensor or an input dict
+                    label = label.to(d.device, non_blocking=True)
+                    with autocast(d.device, amp_dtype):
+                        logits = ddp(inputs)
+                    loss = model.loss(logits, label)  # the family's objective (cross-entropy, or FineCLIPER's PN loss)
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    with torch.no_grad():
+                        sums += torch.stack([loss.detach().double() * len(label),
+                                             (logits.argmax(-1) == label).sum().double(),
+                                             torch.tensor(float(len(label)), device=d.device, dtype=torch.float64)])
+                    if d.main and cfg.log_every and (step + 1) % cfg.log_every == 0:
+                        log.info("epoch %d step %d loss %.4f", epoch + 1, step + 1, loss.item())
+                if d.enabled:
+                    dist.all_reduce(sums)
+                lrs = {f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}
+                scheduler.step()
+                record = {"epoch": epoch + 1, "train/loss": sums[0].item() / max(sums[2].item(), 1),
+                          "train/acc": 100 * sums[1].item() / max(sums[2].item(), 1), **lrs,
+                          "train/seconds": time.perf_counter() - t0}
+                improved = val_ds is None
+                if val_ds is not None:
+                    y, p = evaluate_distributed(model, val_ds, d, eval_bs, cfg.workers, use_amp)
+                    if d.main:
+                        m = compute_metrics(y, p, model.num_classes)
+                        record |= {f"{cfg.selection}/uar": m.uar, f"{cfg.selection}/war": m.war}
+                        score = m.uar if cfg.select_metric == "uar" else m.war
+                        improved = score > best["score"]
+                        if improved:
+                            best = {"score": score, "epoch": epoch + 1, "metric": cfg.select_metric,
+                                    "split": cfg.selection}
+                if d.enabled:
+                    flag = [improved]
+                    dist.broadcast_object_list(flag, src=0)
+                    improved = flag[0]
+                if improved:  # every process keeps the selected weights, so no shared file system is needed
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()
+                                  if v.requires_grad}
                 if d.main:
-                    m = compute_metrics(y, p, model.num_classes)
-                    record |= {f"{cfg.selection}/uar": m.uar, f"{cfg.selection}/war": m.war}
-                    score = m.uar if cfg.select_metric == "uar" else m.war
-                    improved = score > best["score"]
+                    history.append(record)
+                    run_log.write(record)
+                    log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in record.items()
+                                                                   if isinstance(v, float)))
                     if improved:
-                        best = {"score": score, "epoch": epoch + 1, "metric": cfg.select_metric,
-                                "split": cfg.selection}
-            if d.enabled:
-                flag = [improved]
-                dist.broadcast_object_list(flag, src=0)
-                improved = flag[0]
-            if improved:  # every process keeps the selected weights, so no shared file system is needed
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()
-                              if v.requires_grad}
-            if d.main:
-                history.append(record)
-                run_log.write(record)
-                log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in record.items()
-                                                               if isinstance(v, float)))
-                if improved:
-                    model.weights_info = {"kind": model.family, "trained": True, "source": None, "init": cfg.init,
-                                          "epoch": epoch + 1, "selection": best}
-                    from ..weights.checkpoints import save_model
+                        model.weights_info = {"kind": model.family, "trained": True, "source": None, "init": cfg.init,
+                                              "epoch": epoch + 1, "selection": best}
+                        from ..weights.checkpoints import save_model
 
-                    save_model(model, out / "best", overwrite=True)  # this run's own best, swapped whole
-                _atomic_save(_state(model, optimizer, scheduler, scaler, epoch + 1, best, history, cfg),
-                             out / STATE_FILE)
-            if d.enabled:
-                dist.barrier()
-    finally:
-        run_log.close()
+                        save_model(model, out / "best", overwrite=True)  # this run's own best, swapped whole
+                    _atomic_save(_state(model, optimizer, scheduler, scaler, epoch + 1, best, history, cfg),
+                                 out / STATE_FILE)
+                if d.enabled:
+                    dist.barrier()
+        finally:
+            run_log.close()
     return _finish(cfg, model, best_state, test_ds, d, eval_bs, use_amp, best, out, captions)
 
 
