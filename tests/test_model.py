@@ -1,4 +1,8 @@
 """Model behaviour on small random models: architecture as data, caching, zero-shot, ensembling."""
+import sys
+import threading
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -87,6 +91,66 @@ def test_class_embeddings_cached_until_weights_change():
     model(video).sum().backward()  # training re-encodes so gradients reach the contexts
     assert model.prompt.ctx.grad is not None and model.prompt.ctx.grad.abs().sum() > 0
     assert len(calls) == 3
+
+
+class _SlowRead:
+    """A ``_class_cache`` attribute whose every read yields the thread for a moment: widens the window between
+    a check of the cached entry and a later read of it, so a check-then-read race shows on most iterations."""
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        time.sleep(0.002)
+        return obj.__dict__.get("_class_cache")
+
+    def __set__(self, obj, value):
+        obj.__dict__["_class_cache"] = value
+
+
+@pytest.mark.parametrize("differ_by", ["descriptions", "autocast dtype"])
+def test_class_embeddings_cache_is_safe_for_concurrent_events(differ_by):
+    """Two app events at once on one model (two threads; different description sets or autocast dtypes) each
+    always get their own class embeddings from the one-entry cache."""
+    model = dferclip.load_model("random:dferclip-tiny").eval()
+    other = official_descriptions(7).with_descriptions([[f"a face showing {c} clearly"] for c in model.class_names])
+    if differ_by == "descriptions":
+        jobs = [(model.descriptions, None), (other, None)]
+    else:
+        jobs = [(model.descriptions, None), (model.descriptions, torch.bfloat16)]
+
+    def run(ds, dtype, cached):
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            if not cached:
+                return model.encode_classes(ds)  # uncached: what the entry must hold
+            return model.class_embeddings(ds) if differ_by == "descriptions" else model.class_embeddings()
+
+    expected = [run(ds, dtype, cached=False) for ds, dtype in jobs]
+    assert not torch.allclose(expected[0].float(), expected[1].float())
+    model.__class__ = type("SlowCacheRead", (type(model),), {"_class_cache": _SlowRead()})
+    start, wrong, errors = threading.Barrier(2), [], []
+
+    def hammer(i):
+        try:
+            start.wait()
+            for _ in range(40):
+                got = run(*jobs[i], cached=True)
+                if got.dtype != expected[i].dtype or not torch.equal(got, expected[i]):
+                    wrong.append(i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    assert not wrong, f"{len(wrong)} of 80 calls returned the other thread's class embeddings"
 
 
 def test_several_descriptions_per_class_are_ensembled(tiny_model):

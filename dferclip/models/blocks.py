@@ -140,20 +140,31 @@ class ModelFacts:
         """The trainable parameters class embeddings depend on (besides the frozen text tower)."""
         return []
 
-    def class_embeddings(self) -> torch.Tensor:
-        """The current descriptions' class embeddings. In eval without grad they are cached, keyed by the
-        descriptions, every parameter that makes them (version, storage, dtype, device) and the autocast dtype."""
+    def class_embeddings(self, descriptions: Optional[DescriptionSet] = None) -> torch.Tensor:
+        """Class embeddings of ``descriptions`` (default: the model's current ones). In eval without grad they
+        are cached, keyed by the descriptions, every parameter that makes them (version, storage, dtype, device)
+        and the autocast dtype.
+
+        Thread-safe without a lock (the app runs events at once on one model): the entry is one
+        ``(key, embeddings)`` tuple, read once into a local and both compared and returned from that local, so a
+        thread never returns an entry another thread put there after its comparison; the set is read once, so
+        what is encoded is what the key names. Two threads that miss at once both compute (outside any lock)
+        and the later write wins, which is harmless."""
+        ds = self.descriptions if descriptions is None else descriptions
         if self.training or torch.is_grad_enabled():
-            return self.encode_classes()
+            return self.encode_classes(ds)
         tok = self.clip.token_embedding.weight
         device_type = tok.device.type
         autocast = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-        key = (id(self.descriptions), self.descriptions.fingerprint(),
+        key = (id(ds), ds.fingerprint(),
                tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in self._label_params()),
                tok.device, tok.dtype, autocast)
-        if self._class_cache is None or self._class_cache[0] != key:
-            self._class_cache = (key, self.encode_classes())
-        return self._class_cache[1]
+        cached = self._class_cache  # one read: another thread may replace the attribute at any moment
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        embeddings = self.encode_classes(ds)
+        self._class_cache = (key, embeddings)
+        return embeddings
 
     # --- plain-CLIP zero-shot video side ----------------------------------------------------------------
     def zero_shot_video(self, video: torch.Tensor) -> torch.Tensor:
