@@ -419,14 +419,19 @@ class Shard:
 
 
 def shard_device(shard: Shard) -> "torch.device":
-    """Each process of a sharded run on its own GPU (LOCAL_RANK), else the usual device."""
+    """Each process of a sharded run on its own GPU (LOCAL_RANK), else the usual device. A numbered GPU is made
+    the process's current device (``torch.cuda.set_device``) here, before any CUDA work: otherwise the current
+    device stays cuda:0 and every rank also opens a CUDA context (and allocator) on GPU 0, as training's
+    :func:`dferclip.training.train.setup_distributed` avoids too."""
     import torch
 
     from . import runtime
 
     dev = runtime.device()
     if dev.type == "cuda" and shard.world > 1 and dev.index is None:
-        return torch.device("cuda", shard.local_rank % torch.cuda.device_count())
+        dev = torch.device("cuda", shard.local_rank % torch.cuda.device_count())
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
     return dev
 
 

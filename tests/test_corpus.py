@@ -170,3 +170,25 @@ def test_torchrun_two_processes_merge_to_one_process_output(one_process, clip_li
     for a, b in zip(merged, single):
         if a["probabilities"] is not None:
             np.testing.assert_allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-5)
+
+
+@pytest.mark.parametrize("env_device, shard, expected, current", [
+    ("", (1, 2, 1), "cuda:1", "cuda:1"),  # torchrun rank on its LOCAL_RANK's GPU, made current
+    ("cuda", (3, 4, 3), "cuda:1", "cuda:1"),  # more ranks than GPUs: wraps round
+    ("cuda:1", (0, 1, 0), "cuda:1", "cuda:1"),  # one process on a named GPU
+    ("", (0, 1, 0), "cuda", None),  # one process, the default GPU: nothing to set
+    ("cpu", (1, 2, 1), "cpu", None),
+])
+def test_a_shard_makes_its_gpu_the_current_device_before_any_cuda_work(monkeypatch, env_device, shard, expected,
+                                                                         current):
+    """Without torch.cuda.set_device every rank also opened a CUDA context on GPU 0."""
+    from dferclip.corpus import Shard, shard_device
+
+    calls = []
+    monkeypatch.setenv("DFERCLIP_DEVICE", env_device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: calls.append(str(torch.device(dev))))
+    dev = shard_device(Shard(*shard))
+    assert str(dev) == expected
+    assert calls == ([current] if current else [])
