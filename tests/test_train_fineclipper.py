@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import torchrun_train
+from train_helpers import torchrun_driver, torchrun_train
 
 import dferclip
 from dferclip.models.fineclipper import FineCLIPER, fineclipper_config
@@ -243,3 +243,24 @@ def test_train_command_passes_captions_and_face_cache(tmp_path, capsys):
 def test_a_missing_caption_file_is_a_clear_error(data, tmp_path):
     with pytest.raises(CaptionError, match="no caption file"):
         train(_config(data, tmp_path / "run", captions=str(tmp_path / "missing.json")))
+
+
+def test_caption_alignment_under_ddp_with_captionless_batches_on_a_rank(data, tmp_path):
+    """align_weight > 0 with one captioned training clip: every step some rank's batch has no caption. Its
+    loss must still reach the caption adapters (DDP without find_unused_parameters failed or hung at the
+    next step), and both ranks end with the same weights."""
+    root = tmp_path / "data"
+    store = CaptionStore(root / "one-caption.json")
+    records, _ = read_annotation(data["train"], num_classes=len(CLASS_NAMES))
+    store.put(clip_key(records[0].path), CaptionRecord(CAPTION, CAPTION, [], "test", "none", 8,
+                                                       source=records[0].path))
+    store.flush()
+    model_json = root / "fineclipper-base-align.json"
+    model_json.write_text(json.dumps(fineclipper_config("base", base="fineclipper-tiny", align_weight=0.5).to_dict()))
+    cfg = _config(data, tmp_path / "run", model=str(model_json), captions=str(store.path), test=None)
+    ranks = torchrun_driver(cfg, tmp_path, timeout=240)
+    caption_side = [k for k in ranks[0] if ".adapters.caption." in k]
+    assert caption_side, sorted(ranks[0])  # the caption adapters are trained
+    assert ranks[0].keys() == ranks[1].keys()
+    for k in ranks[0]:
+        assert torch.equal(ranks[0][k], ranks[1][k]), k

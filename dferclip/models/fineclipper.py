@@ -511,6 +511,15 @@ class FineCLIPER(ModelFacts, nn.Module):
                 s.negative_loss_weight * F.relu(neg_y - pos_y + s.margin).mean()
         if s.align_weight > 0 and out.caption_present is not None and out.caption_present.any():
             loss = loss + s.align_weight * self._align_loss(out)
+        elif s.align_weight > 0:
+            # No caption in this batch: without a term the caption adapters get no gradient on this process,
+            # and DDP (without find_unused_parameters) then waits forever for their bucket or fails the next
+            # step, while another process, whose batch has captions, reduces it. A zero-weighted term keeps
+            # every trainable parameter in every process's loss each step: the buckets reduce as usual, the
+            # captionless process adds zeros to the mean, at the cost of a few small sums; unlike
+            # find_unused_parameters, no graph walk every step. (Alone, a process's caption adapters get zero
+            # gradients instead of none: SGD's momentum and weight decay apply to them as in any other step.)
+            loss = loss + 0.0 * sum(p.sum() for p in adapter_parameters(self.text_blocks, "caption"))
         return loss
 
     def _align_loss(self, out: FineOutputs) -> torch.Tensor:
