@@ -1,12 +1,13 @@
 """Training works offline: a tiny random model learns synthetic expressions (including the class that only
 temporal order separates), resuming continues exactly, and two torchrun processes match one."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from train_helpers import torchrun_train
+from train_helpers import torchrun_driver, torchrun_train
 
 import proof_train
 from proofs import SEED, assert_bounds
@@ -86,6 +87,41 @@ def test_two_torchrun_processes_match_one(small_data, reference_run, tmp_path):
     summary = json.loads((out / "results.json").read_text())
     assert summary["selection"]["epoch"] == ref_summary["selection"]["epoch"]
     assert summary["test"]["confusion"] == ref_summary["test"]["confusion"]
+
+
+def test_a_resume_after_the_last_improvement_tests_the_best_model_on_every_rank_without_a_shared_fs(
+        small_data, reference_run, tmp_path):
+    """Each rank has its own output folder (no shared file system: only rank 0's holds best/); resumed after
+    the last improvement, with last weights unlike the best ones. Every rank must test the best model: the
+    test metrics equal one process's evaluation of best/ (rank 1 tested its last weights before)."""
+    cfg, _ = reference_run
+    base = tmp_path / "run"
+    rank0, rank1 = base / "rank0", base / "rank1"
+    shutil.copytree(cfg.output, rank0)
+    rank1.mkdir()
+    state = load_train_state(rank0)
+    g = torch.Generator().manual_seed(0)
+    for k in ("prompt.ctx", *[k for k in state["model"] if k.startswith("temporal.")]):
+        v = state["model"][k]
+        if v.is_floating_point():  # the last weights: far from the selected ones
+            state["model"][k] = v + torch.randn(v.shape, generator=g) * (3 * v.std() + 0.5)
+    for folder in (rank0, rank1):
+        torch.save(state, folder / "train_state.pt")
+    best = evaluate_sources(str(rank0 / "best"), str(cfg.test))
+    last_model = load_model(rank0 / "best")
+    last_model.load_state_dict(state["model"])
+    last_model.weights_info = dict(last_model.weights_info, epoch=-1)
+    from dferclip.weights.checkpoints import save_model
+
+    save_model(last_model, tmp_path / "last")
+    last = evaluate_sources(str(tmp_path / "last"), str(cfg.test))
+    assert last["confusion"] != best["confusion"]  # else this test could not tell the two apart
+
+    torchrun_driver(_config(base, *small_data, **SMALL), tmp_path, resume=True, per_rank=True, timeout=240)
+    summary = json.loads((rank0 / "results.json").read_text())
+    assert summary["test"]["confusion"] == best["confusion"]
+    assert summary["test"]["uar"] == pytest.approx(best["uar"])
+    assert not (rank1 / "best").exists() and not (rank1 / "results.json").exists()
 
 
 @pytest.mark.slow

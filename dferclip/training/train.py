@@ -655,17 +655,42 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, replace: b
     return _finish(cfg, model, best_state, test_ds, d, eval_bs, use_amp, best, out, captions)
 
 
-def _finish(cfg, model, best_state, test_ds, d: Dist, eval_bs, use_amp, best, out: Path, captions: dict) -> dict:
-    """Test the selected model, write results.json and the confusion plot."""
+def _saved_best(model, d: Dist, out: Path) -> Optional[dict]:
+    """The trainable weights of ``out/best`` as rank 0 reads them, on every rank; None (everywhere) when rank 0
+    has no ``best/``. Rank 0 broadcasts them: without a shared file system the other ranks have no ``best/``
+    (or an old one of their own), and each rank testing what it finds mixed two models' predictions in the
+    test metrics."""
     from ..weights.checkpoints import load_own
 
+    params = {k: v for k, v in model.named_parameters() if v.requires_grad}
+    state, problem = None, None
+    if d.main and (out / "best").is_dir():
+        try:
+            saved = load_own(out / "best").state_dict()
+            state = {k: saved[k].to(device=d.device, dtype=v.dtype).contiguous() for k, v in params.items()}
+        except Exception as e:  # every rank raises it, rather than the others waiting for weights
+            problem = f"cannot read the selected model {out / 'best'}: {str(e).splitlines()[0] if str(e) else e!r}"
+    if d.enabled:
+        box = [state is not None, problem]
+        dist.broadcast_object_list(box, src=0)
+        found, problem = box
+        if found:
+            if not d.main:
+                state = {k: torch.empty_like(v) for k, v in params.items()}
+            for k in params:  # the same order on every rank
+                dist.broadcast(state[k], src=0)
+    if problem:
+        raise TrainingError(problem)
+    return state
+
+
+def _finish(cfg, model, best_state, test_ds, d: Dist, eval_bs, use_amp, best, out: Path, captions: dict) -> dict:
+    """Test the selected model, write results.json and the confusion plot."""
+    if best_state is None:  # resumed after the last improvement: the selected weights are in rank 0's best/
+        best_state = _saved_best(model, d, out)
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
-        selected = model
-    elif (out / "best").is_dir():  # resumed after the last improvement
-        selected = load_own(out / "best").to(d.device)
-    else:
-        selected = model
+    selected = model
     summary: dict[str, Any] = {"selection": best, "output": str(out)}
     if captions:
         summary["captions"] = captions
