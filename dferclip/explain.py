@@ -215,14 +215,22 @@ def text_embedding(model, text: str, class_index=None) -> torch.Tensor:
         return F.normalize(model.encode_prompts([text.strip()], [resolve_class(model, class_index)]), dim=-1)[0]
 
 
-def _target(model, text, class_index, video_embedding: Optional[torch.Tensor]):
+def predicted_class(model, frames: torch.Tensor, renders: Optional[Mapping[str, torch.Tensor]] = None) -> int:
+    """The class a prediction shows for one clip's model-input frames (T, 3, H, W): the top logit computed as
+    :func:`dferclip.predict.predict_clip` computes it (the runtime's dtype, bf16 autocast on CUDA, and the image
+    tower's backend in use), not recomputed in fp32 here, where a near tie can go the other way."""
+    from .predict import score_sequences
+
+    dev = next(model.parameters()).device
+    positions = torch.arange(frames.shape[0])[None]
+    return int(score_sequences(model, frames.detach(), positions, dev=dev, renders=renders)[0][0].argmax())
+
+
+def _target(model, text, class_index):
     """(target embedding (1, D) or (1, 2, D), description in words, the target's class index or None)."""
     if text is None:
         if class_index is None:
-            if video_embedding is None:
-                raise ExplainError("give a class or a text to explain")
-            with torch.no_grad():
-                class_index = int(model.score(video_embedding, model.class_embeddings()).argmax(-1)[0])
+            raise ExplainError("give a class or a text to explain")
         c = resolve_class(model, class_index)
         with torch.no_grad():
             return model.class_embeddings()[c : c + 1].detach(), f'class "{model.class_names[c]}"', c
@@ -286,10 +294,12 @@ def explain_clip(model, video, *, text=None, class_index=None, versus=AUTO,
 
     ``video``: the model-input tensor (1, T, 3, H, W) or (T, 3, H, W), or a FineCLIPER input dict (its
     ``parsing``/``landmarks`` (1, T, 3, H, W) are used as ``renders``). ``text``: a string or a (D,) embedding;
-    ``class_index``: an index or a class name. Neither: the predicted class. ``versus``: the contrast whose logit
-    is subtracted (:func:`resolve_versus`; default the neutral class, None: the raw logit). ``renders``: FineCLIPER's
-    parsing/landmark renders (T, 3, H, W) when already made (else its face analyzer runs). Captions are not
-    used. ``occlusion=False`` skips the neighbour-replacement check (zeros)."""
+    ``class_index``: an index or a class name. Neither: the class the prediction shows (:func:`predicted_class`,
+    computed as the prediction computes it, in the runtime's dtype: the maps themselves are made in fp32).
+    ``versus``: the contrast whose logit is subtracted (:func:`resolve_versus`; default the neutral class, None:
+    the raw logit). ``renders``: FineCLIPER's parsing/landmark renders (T, 3, H, W) when already made (else its
+    face analyzer runs). Captions are not used. ``occlusion=False`` skips the neighbour-replacement check
+    (zeros)."""
     frames = _frames_of(model, video)
     if isinstance(video, Mapping) and renders is None and {"parsing", "landmarks"} <= set(video):
         renders = {k: _frames_of(model, video[k]) for k in ("parsing", "landmarks")}
@@ -305,11 +315,13 @@ def explain_clip(model, video, *, text=None, class_index=None, versus=AUTO,
 
             renders = mid_level_renders(model, frames.detach().to(dev))
         renders = None if renders is None else {k: v.detach().to(dev).float() for k, v in renders.items()}
+        if text is None and class_index is None:  # the class the prediction shows, by the prediction's path
+            class_index = predicted_class(model, frames.detach().to(dev), renders)
         x = frames.detach().to(dev).float().requires_grad_(True)  # a graph even when every weight is frozen
         with torch.enable_grad(), _recording(model) as rec:
             feats = model.frame_features(x, renders)
             emb, weights = model.embed_sequences(feats, positions, return_weights=True)
-            target, words, target_class = _target(model, text, class_index, emb.detach())
+            target, words, target_class = _target(model, text, class_index)
             target = target.to(dev)
             contrast, versus_words = resolve_versus(model, versus, target_class)
             contrast_emb = None

@@ -5,8 +5,11 @@ place that chooses them for the app, prediction, training and evaluation:
 
 - ``DFERCLIP_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``) overrides; otherwise CUDA when available, else CPU;
 - on CUDA the model runs under autocast in bf16 (fp16 on GPUs without bf16): the weights stay fp32 and
-  LayerNorm/softmax stay fp32, which keeps the class probabilities within ~1e-2 of fp32
-  (``benchmarks/bench_app.py`` and ``tests/test_predict.py`` compare them); on CPU it is fp32.
+  LayerNorm/softmax stay fp32, and the scores are fp32: every model normalises the embeddings and takes the
+  last matmul (logits, the positive/negative cosines, the losses' inputs) in fp32 with autocast off
+  (``dferclip.models.blocks.fp32_cosine_logits``), so only the towers' rounding reaches the logits. That keeps
+  the class probabilities within ~1e-2 of fp32 (``benchmarks/bench_app.py``, ``tests/test_predict.py`` and
+  ``tests/test_precision.py`` compare them); on CPU it is fp32.
   ``DFERCLIP_DTYPE`` (``fp32``, ``bf16``, ``fp16``) overrides, e.g. ``bf16`` on CPUs with AVX512-BF16.
 - the image tower's backend (:mod:`dferclip.backends`: eager, compile, openvino, int8, auto):
   ``DFERCLIP_BACKEND``, default ``auto`` (the faithful faster one when installed). The registry converts

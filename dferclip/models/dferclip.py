@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
 from ..text.descriptions import DescriptionSet
 from ..text.tokens import tokenize
-from .blocks import ModelFacts, TemporalTransformer, class_means
+from .blocks import ModelFacts, TemporalTransformer, class_means, fp32_cosine_logits
 from .clip_towers import build_clip, encode_token_embeddings
 from .registry import register_model
 
@@ -126,8 +125,8 @@ class DFERCLIP(ModelFacts, nn.Module):
         return (emb, None) if return_weights else emb
 
     def score(self, video_embedding: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
-        v = F.normalize(video_embedding, dim=-1)
-        return self.logit_scale * v @ F.normalize(class_embedding, dim=-1).to(v.dtype).t()
+        """Logits (B, C) ``logit_scale * cos(v, c)``, in fp32 even under autocast."""
+        return fp32_cosine_logits(video_embedding, class_embedding, self.logit_scale)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.score(self.encode_video(video), self.class_embeddings())

@@ -39,7 +39,7 @@ from ..config import ModelConfig
 from ..text.descriptions import DescriptionSet
 from ..text.tokens import tokenize
 from .adapters import AdapterSpec, adapt_transformer, adapter_parameters, route
-from .blocks import ModelFacts, TemporalTransformer, class_means
+from .blocks import ModelFacts, TemporalTransformer, class_means, fp32_cosine_logits
 from .clip_towers import build_clip, encode_token_embeddings
 from .registry import register_model
 
@@ -452,18 +452,15 @@ class FineCLIPER(ModelFacts, nn.Module):
     # --- scoring ---------------------------------------------------------------------------------------
     def positive_negative_scores(self, video_embedding: torch.Tensor, class_embedding: Optional[torch.Tensor] = None
                                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos(v, pos_c), cos(v, neg_c)), each (B, C): the paper's Fig. 3 view."""
+        """(cos(v, pos_c), cos(v, neg_c)), each (B, C) in fp32 even under autocast: the paper's Fig. 3 view."""
         c = self.class_embeddings() if class_embedding is None else class_embedding
-        v = F.normalize(video_embedding, dim=-1)
-        c = c.to(v.dtype)
-        return v @ F.normalize(c[:, 0], dim=-1).t(), v @ F.normalize(c[:, 1], dim=-1).t()
+        return fp32_cosine_logits(video_embedding, c[:, 0]), fp32_cosine_logits(video_embedding, c[:, 1])
 
     def score(self, video_embedding: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
         """Logits ``scale * (cos(v, pos_c) - negative_weight * cos(v, neg_c))`` for (C, 2, D) class embeddings;
-        ``scale * cos(v, c)`` for plain (C, D) ones (zero-shot prompts)."""
+        ``scale * cos(v, c)`` for plain (C, D) ones (zero-shot prompts); fp32 even under autocast."""
         if class_embedding.dim() == 2:
-            v = F.normalize(video_embedding, dim=-1)
-            return self.logit_scale * v @ F.normalize(class_embedding, dim=-1).to(v.dtype).t()
+            return fp32_cosine_logits(video_embedding, class_embedding, self.logit_scale)
         pos, neg = self.positive_negative_scores(video_embedding, class_embedding)
         return self.logit_scale * (pos - self.negative_weight * neg)
 
@@ -529,9 +526,8 @@ class FineCLIPER(ModelFacts, nn.Module):
 
             raise TrainingError("caption alignment needs captions: no clip of this batch has one (see "
                                 "dferclip.captions to describe the clips first)")
-        v, c = out.video[keep].float(), out.caption[keep].float()
-        logits = self.logit_scale * v @ c.t()
-        target = torch.arange(len(v), device=v.device)
+        logits = fp32_cosine_logits(out.video[keep], out.caption[keep], self.logit_scale)
+        target = torch.arange(len(logits), device=logits.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
     # --- zero-shot path on the frozen towers (no adapters) ---------------------------------------------

@@ -112,6 +112,16 @@ def _renders_of(model, record, model_key: str) -> Optional[dict]:
             for k, v in pred.renders.items()}
 
 
+def _displayed_class(model, model_key: str, record) -> Optional[str]:
+    """The top class of the prediction the page shows for the clip, when ``model_key`` made it (None otherwise:
+    :func:`explain_clip` then finds the predicted class by the prediction's own path). The label is explained as
+    shown, not recomputed: on CUDA the prediction runs under bf16 autocast, the explanation in fp32."""
+    pred = getattr(record, "prediction", None)
+    if record.model_key != model_key or pred is None or list(getattr(pred, "classes", [])) != model.class_names:
+        return None
+    return pred.top
+
+
 def _clip_for(ctx: AppContext, model_key: Optional[str], record):
     """(model, key, the clip as that model's input)."""
     if record is None:
@@ -168,6 +178,8 @@ def explain_expression(ctx: AppContext, model_key: Optional[str], record, class_
     ``RAW``: none)."""
     model, model_key, video = _clip_for(ctx, model_key, record)
     cls = None if class_choice in (None, "", PREDICTED) else class_choice
+    if cls is None:
+        cls = _displayed_class(model, model_key, record)
     try:
         ex = _explain_on_device(model, video, class_index=cls, versus=_versus(versus),
                                 renders=_renders_of(model, record, model_key))
