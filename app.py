@@ -16,6 +16,9 @@ import os
 import subprocess
 import sys
 
+if os.environ.get("SPACES_ZERO_GPU"):  # ZeroGPU: spaces patches torch before anything touches CUDA
+    import spaces  # noqa: F401
+
 import gradio as gr
 
 from dferclip import logs

@@ -31,7 +31,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import torch
 
-from . import backends, runtime
+from . import backends, runtime, zero_gpu
 from .video.decode import Limits, WindowSpec
 
 log = logging.getLogger(__name__)
@@ -164,8 +164,8 @@ def encode_frames(model, frames: torch.Tensor, *, dev, dtype=None, renders=None,
     ``renders`` are FineCLIPER's mid-level renders of the same frames."""
     batch = batch or backends.frame_batch(model, dev, dtype)
     with runtime.inference(dev, dtype):
-        renders = None if renders is None else {k: v.to(dev) for k, v in renders.items()}
-        return _batched(backends.frame_function(model, dev, dtype), frames.to(dev), renders, batch)
+        renders = None if renders is None else {k: zero_gpu.place(v, dev) for k, v in renders.items()}
+        return _batched(backends.frame_function(model, dev, dtype), zero_gpu.place(frames, dev), renders, batch)
 
 
 def score_features(model, feats, positions: torch.Tensor, *, dev, dtype=None):
@@ -173,7 +173,7 @@ def score_features(model, feats, positions: torch.Tensor, *, dev, dtype=None):
     (N, T) positions into per-frame features ``feats`` (from :func:`encode_frames`)."""
     with runtime.inference(dev, dtype):
         # multi-stream models (FineCLIPER) also give the clip's fusion weights; single-stream ones give None
-        video_emb, weights = model.embed_sequences(feats, positions.to(dev), return_weights=True)
+        video_emb, weights = model.embed_sequences(feats, zero_gpu.place(positions, dev), return_weights=True)
         weights = None if weights is None else weights.float().cpu()
         logits = model.score(video_emb, model.class_embeddings())
     return logits.float().cpu(), video_emb.float().cpu(), weights
@@ -200,32 +200,100 @@ class _FramesOnDemand:
 
     ``_shared_frames`` numbers frames in order of first use, so sequences 0..j need exactly frames [0, m_j)."""
 
-    def __init__(self, model, frames: torch.Tensor, *, dev, dtype):
-        self.model, self.frames, self.dev, self.dtype = model, frames, dev, dtype
+    def __init__(self, model, frames: torch.Tensor, renders: Optional[dict], *, dev, dtype):
+        self.model, self.frames, self.all_renders, self.dev, self.dtype = model, frames, renders, dev, dtype
         self.batch = backends.frame_batch(model, dev, dtype)
         self.parts: list = []
-        self.render_parts: list = []
         self.done = 0
-        self.face_analysis_s = 0.0
 
     def score(self, positions: torch.Tensor, ahead: bool = False):
         need = int(positions.max()) + 1
         if need > self.done:
             if ahead:
                 need = min(len(self.frames), max(need, self.done + self.batch))
-            chunk = self.frames[self.done : need]
-            t0 = time.perf_counter()
-            renders = mid_level_renders(self.model, chunk)
-            self.face_analysis_s += time.perf_counter() - t0
-            if renders is not None:
-                self.render_parts.append(renders)
-            self.parts.append(encode_frames(self.model, chunk, dev=self.dev, dtype=self.dtype, renders=renders,
-                                            batch=self.batch))
+            chunk = slice(self.done, need)
+            renders = None if self.all_renders is None else {k: v[chunk] for k, v in self.all_renders.items()}
+            self.parts.append(encode_frames(self.model, self.frames[chunk], dev=self.dev, dtype=self.dtype,
+                                            renders=renders, batch=self.batch))
             self.done = need
         return score_features(self.model, join_features(self.parts), positions, dev=self.dev, dtype=self.dtype)
 
-    def renders(self) -> Optional[dict]:
-        return join_features(self.render_parts) if self.render_parts else None
+
+@dataclass
+class PreparedClip:
+    """A clip made ready for the model on the CPU (decoded, faces found, FineCLIPER's face mesh drawn): its
+    distinct model frames and renders as uint8 (what crosses into a GPU worker), and where each sequence's
+    frames are among them (the clip's own first, then each timeline window)."""
+    ingest: Any  # dferclip.ingest.IngestResult
+    frames: torch.Tensor  # (U, 3, S, S) uint8
+    positions: torch.Tensor  # (1 + W, T)
+    renders: Optional[dict[str, torch.Tensor]]  # FineCLIPER: (U, 3, S, S) uint8 per mid-level stream
+    ingestion_s: float
+    face_analysis_s: float
+
+
+def _as_uint8(model, x: torch.Tensor) -> torch.Tensor:
+    """Model-input frames back to the uint8 pixels they were made from (exact: they came from uint8)."""
+    return (model.input_config.denormalize(x.float()) * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _as_input(model, pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (..., 3, S, S) -> model input, by the very operations ingestion used."""
+    return model.input_config.normalize(pixels.float().div_(255.0))
+
+
+def prepare_clip(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
+                 detector=None, fallback: str = "center", limits: Optional[Limits] = None,
+                 dev=None) -> PreparedClip:
+    """The CPU half of a prediction (arguments as :func:`predict_clip`; ``dev``: where the model will run, which
+    sets the timeline's frame budget)."""
+    from .video.ingest import ingest
+
+    t0 = time.perf_counter()
+    dev = torch.device(dev) if dev is not None else runtime.device()
+    spec = None
+    if windows:
+        budget = (default_frame_budget(dev, len(model.visual_streams))
+                  if frame_budget is None else frame_budget)
+        spec = partial(timeline_spec, frame_budget=budget, num_frames=model.input_config.num_frames)
+    result = ingest(path, model.input_config, detector=detector, fallback=fallback, windows=spec, limits=limits or Limits())
+    frames, positions = _shared_frames(result)
+    t1 = time.perf_counter()
+    renders = mid_level_renders(model, frames)
+    t2 = time.perf_counter()
+    return PreparedClip(result, _as_uint8(model, frames), positions,
+                        None if renders is None else {k: _as_uint8(model, v) for k, v in renders.items()},
+                        ingestion_s=t1 - t0, face_analysis_s=t2 - t1)
+
+
+@dataclass
+class Scored:
+    """One sequence scored on the model's device (small: it is what crosses back from a GPU worker)."""
+    logits: torch.Tensor  # (C,) float32
+    video_embedding: torch.Tensor  # (D,) float32
+    weights: Optional[torch.Tensor]  # (S,) fusion weights of a multi-stream model
+    encoded_frames: int
+    seconds: float
+    device: str
+    dtype: str
+    backend: str
+
+
+@zero_gpu.estimate(lambda frames, positions, renders=None, **_: 10 + 0.02 * len(frames) * (1 + len(renders or {})))
+def score_prepared(model, frames: torch.Tensor, positions: torch.Tensor, renders: Optional[dict] = None,
+                   *, dtype=None) -> Iterator[Scored]:
+    """The device half of a prediction: each sequence of a :class:`PreparedClip` scored in turn (the clip's own
+    first), every distinct frame through the image tower once, on the device the model is on."""
+    dev = next(model.parameters()).device
+    dtype = dtype or runtime.compute_dtype(dev)
+    renders = None if renders is None else {k: _as_input(model, v) for k, v in renders.items()}
+    encoder = _FramesOnDemand(model, _as_input(model, frames), renders, dev=dev, dtype=dtype)
+    backend = backends.in_use(model, dev, dtype)
+    for n in range(len(positions)):
+        t = time.perf_counter()
+        logits, emb, weights = encoder.score(positions[n : n + 1], ahead=n > 0)
+        yield Scored(logits[0], emb[0], None if weights is None else weights[0], encoder.done,
+                     time.perf_counter() - t, str(dev), runtime.dtype_name(dtype), backend)
 
 
 def iter_predict(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
@@ -237,55 +305,56 @@ def iter_predict(model, path: str | Path, *, windows: bool = True, frame_budget:
     ``timeline`` empty, or None without ``windows``), then the same prediction with the timeline grown by one
     window per yield, each window encoding only the frames no earlier sequence used. The last yield is
     complete (``pred.complete``) and is what :func:`predict_clip` returns.
-    """
-    from .video.ingest import ingest
 
+    Decoding, face detection and the face mesh run here (:func:`prepare_clip`); the model's part
+    (:func:`score_prepared`) runs in a GPU slot on ZeroGPU (:mod:`dferclip.zero_gpu`), the model sent by key.
+    ``dev``: the device the model runs on (default: its parameters'), which sets the timeline's frame budget.
+    """
     t0 = time.perf_counter()
     dev = torch.device(dev) if dev is not None else next(model.parameters()).device
-    dtype = dtype or runtime.compute_dtype(dev)
-    limits = limits or Limits()
-    spec = None
-    if windows:
-        budget = (default_frame_budget(dev, len(model.visual_streams))
-                  if frame_budget is None else frame_budget)
-        spec = partial(timeline_spec, frame_budget=budget, num_frames=model.input_config.num_frames)
-    result = ingest(path, model.input_config, detector=detector, fallback=fallback, windows=spec, limits=limits)
+    clip = prepare_clip(model, path, windows=windows, frame_budget=frame_budget, detector=detector,
+                        fallback=fallback, limits=limits, dev=dev)
+    result = clip.ingest
     t1 = time.perf_counter()
-    frames, positions = _shared_frames(result)
-    encoder = _FramesOnDemand(model, frames, dev=dev, dtype=dtype)
-    logits, video_emb, weights = encoder.score(positions[:1])
-    t2 = time.perf_counter()
-    probs = logits.softmax(-1).numpy()
-    renders = encoder.renders()
+    scores = zero_gpu.run_iter(model, score_prepared, clip.frames, clip.positions, clip.renders, dtype=dtype)
+    first = next(scores)
     spans = [] if result.windows is None else result.windows.windows
+    probs = first.logits.softmax(-1).numpy()
+    renders = None
+    if clip.renders is not None:
+        renders = {k: list(v[clip.positions[0]].permute(0, 2, 3, 1).numpy()) for k, v in clip.renders.items()}
     pred = Prediction(
-        classes=model.class_names, probs=probs[0], logits=logits[0].numpy(), video_embedding=video_emb[0],
-        ingest=result, timeline=None if result.windows is None else Timeline([], [], probs[:0]),
-        weights=dict(model.weights_info), device=str(dev), dtype=runtime.dtype_name(dtype),
-        warnings=list(result.warnings), encoded_frames=encoder.done, timings={},
-        streams=None if weights is None else dict(zip(model.streams, map(float, weights[0]))),
-        renders=None if renders is None else {k: _as_images(model, v[positions[0]]) for k, v in renders.items()},
-        windows_total=len(spans), backend=backends.in_use(model, dev, dtype),
+        classes=model.class_names, probs=probs, logits=first.logits.numpy(), video_embedding=first.video_embedding,
+        ingest=result, timeline=None if result.windows is None else Timeline([], [], probs[None][:0]),
+        weights=dict(model.weights_info), device=first.device, dtype=first.dtype,
+        warnings=list(result.warnings), encoded_frames=first.encoded_frames, timings={},
+        streams=None if first.weights is None else dict(zip(model.streams, map(float, first.weights))),
+        renders=renders, windows_total=len(spans), backend=first.backend,
     )
-    model_s, label_s = t2 - t1, time.perf_counter() - t0
+    model_s, label_s = clip.face_analysis_s + time.perf_counter() - t1, time.perf_counter() - t0
 
     def timed(p: Prediction) -> Prediction:
-        p.timings = {"ingestion": t1 - t0, "model": model_s, "label": label_s,
-                     "other": time.perf_counter() - t0 - (t1 - t0) - model_s, "total": time.perf_counter() - t0}
-        if renders is not None:
-            p.timings["face_analysis"] = encoder.face_analysis_s  # part of "model"
+        p.timings = {"ingestion": clip.ingestion_s, "model": model_s, "label": label_s,
+                     "other": time.perf_counter() - t0 - clip.ingestion_s - model_s,
+                     "total": time.perf_counter() - t0}
+        if clip.renders is not None:
+            p.timings["face_analysis"] = clip.face_analysis_s  # part of "model"
         return p
 
-    yield timed(pred)
-    rows = []
-    for w, span in enumerate(spans, start=1):
-        t = time.perf_counter()
-        rows.append(encoder.score(positions[w : w + 1], ahead=True)[0].softmax(-1)[0].numpy())
-        model_s += time.perf_counter() - t
-        done = spans[:w]
-        pred = replace(pred, timeline=Timeline([float(s.start_s) for s in done], [float(s.end_s) for s in done],
-                                               np.stack(rows)), encoded_frames=encoder.done)
+    try:
         yield timed(pred)
+        rows = []
+        for w, span in enumerate(spans, start=1):
+            t = time.perf_counter()
+            scored = next(scores)
+            rows.append(scored.logits.softmax(-1).numpy())
+            model_s += time.perf_counter() - t
+            done = spans[:w]
+            pred = replace(pred, timeline=Timeline([float(s.start_s) for s in done], [float(s.end_s) for s in done],
+                                                   np.stack(rows)), encoded_frames=scored.encoded_frames)
+            yield timed(pred)
+    finally:
+        scores.close()  # a GPU slot ends with the prediction, even one stopped early
 
 
 def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
@@ -303,9 +372,3 @@ def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget:
                              fallback=fallback, limits=limits, dev=dev, dtype=dtype):
         pass
     return pred
-
-
-def _as_images(model, x: torch.Tensor) -> list[np.ndarray]:
-    """Model-input frames (T, 3, S, S) -> uint8 RGB images."""
-    x01 = model.input_config.denormalize(x.float()).clamp(0, 1)
-    return list((x01 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())

@@ -16,8 +16,7 @@ place that chooses them for the app, prediction, training and evaluation:
   each model it loads in a background thread, so the first clips run eagerly instead of waiting;
   :meth:`ModelRegistry.close` (the app calls it when it stops) stops and joins those threads.
 
-:func:`gpu` is ``spaces.GPU`` on Hugging Face ZeroGPU (``SPACES_ZERO_GPU`` set and ``spaces`` importable) and
-the identity everywhere else, so library code can decorate its GPU work unconditionally.
+On Hugging Face ZeroGPU, model work runs in GPU slots: :mod:`dferclip.zero_gpu` (the boundary and its rules).
 
 The registry (:class:`ModelRegistry`) lists the models the app can switch between, in this order:
 
@@ -47,11 +46,11 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 
-from . import backends, files
+from . import backends, files, zero_gpu
 from .errors import DferclipError, WeightsUnavailableError
 from .weights import fetch, published
 from .weights.checkpoints import UNTRAINED_WARNING, discover_models, load_model
@@ -122,21 +121,7 @@ def inference(dev: torch.device | str | None = None, dtype: torch.dtype | None =
 
 # --- ZeroGPU ---------------------------------------------------------------------------------
 def on_zero_gpu() -> bool:
-    return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in {"1", "true", "yes"}
-
-
-def gpu(fn: Callable | None = None, *, duration: int = 60):
-    """``spaces.GPU(duration=...)`` on ZeroGPU, the identity elsewhere. Use as ``@gpu`` or ``@gpu(duration=30)``."""
-    if fn is None:
-        return functools.partial(gpu, duration=duration)
-    if not on_zero_gpu():
-        return fn
-    try:
-        import spaces
-    except ImportError:
-        log.warning("SPACES_ZERO_GPU is set but the spaces package is not installed; running without it")
-        return fn
-    return spaces.GPU(duration=duration)(fn)
+    return zero_gpu.mode() == "zero"
 
 
 # --- the model registry ----------------------------------------------------------------------
@@ -303,6 +288,8 @@ class ModelRegistry:
         self.device = torch.device(dev) if dev is not None else device()
         self.dtype = compute_dtype(self.device)
         self.backend = backends.requested_backend(backend)  # the image tower's (DFERCLIP_BACKEND, else auto)
+        if zero_gpu.mode() is not None:  # ZeroGPU: no conversion in this process, where there is no GPU
+            self.backend = "eager"
         self.background = background  # convert in a thread (the app) or before get() returns (batch jobs)
         self.download_inline = (not background) if download_inline is None else download_inline
         self.public = public  # downloads limited to the operator's list and disk budget
@@ -312,6 +299,7 @@ class ModelRegistry:
         self._loading: dict[str, threading.Lock] = {}
         self._conversions: list[threading.Thread] = []  # background backend conversions, joined by close()
         self._closed = threading.Event()
+        self._slots_started = False  # ZeroGPU: start-up loads are over (see start_slots)
 
     @classmethod
     def discover(cls, explicit: str | None = None, **kwargs) -> "ModelRegistry":
@@ -382,8 +370,10 @@ class ModelRegistry:
             with self._lock:
                 if key in self._loaded:
                     return self._loaded[key]
-            model = load_model(key, device=self.device)
+            model = load_model(key, device=self._load_device())
             model.requires_grad_(False)
+            if zero_gpu.mode() is not None:
+                zero_gpu.guard(model)  # its forwards run in GPU slots only
             log.info("loaded %s on %s (%s): %s", key, self.device, dtype_name(self.dtype), model.weights_info)
             self._accelerate(model)
             with self._lock:
@@ -392,6 +382,39 @@ class ModelRegistry:
                     dropped, _ = self._loaded.popitem(last=False)
                     log.info("unloaded %s", dropped)
             return model
+
+    def key_of(self, model) -> Optional[str]:
+        """The key a loaded model is served under (None: not one of this registry's)."""
+        with self._lock:
+            return next((k for k, m in self._loaded.items() if m is model), None)
+
+    def _load_device(self) -> torch.device:
+        """Where a model loads: the device, except on ZeroGPU after start-up, where a model moved to CUDA
+        outside a GPU slot would not reach the workers; it loads on the CPU and each worker moves it."""
+        return torch.device("cpu") if self._slots_started else self.device
+
+    def start_slots(self, keys: Optional[list[str]] = None) -> list[str]:
+        """With a GPU boundary in force (:mod:`dferclip.zero_gpu`): serve this registry's models to GPU slots, and
+        load now, on the device, the models on offer that need no download (the default first, at most
+        ``max_loaded``): ZeroGPU moves to CUDA what the process placed there at start-up. Returns their keys."""
+        zero_gpu.serve_models(self.get, self.key_of, self.device)
+        if zero_gpu.mode() is None or self._slots_started:
+            return []
+        loaded = []
+        for key in keys if keys is not None else [e.key for e in self.entries]:
+            if len(loaded) >= self.max_loaded:
+                break
+            try:
+                entry = published.get_entry(key)
+                cached = entry is None or published.is_cached(entry)
+                if cached and not self.unavailable(key):
+                    self.get(key)
+                    loaded.append(key)
+            except DferclipError as e:
+                log.info("not loaded at start-up: %s (%s)", key, e)
+        self._slots_started = True
+        log.info("GPU slots (%s): loaded at start-up on %s: %s", zero_gpu.mode(), self.device, ", ".join(loaded))
+        return loaded
 
     def raise_unless_cached(self, key: str) -> None:
         """Nothing when ``key`` loads without a download; else start its background fetch (when allowed) and

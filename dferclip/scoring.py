@@ -53,7 +53,7 @@ from typing import Hashable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import pacing
+from . import pacing, zero_gpu
 from .text.descriptions import DescriptionSet
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,26 @@ def negative_texts(model, texts: Sequence[str], class_index: Sequence[int]) -> l
 
 
 # --- text embeddings ---------------------------------------------------------------------------------
+def _text_seconds(texts, *args, **kwargs) -> float:
+    return 5 + 0.01 * len(texts)
+
+
+@zero_gpu.estimate(_text_seconds)
+def encode_prompts(model, texts: list[str], class_index: list[int], negative: bool = False) -> torch.Tensor:
+    """Learned-prompt features (P, D) of descriptions in their classes' context, L2-normalised, float32 on the
+    CPU (a GPU function's result on ZeroGPU)."""
+    with torch.no_grad():
+        kw = {"negative": True} if negative else {}
+        return F.normalize(model.encode_prompts(texts, class_index, **kw), dim=-1).float().cpu()
+
+
+@zero_gpu.estimate(_text_seconds)
+def encode_texts(model, texts: list[str]) -> torch.Tensor:
+    """Plain CLIP text features (N, D) as the model normalises them, float32 on the CPU."""
+    with torch.no_grad():
+        return model.encode_texts(texts).float().cpu()
+
+
 class Tally:
     """How many texts one caller's lookups encoded (the shared cache's own counter counts everyone's)."""
 
@@ -195,7 +215,7 @@ class TextEmbeddingCache:
         keys = [(fp, "learned", int(c), t) for t, c in zip(texts, class_index)]
 
         def encode(idx):
-            return F.normalize(model.encode_prompts([texts[i] for i in idx], [class_index[i] for i in idx]), dim=-1)
+            return zero_gpu.run(model, encode_prompts, [texts[i] for i in idx], [class_index[i] for i in idx])
 
         return self._lookup(keys, encode, tally)
 
@@ -207,8 +227,8 @@ class TextEmbeddingCache:
         keys = [(fp, "learned-neg", int(c), n) for n, c in zip(negative_texts(model, texts, class_index), class_index)]
 
         def encode(idx):
-            return F.normalize(model.encode_prompts([texts[i] for i in idx], [class_index[i] for i in idx],
-                                                    negative=True), dim=-1)
+            return zero_gpu.run(model, encode_prompts, [texts[i] for i in idx], [class_index[i] for i in idx],
+                                negative=True)
 
         return self._lookup(keys, encode, tally)
 
@@ -216,7 +236,7 @@ class TextEmbeddingCache:
         """Plain CLIP text features (N, D), L2-normalised."""
         fp = encoding_key(model)
         keys = [(fp, "zero-shot", t) for t in texts]
-        return self._lookup(keys, lambda idx: model.encode_texts([texts[i] for i in idx]), tally)
+        return self._lookup(keys, lambda idx: zero_gpu.run(model, encode_texts, [texts[i] for i in idx]), tally)
 
     def _lookup(self, keys: list, encode, tally: Optional[Tally] = None) -> torch.Tensor:
         found = [self._cache.get(k) for k in keys]
@@ -275,12 +295,18 @@ def _embedding_problem(emb: VideoEmbedding) -> Optional[str]:
 
 
 def encode_clip(model, video: torch.Tensor) -> VideoEmbedding:
-    """Both embeddings of a (1, T, 3, H, W) or (T, 3, H, W) model-input tensor, as float32 on the CPU."""
+    """Both embeddings of a (1, T, 3, H, W) or (T, 3, H, W) model-input tensor, as float32 on the CPU (in a GPU
+    slot on ZeroGPU)."""
+    return zero_gpu.run(model, _encode_clip, video)
+
+
+@zero_gpu.estimate(lambda video: 5 + 0.05 * video.shape[-4])
+def _encode_clip(model, video: torch.Tensor) -> VideoEmbedding:
     if video.dim() == 4:
         video = video.unsqueeze(0)
     device = next(model.parameters()).device
     with torch.no_grad():
-        video = video.to(device)
+        video = zero_gpu.place(video, device)
         learned = F.normalize(model.encode_video(video).float(), dim=-1)[0].cpu()
         zero_shot = model.zero_shot_video(video).float()[0].cpu()  # scoring happens where these live
     return VideoEmbedding(learned, zero_shot)

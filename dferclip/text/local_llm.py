@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
+from .. import zero_gpu
 from ..errors import LLMConfigError, LLMConnectionError
 
 log = logging.getLogger(__name__)
@@ -225,12 +226,39 @@ _LOADED: dict[tuple, LocalChat] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-def local_chat(name: Optional[str] = None, device=None) -> LocalChat:
-    """The loaded model for registry entry ``name`` (default entry when None); one model stays loaded."""
+class SlotChat:
+    """A local model that answers in a GPU slot (ZeroGPU, :mod:`dferclip.zero_gpu`): this process never loads
+    it; each reply crosses as its messages and text, and the GPU worker loads the model and keeps it while it
+    lives. A cancel cannot reach the worker: the reply's token budget bounds it."""
+
+    def __init__(self, spec: LocalModelSpec, device):
+        self.spec, self.device = spec, str(device)
+
+    def describe(self) -> str:
+        return self.spec.describe()
+
+    def reply(self, messages: Sequence[dict], *, temperature: float = 0.0, max_new_tokens: int = 200,
+              cancel: Optional[threading.Event] = None) -> str:
+        if cancel is not None and cancel.is_set():
+            return ""
+        return _reply_in_slot(self.spec.name, self.device, [dict(m) for m in messages], float(temperature),
+                              int(max_new_tokens))
+
+
+@zero_gpu.gpu(duration=lambda name, device, messages, temperature, max_new_tokens: 20 + 0.1 * max_new_tokens)
+def _reply_in_slot(name: str, device: str, messages: list, temperature: float, max_new_tokens: int) -> str:
+    return local_chat(name, device).reply(messages, temperature=temperature, max_new_tokens=max_new_tokens)
+
+
+def local_chat(name: Optional[str] = None, device=None) -> LocalChat | SlotChat:
+    """The loaded model for registry entry ``name`` (default entry when None); one model stays loaded. Under a
+    GPU boundary, outside a slot: a :class:`SlotChat` that runs each reply in one."""
     from .. import runtime
 
     spec = get_local_model(name)
     dev = runtime.device() if device is None else device
+    if zero_gpu.mode() is not None and not zero_gpu.inside():
+        return SlotChat(spec, dev)
     key = (spec, str(dev), _hub_cache_dir())
     with _LOAD_LOCK:
         if key not in _LOADED:

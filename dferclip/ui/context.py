@@ -88,6 +88,7 @@ class ClipRecord:
 class AppContext:
     def __init__(self, registry: ModelRegistry, policy: Optional[Policy] = None):
         self.registry = registry
+        registry.start_slots()  # GPU functions find the models by key (ZeroGPU: loaded on CUDA at start-up)
         self.policy = policy or Policy()
         self.llm_limiter = RateLimiter(self.policy.llm_requests_per_minute, self.policy.llm_requests_per_minute_total)
         self._generations: dict[str, "threading.Event"] = {}  # session -> the cancel flag of its running generation

@@ -13,6 +13,7 @@ images are their bilinear upsampling to the crop), with the strip's rows under `
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -22,9 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import zero_gpu
 from ..errors import DferclipError
 from ..explain import AUTO, OTHERS, Explanation, change_overlay, explain_clip, overlay
-from ..runtime import gpu, weights_banner
+from ..runtime import weights_banner
 from .charts import CHART_CSS, column_chart_html
 from .context import AppContext
 from .scheduler import BusyError
@@ -160,9 +162,33 @@ def _long_job(ctx: AppContext, request) -> Iterator[None]:
         raise gr.Error(str(e), print_exception=False) from None
 
 
-@gpu(duration=60)
+def upsampled_maps(patch_maps: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Patch-grid maps (T, h, w) in [0, 1] brought to the crop's size (T, H, W) as :func:`explain_clip` makes
+    its ``maps``: bilinear, clamped at 0, scaled to a maximum of 1."""
+    import torch.nn.functional as F
+
+    out = {}
+    for name, m in patch_maps.items():
+        up = F.interpolate(torch.from_numpy(np.ascontiguousarray(m))[:, None].float(), size=size, mode="bilinear",
+                           align_corners=False)[:, 0].clamp(min=0)
+        top = up.max()
+        out[name] = (up / top if top > 0 else up).numpy().astype(np.float32)
+    return out
+
+
 def _explain_on_device(model, video, **kwargs) -> Explanation:
-    return explain_clip(model, video, **kwargs)
+    """:func:`explain_clip` in a GPU slot on ZeroGPU (the model by key); its maps at crop size are made here,
+    from the patch-grid maps that cross back."""
+    ex = zero_gpu.run(model, _explain_in_slot, video, **kwargs)
+    if not ex.maps:
+        ex.maps = upsampled_maps(ex.patch_maps, tuple(video.shape[-2:]))
+    return ex
+
+
+@zero_gpu.estimate(lambda video, **kwargs: 20 + 2 * video.shape[-4])
+def _explain_in_slot(model, video, **kwargs) -> Explanation:
+    ex = explain_clip(model, video, **kwargs)
+    return dataclasses.replace(ex, maps={}) if zero_gpu.mode() is not None else ex
 
 
 def _versus(choice: Optional[str]):

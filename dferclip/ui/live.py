@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..predict import encode_frames, join_features, mid_level_renders, score_features
+from .. import zero_gpu
 from ..runtime import UNTRAINED_WARNING
 from ..video.decode import sample_indices
 from ..video.faces import TrackingConfig, center_region, crop_region, crop_square, fill_track, main_face_track
@@ -87,6 +88,21 @@ def _annotated(image: np.ndarray, box, caption: str) -> np.ndarray:
     return out
 
 
+def _to(feats, dev):
+    return {k: v.to(dev) for k, v in feats.items()} if isinstance(feats, dict) else feats.to(dev)
+
+
+@zero_gpu.estimate(lambda x, *args, **kwargs: 10)
+def frame_scores(model, x: torch.Tensor, renders, kept: list, positions: torch.Tensor, dtype=None):
+    """The device part of a live step: the new frame's tower features and the logits of the kept frames plus
+    it, both on the CPU (the features stay in the visitor's session between steps)."""
+    dev = next(model.parameters()).device
+    new = encode_frames(model, x, dev=dev, dtype=dtype, renders=renders)
+    feats = join_features([_to(f, dev) for f in kept] + [new])
+    logits, _, _ = score_features(model, feats, positions, dev=dev, dtype=dtype)
+    return _to(new, "cpu"), logits
+
+
 def live_step(ctx: AppContext, frame: Optional[np.ndarray], session: Optional[LiveSession],
               model_key: Optional[str], tracking: TrackingConfig = TrackingConfig()) -> tuple:
     """One webcam frame in: (annotated frame, expression over the last frames, status, session) out."""
@@ -107,13 +123,10 @@ def live_step(ctx: AppContext, frame: Optional[np.ndarray], session: Optional[Li
     region = center_region(size) if box is None else crop_region(box, DEFAULT_MARGIN, size)
     crop = np.array(crop_square(image, region, cfg.image_size))  # writable: torch shares its memory
     x = cfg.normalize(torch.from_numpy(crop).permute(2, 0, 1)[None].float().div_(255))
-    dev = ctx.registry.device
-    session.features[-1] = encode_frames(model, x, dev=dev, dtype=ctx.registry.dtype,
-                                         renders=mid_level_renders(model, x))
     n = len(session.features)
     positions = torch.as_tensor([sample_indices(n, cfg.num_frames)])  # fewer than 16: the last one repeated
-    logits, _, _ = score_features(model, join_features(list(session.features)), positions, dev=dev,
-                                  dtype=ctx.registry.dtype)
+    session.features[-1], logits = zero_gpu.run(model, frame_scores, x, mid_level_renders(model, x),
+                                                list(session.features)[:-1], positions, dtype=ctx.registry.dtype)
     probs = dict(zip(model.class_names, map(float, logits.softmax(-1)[0])))
     top = max(probs, key=probs.get)
     now = time.monotonic()

@@ -16,7 +16,7 @@ import gradio as gr
 
 from ..errors import DferclipError, VideoError
 from ..predict import Prediction, iter_predict
-from ..runtime import UNTRAINED_WARNING, gpu
+from ..runtime import UNTRAINED_WARNING
 from ..video.decode import Limits
 from .charts import CHART_CSS, Line, line_chart_html
 from .context import AppContext, ClipRecord
@@ -202,7 +202,8 @@ def stream_prediction(ctx: AppContext, video: Optional[str], model_key: Optional
 def _stream(ctx: AppContext, video: str, model_key: str, progress):
     """The steps of :func:`stream_prediction`."""
     model = ctx.model(model_key)
-    for pred in _iter_on_device(model, video):
+    # its model part runs in a GPU slot on ZeroGPU; the timeline's frame budget is the registry device's
+    for pred in iter_predict(model, video, limits=APP_LIMITS, dev=ctx.registry.device):
         record = ClipRecord.of_prediction(str(video), model_key, pred)
         first = pred.timeline is None or len(pred.timeline) == 0
         if first and not pred.ingest.face_found:
@@ -226,11 +227,6 @@ def run_prediction(ctx: AppContext, video: Optional[str], model_key: Optional[st
         pass
     _, crops, rows, note, renders, chart, record = out
     return record.prediction.probabilities, crops, rows, note, renders, chart, record
-
-
-@gpu(duration=60)
-def _iter_on_device(model, video: str):
-    yield from iter_predict(model, video, limits=APP_LIMITS)
 
 
 def mark_stale(ctx: AppContext, record: Optional[ClipRecord], model_key: str) -> tuple:
