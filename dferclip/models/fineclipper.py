@@ -177,6 +177,13 @@ class FineOutputs:
     caption_present: Optional[torch.Tensor] = None  # (B,) bool
 
 
+def _in_ddp() -> bool:
+    """Whether this process trains with others (DDP), which reduce every trainable parameter each step."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 @register_model("fineclipper")
 class FineCLIPER(ModelFacts, nn.Module):
     has_negative_prompts = True
@@ -508,14 +515,13 @@ class FineCLIPER(ModelFacts, nn.Module):
                 s.negative_loss_weight * F.relu(neg_y - pos_y + s.margin).mean()
         if s.align_weight > 0 and out.caption_present is not None and out.caption_present.any():
             loss = loss + s.align_weight * self._align_loss(out)
-        elif s.align_weight > 0:
+        elif s.align_weight > 0 and _in_ddp():
             # No caption in this batch: without a term the caption adapters get no gradient on this process,
             # and DDP (without find_unused_parameters) then waits forever for their bucket or fails the next
             # step, while another process, whose batch has captions, reduces it. A zero-weighted term keeps
             # every trainable parameter in every process's loss each step: the buckets reduce as usual, the
             # captionless process adds zeros to the mean, at the cost of a few small sums; unlike
-            # find_unused_parameters, no graph walk every step. (Alone, a process's caption adapters get zero
-            # gradients instead of none: SGD's momentum and weight decay apply to them as in any other step.)
+            # find_unused_parameters, no graph walk every step. One process alone keeps no gradient there.
             loss = loss + 0.0 * sum(p.sum() for p in adapter_parameters(self.text_blocks, "caption"))
         return loss
 
