@@ -29,7 +29,7 @@ import torch
 from . import pacing
 from .errors import DataError, DescriptionError
 from .labelled import EmbeddedSet, LabelledClip, default_ingest, embed_clips
-from .metrics import Metrics, compute_metrics
+from .metrics import Metrics, compare_predictions, compute_metrics
 from .scoring import (
     COMBINE_MODES,
     SCORE_MODES,
@@ -362,6 +362,36 @@ class Workbench:
                 "delta_previous": _metric_delta(cur, results.get("previous")),
                 "delta_baseline": _metric_delta(cur, results.get("baseline")),
             }
+        return out
+
+    def compare(self, a: DescriptionSet, b: DescriptionSet, *, confidence: float = 0.95, resamples: int = 2000,
+                seed: int = 0) -> dict:
+        """Two description sets on the evaluation set, per scoring mode both can use: each one's UAR, WAR and
+        per-class recall, B - A with paired stratified-bootstrap intervals (seeded), the exact McNemar test, and
+        the clips whose prediction flips (path, label, A's and B's prediction)."""
+        ev = self.evaluation
+        if ev is None:
+            raise DataError("compare needs an evaluation set (a labelled set of clips)")
+        for ds in (a, b):
+            if ds.classes != self.current.classes:
+                raise DescriptionError(f"set {ds.name!r} has other classes than the evaluation ({ds.classes})")
+        labels, keep, unmatched = self._labels_by_name(ev)
+        if not labels:
+            raise DataError("no clip of the evaluation set has a label among the classes")
+        classes = list(self.current.classes)
+        paths = [ev.paths[int(i)] for i in keep]
+        out = {"classes": classes, "n": len(labels), "unmatched": unmatched, "a": a.name, "b": b.name, "modes": {}}
+        for mode in self.modes():
+            v = ev.for_mode(mode)[keep]
+            sa, sb = self._scores(v, a, mode), self._scores(v, b, mode)
+            if sa is None or sb is None:
+                continue
+            pa, pb = sa.predictions.tolist(), sb.predictions.tolist()
+            cmp = compare_predictions(labels, pa, pb, len(classes), confidence=confidence, resamples=resamples,
+                                      seed=seed)
+            out["modes"][mode] = {"comparison": cmp, "flipped": [
+                {"path": paths[i], "label": classes[labels[i]], "a": classes[pa[i]], "b": classes[pb[i]]}
+                for i in cmp.flipped]}
         return out
 
     def _labels_by_name(self, ev: EmbeddedSet) -> tuple[list[int], torch.Tensor, dict[str, int]]:

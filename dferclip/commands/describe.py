@@ -54,6 +54,20 @@ def add_arguments(p):
     d.add_argument("a")
     d.add_argument("b")
 
+    cp = sub.add_parser("compare", help="two sets on a labelled clip set: UAR/WAR of each and of B - A with paired "
+                                        "bootstrap intervals, an exact McNemar test, per-class recall, flipped clips")
+    cp.add_argument("a", help="set A: a name or .json path")
+    cp.add_argument("b", help="set B: a name or .json path")
+    cp.add_argument("--eval", required=True, help="CSV with path,label rows, or a datasets folder (save_to_disk)")
+    cp.add_argument("--data", help="folder the CSV's paths are relative to (default: the CSV's folder)")
+    cp.add_argument("--model", "--checkpoint", dest="checkpoint", default=None,
+                    help="model source (default: random weights)")
+    cp.add_argument("--combine", default="mean-embedding", choices=COMBINE_MODES)
+    cp.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    cp.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
+    cp.add_argument("--cache-dir", default=None, help="embedding cache folder")
+    cp.add_argument("--json", action="store_true", help="print JSON")
+
     for name, text in (("score", "zero-shot and learned-prompt scores of one clip"),
                        ("evaluate", "UAR/WAR per set on a labelled clip set")):
         s = sub.add_parser(name, help=text)
@@ -71,7 +85,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     return {"list": _list, "generate": _generate, "check": _check, "diff": _diff, "score": _score,
-            "evaluate": _evaluate}[args.action](args)
+            "evaluate": _evaluate, "compare": _compare}[args.action](args)
 
 
 def _list(args) -> int:
@@ -191,3 +205,59 @@ def _evaluate(args) -> int:
         for mode, m in modes.items():
             print(f"{name:<32}{mode:<11}{m['uar']:>8.2f}{m['war']:>8.2f}")
     return 0
+
+
+def _compare(args) -> int:
+    from pathlib import Path
+
+    from ..labelled import read_hf_dataset, read_labels_csv
+    from ..progress import progress_callback
+    from ..weights.checkpoints import load_model
+    from ..workbench import DEFAULT_CACHE_DIR, Workbench
+
+    model = load_model(args.checkpoint or "random")
+    a, b = load_description_set(args.a), load_description_set(args.b)
+    wb = Workbench(model, a, combine=args.combine)
+    clips = (read_hf_dataset(args.eval, wb.current.classes) if Path(args.eval).is_dir()
+             else read_labels_csv(args.eval, wb.current.classes, args.data))
+    wb.set_evaluation(clips, cache_dir=args.cache_dir or DEFAULT_CACHE_DIR,
+                      progress=progress_callback("embedding", unit="clip"))
+    out = wb.compare(a, b, resamples=args.resamples, seed=args.seed)
+    if args.json:
+        print(json.dumps({**out, "modes": {m: {**r["comparison"].to_dict(out["classes"]), "flipped": r["flipped"]}
+                                            for m, r in out["modes"].items()}}, indent=2))
+        return 0
+    print(compare_table(out))
+    return 0
+
+
+def compare_table(out: dict) -> str:
+    """The comparison as text: per mode, UAR and WAR of A, B and B - A with their intervals, McNemar, per-class
+    recall, then the clips whose prediction flips."""
+    from ..metrics import SMALL_CLASS
+
+    lines = [f"A: {out['a']}    B: {out['b']}    {out['n']} labelled clips"]
+    for mode, r in out["modes"].items():
+        c = r["comparison"]
+        pct = f"{100 * c.confidence:.0f} %"
+        lines += ["", f"== {mode}", f"{'':<6}{'A':>22}{'B':>22}{'B - A':>24}"]
+        for metric in ("uar", "war"):
+            ia, ib, d = getattr(c, f"{metric}_a"), getattr(c, f"{metric}_b"), getattr(c, f"{metric}_diff")
+            cell = lambda i, sign="": f"{i.estimate:{sign}.1f} [{i.low:{sign}.1f}, {i.high:{sign}.1f}]"  # noqa: E731
+            lines.append(f"{metric.upper():<6}{cell(ia):>22}{cell(ib):>22}{cell(d, '+'):>24}")
+        lines.append(f"{pct} paired bootstrap intervals ({c.resamples} resamples within each class, seed {c.seed}); "
+                     f"McNemar (exact): {c.mcnemar.a_only} clip(s) right only under A, {c.mcnemar.b_only} only under "
+                     f"B, p = {c.mcnemar.p:.3g}")
+        if c.small_classes:
+            small = ", ".join(out["classes"][k] for k in c.small_classes)
+            lines.append(f"! fewer than {SMALL_CLASS} clips in {small}: the intervals cannot show how uncertain these "
+                         "classes are; label more clips")
+        lines.append(f"{'recall %':<16}{'A':>8}{'B':>8}")
+        for k, cls in enumerate(out["classes"]):
+            ra, rb = c.a.recall[k], c.b.recall[k]
+            if ra == ra:  # a class absent from the labels has no recall
+                lines.append(f"{cls:<16}{ra:>8.1f}{rb:>8.1f}")
+        flips = r["flipped"]
+        lines.append(f"{len(flips)} clip(s) change prediction" + (":" if flips else ""))
+        lines += [f"  {f['path']}: label {f['label']}, A {f['a']} -> B {f['b']}" for f in flips]
+    return "\n".join(lines)
