@@ -29,6 +29,7 @@ from dferclip.ui.policy import Policy
 from dferclip.ui.predict import MAX_UPLOAD, build_predict_tab
 
 try:
+    from dferclip.ui.share import ShareParts, build_share_section
     from dferclip.ui.workbench import build_workbench_tab
 except ImportError:  # the workbench tab is optional
     build_workbench_tab = None
@@ -84,11 +85,14 @@ def build_demo(model: str | None = None, host: str | None = None, mode: str | No
     with gr.Blocks(title=TITLE, delete_cache=(max(1, min(600, age // 4)), age) if age > 0 else None) as demo:
         gr.Markdown(INTRO, elem_id="app-intro")
         build_model_bar(ctx)
-        with gr.Tabs():
-            build_predict_tab(ctx)
+        with gr.Tabs() as tabs:
+            video, predict_outputs = build_predict_tab(ctx)
             build_live_tab(ctx)
-            if build_workbench_tab is not None:
-                build_workbench_tab(ctx)
+            workbench = build_workbench_tab(ctx) if build_workbench_tab is not None else None
+        if workbench is not None:  # the workbench's state by link (restored when the page opens with one)
+            build_share_section(ctx, demo, ShareParts(tabs, video, predict_outputs, workbench["table"],
+                                                      workbench["combine"], workbench["class_set"],
+                                                      workbench["score_outputs"]), workbench["tab"])
     demo.queue(max_size=policy.queue_size, default_concurrency_limit=ctx.groups["predict"]["concurrency_limit"])
     demo.ctx = ctx
     return demo

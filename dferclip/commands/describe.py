@@ -68,6 +68,10 @@ def add_arguments(p):
     cp.add_argument("--cache-dir", default=None, help="embedding cache folder")
     cp.add_argument("--json", action="store_true", help="print JSON")
 
+    fl = sub.add_parser("from-link", help="the description set a workbench link carries, as a .json file")
+    fl.add_argument("link", help="the link (or its ?s= value)")
+    fl.add_argument("-o", "--output", required=True, help="the .json file to write (never overwritten)")
+
     for name, text in (("score", "zero-shot and learned-prompt scores of one clip"),
                        ("evaluate", "UAR/WAR per set on a labelled clip set")):
         s = sub.add_parser(name, help=text)
@@ -85,7 +89,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     return {"list": _list, "generate": _generate, "check": _check, "diff": _diff, "score": _score,
-            "evaluate": _evaluate, "compare": _compare}[args.action](args)
+            "evaluate": _evaluate, "compare": _compare, "from-link": _from_link}[args.action](args)
 
 
 def _list(args) -> int:
@@ -261,3 +265,22 @@ def compare_table(out: dict) -> str:
         lines.append(f"{len(flips)} clip(s) change prediction" + (":" if flips else ""))
         lines += [f"  {f['path']}: label {f['label']}, A {f['a']} -> B {f['b']}" for f in flips]
     return "\n".join(lines)
+
+
+def _from_link(args) -> int:
+    from pathlib import Path
+
+    from ..errors import DescriptionError
+    from ..files import write_json
+    from ..share import state_from_link
+
+    state = state_from_link(args.link)
+    out = Path(args.output)
+    if out.exists():
+        raise DescriptionError(f"{out} exists; choose another name (an earlier file is never overwritten)")
+    write_json(out, state.descriptions.to_dict())
+    clip = f", example clip {state.clip}" if state.clip else ""
+    print(f"{out}: {state.descriptions.name}, {state.descriptions.num_classes} classes "
+          f"({sum(len(d) for d in state.descriptions.descriptions)} descriptions); model {state.model}, "
+          f"combine {state.combine}{clip}")
+    return 0

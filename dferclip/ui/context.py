@@ -104,6 +104,7 @@ class AppContext:
         self.model_dropdown: Optional[gr.Dropdown] = None
         self.banner: Optional[gr.HTML] = None
         self.clip: Optional[gr.State] = None
+        self.last_good: Optional[gr.State] = None  # the last model that loaded (the model bar's)
         self.model_selected = None
 
     def close(self, timeout: float | None = None) -> bool:
@@ -189,6 +190,7 @@ def build_model_bar(ctx: AppContext) -> None:
                                          info="the banner says which weights run; other models load when picked")
         ctx.banner = gr.HTML(initial_banner(ctx, default), elem_id="weights-banner")
     last_good = gr.State(default)
+    ctx.last_good = last_good
     ctx.clip = gr.State(None)
     pending, timer = watch_download(ctx, default, last_good)
 

@@ -305,8 +305,9 @@ def annotate_event(ctx: AppContext, clip: Optional[ClipRecord], session: str = "
     return str(written)
 
 
-def build_predict_tab(ctx: AppContext) -> None:
-    """The tab's components and events (inside a ``gr.Blocks`` after ``build_model_bar``)."""
+def build_predict_tab(ctx: AppContext) -> tuple:
+    """The tab's components and events (inside a ``gr.Blocks`` after ``build_model_bar``); returns the clip input
+    and the prediction's outputs (for a restore from a shared link)."""
     with gr.Tab("Predict", id="predict"):
         with gr.Row():
             with gr.Column(scale=5):
@@ -366,3 +367,4 @@ def build_predict_tab(ctx: AppContext) -> None:
                                 api_visibility="private")
         clear.click(clear_outputs, None, outputs, api_visibility="private").then(lambda: None, None, video,
                                                                                    api_visibility="private")
+    return video, outputs

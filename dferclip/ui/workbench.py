@@ -425,13 +425,15 @@ MAX_SET_FILES = 2000  # downloadable set files kept (a few kB each); the oldest 
 
 
 # --- the tab ---------------------------------------------------------------------------------------
-def build_workbench_tab(ctx) -> None:
-    """The "Descriptions" tab. Needs ``ctx.model_dropdown``, ``ctx.model(key)`` and ``ctx.clip`` (see context.py)."""
+def build_workbench_tab(ctx) -> dict:
+    """The "Descriptions" tab. Needs ``ctx.model_dropdown``, ``ctx.model(key)`` and ``ctx.clip`` (see context.py).
+    Returns the components other sections fill (``ui/share.py``): the tab, table, combine mode, class set and
+    scoring outputs."""
     sets = class_set_choices()
     styles = prompt_styles()
     default_style = next(iter(styles))
 
-    with gr.Tab("Descriptions", id="descriptions"):
+    with gr.Tab("Descriptions", id="descriptions") as tab:
         try:  # the default weights may still be downloading: the intro is then generic until the first score
             default_model = ctx.model(ctx.registry.default_key)
         except DferclipError:
@@ -804,3 +806,4 @@ def build_workbench_tab(ctx) -> None:
                    api_name="diff_descriptions")
     if ctx.clip is not None:
         ctx.clip.change(rescore, rescore_inputs, score_outputs, api_visibility="private", **run_kw)
+    return {"tab": tab, "table": table, "combine": combine, "class_set": class_set, "score_outputs": score_outputs}
