@@ -19,6 +19,8 @@ from __future__ import annotations
 import csv
 import logging
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from contextlib import contextmanager, nullcontext
 from typing import Iterator, Optional
@@ -70,6 +72,30 @@ VERSION_COLORS = {"current": "#4f46e5", "baseline": "#f0a040"}
 CONTRIBUTION_WIDTHS = ["12%", "13%", "49%", "13%", "13%"]
 PN_TITLE = "positive vs negative descriptors (current clip, learned)"
 PN_COLORS = {"positive": "rgb(0, 128, 0)", "negative": "rgb(255, 0, 0)"}
+
+
+class _LatestEdits:
+    """Each session's last table edit sent for scoring: a second input event for the same edit (the table fires
+    one for the edit and one as the cell closes) is dropped, even while the first is still scoring."""
+
+    def __init__(self, size: int = 2000):
+        self._last: "OrderedDict[str, tuple]" = OrderedDict()
+        self._lock = threading.Lock()
+        self.size = size
+
+    def first(self, session: str, model_key, rows, combine) -> bool:
+        key = (str(model_key), repr(_rows(rows)), str(combine))
+        with self._lock:
+            if self._last.get(session) == key:
+                return False
+            self._last[session] = key
+            self._last.move_to_end(session)
+            while len(self._last) > self.size:
+                self._last.popitem(last=False)
+            return True
+
+
+_LATEST_EDIT = _LatestEdits()
 
 
 class _Shared:
@@ -598,7 +624,9 @@ def build_workbench_tab(ctx) -> dict:
             return rescore_event(ctx, model_key, rows, state_v, combine_v, clip, eval_set)
 
     def rescore_if_changed(model_key, rows, state_v, combine_v, clip, eval_set, request: gr.Request = None):
-        if unchanged(rows, state_v, combine_v):  # the table fires again for an edit already scored
+        # the table fires again for an edit already scored, or being scored by the event before it
+        if unchanged(rows, state_v, combine_v) or not _LATEST_EDIT.first(ctx.session(request), model_key, rows,
+                                                                          combine_v):
             return tuple(gr.skip() for _ in score_outputs)
         return rescore(model_key, rows, state_v, combine_v, clip, eval_set, request)
 
