@@ -137,9 +137,10 @@ def build_share_section(ctx: AppContext, demo: gr.Blocks, parts: ShareParts, wor
     and the restore of a link when the page opens."""
     with workbench_tab:
         with gr.Accordion("Share this state by link", open=True, elem_id="share-section"):
-            with gr.Row(equal_height=True):
-                share_btn = gr.Button("Copy link", elem_id="share-button", scale=1)
-                url = gr.Textbox(label="Link", buttons=["copy"], interactive=False, elem_id="share-link", scale=4)
+            with gr.Row():
+                share_btn = gr.Button("Copy link", elem_id="share-button", scale=0, min_width=140)
+                url = gr.Textbox(label="Link", buttons=["copy"], interactive=False, elem_id="share-link", scale=4,
+                                 lines=1, max_lines=3)
             note = gr.Markdown(elem_id="share-note", elem_classes=["hint"])
             opened = gr.Textbox(visible=False, elem_id="open-link")  # the API's link input
 
@@ -152,7 +153,8 @@ def build_share_section(ctx: AppContext, demo: gr.Blocks, parts: ShareParts, wor
     share_btn.click(share, [ctx.model_dropdown, parts.table, state, parts.combine, ctx.clip], [url, note],
                     api_name="share_link", **ctx.groups["quick"])
     # the page's state copied into the address bar too, so the browser's own share and bookmarks carry it
-    url.change(None, url, None, js="(u) => { if (u) { try { history.replaceState(null, '', u); } catch (e) {} } }")
+    url.change(None, url, None, js="(u) => { if (u) { try { history.replaceState(null, '', u); } catch (e) {} "
+                                   "try { navigator.clipboard.writeText(u); } catch (e) {} } }")
 
     targets = [ctx.model_dropdown, ctx.banner, ctx.last_good, parts.tabs, parts.video, *parts.predict_outputs,
                parts.table, parts.combine, parts.class_set, *parts.score_outputs, note]
@@ -164,7 +166,10 @@ def build_share_section(ctx: AppContext, demo: gr.Blocks, parts: ShareParts, wor
             gr.Warning(f"This link could not be opened: {e}. The page starts as usual.")
             return {}
         try:
-            return restore_outputs(ctx, parts, state_, missing, note)
+            out = restore_outputs(ctx, parts, state_, missing, note)
+            gr.Info("Opened a shared link: its model, descriptions and clip are restored (details at the end of the "
+                    "Descriptions tab).")
+            return out
         except DferclipError as e:
             gr.Warning(f"This link could not be opened: {e}. The page starts as usual.")
             return {}
