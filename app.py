@@ -29,6 +29,7 @@ from dferclip.ui.policy import Policy
 from dferclip.ui.predict import MAX_UPLOAD, build_predict_tab
 
 try:
+    from dferclip.ui.compare import build_compare_section
     from dferclip.ui.share import ShareParts, build_share_section
     from dferclip.ui.workbench import build_workbench_tab
 except ImportError:  # the workbench tab is optional
@@ -89,7 +90,8 @@ def build_demo(model: str | None = None, host: str | None = None, mode: str | No
             video, predict_outputs = build_predict_tab(ctx)
             build_live_tab(ctx)
             workbench = build_workbench_tab(ctx) if build_workbench_tab is not None else None
-        if workbench is not None:  # the workbench's state by link (restored when the page opens with one)
+        if workbench is not None:  # A vs B, and the workbench's state by link (restored when a page opens with one)
+            build_compare_section(ctx, workbench)
             build_share_section(ctx, demo, ShareParts(tabs, video, predict_outputs, workbench["table"],
                                                       workbench["combine"], workbench["class_set"],
                                                       workbench["score_outputs"]), workbench["tab"])

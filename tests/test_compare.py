@@ -139,3 +139,17 @@ def test_describe_compare_prints_both_sets_the_difference_and_the_flips(labelled
     assert "== zero-shot" in text and "B - A" in text and "McNemar (exact)" in text and "95 % paired bootstrap" in text
     assert "change prediction" in text
     assert "fewer than 5 clips in happiness, sadness, neutral, anger, fear" in text  # 1-2 clips each: said
+
+
+def test_the_app_s_verdict_never_calls_a_difference_real_on_too_few_clips():
+    from dferclip.ui.compare import _verdict
+
+    rng = np.random.default_rng(5)
+    y, a, b = _population_draw(rng, 40, [0.3, 0.3, 0.3], [0.8, 0.8, 0.8])
+    assert _verdict(compare_predictions(y, a, b, 3, resamples=500)) == "B's UAR is higher beyond the noise of these clips"
+    y, a, b = _population_draw(rng, 40, [0.5] * 3, [0.5] * 3)
+    assert _verdict(compare_predictions(y, a, b, 3, resamples=500)).startswith("the difference could be noise")
+    # one clip per class: intervals collapse to a point, which must not read as certainty
+    few = compare_predictions([0, 1, 2], [1, 2, 0], [0, 1, 2], 3, resamples=500)
+    assert few.uar_diff.low == few.uar_diff.high == 100 and few.small_classes == [0, 1, 2]
+    assert _verdict(few) == "too few clips in some classes to tell a difference from noise"

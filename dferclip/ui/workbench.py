@@ -834,4 +834,5 @@ def build_workbench_tab(ctx) -> dict:
                    api_name="diff_descriptions")
     if ctx.clip is not None:
         ctx.clip.change(rescore, rescore_inputs, score_outputs, api_visibility="private", **run_kw)
-    return {"tab": tab, "table": table, "combine": combine, "class_set": class_set, "score_outputs": score_outputs}
+    return {"tab": tab, "table": table, "combine": combine, "class_set": class_set, "score_outputs": score_outputs,
+            "state": state, "own_sets": own_sets, "eval_state": eval_state}
