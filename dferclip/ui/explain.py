@@ -347,5 +347,16 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
         text.submit(fn, inputs, outputs, api_visibility="private", **run_kw)
         versus.input(fn, inputs, outputs, api_visibility="private", **run_kw)
         if table is not None:
+            # a click in the table fills the row in; it explains only while the section is open and the row
+            # has a text (a closed section costs nothing, an empty new row is no error)
+            opened = gr.State(False)
+            accordion.expand(lambda: True, None, opened, api_visibility="private", queue=False)
+            accordion.collapse(lambda: False, None, opened, api_visibility="private", queue=False)
+
+            def on_row(is_open, key, record, c, t, v, last, request: gr.Request):
+                if not is_open or not str(t or "").strip():
+                    return tuple(gr.skip() for _ in outputs)
+                return fn(key, record, c, t, v, last, request)
+
             table.select(_row_of, [table], [choice, text], api_visibility="private").then(
-                fn, inputs, outputs, api_visibility="private", **run_kw)
+                on_row, [opened] + inputs, outputs, api_visibility="private", **run_kw)

@@ -117,6 +117,17 @@ def _eval_cache(ctx) -> VideoEmbeddingCache:
 
 
 # --- description sets by name: shipped ones, and the visitor's own ----------------------------------
+def check_save_name(name):
+    """The Save button's first step: a bad name is said on the save message alone."""
+    try:
+        validate_name(str(name or ""))
+        if name in shipped_names():
+            raise DescriptionError(f"{name!r} is a shipped set's name and cannot be saved over; pick another name")
+    except DferclipError as e:
+        raise user_error(e) from None
+    return gr.skip()
+
+
 def saved_set_names(ctx, own: Optional[dict]) -> list[str]:
     """The sets a visitor can start from: the shipped ones, then their own (public: this session's saves;
     local: the descriptions/ folder)."""
@@ -476,7 +487,8 @@ def build_workbench_tab(ctx) -> dict:
             class_set = gr.Radio(list(sets) + ["custom"], value=next(iter(sets)), label="Class set", scale=2)
             custom = gr.Textbox(label="Custom classes", scale=2, placeholder="e.g. happy, sad, bored",
                                 info="comma-separated; press Enter to apply", elem_id="custom-classes")
-            saved = gr.Dropdown(saved_set_names(ctx, None), value=None, label="Start from a saved set", scale=2)
+            saved = gr.Dropdown(saved_set_names(ctx, None), value=None, label="Start from a saved set", scale=2,
+                                elem_id="saved-set")
             combine = gr.Radio(list(COMBINE_MODES), value="mean-embedding", label="Combine descriptors", scale=2)
         table = gr.Dataframe(_rows_df(first), headers=HEADERS, datatype=["str", "str"], type="pandas", interactive=True,
                              wrap=True, label="Descriptions (class column: a class name of the set)",
@@ -565,9 +577,10 @@ def build_workbench_tab(ctx) -> dict:
                                              elem_id="download-set")
                 upload = gr.File(label="Upload a set (.json)", file_types=[".json"])
             with gr.Row():
-                diff_a = gr.Dropdown(["baseline", "previous"] + saved_set_names(ctx, None), value="baseline", label="A")
+                diff_a = gr.Dropdown(["baseline", "previous"] + saved_set_names(ctx, None), value="baseline", label="A",
+                                     elem_id="diff-a")
                 diff_b = gr.Dropdown(["current", "baseline", "previous"] + saved_set_names(ctx, None), value="current",
-                                     label="B")
+                                     label="B", elem_id="diff-b")
                 diff_btn = gr.Button("Diff")
             diff_md = gr.Markdown()
 
@@ -742,9 +755,11 @@ def build_workbench_tab(ctx) -> dict:
         except DferclipError as e:
             raise user_error(e) from None
         choices = saved_set_names(ctx, own)
+        saved_line = (f"{wb.current.name} v{wb.current.version} · same as baseline: saved {where}, it is the new "
+                      "baseline.")
         return (_state(wb), own, f"Saved {name} version {wb.current.version} {where}; it is the new baseline.",
                 gr.update(choices=choices), gr.update(choices=["baseline", "previous"] + choices),
-                gr.update(choices=["current", "baseline", "previous"] + choices))
+                gr.update(choices=["current", "baseline", "previous"] + choices), saved_line)
 
     def do_download(model_key, state_v):
         return set_file((state_v or {}).get("current") or first.to_dict())
@@ -824,8 +839,11 @@ def build_workbench_tab(ctx) -> dict:
     eval_btn.click(load_eval_local if server_inputs else load_eval_public,
                    [ctx.model_dropdown, eval_files] + server_inputs + [state, ctx.clip],
                    [eval_state] + score_outputs, api_name="load_evaluation_set", **long_kw)
-    save_btn.click(save, [ctx.model_dropdown, save_name, state, own_sets],
-                   [state, own_sets, save_msg, saved, diff_a, diff_b], api_name="save_descriptions")
+    # the name is checked first, in a step whose only output is the save message, so a bad name marks that
+    # message alone, not the diff pickers and the status beside it
+    save_btn.click(check_save_name, save_name, save_msg, api_visibility="private").success(
+        save, [ctx.model_dropdown, save_name, state, own_sets], [state, own_sets, save_msg, saved, diff_a, diff_b,
+                                                                 status], api_name="save_descriptions")
     # the download button always holds the current set, so one click downloads it
     state.change(do_download, [ctx.model_dropdown, state], [download], api_name="download_descriptions")
     upload.upload(do_upload, [ctx.model_dropdown, upload, combine, ctx.clip, eval_state, state, stash],
