@@ -66,7 +66,10 @@ def starting_set(class_set: str, custom_classes: Sequence[str] = ()) -> Descript
     """The official descriptions for a built-in class set, or placeholders for custom classes."""
     sets = load_class_sets()
     if class_set in sets:
-        ds = official_descriptions(len(sets[class_set]))
+        try:  # the class set's own shipped set (FERV39k has one), else the official set of that size
+            ds = load_description_set(f"dferclip-official-{class_set.lower()}")
+        except DescriptionError:
+            ds = official_descriptions(len(sets[class_set]))
         return dataclasses.replace(ds, class_set=class_set)
     classes = [c.strip() for c in custom_classes if c and c.strip()]
     if not classes:
@@ -74,6 +77,22 @@ def starting_set(class_set: str, custom_classes: Sequence[str] = ()) -> Descript
     return DescriptionSet(classes=classes, descriptions=[[f"a face showing {c}."] for c in classes],
                           name="custom", class_set="custom",
                           provenance={"source": "placeholders; edit or generate the descriptions"})
+
+
+def same_text_as(ds: DescriptionSet) -> list[str]:
+    """The other built-in class sets whose shipped descriptions are word for word ``ds``'s (FERV39k and DFEW:
+    the official code describes the same seven classes with the same sentences)."""
+    out = []
+    for other in load_class_sets():
+        if other == ds.class_set:
+            continue
+        try:
+            theirs = load_description_set(f"dferclip-official-{other.lower()}")
+        except DescriptionError:
+            continue
+        if theirs.classes == ds.classes and theirs.descriptions == ds.descriptions:
+            out.append(other)
+    return out
 
 
 def numeric_labels_allowed(ds: DescriptionSet) -> bool:

@@ -55,3 +55,28 @@ def test_save_makes_the_set_the_baseline_and_a_bad_name_marks_only_its_message(p
     expect(status).not_to_contain_text("differs from baseline")
     assert not page.errors, page.errors
 
+
+
+def test_before_any_clip_the_tables_are_labelled_and_an_edit_moves_numbers_under_the_table(page):  # noqa: F811
+    from playwright.sync_api import expect
+
+    status = page.locator("#workbench-status")
+    expect(status).to_contain_text("No clip yet")  # the page as it opens, before anything ran
+    heads = page.locator("#workbench-scores thead").inner_text()
+    assert "class" in heads and "zero-shot %" in heads and not re.search(r"\b1\b", heads), heads
+    assert "description" in page.locator("#workbench-contributions thead").inner_text()
+    rescore_and_wait(page, expect)
+    expect(status).to_contain_text(re.compile(r"Now: zero-shot \w+ \d+\.\d %.*learned \w+ \d+\.\d %"))
+    edit_cell(page, 4, "eyes wide open, eyebrows raised high")
+    expect(status).to_contain_text("differs from baseline in: surprise", timeout=60_000)
+    expect(status).to_contain_text(re.compile(r"Now: zero-shot \w+ \d+\.\d % \([+−-]?[±\d.]+ vs baseline\)"))
+
+
+def test_ferv39k_starts_from_its_own_set_and_says_why_the_text_is_dfew_s(page):  # noqa: F811
+    from playwright.sync_api import expect
+
+    page.get_by_role("radio", name="FERV39k").check()
+    status = page.locator("#workbench-status")
+    expect(status).to_contain_text("dferclip-official-ferv39k", timeout=60_000)
+    expect(status).to_contain_text("FERV39k has DFEW's classes")
+    expect(status).to_contain_text("the same sentences")

@@ -26,6 +26,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Iterator, Optional
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from .. import pacing
@@ -57,6 +58,7 @@ from ..workbench import (
     descriptions_to_rows,
     numeric_labels_allowed,
     rows_to_descriptions,
+    same_text_as,
     starting_set,
 )
 from .explain import build_explain_section
@@ -212,9 +214,9 @@ def _score_outputs(wb: Workbench, clip_names: list[str]):
     classes = wb.current.classes
     titles = {"zero-shot": MODE_LABELS["zero-shot"], "learned": PN_LEARNED_LABEL if wb.has_pn else MODE_LABELS["learned"]}
     if not clip_names:
-        return pd.DataFrame({"class": classes}), "", "", pd.DataFrame(
-            columns=["mode", "class", "description", "similarity", "contribution"]), None
+        return empty_scores(classes), "", "", empty_contributions(), None, ""
     report = wb.score_clips(clip_names[:1])["clips"][clip_names[0]]
+    headline = headline_numbers(classes, report)
     table = {"class": classes}
     bars, contrib, pn = {}, [], None
     for mode in ("zero-shot", "learned"):
@@ -244,7 +246,35 @@ def _score_outputs(wb: Workbench, clip_names: list[str]):
         contrib += [{"mode": mode, "class": t["class"], "description": "negative: " + " / ".join(t["texts"]),
                      "similarity": round(t["similarity"], 3), "contribution": round(t["contribution"], 3)}
                     for t in r.get("negative_terms") or []]
-    return pd.DataFrame(table), bars["zero-shot"], bars["learned"], pd.DataFrame(contrib), pn
+    return pd.DataFrame(table), bars["zero-shot"], bars["learned"], pd.DataFrame(contrib), pn, headline
+
+
+def empty_scores(classes) -> pd.DataFrame:
+    return pd.DataFrame({"class": list(classes), "zero-shot %": [""] * len(classes),
+                         "learned %": [""] * len(classes)})
+
+
+def empty_contributions() -> pd.DataFrame:
+    return pd.DataFrame(columns=["mode", "class", "description", "similarity", "contribution"])
+
+
+NO_CLIP_YET = ("**No clip yet**: predict one in the Predict tab (or click an example there); its scores show here "
+               "and move with every edit.")
+
+
+def headline_numbers(classes, report: dict) -> str:
+    """Per mode, the top class with its % and its change from the baseline: the numbers an edit moves, said
+    right under the table where the edit was made."""
+    parts = []
+    for mode in ("zero-shot", "learned"):
+        r = report.get(mode)
+        if r is None:
+            continue
+        k = int(np.argmax(r["probs"]))
+        delta = r["delta_baseline"][k] if r["delta_baseline"] is not None else None
+        parts.append(f"{mode} **{classes[k]} {r['probs'][k]:.1f} %**"
+                     + (f" ({_fmt_delta(delta)} vs baseline)" if delta is not None else ""))
+    return "now: " + ", ".join(parts) if parts else ""
 
 
 def pn_note(model) -> str:
@@ -333,7 +363,7 @@ def workbench_outputs(wb: Workbench, clip, eval_set, message: str = "") -> tuple
             message += " The current clip was prepared for another model; predict it again with this one."
     if eval_set is not None:
         wb.set_evaluation_embeddings(eval_set)
-    table_out, zero, learned, contrib, pn = _score_outputs(wb, names)
+    table_out, zero, learned, contrib, pn, headline = _score_outputs(wb, names)
     metrics_out, recall_out, confusion_out = _eval_outputs(wb)
     encoded = wb.scorer.tally.encoded  # this request's own encodings, not other visitors'
     scored = f"clip: {names[0]}" if names else "no clip yet: predict one in the Predict tab"
@@ -341,6 +371,8 @@ def workbench_outputs(wb: Workbench, clip, eval_set, message: str = "") -> tuple
     vs_base = f"differs from baseline in: {', '.join(changed)}" if changed else "same as baseline"
     text = (f"{wb.current.name} v{wb.current.version} · {vs_base} · {scored} · {encoded} text encoding(s) "
             f"computed (a new description: one per prompt template and mode), the rest cached. {message}").strip()
+    if headline:  # the numbers an edit moves, on a line of their own under the table
+        text += f"  \n{headline[0].upper()}{headline[1:]}"
     pn_plot = gr.HTML(pn or "", visible=pn is not None)
     note = gr.Markdown(pn_note(wb.model), visible=wb.has_pn)
     return (_state(wb), text, _flags_md(wb), gr.HTML(zero, visible=bool(zero)),
@@ -361,7 +393,10 @@ def start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip,
         raise user_error(e) from None
     wb.start_from(ds)
     wb.combine = combine_v
-    out = workbench_outputs(wb, clip, eval_set)
+    same = same_text_as(ds) if not saved_v and ds.class_set != next(iter(class_set_choices())) else []
+    why = (f"{ds.class_set} has {', '.join(same)}'s classes, and the official DFER-CLIP code describes them with "
+           f"the same sentences: the text is the same on purpose." if same else "")
+    out = workbench_outputs(wb, clip, eval_set, why)
     return (_rows_df(ds), gr.update(choices=ds.classes, value=[])) + out
 
 
@@ -499,7 +534,7 @@ def build_workbench_tab(ctx) -> dict:
                                     elem_id="add-row-class")
             add_row_btn = gr.Button("Add descriptor row")
             restore_btn = gr.Button("Restore edits", visible=False, elem_id="restore-edits")
-        status = gr.Markdown(elem_id="workbench-status")
+        status = gr.Markdown(NO_CLIP_YET, elem_id="workbench-status")
         flags = gr.Markdown(label="Flags")
         with gr.Row(elem_id="workbench-charts"):
             bars_zero = gr.HTML(visible=False, elem_id="bars-zero-shot", css_template=CHART_CSS, min_width=280)
@@ -507,10 +542,11 @@ def build_workbench_tab(ctx) -> dict:
         # positive/negative descriptor models only (FineCLIPER); hidden for the others
         bars_pn = gr.HTML(visible=False, elem_id="workbench-pn", css_template=CHART_CSS)
         pn_md = gr.Markdown(visible=False, elem_id="workbench-pn-note")
-        scores = gr.Dataframe(label="Scores of the current clip (logit = 100·cos; %; Δ of % in points)", interactive=False,
-                              elem_id="workbench-scores")
+        scores = gr.Dataframe(empty_scores(first.classes), interactive=False, elem_id="workbench-scores",
+                              label="Scores of the current clip (logit = 100·cos; %; Δ of % in points)")
         with gr.Accordion("Per-descriptor contributions", open=True):
-            contributions = gr.Dataframe(interactive=False, wrap=True, elem_id="workbench-contributions",
+            contributions = gr.Dataframe(empty_contributions(), interactive=False, wrap=True,
+                                         elem_id="workbench-contributions",
                                          column_widths=CONTRIBUTION_WIDTHS,
                                          label="similarity = 100·cos(clip, descriptor); a class's logit is the "
                                                "sum of its contributions")
