@@ -127,6 +127,8 @@ def compare_event(ctx: AppContext, model_key: Optional[str], a: str, b: str, sta
                 caption = (f"{mode}: {Path(f['path']).name} · label {f['label']} · A {f['a']} → B {f['b']}")
                 flips.append((_thumbnail(f["path"]), caption))
             api_modes[mode] = {**c.to_dict(ev["classes"]), "flipped": r["flipped"]}
+        if not any(r["flipped"] for r in ev["modes"].values()):
+            lines.append("- No clip of the evaluation set changes its prediction between A and B.")
         recall_table = pd.DataFrame(recall_rows)
         result["evaluation"] = {"n": ev["n"], "modes": api_modes}
         lines.append(f"Intervals: {RESAMPLES} resamples of the clips within each class (seed 0), so the same "
