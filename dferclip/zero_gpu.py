@@ -147,24 +147,16 @@ def gpu(fn: Callable | None = None, *, duration: int | Callable = 60):
     if mode() == "zero":  # decorated before launch: spaces reports its GPU functions at start-up
         _spaces(fn, duration, zero)
 
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def dispatch(*args, **kwargs):
-            m = mode()
-            if m == "check":
-                return _checked_iter(fn, duration, args, kwargs)
-            if m == "zero":
-                return _spaces(fn, duration, zero)(*args, **kwargs)
-            return fn(*args, **kwargs)
-    else:
-        @functools.wraps(fn)
-        def dispatch(*args, **kwargs):
-            m = mode()
-            if m == "check":
-                return _checked(fn, duration, args, kwargs)
-            if m == "zero":
-                return _spaces(fn, duration, zero)(*args, **kwargs)
-            return fn(*args, **kwargs)
+    checked = _checked_iter if inspect.isgeneratorfunction(fn) else _checked
+
+    @functools.wraps(fn)
+    def dispatch(*args, **kwargs):
+        m = mode()
+        if m == "check":
+            return checked(fn, duration, args, kwargs)
+        if m == "zero":
+            return _spaces(fn, duration, zero)(*args, **kwargs)
+        return fn(*args, **kwargs)
     return dispatch
 
 

@@ -180,6 +180,7 @@ def cells(page, elem_id: str) -> list[str]:
 def test_a_fresh_browser_opens_a_link_made_before_a_restart_with_the_sender_s_scores(weights, tmp_path,
                                                                                      monkeypatch):
     from playwright.sync_api import expect, sync_playwright
+    from test_workbench_newcomer_browser import edit_cell
 
     errors = []
     with sync_playwright() as p:
@@ -194,11 +195,7 @@ def test_a_fresh_browser_opens_a_link_made_before_a_restart_with_the_sender_s_sc
             sender.get_by_role("tab", name="Descriptions").click()
             status = sender.locator("#workbench-status")
             expect(status).to_contain_text("single_face.mp4", timeout=60_000)
-            cell = sender.locator("#descriptions-table").get_by_test_id("cell-3-1")
-            cell.dblclick()
-            editor = cell.locator("textarea, input").first
-            editor.fill("deeply furrowed brows and a clenched jaw")
-            editor.press("Enter")
+            edit_cell(sender, 3, "deeply furrowed brows and a clenched jaw")
             expect(status).to_contain_text("differs from baseline in: anger", timeout=60_000)
             sender.get_by_role("button", name="Copy link").click()
             box = sender.locator("#share-link textarea, #share-link input").first
