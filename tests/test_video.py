@@ -319,12 +319,15 @@ def test_decode_timeout_holds_inside_a_single_keyframe_clip(clips):
                        options={"preset": "ultrafast", "x264-params": "scenecut=0:log-level=error"})
     with av.open(str(path)) as container:
         assert sum(p.is_keyframe for p in container.demux(video=0) if p.size) == 1
-    start = time.perf_counter()
-    with VideoReader(path) as reader:
-        reader.read([reader.num_frames - 1])  # decodes the whole clip
-    whole = time.perf_counter() - start
+    times = []
+    for _ in range(3):  # the fastest of three: a run slowed by other work must not set a generous deadline
+        start = time.perf_counter()
+        with VideoReader(path) as reader:
+            reader.read([reader.num_frames - 1])  # decodes the whole clip
+        times.append(time.perf_counter() - start)
+    whole = min(times)
     with pytest.raises(DecodeTimeoutError, match="decoding took longer"):
-        with VideoReader(path, Limits(decode_timeout_s=whole / 2)) as reader:  # opens in a small part of it
+        with VideoReader(path, Limits(decode_timeout_s=whole / 4)) as reader:  # opens in a small part of it
             reader.read([reader.num_frames - 1])
 
 
