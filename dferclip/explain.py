@@ -304,6 +304,7 @@ def explain_clip(model, video, *, text=None, class_index=None, versus=AUTO,
     if isinstance(video, Mapping) and renders is None and {"parsing", "landmarks"} <= set(video):
         renders = {k: _frames_of(model, video[k]) for k in ("parsing", "landmarks")}
     dev = next(model.parameters()).device
+    on_dev = frames.detach().to(dev)
     t = frames.shape[0]
     positions = torch.arange(t, device=dev)[None]
     was_training = model.training
@@ -313,11 +314,11 @@ def explain_clip(model, video, *, text=None, class_index=None, versus=AUTO,
         if renders is None and getattr(model, "needs_face_analysis", False):
             from .predict import mid_level_renders
 
-            renders = mid_level_renders(model, frames.detach().to(dev))
+            renders = mid_level_renders(model, on_dev)
         renders = None if renders is None else {k: v.detach().to(dev).float() for k, v in renders.items()}
         if text is None and class_index is None:  # the class the prediction shows, by the prediction's path
-            class_index = predicted_class(model, frames.detach().to(dev), renders)
-        x = frames.detach().to(dev).float().requires_grad_(True)  # a graph even when every weight is frozen
+            class_index = predicted_class(model, on_dev, renders)
+        x = on_dev.float().requires_grad_(True)  # a graph even when every weight is frozen
         with torch.enable_grad(), _recording(model) as rec:
             feats = model.frame_features(x, renders)
             emb, weights = model.embed_sequences(feats, positions, return_weights=True)
@@ -367,13 +368,22 @@ def _spatial_maps(model, rec: _Recorder, grads, names, t: int, size: tuple[int, 
     gh, gw = model.clip.visual.grid_size
     patches = r[:, 0, 1:].reshape(len(names), t, 1, gh, gw).float()
 
-    def unit(x):
-        top = x.max()
-        return (x / top if top > 0 else x).cpu().numpy().astype(np.float32)
+    patch_maps = {name: _unit(m[:, 0]).numpy() for name, m in zip(names, patches)}
+    return upsampled_maps(patch_maps, size), patch_maps, (gh, gw)
 
-    maps = {name: unit(F.interpolate(m, size=size, mode="bilinear", align_corners=False)[:, 0].clamp(min=0))
-            for name, m in zip(names, patches)}
-    return maps, {name: unit(m[:, 0]) for name, m in zip(names, patches)}, (gh, gw)
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Scaled to a maximum of 1 (all zero stays zero), float32 on the CPU."""
+    top = x.max()
+    return (x / top if top > 0 else x).float().cpu()
+
+
+def upsampled_maps(patch_maps: Mapping[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Patch-grid maps (T, h, w) brought to the crop's size (T, H, W): bilinear, clamped at 0, scaled to a
+    maximum of 1 (what :attr:`Explanation.maps` holds; an app can make them from ``patch_maps``)."""
+    return {name: _unit(F.interpolate(torch.as_tensor(np.ascontiguousarray(m))[:, None].float(), size=size,
+                                      mode="bilinear", align_corners=False)[:, 0].clamp(min=0)).numpy()
+            for name, m in patch_maps.items()}
 
 
 def _frame_shares(rec: _Recorder, temporal_grads, stream_feats, feat_grads, names) -> dict[str, torch.Tensor]:
@@ -458,8 +468,9 @@ def change_overlay(frame, delta: np.ndarray, alpha: float = 0.7) -> np.ndarray:
 
 def frames_as_images(model, frames: torch.Tensor) -> list[np.ndarray]:
     """Model-input frames (T, 3, H, W) -> uint8 RGB images (what the model saw)."""
-    x01 = model.input_config.denormalize(frames.detach().float().cpu()).clamp(0, 1)
-    return list((x01 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    from .predict import as_uint8
+
+    return list(as_uint8(model, frames.detach().cpu()).permute(0, 2, 3, 1).numpy())
 
 
 def strip_image(ex: Explanation, cell: int = 48, height: int = 64) -> np.ndarray:

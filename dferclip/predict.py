@@ -232,7 +232,7 @@ class PreparedClip:
     face_analysis_s: float
 
 
-def _as_uint8(model, x: torch.Tensor) -> torch.Tensor:
+def as_uint8(model, x: torch.Tensor) -> torch.Tensor:
     """Model-input frames back to the uint8 pixels they were made from (exact: they came from uint8)."""
     return (model.input_config.denormalize(x.float()) * 255).round_().clamp_(0, 255).to(torch.uint8)
 
@@ -261,8 +261,8 @@ def prepare_clip(model, path: str | Path, *, windows: bool = True, frame_budget:
     t1 = time.perf_counter()
     renders = mid_level_renders(model, frames)
     t2 = time.perf_counter()
-    return PreparedClip(result, _as_uint8(model, frames), positions,
-                        None if renders is None else {k: _as_uint8(model, v) for k, v in renders.items()},
+    return PreparedClip(result, as_uint8(model, frames), positions,
+                        None if renders is None else {k: as_uint8(model, v) for k, v in renders.items()},
                         ingestion_s=t1 - t0, face_analysis_s=t2 - t1)
 
 

@@ -43,6 +43,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,9 +120,11 @@ def inference(dev: torch.device | str | None = None, dtype: torch.dtype | None =
                 yield
 
 
-# --- ZeroGPU ---------------------------------------------------------------------------------
-def on_zero_gpu() -> bool:
-    return zero_gpu.mode() == "zero"
+def to_device(inputs, device, non_blocking: bool = False):
+    """Model inputs or features on ``device``: a tensor, or a dict of them (multi-stream models)."""
+    if isinstance(inputs, Mapping):
+        return {k: v.to(device, non_blocking=non_blocking) for k, v in inputs.items()}
+    return inputs.to(device, non_blocking=non_blocking)
 
 
 # --- the model registry ----------------------------------------------------------------------

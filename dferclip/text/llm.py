@@ -46,7 +46,7 @@ from ..errors import (
     LLMTimeoutError,
     TextTooLongError,
 )
-from ..urls import redact_url  # noqa: F401  (also this module's: its callers import it from here)
+from ..urls import redact_url
 from .descriptions import MAX_DESCRIPTIONS_PER_CLASS, MAX_TEXT_CHARS
 from .tokens import CONTEXT_LENGTH, token_count
 

@@ -15,7 +15,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..files import atomic_write_with
 from ..metrics import Metrics, compute_metrics
-from ..runtime import autocast, mixed_precision_dtype
+from ..runtime import autocast, mixed_precision_dtype, to_device
 from ..workers import sigchld_kept
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,6 @@ class EvalResult:
 
     def to_dict(self) -> dict:
         return self.metrics.to_dict(self.class_names) | {"classes": list(self.class_names)}
-
-
-def to_device(inputs, device, non_blocking: bool = False):
-    """A batch's inputs on ``device``: a video tensor, or a dict of tensors (multi-stream models)."""
-    if isinstance(inputs, Mapping):
-        return {k: v.to(device, non_blocking=non_blocking) for k, v in inputs.items()}
-    return inputs.to(device, non_blocking=non_blocking)
 
 
 def open_captions(path: str | Path):

@@ -49,7 +49,7 @@ from ..errors import TrainingError
 from ..files import atomic_write, atomic_write_with, write_json
 from ..metrics import compute_metrics
 from ..progress import progress_bar
-from ..runtime import autocast, mixed_precision_dtype
+from ..runtime import autocast, mixed_precision_dtype, to_device
 from ..text.descriptions import (
     DescriptionSet,
     as_description_set,
@@ -65,7 +65,6 @@ from .evaluate import (
     open_captions,
     plot_confusion,
     predict_from_embeddings,
-    to_device,
     worker_context,
     wrap_for_model,
 )

@@ -15,20 +15,13 @@ import pandas as pd
 
 from ..errors import DferclipError
 from ..metrics import SMALL_CLASS
-from ..text.descriptions import diff_description_sets
 from .context import AppContext
 from .scheduler import BusyError
-from .workbench import _workbench, load_named_set, saved_set_names, user_error
+from .workbench import _workbench, diff_markdown, pick_set, saved_set_names, user_error
 
 STATE_CHOICES = ["current", "baseline", "previous"]
 MAX_FLIPS_SHOWN = 24  # thumbnails of flipped clips (all are listed in the API's result)
 RESAMPLES = 2000
-
-
-def _pick(ctx: AppContext, wb, which: str, own):
-    if which in STATE_CHOICES:
-        return getattr(wb, which)
-    return load_named_set(ctx, which, own)
 
 
 def _verdict(c) -> str:
@@ -71,7 +64,7 @@ def compare_event(ctx: AppContext, model_key: Optional[str], a: str, b: str, sta
     wb = _workbench(ctx, model_key, state_v)
     wb.combine = combine_v or wb.combine
     try:
-        set_a, set_b = _pick(ctx, wb, str(a or "baseline"), own), _pick(ctx, wb, str(b or "current"), own)
+        set_a, set_b = pick_set(ctx, wb, str(a or "baseline"), own), pick_set(ctx, wb, str(b or "current"), own)
     except DferclipError as e:
         raise user_error(e) from None
     if set_a.classes != set_b.classes:
@@ -136,10 +129,7 @@ def compare_event(ctx: AppContext, model_key: Optional[str], a: str, b: str, sta
     else:
         lines.append("- Load an evaluation set (above) for UAR/WAR of both sets with intervals and the clips "
                      "whose prediction flips.")
-    changes = diff_description_sets(set_a, set_b)
-    diff_md = ("No text differs between A and B." if not changes else "Text changes from A to B:\n\n" + "\n".join(
-        f"**{html.escape(r['class'])}**\n" + "".join(f"- removed: ~~{html.escape(d)}~~\n" for d in r["removed"])
-        + "".join(f"- added: **{html.escape(d)}**\n" for d in r["added"]) for r in changes))
+    diff_md = diff_markdown(set_a, set_b, f"A ({a})", f"B ({b})", same="No text differs between A and B.")
     gallery = [(img, cap) for img, cap in flips if img is not None]
     return "\n".join(lines), clip_table, recall_table, gallery, diff_md, result
 

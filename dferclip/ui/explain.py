@@ -25,7 +25,7 @@ import torch
 
 from .. import zero_gpu
 from ..errors import DferclipError
-from ..explain import AUTO, OTHERS, Explanation, change_overlay, explain_clip, overlay
+from ..explain import AUTO, OTHERS, Explanation, change_overlay, explain_clip, overlay, upsampled_maps
 from ..runtime import weights_banner
 from .charts import CHART_CSS, column_chart_html
 from .context import AppContext
@@ -160,20 +160,6 @@ def _long_job(ctx: AppContext, request) -> Iterator[None]:
             yield
     except BusyError as e:
         raise gr.Error(str(e), print_exception=False) from None
-
-
-def upsampled_maps(patch_maps: dict[str, np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
-    """Patch-grid maps (T, h, w) in [0, 1] brought to the crop's size (T, H, W) as :func:`explain_clip` makes
-    its ``maps``: bilinear, clamped at 0, scaled to a maximum of 1."""
-    import torch.nn.functional as F
-
-    out = {}
-    for name, m in patch_maps.items():
-        up = F.interpolate(torch.from_numpy(np.ascontiguousarray(m))[:, None].float(), size=size, mode="bilinear",
-                           align_corners=False)[:, 0].clamp(min=0)
-        top = up.max()
-        out[name] = (up / top if top > 0 else up).numpy().astype(np.float32)
-    return out
 
 
 def _explain_on_device(model, video, **kwargs) -> Explanation:

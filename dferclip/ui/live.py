@@ -21,7 +21,7 @@ import torch
 
 from ..predict import encode_frames, join_features, mid_level_renders, score_features
 from .. import zero_gpu
-from ..runtime import UNTRAINED_WARNING
+from ..runtime import UNTRAINED_WARNING, to_device
 from ..video.decode import sample_indices
 from ..video.faces import TrackingConfig, center_region, crop_region, crop_square, fill_track, main_face_track
 from ..video.ingest import DEFAULT_MARGIN, default_detector
@@ -88,19 +88,15 @@ def _annotated(image: np.ndarray, box, caption: str) -> np.ndarray:
     return out
 
 
-def _to(feats, dev):
-    return {k: v.to(dev) for k, v in feats.items()} if isinstance(feats, dict) else feats.to(dev)
-
-
 @zero_gpu.estimate(lambda x, *args, **kwargs: 10)
 def frame_scores(model, x: torch.Tensor, renders, kept: list, positions: torch.Tensor, dtype=None):
     """The device part of a live step: the new frame's tower features and the logits of the kept frames plus
     it, both on the CPU (the features stay in the visitor's session between steps)."""
     dev = next(model.parameters()).device
     new = encode_frames(model, x, dev=dev, dtype=dtype, renders=renders)
-    feats = join_features([_to(f, dev) for f in kept] + [new])
+    feats = join_features([to_device(f, dev) for f in kept] + [new])
     logits, _, _ = score_features(model, feats, positions, dev=dev, dtype=dtype)
-    return _to(new, "cpu"), logits
+    return to_device(new, "cpu"), logits
 
 
 def live_step(ctx: AppContext, frame: Optional[np.ndarray], session: Optional[LiveSession],

@@ -17,6 +17,7 @@ the logit; for DFER-CLIP models that plot and note are hidden. The event functio
 from __future__ import annotations
 
 import csv
+import html
 import logging
 import tempfile
 import threading
@@ -119,15 +120,39 @@ def _eval_cache(ctx) -> VideoEmbeddingCache:
 
 
 # --- description sets by name: shipped ones, and the visitor's own ----------------------------------
+def validated_save_name(name) -> str:
+    """A name a set may be saved under (DescriptionError: not a valid name, or a shipped set's)."""
+    validate_name(str(name or ""))
+    if name in shipped_names():
+        raise DescriptionError(f"{name!r} is a shipped set's name and cannot be saved over; pick another name")
+    return name
+
+
 def check_save_name(name):
     """The Save button's first step: a bad name is said on the save message alone."""
     try:
-        validate_name(str(name or ""))
-        if name in shipped_names():
-            raise DescriptionError(f"{name!r} is a shipped set's name and cannot be saved over; pick another name")
+        validated_save_name(name)
     except DferclipError as e:
         raise user_error(e) from None
     return gr.skip()
+
+
+def pick_set(ctx, wb: Workbench, which: str, own: Optional[dict]) -> DescriptionSet:
+    """One of the workbench's versions (current, baseline, previous) or a set by name (:func:`load_named_set`)."""
+    if which in ("current", "baseline", "previous"):
+        return getattr(wb, which)
+    return load_named_set(ctx, which, own)
+
+
+def diff_markdown(a: DescriptionSet, b: DescriptionSet, a_label: str, b_label: str, same: str = "") -> str:
+    """What changed from ``a`` to ``b``, class by class, as Markdown (texts shown as written); ``same``: what
+    to say when nothing did."""
+    rows = diff_description_sets(a, b)
+    if not rows:
+        return same or f"No differences between {a_label} and {b_label}."
+    return f"Changes from **{html.escape(a_label)}** to **{html.escape(b_label)}**:\n\n" + "\n".join(
+        f"**{html.escape(r['class'])}**\n" + "".join(f"- removed: ~~{html.escape(d)}~~\n" for d in r["removed"])
+        + "".join(f"- added: **{html.escape(d)}**\n" for d in r["added"]) for r in rows)
 
 
 def saved_set_names(ctx, own: Optional[dict]) -> list[str]:
@@ -274,7 +299,7 @@ def headline_numbers(classes, report: dict) -> str:
         delta = r["delta_baseline"][k] if r["delta_baseline"] is not None else None
         parts.append(f"{mode} **{classes[k]} {r['probs'][k]:.1f} %**"
                      + (f" ({_fmt_delta(delta)} vs baseline)" if delta is not None else ""))
-    return "now: " + ", ".join(parts) if parts else ""
+    return "Now: " + ", ".join(parts) if parts else ""
 
 
 def pn_note(model) -> str:
@@ -372,7 +397,7 @@ def workbench_outputs(wb: Workbench, clip, eval_set, message: str = "") -> tuple
     text = (f"{wb.current.name} v{wb.current.version} · {vs_base} · {scored} · {encoded} text encoding(s) "
             f"computed (a new description: one per prompt template and mode), the rest cached. {message}").strip()
     if headline:  # the numbers an edit moves, on a line of their own under the table
-        text += f"  \n{headline[0].upper()}{headline[1:]}"
+        text += f"  \n{headline}"
     pn_plot = gr.HTML(pn or "", visible=pn is not None)
     note = gr.Markdown(pn_note(wb.model), visible=wb.has_pn)
     return (_state(wb), text, _flags_md(wb), gr.HTML(zero, visible=bool(zero)),
@@ -777,9 +802,7 @@ def build_workbench_tab(ctx) -> dict:
         wb = _workbench(ctx, model_key, state_v)
         own = dict(own or {})
         try:
-            validate_name(str(name or ""))
-            if name in shipped_names():
-                raise DescriptionError(f"{name!r} is a shipped set's name and cannot be saved over; pick another name")
+            validated_save_name(name)
             if public:  # the visitor's session keeps it; the server's disk is not touched
                 version = own[name]["version"] + 1 if name in own else 1
                 wb.save_as(name, version=version, edited_in="dferclip workbench")
@@ -822,21 +845,10 @@ def build_workbench_tab(ctx) -> dict:
 
     def do_diff(model_key, a, b, state_v, own):
         wb = _workbench(ctx, model_key, state_v)
-
-        def pick(which):
-            if which in ("current", "baseline", "previous"):
-                return getattr(wb, which)
-            return load_named_set(ctx, which, own)
-
         try:
-            rows = diff_description_sets(pick(a), pick(b))
+            return diff_markdown(pick_set(ctx, wb, a, own), pick_set(ctx, wb, b, own), a, b)
         except DferclipError as e:
             raise user_error(e) from None
-        if not rows:
-            return f"No differences between {a} and {b}."
-        return f"Changes from **{a}** to **{b}**:\n\n" + "\n".join(
-            f"**{r['class']}**\n" + "".join(f"- removed: ~~{d}~~\n" for d in r["removed"])
-            + "".join(f"- added: **{d}**\n" for d in r["added"]) for r in rows)
 
     # --- wiring ---------------------------------------------------------------------------------
     gen_inputs = [ctx.model_dropdown, state, style, llm_model, base_url, api_key, only, n_desc, mode_gen,
