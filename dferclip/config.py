@@ -30,8 +30,8 @@ class InputConfig:
 
     num_frames: int = 16
     image_size: int = 224
-    sampler: str = "middle"  # official test rule: middle frame of each of num_frames segments
-    resize: str = "bilinear"  # PIL bilinear resize straight to image_size x image_size
+    sampler: str = "middle"  # official test rule: middle frame of each of num_frames segments; "window:K": EmoCLIP's
+    resize: str = "bilinear"  # PIL resize of the square face crop straight to image_size ("bilinear" or "bicubic")
     mean: Optional[Tuple[float, float, float]] = None  # None: pixels / 255 only
     std: Optional[Tuple[float, float, float]] = None
 

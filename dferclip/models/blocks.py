@@ -71,13 +71,15 @@ class TemporalBlock(nn.Module):
 
 
 class TemporalTransformer(nn.Module):
-    """Learnable class token + positional embedding for T+1 positions; output = class token."""
+    """Learnable class token + positional embedding for T+1 positions (or a longer table of ``positions``, as
+    EmoCLIP's 1024); output = class token."""
 
-    def __init__(self, dim: int, num_frames: int, cfg: TemporalConfig):
+    def __init__(self, dim: int, num_frames: int, cfg: TemporalConfig, positions: Optional[int] = None):
         super().__init__()
-        self.num_frames = num_frames
+        positions = positions or num_frames + 1
+        self.num_frames = positions - 1  # the most frames the table has positions for
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.pos_embedding = nn.Parameter(torch.randn(1, num_frames + 1, dim))
+        self.pos_embedding = nn.Parameter(torch.randn(1, positions, dim))
         self.layers = nn.ModuleList(TemporalBlock(dim, cfg) for _ in range(cfg.layers))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (B, D)
@@ -102,6 +104,7 @@ class ModelFacts:
     needs_face_analysis = False
     uses_captions = False
     has_negative_prompts = False
+    has_learned_prompts = True
     _class_cache = None
 
     @property

@@ -20,6 +20,7 @@ class DferModel(Protocol):
     needs_face_analysis: bool  # inputs need face parsing maps and landmarks (FineCLIPER)
     uses_captions: bool  # inputs may carry a caption per clip (FineCLIPER)
     has_negative_prompts: bool  # class embeddings are (C, 2, D): positive and negative (FineCLIPER)
+    has_learned_prompts: bool  # a "learned" scoring mode exists (encode_prompts); False: zero-shot only (EmoCLIP)
 
     @property
     def input_config(self) -> InputConfig: ...

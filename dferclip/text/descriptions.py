@@ -223,10 +223,11 @@ def read_description_file(path: str | Path) -> DescriptionSet:
     return DescriptionSet.from_dict(data)
 
 
-def official_descriptions(num_classes: int) -> DescriptionSet:
-    """The official DFER-CLIP descriptions for a 7-class (DFEW) or 11-class (MAFW) model."""
+def official_descriptions(num_classes: int, prefix: str = "dferclip-official") -> DescriptionSet:
+    """The official descriptions for a 7-class (DFEW) or 11-class (MAFW) model: DFER-CLIP's, or another
+    family's shipped sets named ``<prefix>-dfew`` / ``<prefix>-mafw`` (EmoCLIP: "emoclip-official")."""
     name, _ = class_set_for(num_classes)
-    return load_description_set(f"dferclip-official-{name.lower()}")
+    return load_description_set(f"{prefix}-{name.lower()}")
 
 
 def save_description_set(ds: DescriptionSet, folder: Path | None = None) -> Path:
@@ -272,18 +273,20 @@ def diff_description_sets(a: DescriptionSet, b: DescriptionSet) -> list[dict]:
 
 
 def as_description_set(
-    descriptions: Optional["DescriptionSet | Iterable | str | Path"], num_classes: int
+    descriptions: Optional["DescriptionSet | Iterable | str | Path"], num_classes: int,
+    official: str = "dferclip-official",
 ) -> DescriptionSet:
-    """Normalise what callers pass (None, a set, a name/path, a list) into a DescriptionSet."""
+    """Normalise what callers pass (None, a set, a name/path, a list) into a DescriptionSet; None and a bare list
+    take the classes (and for None the texts) of the ``official`` sets (see :func:`official_descriptions`)."""
     if descriptions is None:
-        return official_descriptions(num_classes)
+        return official_descriptions(num_classes, official)
     if isinstance(descriptions, DescriptionSet):
         ds = descriptions
     elif isinstance(descriptions, (str, Path)):
         ds = load_description_set(descriptions)
     else:
         items = list(descriptions)
-        ds = official_descriptions(num_classes).with_descriptions(items) if len(items) == num_classes else None
+        ds = official_descriptions(num_classes, official).with_descriptions(items) if len(items) == num_classes else None
         if ds is None:
             raise DescriptionError(f"{len(items)} descriptions given for a {num_classes}-class model")
     if ds.num_classes != num_classes:

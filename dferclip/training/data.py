@@ -45,6 +45,7 @@ from ..video.clips import (  # noqa: F401
     list_frames,
 )
 from ..video.decode import sample_indices
+from ..video.faces import RESIZE_FILTERS
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +343,7 @@ class ClipDataset(Dataset):
         t = self.input_config.num_frames
         if self.train:
             return train_indices(n, t, clip_rng(self.seed, self.epoch, index))
-        return middle_indices(n, t)
+        return np.asarray(sample_indices(n, t, self.input_config.sampler))  # the model's test sampler
 
     def sample_frames(self, index: int, frames: Sequence, where: str) -> list[Image.Image]:
         """The clip's sampled frames as RGB images; ``frames`` are files or images (each opened once)."""
@@ -366,7 +367,8 @@ class ClipDataset(Dataset):
             params = self.augment.sample(clip_rng(self.seed, self.epoch, index + (1 << 40)), w, h, size)
             images = [self.augment.apply(im, params, size) for im in images]
         else:
-            images = [im.resize((size, size), Image.BILINEAR) for im in images]
+            resample = getattr(Image, RESIZE_FILTERS[self.input_config.resize])  # the model's test resize
+            images = [im.resize((size, size), resample) for im in images]
         return self.input_config.normalize(frames_to_tensor(images))
 
     def __getitem__(self, index: int):

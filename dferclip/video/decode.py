@@ -36,7 +36,7 @@ from ..errors import (
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("middle",)
+SAMPLERS = ("middle", "window")  # "window:K" gives the window sampler a stride of K
 
 
 @dataclass(frozen=True)
@@ -117,15 +117,36 @@ def sample_indices(n: int, num_segments: int, rule: str = "middle") -> List[int]
     ``"middle"`` is the official DFER-CLIP test sampler: with more frames than segments, the middle
     frame of each of ``num_segments`` equal segments (``int(tick / 2 + tick * k)``, tick = n / T);
     otherwise every frame, the last one repeated to fill ``num_segments``.
+
+    ``"window:K"`` is EmoCLIP's loader made deterministic: every K-th frame (0, K, 2K, ...), then
+    ``num_segments`` consecutive ones of those. The official loader starts the run at a random place and
+    wraps round to the first frame; here the run is centred, and a clip with too few frames is read from
+    its first frame, wrapped round once, then mirrored at its end (numpy's "reflect" padding, as the
+    official loader pads).
     """
-    if rule not in SAMPLERS:
-        raise ValueError(f"unknown sampler {rule!r}; known: {', '.join(SAMPLERS)}")
+    name, _, arg = rule.partition(":")
+    if name not in SAMPLERS or (name == "window") != bool(arg) or (arg and not (arg.isdigit() and int(arg) > 0)):
+        raise ValueError(f"unknown sampler {rule!r}; known: middle, window:K (K a stride, e.g. window:4)")
     if n < 1 or num_segments < 1:
         raise ValueError("sample_indices: n >= 1 and num_segments >= 1 required")
+    if name == "window":
+        return _window_indices(n, num_segments, int(arg))
     if n > num_segments:
         tick = n / num_segments
         return [int(tick / 2.0 + tick * k) for k in range(num_segments)]
     return list(range(n)) + [n - 1] * (num_segments - n)
+
+
+def _window_indices(n: int, length: int, stride: int) -> List[int]:
+    kept = np.arange(0, n, stride)
+    m = len(kept)
+    if m >= length:
+        start = (m - length) // 2
+        return kept[start : start + length].tolist()
+    run = np.concatenate([kept, kept[: length - m]])  # wrapped round once
+    if len(run) < length:
+        run = np.pad(run, (0, length - len(run)), mode="reflect") if len(run) > 1 else np.repeat(run, length)
+    return run.tolist()
 
 
 def sliding_windows(frame_times: Sequence[float], num_frames: int, spec: WindowSpec, rule: str = "middle") -> List[Window]:

@@ -121,6 +121,7 @@ def _build_nets():
 # Overlap above which candidates from different pyramid levels are merged before the second stage:
 # stricter than the usual 0.7, it halves the second stage's work with the same detections on our tests.
 _MERGE_IOU = 0.4
+RESIZE_FILTERS = {"bilinear": "BILINEAR", "bicubic": "BICUBIC"}  # InputConfig.resize -> PIL filter
 
 
 class MTCNNDetector(FaceDetector):
@@ -509,10 +510,10 @@ def center_region(frame_size: Tuple[int, int]) -> Box:
     return (x0, y0, x0 + side, y0 + side)
 
 
-def crop_square(image: np.ndarray, region: Box, size: int):
+def crop_square(image: np.ndarray, region: Box, size: int, resize: str = "bilinear"):
     """Cut ``region`` (pixel coordinates, may extend past the borders: padded black) out of an RGB
-    image and resize it to ``size`` x ``size`` with PIL bilinear (antialiased), as the model's
-    loader does. Returns a PIL image."""
+    image and resize it to ``size`` x ``size`` with PIL ``resize`` ("bilinear" or "bicubic", antialiased),
+    as the model's loader does. Returns a PIL image."""
     from PIL import Image
 
     h, w = image.shape[:2]
@@ -524,4 +525,6 @@ def crop_square(image: np.ndarray, region: Box, size: int):
         oy, ox = max(-y0, 0), max(-x0, 0)
         canvas[oy : oy + inside.shape[0], ox : ox + inside.shape[1]] = inside
         inside = canvas
-    return Image.fromarray(np.ascontiguousarray(inside)).resize((size, size), Image.BILINEAR)
+    if resize not in RESIZE_FILTERS:
+        raise ValueError(f"unknown resize {resize!r}; known: {', '.join(RESIZE_FILTERS)}")
+    return Image.fromarray(np.ascontiguousarray(inside)).resize((size, size), getattr(Image, RESIZE_FILTERS[resize]))

@@ -216,7 +216,8 @@ def ingest(
             warnings.append(f"{len(clip_unique) - boxed} model frames have no face and show the frame's centre")
 
     size = input_config.image_size
-    crops = {i: crop_square(decoded[i].image, _scaled(meta_of[i].crop, decoded[i].scale), size) for i in wanted}
+    crops = {i: crop_square(decoded[i].image, _scaled(meta_of[i].crop, decoded[i].scale), size, input_config.resize)
+             for i in wanted}
     slot = {i: k for k, i in enumerate(wanted)}
     pixels = torch.from_numpy(np.stack([np.asarray(crops[i]) for i in wanted])).permute(0, 3, 1, 2)  # uint8
 
