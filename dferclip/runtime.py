@@ -227,7 +227,8 @@ def weights_banner(weights_info: dict) -> tuple[str, Optional[str]]:
         return published_banner(weights_info), weights_info.get("warning")
     what = {"random": "random initialisation", "official": "official DFER-CLIP checkpoint",
             "dferclip": "dferclip checkpoint", "fineclipper": "FineCLIPER checkpoint (dferclip re-implementation)",
-            "pretrained-clip": "pretrained CLIP (zero-shot towers)"}.get(kind, kind)
+            "pretrained-clip": "pretrained CLIP (zero-shot towers)",
+            "official-emoclip": "official EmoCLIP checkpoint"}.get(kind, kind)
     text = f"{what}: {source}"
     if weights_info.get("epoch") is not None:
         text += f", epoch {weights_info['epoch']}"

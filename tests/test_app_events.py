@@ -118,7 +118,7 @@ def test_failed_model_switch_keeps_the_previous_model(ctx, monkeypatch):
     assert select_model(ctx, TINY, TINY)[0] == TINY
 
 
-PUBLISHED = ["published"] * 11  # the DFER-CLIP entries of dferclip/weights/published.json (zero-shot: last)
+PUBLISHED = ["published"] * 12  # the DFER-CLIP and EmoCLIP entries of dferclip/weights/published.json (zero-shot: last)
 
 
 def test_model_discovery_order(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """One entry point, ``load_model``: a source string to a ready model.
 
 Sources ``load_model`` accepts:
-- an official DFER-CLIP checkpoint (``.pth``/``.pt``), read safely (:mod:`dferclip.weights.formats`);
+- an official DFER-CLIP checkpoint (``.pth``/``.pt``), or an EmoCLIP one in any layout its code writes, read
+  safely (:mod:`dferclip.weights.formats`);
 - the project's own format: a folder (or its ``model.safetensors``) with ``config.json`` beside it;
 - the name of a folder or file in ``checkpoints/``;
 - a Hugging Face Hub repo id (``org/name``) holding the project's format;
@@ -51,7 +52,7 @@ def _random(config_name: str, descriptions) -> nn.Module:
     model = build_model(get_config(config_name), descriptions, num_classes=7)
     model.weights_info = {"kind": "random", "trained": False, "source": f"random:{config_name}",
                           "warning": UNTRAINED_WARNING}
-    family = {"dferclip": "DFER-CLIP", "fineclipper": "FineCLIPER"}.get(model.family, "model")
+    family = {"dferclip": "DFER-CLIP", "fineclipper": "FineCLIPER", "emoclip": "EmoCLIP"}.get(model.family, "model")
     log.warning("%s model %s has random, %s", family, config_name, UNTRAINED_WARNING)
     return model
 

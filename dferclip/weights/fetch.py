@@ -352,7 +352,8 @@ def _install(entry: PublishedWeights, path: Path, seen: dict) -> Path:
     _check_file(entry, path, seen)
     model = load_official(path)  # weights-only unpickler with the official allow-list
     check_fits(model, entry)
-    model.weights_info = {"kind": "published", "trained": True, **entry.facts()}
+    kept = {k: v for k, v in model.weights_info.items() if k in ("layout", "completed_from", "ignored", "warning")}
+    model.weights_info = {"kind": "published", "trained": True, **entry.facts(), **kept}
     fetched = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     _record_known(entry, seen)
     # atomic: a whole folder renamed into place; one already there is incomplete (this code never leaves one)

@@ -2,6 +2,10 @@
 
 - An official DFER-CLIP checkpoint (``.pth``/``.pt``: ``{'state_dict': ..., 'recorder': RecorderMeter, ...}``,
   ``module.`` prefix, CUDA tensors), read with PyTorch's weights-only unpickler and a fixed allow-list.
+- An official EmoCLIP state dict, read the same way: ``VClip``'s (``backbone.*`` the whole CLIP, ``temporal.*``,
+  ``logit_scale``) or ``DownstreamTask``'s without its ``mlp`` (``backbone.*`` the image tower only,
+  ``temporal.*``), either with or without DDP's ``module.``; a file without text tower is completed from OpenAI
+  CLIP ViT-B/32 and ``weights_info`` says so (:func:`load_emoclip`).
 - The project's own format: a folder with ``model.safetensors`` and ``config.json`` (architecture, class
   descriptions, provenance), written in one rename.
 
@@ -10,6 +14,7 @@ weights (:mod:`dferclip.weights.fetch`) reads and writes through this module too
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -24,7 +29,7 @@ from torch import nn
 from ..config import InputConfig, ModelConfig, PromptConfig, TemporalConfig
 from ..errors import CheckpointError, DescriptionError
 from ..files import atomic_folder, write_json
-from ..models import build_model
+from ..models import build_model, model_family
 from ..text.descriptions import DescriptionSet, as_description_set
 
 OWN_FORMAT = "dferclip.model/1"
@@ -62,7 +67,7 @@ def read_official(path: str | Path) -> dict:
         msg = str(e).split("\n")[0]
         if "Unsupported global" in str(e) or "weights_only" in str(e):
             raise CheckpointError(
-                f"{path.name} refers to Python objects outside the allow-list of official DFER-CLIP "
+                f"{path.name} refers to Python objects outside the allow-list of official DFER-CLIP and EmoCLIP "
                 f"checkpoints; refusing to unpickle it ({msg})"
             ) from None
         raise CheckpointError(f"cannot read {path.name}: {msg} (truncated or corrupt file?)") from None
@@ -70,7 +75,7 @@ def read_official(path: str | Path) -> dict:
         return obj
     if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"state_dict": obj}
-    raise CheckpointError(f"{path.name} holds no DFER-CLIP state_dict")
+    raise CheckpointError(f"{path.name} holds no DFER-CLIP or EmoCLIP state_dict")
 
 
 def _strip_prefix(sd: dict) -> dict:
@@ -112,6 +117,24 @@ def infer_official_config(sd: dict) -> ModelConfig:
                        input=InputConfig(num_frames=num_frames, image_size=grid * patch))
 
 
+# the temporal transformer both official codes share (Residual(PreNorm(Attention)), Residual(PreNorm(FeedForward)))
+_TEMPORAL_NAMES = {("0", "norm.weight"): "norm1.weight", ("0", "norm.bias"): "norm1.bias",
+                   ("0", "fn.to_qkv.weight"): "attn.qkv.weight", ("0", "fn.to_out.0.weight"): "attn.proj.weight",
+                   ("0", "fn.to_out.0.bias"): "attn.proj.bias", ("1", "norm.weight"): "norm2.weight",
+                   ("1", "norm.bias"): "norm2.bias", ("1", "fn.net.0.weight"): "fc1.weight",
+                   ("1", "fn.net.0.bias"): "fc1.bias", ("1", "fn.net.3.weight"): "fc2.weight",
+                   ("1", "fn.net.3.bias"): "fc2.bias"}
+
+
+def _temporal_layer_key(k: str, prefix: str) -> str:
+    """An official temporal-layer tensor name (``<prefix><i>.<0|1>.fn.<rest>``) -> ours."""
+    m = re.fullmatch(r"(\d+)\.(\d)\.fn\.(.*)", k[len(prefix):])
+    name = _TEMPORAL_NAMES.get((m[2], m[3])) if m else None
+    if name is None:
+        raise CheckpointError(f"unexpected temporal-model tensor {k}")
+    return f"temporal.layers.{m[1]}.{name}"
+
+
 def official_to_own(sd: dict) -> dict:
     """Official key names -> this project's (the duplicated CLIP under ``clip_model_`` is the source)."""
     sd = _strip_prefix(sd)
@@ -122,16 +145,7 @@ def official_to_own(sd: dict) -> dict:
         elif k in ("temporal_net.cls_token", "temporal_net.pos_embedding"):
             out["temporal." + k.split(".")[-1]] = v
         elif k.startswith("temporal_net.temporal_transformer.layers."):
-            i, sub, rest = re.match(r"temporal_net\.temporal_transformer\.layers\.(\d+)\.(\d)\.fn\.(.*)", k).groups()
-            name = {("0", "norm.weight"): "norm1.weight", ("0", "norm.bias"): "norm1.bias",
-                    ("0", "fn.to_qkv.weight"): "attn.qkv.weight", ("0", "fn.to_out.0.weight"): "attn.proj.weight",
-                    ("0", "fn.to_out.0.bias"): "attn.proj.bias", ("1", "norm.weight"): "norm2.weight",
-                    ("1", "norm.bias"): "norm2.bias", ("1", "fn.net.0.weight"): "fc1.weight",
-                    ("1", "fn.net.0.bias"): "fc1.bias", ("1", "fn.net.3.weight"): "fc2.weight",
-                    ("1", "fn.net.3.bias"): "fc2.bias"}.get((sub, rest))
-            if name is None:
-                raise CheckpointError(f"unexpected temporal-model tensor {k}")
-            out[f"temporal.layers.{i}.{name}"] = v
+            out[_temporal_layer_key(k, "temporal_net.temporal_transformer.layers.")] = v
         elif k == "prompt_learner.ctx":
             out["prompt.ctx"] = v
     # image_encoder.* / text_encoder.* alias clip_model_.*; a checkpoint where they differ is not official
@@ -163,8 +177,11 @@ def _check_prompt_buffers(model, sd: dict) -> None:
 
 
 def load_official(path: str | Path, descriptions=None) -> nn.Module:
+    """An official checkpoint: DFER-CLIP's, or any layout the EmoCLIP code writes (:func:`load_emoclip`)."""
     ck = read_official(path)
     sd = _strip_prefix(ck["state_dict"])
+    if is_emoclip(sd):
+        return load_emoclip(sd, path, descriptions)
     config = infer_official_config(sd)
     n_cls = sd["prompt_learner.ctx"].shape[0] if config.prompt.class_specific else None
     if n_cls is None:
@@ -188,6 +205,183 @@ def _scalar(v):
     if isinstance(v, torch.Tensor) and v.numel() == 1:
         return float(v.item())
     return v if isinstance(v, (int, float)) else None
+
+
+# --- official EmoCLIP checkpoints ----------------------------------------------------------------
+EMOCLIP_TEMPORAL = "temporal.temporal_transformer.layers."
+EMOCLIP_COMPLETION = ("ViT-B-32-quickgelu", "openai")  # what a file without text tower is completed from
+EMOCLIP_LAYOUTS = ("VClip: backbone.* (the whole CLIP), temporal.*, logit_scale", "DownstreamTask without its mlp: "
+                   "backbone.* (the CLIP image tower), temporal.*")
+
+
+def is_emoclip(sd: dict) -> bool:
+    """Whether a state dict (``module.`` stripped) is EmoCLIP's: its temporal model sits under ``temporal.``."""
+    return any(k.startswith(EMOCLIP_TEMPORAL) for k in sd)
+
+
+def emoclip_layout(sd: dict) -> str:
+    """"vclip" (``VClip.state_dict()``) or "downstream" (``DownstreamTask``'s: image tower only); anything else
+    is refused."""
+    if "backbone.visual.conv1.weight" in sd and "logit_scale" in sd:
+        layout = "vclip"
+        allowed = ("backbone.", "temporal.", "logit_scale")
+    elif "backbone.conv1.weight" in sd:
+        layout = "downstream"
+        allowed = ("backbone.", "temporal.", "mlp.")
+    else:
+        raise CheckpointError("not a layout the official EmoCLIP code writes; expected " + " or ".join(EMOCLIP_LAYOUTS))
+    stray = [k for k in sd if not k.startswith(allowed)]
+    if stray or not {"temporal.cls_token", "temporal.pos_embedding"} <= set(sd):
+        what = f"unexpected tensors {stray[:5]}" if stray else "no temporal class token or position table"
+        raise CheckpointError(f"not an official EmoCLIP {layout} layout: {what}; expected "
+                              + " or ".join(EMOCLIP_LAYOUTS))
+    return layout
+
+
+def _emoclip_clip_arch(sd: dict, visual: str, text: Optional[str]) -> dict:
+    """An open_clip architecture dict from the shapes (OpenAI CLIP: heads of 64, QuickGELU)."""
+    conv = sd[visual + "conv1.weight"]
+    width, patch = conv.shape[0], conv.shape[-1]
+    grid = round((sd[visual + "positional_embedding"].shape[0] - 1) ** 0.5)
+    arch = {"embed_dim": sd[visual + "proj"].shape[1], "quick_gelu": True,
+            "vision_cfg": {"image_size": grid * patch, "layers": _count(sd, visual + "transformer.resblocks."),
+                           "width": width, "head_width": 64, "patch_size": patch}}
+    if text is not None:
+        tw = sd[text + "ln_final.weight"].shape[0]
+        arch["text_cfg"] = {"context_length": sd[text + "positional_embedding"].shape[0],
+                            "vocab_size": sd[text + "token_embedding.weight"].shape[0], "width": tw,
+                            "heads": tw // 64, "layers": _count(sd, text + "transformer.resblocks.")}
+    return arch
+
+
+def _same_arch(a: dict, b: dict) -> bool:
+    """Same tower sizes (open_clip's default head width is 64, OpenAI's)."""
+    def sizes(d: dict) -> tuple:
+        return (d.get("embed_dim"), *({k: v for k, v in (d.get(c) or {}).items() if k != "head_width"}
+                                     for c in ("vision_cfg", "text_cfg")))
+    return sizes(a) == sizes(b)
+
+
+def infer_emoclip_config(sd: dict, layout: str) -> ModelConfig:
+    """Architecture from tensor shapes. Heads cannot be seen in them (only heads x dim_head): the official
+    ``VClip`` always uses 8 (its ``nhead`` default, which no official script changes)."""
+    from ..config import get_config
+    from ..models.clip_towers import clip_config_dict
+
+    try:
+        if layout == "vclip":
+            arch = _emoclip_clip_arch(sd, "backbone.visual.", "backbone.")
+        else:
+            arch = _emoclip_clip_arch(sd, "backbone.", None)
+            arch["text_cfg"] = clip_config_dict(EMOCLIP_COMPLETION[0])["text_cfg"]
+        official = clip_config_dict(EMOCLIP_COMPLETION[0])
+        clip = EMOCLIP_COMPLETION[0] if _same_arch(arch, official) else arch
+        inner = sd[EMOCLIP_TEMPORAL + "0.0.fn.fn.to_qkv.weight"].shape[0] // 3
+        temporal = TemporalConfig(layers=_count(sd, EMOCLIP_TEMPORAL), heads=8, dim_head=inner // 8,
+                                  mlp_dim=sd[EMOCLIP_TEMPORAL + "0.1.fn.fn.net.0.weight"].shape[0])
+        positions = sd["temporal.pos_embedding"].shape[1]
+    except (KeyError, IndexError) as e:
+        raise CheckpointError(f"not an official EmoCLIP checkpoint: missing tensor {e}") from None
+    if inner % 8:
+        raise CheckpointError(f"EmoCLIP temporal attention of width {inner}: not 8 heads as the official model")
+    base = get_config("emoclip-vit-b-32")
+    size = arch["vision_cfg"]["image_size"]
+    return base.replace(clip=clip, temporal=temporal, input=dataclasses.replace(base.input, image_size=size),
+                        extra=dict(base.extra, positions=positions))
+
+
+def emoclip_to_own(sd: dict, layout: str) -> dict:
+    """Official EmoCLIP names -> ours: the CLIP under ``clip.``, the temporal layers as ours, ``logit_scale`` ->
+    ``log_logit_scale``; a DownstreamTask's ``mlp`` (its supervised classifier head) is left out."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(EMOCLIP_TEMPORAL):
+            out[_temporal_layer_key(k, EMOCLIP_TEMPORAL)] = v
+        elif k in ("temporal.cls_token", "temporal.pos_embedding"):
+            out[k] = v
+        elif k == "logit_scale":
+            out["log_logit_scale"] = v.reshape(())
+        elif k.startswith("backbone."):
+            out[("clip." if layout == "vclip" else "clip.visual.") + k[len("backbone."):]] = v
+        elif not k.startswith("mlp."):
+            raise CheckpointError(f"unexpected EmoCLIP tensor {k}")
+    return out
+
+
+def _emoclip_completion(config: ModelConfig) -> nn.Module:
+    """OpenAI CLIP ViT-B/32 (open_clip), whose text tower and logit scale complete a file that lacks them."""
+    from .hub import pretrained_clip
+
+    return pretrained_clip(EMOCLIP_COMPLETION[0], EMOCLIP_COMPLETION[1])
+
+
+def load_emoclip(sd: dict, path: str | Path, descriptions=None) -> nn.Module:
+    """An EmoCLIP model from an official state dict (``module.`` stripped), in either layout the official code
+    writes (:func:`emoclip_layout`). A DownstreamTask file has no text tower and no logit scale: they come from
+    OpenAI CLIP ViT-B/32, which needs its weights here (downloaded, or in the Hugging Face cache), and
+    ``weights_info`` says so. Descriptions default to EmoCLIP's official MAFW sentences (the set it was trained
+    beside)."""
+    from ..models.emoclip import EmoCLIP
+    from ..text.descriptions import load_description_set
+
+    name = Path(path).name
+    layout = emoclip_layout(sd)
+    config = infer_emoclip_config(sd, layout)
+    try:
+        ds = free_descriptions(descriptions, load_description_set(f"{EmoCLIP.official_descriptions}-mafw"))
+    except DescriptionError as e:
+        raise CheckpointError(f"{name}: {e}") from None
+    info = {"kind": "official-emoclip", "trained": True, "source": str(path),
+            "layout": "VClip" if layout == "vclip" else "DownstreamTask"}
+    if layout == "vclip":
+        model = build_model(config, ds)
+    else:
+        if config.clip != EMOCLIP_COMPLETION[0]:
+            raise CheckpointError(f"{name}: an EmoCLIP DownstreamTask file whose image tower is not ViT-B/32 cannot "
+                                  "be completed with OpenAI CLIP ViT-B/32's text tower")
+        try:
+            completion = _emoclip_completion(config)
+        except CheckpointError as e:
+            raise type(e)(f"{name} holds EmoCLIP's image tower and temporal model only (DownstreamTask layout); "
+                          f"its text tower and logit scale must come from OpenAI CLIP ViT-B/32: {e}") from None
+        model = build_model(config, ds)
+        model.clip.load_state_dict(completion.state_dict())
+        with torch.no_grad():
+            model.log_logit_scale.copy_(completion.logit_scale.detach().reshape(()))
+        info["completed_from"] = "OpenAI CLIP ViT-B/32 (open_clip 'openai'): text tower and logit scale"
+        info["warning"] = ("the file holds EmoCLIP's image tower and temporal model only; its text tower and logit "
+                           "scale are OpenAI CLIP ViT-B/32's")
+    own = emoclip_to_own(sd, layout)
+    try:
+        missing, unexpected = model.load_state_dict(own, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"{name}: tensors of unexpected shapes: {str(e).splitlines()[-1].strip()}") from None
+    if layout == "downstream":  # the text tower and logit scale were set above
+        missing = [k for k in missing if k.startswith(("clip.visual.", "temporal."))]
+    if missing or unexpected:
+        raise CheckpointError(f"{name}: tensors missing {missing[:5]} / unexpected {unexpected[:5]}")
+    if "mlp.0.weight" in sd:
+        info["ignored"] = "the DownstreamTask's mlp classifier head (not used for zero-shot)"
+    model.weights_info = info
+    return model
+
+
+def free_descriptions(descriptions, default: DescriptionSet) -> DescriptionSet:
+    """The set a model with nothing learned per class (EmoCLIP) uses: any set, of any number of classes; a bare
+    list of texts takes ``default``'s classes."""
+    from ..text.descriptions import load_description_set
+
+    if descriptions is None:
+        return default
+    if isinstance(descriptions, DescriptionSet):
+        return descriptions
+    if isinstance(descriptions, (str, Path)):
+        return load_description_set(descriptions)
+    items = list(descriptions)
+    if len(items) != default.num_classes:
+        raise DescriptionError(f"{len(items)} descriptions given for the {default.num_classes} classes of "
+                               f"{default.name!r}")
+    return default.with_descriptions(items)
 
 
 # --- the project's own format ----------------------------------------------------------------
@@ -251,7 +445,12 @@ def load_own(path: str | Path, descriptions=None) -> nn.Module:
             raise TypeError("weights is not a mapping")
     except (KeyError, TypeError, ValueError, AttributeError, DescriptionError) as e:
         raise CheckpointError(f"{cfg_path} is malformed ({_reason(e)})") from None
-    ds = saved if descriptions is None else as_description_set(descriptions, saved.num_classes)
+    try:
+        free = not getattr(model_family(config.family), "has_learned_prompts", True)
+    except ValueError as e:
+        raise CheckpointError(f"{cfg_path} describes no model this version can build ({_reason(e)})") from None
+    ds = (free_descriptions(descriptions, saved) if free else
+          saved if descriptions is None else as_description_set(descriptions, saved.num_classes))
     try:
         model = build_model(config, ds)
     except (KeyError, TypeError, ValueError, AttributeError) as e:

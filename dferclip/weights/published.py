@@ -22,7 +22,7 @@ from ..files import cache_dir
 REGISTRY_FILE = Path(__file__).with_name("published.json")
 FORMAT = "dferclip.published/1"
 HOSTS = ("drive", "hub", "open_clip")
-_FAMILY_NAMES = {"dferclip": "DFER-CLIP", "fineclipper": "FineCLIPER", "clip": "CLIP"}
+_FAMILY_NAMES = {"dferclip": "DFER-CLIP", "fineclipper": "FineCLIPER", "emoclip": "EmoCLIP", "clip": "CLIP"}
 
 
 @dataclass(frozen=True)
