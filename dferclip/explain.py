@@ -206,11 +206,12 @@ def resolve_class(model, class_index) -> int:
 def text_embedding(model, text: str, class_index=None) -> torch.Tensor:
     """A text's (D,) normalised embedding: with a class, the text as a descriptor of that class (DFER-CLIP: its
     learned context; FineCLIPER: written into the positive descriptor template, through the positive
-    adapters), as the workbench's learned rows; without, plain CLIP text features."""
+    adapters), as the workbench's learned rows; without, or for a model without learned prompts (EmoCLIP, whose
+    class embeddings are these), plain CLIP text features."""
     if not text or not text.strip():
         raise ExplainError("the text to explain is empty")
     with torch.no_grad():
-        if class_index is None:
+        if class_index is None or not model.has_learned_prompts:
             return model.encode_texts([text.strip()])[0]
         return F.normalize(model.encode_prompts([text.strip()], [resolve_class(model, class_index)]), dim=-1)[0]
 

@@ -245,7 +245,9 @@ class Workbench:
 
     def reserved_tokens(self) -> int:
         """Tokens the learned path puts around a description: DFER-CLIP's context tokens, or the words of a
-        PN model's positive descriptor template (the longest over its classes)."""
+        PN model's positive descriptor template (the longest over its classes); none without learned prompts."""
+        if not self.model.has_learned_prompts:
+            return 0
         if not self.has_pn:
             return self.model.config.prompt.n_ctx
         from .text.tokens import token_count
@@ -305,8 +307,9 @@ class Workbench:
 
     # --- scoring ---------------------------------------------------------------------------------
     def learned_available(self, ds: Optional[DescriptionSet] = None) -> bool:
-        """Learned prompts need the model's classes (its contexts are class-specific)."""
-        return (ds or self.current).num_classes == self.model.num_classes
+        """Learned prompts need a model that has them (EmoCLIP has none) and its classes (DFER-CLIP's contexts are
+        class-specific)."""
+        return self.model.has_learned_prompts and (ds or self.current).num_classes == self.model.num_classes
 
     def modes(self) -> list[str]:
         return [m for m in SCORE_MODES if m == "zero-shot" or self.learned_available()]
