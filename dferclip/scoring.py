@@ -308,6 +308,8 @@ def _encode_clip(model, video: torch.Tensor) -> VideoEmbedding:
     with torch.no_grad():
         video = zero_gpu.place(video, device)
         learned = F.normalize(model.encode_video(video).float(), dim=-1)[0].cpu()
+        if not model.has_learned_prompts:  # EmoCLIP: its zero-shot video embedding is this one, not encoded twice
+            return VideoEmbedding(learned, learned)
         zero_shot = model.zero_shot_video(video).float()[0].cpu()  # scoring happens where these live
     return VideoEmbedding(learned, zero_shot)
 

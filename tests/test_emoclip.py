@@ -186,6 +186,17 @@ def test_real_size_downstream_file_is_the_published_architecture(fx):
     fetch.check_fits(SimpleNamespace(config=config, num_classes=11), published.get_entry("emoclip-b32"))
 
 
+def test_half_precision_file_as_written_on_gpu_loads_in_fp32(official_state, fixture_texts, fx, tmp_path):
+    """On CUDA, ``clip.load`` converts CLIP's linear and conv weights to fp16, so VClip files hold fp16 tensors."""
+    half = {k: v.half() if k.startswith("backbone.") and v.dim() > 1 else v for k, v in official_state.items()}
+    path = tmp_path / "vclip-fp16.pth"
+    torch.save(half, path)
+    model = load_model(path, descriptions=fixture_texts)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    with torch.no_grad():
+        assert (model(fx["video"]) - fx["logits"]).abs().max() <= 1e-2  # fp16-rounded weights, fp32 compute
+
+
 def test_other_layouts_are_refused(official_state, fx, tmp_path):
     cases = {
         "no-backbone": {k: v for k, v in official_state.items() if k.startswith("temporal.")},
@@ -253,6 +264,10 @@ def test_zero_shot_only_and_zero_shot_is_emoclip_not_plain_clip():
     assert (scores.logits - logits).abs().max() <= 1e-4  # the workbench's zero-shot scores are the model's
     texts, _ = model.zero_shot_texts()
     assert texts == model.descriptions.first_descriptions()  # the bare sentences, as eval.py
+    from dferclip.scoring import encode_clip
+
+    emb = encode_clip(model, video[:1])
+    assert torch.equal(emb.learned, emb.zero_shot) and (emb.zero_shot - zs_video[0]).abs().max() <= 1e-6
     wb = Workbench(model)
     assert wb.modes() == ["zero-shot"] and wb.reserved_tokens() == 0
     # any number of classes: nothing is learned per class
