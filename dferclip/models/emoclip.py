@@ -8,7 +8,7 @@ Facts from the official code (``NickyFot/EmoCLIP`` at 6b4decf, Apache-2.0; read 
 
 - ``architecture/video_clip.py`` (``VClip``): OpenAI CLIP ViT-B/32; the video embedding is the temporal
   transformer's class-token output over the per-frame ``encode_image`` features; the logit is
-  ``logit_scale.exp()`` times the cosine, ``logit_scale`` a learned copy of CLIP's (ln 100 at the start);
+  ``logit_scale.exp()`` times the cosine, ``logit_scale`` a learned copy of CLIP's (about ln 100);
   ``eval.py`` builds ``VClip(num_layers=2)``.
 - ``architecture/transformer.py``: a learned class token and a learned table of 1024 positions; pre-norm
   residual blocks (LayerNorm eps 1e-5); attention of 8 heads of width 2048 (inner width 16384) with q/k/v
@@ -31,9 +31,10 @@ Input, from ``DataLoaders/`` and ``experiments/DFEW_zeroshot_hpc.sh``, and where
   then 32 consecutive ones of those (``RandomSequence(32)``), sampler ``"window:4"``. The official loader
   starts the run at random even at test time; here it is centred (deterministic). DFER-CLIP takes 16
   frames, the middle frame of each of 16 equal segments.
-- Pixels: CLIP's mean/std normalisation and a bicubic resize to 224 (``Resize(224, BICUBIC)`` then
-  ``CenterCrop(224)``, a no-op on the square face crops this project feeds). DFER-CLIP: bilinear resize,
-  pixels / 255 with no mean/std.
+- Pixels: CLIP's mean/std normalisation and a bicubic resize to 224 (official: ``Resize(224, BICUBIC,
+  antialias=None)`` on tensors, which in its pinned torchvision 0.14 does not antialias, then
+  ``CenterCrop(224)``; here PIL's bicubic, antialiased, on the square face crop, where the centre crop has
+  nothing to cut). DFER-CLIP: bilinear resize, pixels / 255 with no mean/std.
 
 There are no learned prompts: ``has_learned_prompts`` is False, and the scoring modes ``zero-shot`` and
 the model's own path are the same computation (:meth:`zero_shot_video` is the temporal video embedding and
