@@ -80,3 +80,29 @@ def test_ferv39k_starts_from_its_own_set_and_says_why_the_text_is_dfew_s(page): 
     expect(status).to_contain_text("dferclip-official-ferv39k", timeout=60_000)
     expect(status).to_contain_text("FERV39k has DFEW's classes")
     expect(status).to_contain_text("the same sentences")
+
+
+def test_generate_says_beforehand_what_it_will_do_and_a_failure_marks_only_its_own_line(page):  # noqa: F811
+    """Items g and b: offline without the local model, the Generate section says so when it opens, in a
+    visitor's words (no command line); the click then fails on the section's own status line alone."""
+    from playwright.sync_api import expect
+
+    rescore_and_wait(page, expect)
+    page.get_by_text("Generate with an LLM").click()
+    hint = page.locator("#generate-hint")
+    expect(hint).to_contain_text("no internet connection", timeout=10_000)
+    expect(hint).to_contain_text("edit the descriptions in the table by hand")
+    assert "python -m" not in hint.inner_text() and "`" not in hint.inner_text()
+    page.locator("#generator").get_by_text("a server").click()
+    expect(hint).to_contain_text("one request per class", timeout=10_000)
+    page.locator("#generator").get_by_text("local model").click()
+    expect(hint).to_contain_text("no internet connection", timeout=10_000)
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#generate-status")).to_contain_text("Error", timeout=30_000)
+    toast = page.get_by_text(re.compile("cannot write descriptions here"))
+    expect(toast.first).to_be_visible(timeout=10_000)
+    page.wait_for_timeout(1000)
+    for unrelated in ("prompts-sent", "workbench-status", "descriptions-table", "workbench-scores"):
+        expect(page.locator(f"#{unrelated}")).not_to_contain_text("Error")
+    assert not page.errors, page.errors
+

@@ -105,6 +105,19 @@ def _hub_cache_dir() -> Optional[str]:
     return os.environ.get("HF_HUB_CACHE") or None
 
 
+def is_downloaded(spec: LocalModelSpec) -> bool:
+    """Whether the model's snapshot is in the local Hub cache (looked up on disk only, never on the network)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        snapshot_download(spec.repo_id, revision=spec.revision, allow_patterns=SNAPSHOT_FILES,
+                          cache_dir=_hub_cache_dir(), local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return False
+    return True
+
+
 def model_folder(spec: LocalModelSpec) -> Path:
     """The model's snapshot folder in the Hub cache, downloaded on first use (with huggingface_hub's progress
     bars). Offline or unreachable: the cache only, and a clear :class:`LLMConnectionError` if it is not there."""

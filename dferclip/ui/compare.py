@@ -134,27 +134,26 @@ def compare_event(ctx: AppContext, model_key: Optional[str], a: str, b: str, sta
     return "\n".join(lines), clip_table, recall_table, gallery, diff_md, result
 
 
-def build_compare_section(ctx: AppContext, parts: dict) -> None:
-    """The "Compare two sets" accordion at the end of the Descriptions tab and its ``/compare_sets`` endpoint.
-    ``parts``: the tab's components (``build_workbench_tab``'s result)."""
+def build_compare_section(ctx: AppContext, view) -> None:
+    """The "Compare two sets" accordion, last in the Descriptions tab, and its ``/compare_sets`` endpoint.
+    ``view``: the tab's shared components (``ui.workbench.WorkbenchView``)."""
     names = STATE_CHOICES + saved_set_names(ctx, None)
-    with parts["tab"]:
-        with gr.Accordion("Compare two sets (A vs B)", open=False, elem_id="compare-section"):
-            with gr.Row():
-                # custom values pass: the visitor's own saved sets join the choices per session, and
-                # load_named_set checks every name (public: shipped sets and this session's own only)
-                a = gr.Dropdown(names, value="baseline", label="A", allow_custom_value=True, elem_id="compare-a")
-                b = gr.Dropdown(names, value="current", label="B", allow_custom_value=True, elem_id="compare-b")
-                go = gr.Button("Compare", variant="primary", elem_id="compare-button", scale=0, min_width=120)
-            summary = gr.Markdown(elem_id="compare-summary")
-            clip_table = gr.Dataframe(label="Current clip: probabilities (%) under A and B", interactive=False,
-                                      elem_id="compare-clip")
-            recall = gr.Dataframe(label="Per-class recall (%) on the evaluation set", interactive=False,
-                                  elem_id="compare-recall")
-            flips = gr.Gallery(label="Clips whose prediction flips", columns=4, height="auto", object_fit="contain",
-                               elem_id="compare-flips")
-            diff_md = gr.Markdown(elem_id="compare-diff")
-            result = gr.JSON(visible=False)
+    with gr.Accordion("Compare two sets (A vs B)", open=False, elem_id="compare-section"):
+        with gr.Row():
+            # custom values pass: the visitor's own saved sets join the choices per session, and
+            # load_named_set checks every name (public: shipped sets and this session's own only)
+            a = gr.Dropdown(names, value="baseline", label="A", allow_custom_value=True, elem_id="compare-a")
+            b = gr.Dropdown(names, value="current", label="B", allow_custom_value=True, elem_id="compare-b")
+            go = gr.Button("Compare", variant="primary", elem_id="compare-button", scale=0, min_width=120)
+        summary = gr.Markdown(elem_id="compare-summary")
+        clip_table = gr.Dataframe(label="Current clip: probabilities (%) under A and B", interactive=False,
+                                  elem_id="compare-clip")
+        recall = gr.Dataframe(label="Per-class recall (%) on the evaluation set", interactive=False,
+                              elem_id="compare-recall")
+        flips = gr.Gallery(label="Clips whose prediction flips", columns=4, height="auto", object_fit="contain",
+                           elem_id="compare-flips")
+        diff_md = gr.Markdown(elem_id="compare-diff")
+        result = gr.JSON(visible=False)
 
     def compare(model_key, a_v, b_v, state_v, own, combine_v, clip, eval_set, request: gr.Request = None):
         try:
@@ -167,7 +166,7 @@ def build_compare_section(ctx: AppContext, parts: dict) -> None:
         choices = STATE_CHOICES + saved_set_names(ctx, own)
         return gr.Dropdown(choices=choices), gr.Dropdown(choices=choices)
 
-    go.click(compare, [ctx.model_dropdown, a, b, parts["state"], parts["own_sets"], parts["combine"], ctx.clip,
-                       parts["eval_state"]], [summary, clip_table, recall, flips, diff_md, result],
+    go.click(compare, [ctx.model_dropdown, a, b, view.state, view.own_sets, view.combine, ctx.clip,
+                       view.eval_state], [summary, clip_table, recall, flips, diff_md, result],
              api_name="compare_sets", **ctx.groups["long"])
-    parts["own_sets"].change(refresh, parts["own_sets"], [a, b], api_visibility="private", queue=False)
+    view.own_sets.change(refresh, view.own_sets, [a, b], api_visibility="private", queue=False)

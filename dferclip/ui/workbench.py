@@ -22,16 +22,16 @@ import logging
 import tempfile
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import gradio as gr
 import numpy as np
 import pandas as pd
 
-from .. import pacing
-from ..errors import DataError, DescriptionError, DferclipError, LLMRateLimitError
+from ..errors import DataError, DescriptionError, DferclipError
 from ..files import prune_folders, write_json
 from ..scoring import (
     COMBINE_MODES,
@@ -44,12 +44,9 @@ from ..text.descriptions import (
     diff_description_sets,
     list_description_sets,
     load_description_set,
-    read_description_file,
     shipped_names,
     validate_name,
 )
-from ..text.llm import LLMSettings, get_style, prompt_styles, visitor_settings
-from ..text.local_llm import local_models
 from .charts import CHART_CSS, Bar, bar_chart_html
 from .errors import user_error
 from ..labelled import LabelledClip, read_hf_dataset, read_labels_csv, read_uploaded_labels
@@ -57,13 +54,11 @@ from ..workbench import (
     Workbench,
     class_set_choices,
     descriptions_to_rows,
-    numeric_labels_allowed,
     rows_to_descriptions,
     same_text_as,
     starting_set,
 )
 from .explain import build_explain_section
-from .predict import APP_LIMITS
 from .scheduler import BusyError
 
 log = logging.getLogger(__name__)
@@ -72,7 +67,7 @@ HEADERS = ["class", "description"]
 MODE_LABELS = {"zero-shot": "zero-shot (CLIP towers)", "learned": "learned prompts (DFER-CLIP contexts)"}
 PN_LEARNED_LABEL = "learned (FineCLIPER positive/negative adapters)"
 VERSION_COLORS = {"current": "#4f46e5", "baseline": "#f0a040"}
-CONTRIBUTION_WIDTHS = ["12%", "13%", "49%", "13%", "13%"]
+CONTRIBUTION_WIDTHS = ["96px", "112px", "auto", "112px", "120px"]  # fixed: a phone scrolls the table sideways
 PN_TITLE = "positive vs negative descriptors (current clip, learned)"
 PN_COLORS = {"positive": "rgb(0, 128, 0)", "negative": "rgb(255, 0, 0)"}
 
@@ -522,161 +517,131 @@ MAX_SET_FILES = 2000  # downloadable set files kept (a few kB each); the oldest 
 
 
 # --- the tab ---------------------------------------------------------------------------------------
-def build_workbench_tab(ctx) -> dict:
+@dataclass
+class WorkbenchView:
+    """The tab's components that its sections share. The editor (:func:`build_editor`) makes them; each
+    section (``ui/explain.py``, ``ui/generate.py``, ``ui/evaluation.py``, ``ui/set_files.py``,
+    ``ui/compare.py``, and ``ui/share.py`` from outside the tab) builds its own components and wires its own
+    events."""
+
+    tab: gr.Tab
+    first: DescriptionSet  # the set the page starts from
+    state: gr.State  # baseline / previous / current sets and the combine mode
+    eval_state: gr.State  # the evaluation set's embeddings
+    own_sets: gr.State  # public mode: the sets this visitor saved (name -> set dict)
+    stash: gr.State  # unsaved edits put aside by a change of class set (restorable)
+    class_set: gr.Radio
+    saved: gr.Dropdown
+    combine: gr.Radio
+    table: gr.Dataframe
+    status: gr.Markdown
+    only: gr.Dropdown  # Generate's classes: drawn by that section, its choices follow the class set
+    metrics: gr.Dataframe  # UAR / WAR, per-class recall, confusion: drawn by the evaluation section
+    recall: gr.Dataframe
+    confusion: gr.Markdown
+    score_outputs: list = field(default_factory=list)  # what every scoring fills (workbench_outputs' order)
+    start_outputs: list = field(default_factory=list)  # a new starting set: table, class pickers, scores, stash
+
+
+def started(ds_classes, out, stash_v, note=""):
+    """A start's outputs (``start_outputs``) from (table, Generate's classes) + the scoring outputs: the status
+    gets ``note``; the put-aside edits and their Restore button follow."""
+    first_class = ds_classes[0] if ds_classes else None
+    out = list(out)
+    out[3] = (out[3] + " " + note).strip()  # the status
+    return (out[0], out[1], gr.update(choices=ds_classes, value=first_class), *out[2:], stash_v,
+            gr.update(visible=stash_v is not None))
+
+
+def build_workbench_tab(ctx) -> WorkbenchView:
     """The "Descriptions" tab. Needs ``ctx.model_dropdown``, ``ctx.model(key)`` and ``ctx.clip`` (see context.py).
-    Returns the components other sections fill (``ui/share.py``): the tab, table, combine mode, class set and
-    scoring outputs."""
-    sets = class_set_choices()
-    styles = prompt_styles()
-    default_style = next(iter(styles))
+    Returns its components for the sections outside it (``ui/share.py``)."""
+    from .compare import build_compare_section
+    from .evaluation import build_evaluation_section
+    from .generate import build_generate_section
+    from .set_files import build_set_files_section
 
     with gr.Tab("Descriptions", id="descriptions") as tab:
-        try:  # the default weights may still be downloading: the intro is then generic until the first score
-            default_model = ctx.model(ctx.registry.default_key)
-        except DferclipError:
-            default_model = None
-        intro = gr.Markdown(intro_text(default_model), elem_id="workbench-intro")
-        first = starting_set(next(iter(sets)))
-        state = gr.State({"baseline": first.to_dict(), "previous": first.to_dict(), "current": first.to_dict(),
-                          "combine": COMBINE_MODES[0]})
-        eval_state = gr.State(None)
-        own_sets = gr.State({})  # public mode: the sets this visitor saved (name -> set dict)
-        stash = gr.State(None)  # unsaved edits put aside by a change of class set (restorable)
-        public = ctx.policy.public
-        with gr.Row():
-            class_set = gr.Radio(list(sets) + ["custom"], value=next(iter(sets)), label="Class set", scale=2)
-            custom = gr.Textbox(label="Custom classes", scale=2, placeholder="e.g. happy, sad, bored",
-                                info="comma-separated; press Enter to apply", elem_id="custom-classes")
-            saved = gr.Dropdown(saved_set_names(ctx, None), value=None, label="Start from a saved set", scale=2,
-                                elem_id="saved-set")
-            combine = gr.Radio(list(COMBINE_MODES), value="mean-embedding", label="Combine descriptors", scale=2)
-        table = gr.Dataframe(_rows_df(first), headers=HEADERS, datatype=["str", "str"], type="pandas", interactive=True,
-                             wrap=True, label="Descriptions (class column: a class name of the set)",
-                             elem_id="descriptions-table")
-        with gr.Row(elem_id="workbench-actions"):
-            rescore_btn = gr.Button("Re-score", variant="primary")
-            add_class = gr.Dropdown(first.classes, value=first.classes[0], label="Add a row for", scale=1,
-                                    elem_id="add-row-class")
-            add_row_btn = gr.Button("Add descriptor row")
-            restore_btn = gr.Button("Restore edits", visible=False, elem_id="restore-edits")
-        status = gr.Markdown(NO_CLIP_YET, elem_id="workbench-status")
-        flags = gr.Markdown(label="Flags")
-        with gr.Row(elem_id="workbench-charts"):
-            bars_zero = gr.HTML(visible=False, elem_id="bars-zero-shot", css_template=CHART_CSS, min_width=280)
-            bars_learned = gr.HTML(visible=False, elem_id="bars-learned", css_template=CHART_CSS, min_width=280)
-        # positive/negative descriptor models only (FineCLIPER); hidden for the others
-        bars_pn = gr.HTML(visible=False, elem_id="workbench-pn", css_template=CHART_CSS)
-        pn_md = gr.Markdown(visible=False, elem_id="workbench-pn-note")
-        scores = gr.Dataframe(empty_scores(first.classes), interactive=False, elem_id="workbench-scores",
-                              label="Scores of the current clip (logit = 100·cos; %; Δ of % in points)")
-        with gr.Accordion("Per-descriptor contributions", open=True):
-            contributions = gr.Dataframe(empty_contributions(), interactive=False, wrap=True,
-                                         elem_id="workbench-contributions",
-                                         column_widths=CONTRIBUTION_WIDTHS,
-                                         label="similarity = 100·cos(clip, descriptor); a class's logit is the "
-                                               "sum of its contributions")
-        build_explain_section(ctx, "descriptor", table=table)
+        view = build_editor(ctx, tab)
+        build_explain_section(ctx, "descriptor", table=view.table)
+        build_generate_section(ctx, view)
+        build_evaluation_section(ctx, view)
+        build_set_files_section(ctx, view)
+        build_compare_section(ctx, view)
+    return view
 
-        with gr.Accordion("Generate with an LLM (a small local model, or any OpenAI-compatible server)", open=False):
-            local_names = list(local_models())
-            with gr.Row():
-                generator = gr.Radio([("local model (no key needed; first use downloads it)", "local"),
-                                      ("a server (OpenAI, vLLM, Ollama, LM Studio)", "openai")],
-                                     value=LLMSettings.from_env().backend, label="Generator", scale=3)
-                local_model = gr.Dropdown(local_names, value=local_names[0] if local_names else None,
-                                          label="Local model", scale=1)
-            with gr.Row():
-                style = gr.Dropdown([(s.label, k) for k, s in styles.items()], value=default_style, label="Style")
-                llm_model = gr.Textbox(label="LLM name", placeholder="$DFERCLIP_LLM_MODEL or gpt-4o-mini")
-                base_url = gr.Textbox(label="Base URL", placeholder="$OPENAI_BASE_URL or https://api.openai.com/v1")
-                api_key = gr.Textbox(label="API key (this session only; never saved)", type="password",
-                                     placeholder="$OPENAI_API_KEY")
-            with gr.Row():
-                only = gr.Dropdown(first.classes, value=[], multiselect=True, label="Classes (empty: all)")
-                n_desc = gr.Number(value=styles[default_style].n, precision=0, label="Descriptions per class")
-                mode_gen = gr.Radio(["replace", "add"], value="replace", label="Generated descriptions")
-            system_prompt = gr.Textbox(value=styles[default_style].system, label="System prompt", lines=2)
-            prompt = gr.Textbox(value=styles[default_style].user, lines=4,
-                                label="Prompt template ({name} {article} {others} {n} {example})")
-            source_md = gr.Markdown(f"_Source: {styles[default_style].source}_")
-            with gr.Row():
-                generate_btn = gr.Button("Generate", variant="primary")
-                cancel_btn = gr.Button("Cancel generation")
-            sent = gr.Textbox(label="Prompts sent", lines=4, interactive=False)
 
-        with gr.Accordion("Evaluation set (clips + labels)", open=False):
-            limit = f"at most {ctx.policy.max_eval_clips} clips"
-            if public:  # no input that names a file on the server: neither in the page nor in the API
-                gr.Markdown(f"Upload the clips with a CSV of `file name,label` rows (labels: class names or 0-based "
-                            f"indices; {limit}). Embeddings are computed once.")
-                eval_files = gr.File(file_count="multiple", label="Clips and labels CSV (upload)")
-                eval_btn = gr.Button("Load evaluation set")
-                server_inputs = []
-            else:
-                gr.Markdown(f"A CSV of `path,label` rows (labels: class names or 0-based indices; {limit}) with the "
-                            "clips, as uploaded files or a folder on this machine; or a `datasets` folder. "
-                            "Embeddings are computed once.")
-                with gr.Row():
-                    eval_files = gr.File(file_count="multiple", label="Clips and labels CSV (upload)")
-                    with gr.Column():
-                        eval_folder = gr.Textbox(label="or: folder on this machine with the clips")
-                        eval_csv = gr.Textbox(label="and its labels CSV (path)")
-                        eval_hf = gr.Textbox(label="or: datasets folder (save_to_disk)")
-                        eval_btn = gr.Button("Load evaluation set")
-                server_inputs = [eval_folder, eval_csv, eval_hf]
-            metrics = gr.Dataframe(label="UAR / WAR (%)", interactive=False, elem_id="workbench-metrics")
-            recall = gr.Dataframe(label="Per-class recall (%)", interactive=False)
-            confusion = gr.Markdown()
+def build_editor(ctx, tab) -> WorkbenchView:
+    """The set picker, the table, the scores of the current clip and their events: starting from a set,
+    editing, re-scoring, restoring put-aside edits, switching models."""
+    sets = class_set_choices()
+    try:  # the default weights may still be downloading: the intro is then generic until the first score
+        default_model = ctx.model(ctx.registry.default_key)
+    except DferclipError:
+        default_model = None
+    intro = gr.Markdown(intro_text(default_model), elem_id="workbench-intro")
+    first = starting_set(next(iter(sets)))
+    state = gr.State({"baseline": first.to_dict(), "previous": first.to_dict(), "current": first.to_dict(),
+                      "combine": COMBINE_MODES[0]})
+    eval_state, own_sets, stash = gr.State(None), gr.State({}), gr.State(None)
+    with gr.Row():
+        class_set = gr.Radio(list(sets) + ["custom"], value=next(iter(sets)), label="Class set", scale=2)
+        custom = gr.Textbox(label="Custom classes", scale=2, placeholder="e.g. happy, sad, bored",
+                            info="comma-separated; press Enter to apply", elem_id="custom-classes")
+        saved = gr.Dropdown(saved_set_names(ctx, None), value=None, label="Start from a saved set", scale=2,
+                            elem_id="saved-set")
+        combine = gr.Radio(list(COMBINE_MODES), value="mean-embedding", label="Combine descriptors", scale=2)
+    table = gr.Dataframe(_rows_df(first), headers=HEADERS, datatype=["str", "str"], type="pandas", interactive=True,
+                         wrap=True, label="Descriptions (class column: a class name of the set)",
+                         elem_id="descriptions-table")
+    with gr.Row(elem_id="workbench-actions"):
+        rescore_btn = gr.Button("Re-score", variant="primary")
+        add_class = gr.Dropdown(first.classes, value=first.classes[0], label="Add a row for", scale=1,
+                                elem_id="add-row-class")
+        add_row_btn = gr.Button("Add descriptor row")
+        restore_btn = gr.Button("Restore edits", visible=False, elem_id="restore-edits")
+    status = gr.Markdown(NO_CLIP_YET, elem_id="workbench-status")
+    flags = gr.Markdown(label="Flags")
+    with gr.Row(elem_id="workbench-charts"):
+        bars_zero = gr.HTML(visible=False, elem_id="bars-zero-shot", css_template=CHART_CSS, min_width=280)
+        bars_learned = gr.HTML(visible=False, elem_id="bars-learned", css_template=CHART_CSS, min_width=280)
+    # positive/negative descriptor models only (FineCLIPER); hidden for the others
+    bars_pn = gr.HTML(visible=False, elem_id="workbench-pn", css_template=CHART_CSS)
+    pn_md = gr.Markdown(visible=False, elem_id="workbench-pn-note")
+    scores = gr.Dataframe(empty_scores(first.classes), interactive=False, elem_id="workbench-scores",
+                          label="Scores of the current clip (logit = 100·cos; %; Δ of % in points)")
+    with gr.Accordion("Per-descriptor contributions", open=True):
+        contributions = gr.Dataframe(empty_contributions(), interactive=False, wrap=True,
+                                     elem_id="workbench-contributions", column_widths=CONTRIBUTION_WIDTHS,
+                                     label="similarity = 100·cos(clip, descriptor); a class's logit is the sum of "
+                                           "its contributions")
+    # drawn by their sections further down (render=False here: the editor's events fill them)
+    only = gr.Dropdown(first.classes, value=[], multiselect=True, label="Classes (empty: all)", render=False)
+    metrics = gr.Dataframe(label="UAR / WAR (%)", interactive=False, elem_id="workbench-metrics", render=False)
+    recall = gr.Dataframe(label="Per-class recall (%)", interactive=False, render=False)
+    confusion = gr.Markdown(render=False)
 
-        with gr.Accordion("Save, download, upload, diff", open=False):
-            with gr.Row(equal_height=True):
-                save_name = gr.Textbox(label="Name", placeholder="letters, digits, - _ .")
-                with gr.Column(min_width=160):
-                    save_btn = gr.Button("Save")
-                    save_msg = gr.Markdown(elem_id="save-message")
-                download = gr.DownloadButton("Download current set (.json)", value=set_file(first.to_dict()),
-                                             elem_id="download-set")
-                upload = gr.File(label="Upload a set (.json)", file_types=[".json"])
-            with gr.Row():
-                diff_a = gr.Dropdown(["baseline", "previous"] + saved_set_names(ctx, None), value="baseline", label="A",
-                                     elem_id="diff-a")
-                diff_b = gr.Dropdown(["current", "baseline", "previous"] + saved_set_names(ctx, None), value="current",
-                                     label="B", elem_id="diff-b")
-                diff_btn = gr.Button("Diff")
-            diff_md = gr.Markdown()
-
-    # --- event functions ---------------------------------------------------------------------------
     score_outputs = [state, status, flags, bars_zero, bars_learned, bars_pn, pn_md, scores, contributions, metrics,
                      recall, confusion, intro]
-    # a new starting set: the table, the class pickers, the scoring outputs, then the put-aside edits
-    start_outputs = [table, only, add_class] + score_outputs + [stash, restore_btn]
-
-    def started(ds_classes, out, stash_v, note=""):
-        first_class = ds_classes[0] if ds_classes else None
-        out = list(out)
-        out[3] = (out[3] + " " + note).strip()  # the status
-        return (out[0], out[1], gr.update(choices=ds_classes, value=first_class), *out[2:], stash_v,
-                gr.update(visible=stash_v is not None))
+    view = WorkbenchView(tab, first, state, eval_state, own_sets, stash, class_set, saved, combine, table, status,
+                         only, metrics, recall, confusion, score_outputs,
+                         [table, only, add_class] + score_outputs + [stash, restore_btn])
 
     def start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own, state_v, stash_v,
               request: gr.Request = None):
-        with _quick(ctx, request):
-            return _start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own, state_v, stash_v)
-
-    def _start(model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own, state_v, stash_v):
         names = [c for c in next(csv.reader([str(custom_v or "")]), []) if c.strip()]
         if class_set_v == "custom" and not saved_v and not names:  # nothing typed yet: say how, change nothing
-            return tuple(gr.skip() for _ in start_outputs[:4]) + (
-                "Type the custom class names, comma-separated, and press Enter to apply them.",) + tuple(
-                gr.skip() for _ in start_outputs[5:])
-        out = start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own)
+            skip = [gr.skip()] * len(view.start_outputs)
+            skip[4] = "Type the custom class names, comma-separated, and press Enter to apply them."
+            return tuple(skip)
+        with _quick(ctx, request):
+            out = start_event(ctx, model_key, class_set_v, custom_v, saved_v, combine_v, clip, eval_set, own)
         note = ""
         if has_unsaved_edits(state_v):
             stash_v = state_v
             old = DescriptionSet.from_dict(state_v["current"])
             note = f"Your unsaved edits of {old.name} were put aside: **Restore edits** brings them back."
-        classes = DescriptionSet.from_dict(out[2]["current"]).classes
-        return started(classes, out, stash_v, note)
+        return started(DescriptionSet.from_dict(out[2]["current"]).classes, out, stash_v, note)
 
     def restore(model_key, stash_v, combine_v, clip, eval_set, request: gr.Request = None):
         if not stash_v:
@@ -687,11 +652,6 @@ def build_workbench_tab(ctx) -> dict:
             out = (_rows_df(wb.current), gr.update(choices=wb.current.classes, value=[])) + workbench_outputs(
                 wb, clip, eval_set, "Edits restored.")
         return started(wb.current.classes, out, None)
-
-    start_inputs = [ctx.model_dropdown, class_set, custom, saved, combine, ctx.clip, eval_state, own_sets, state,
-                    stash]
-    run_kw = ctx.groups["quick"]  # re-scores, starts, switches: quick work unless it grows (ui/scheduler.py)
-    long_kw = ctx.groups["long"]
 
     def rescore(model_key, rows, state_v, combine_v, clip, eval_set, request: gr.Request = None):
         with _quick(ctx, request):
@@ -704,8 +664,6 @@ def build_workbench_tab(ctx) -> dict:
             return tuple(gr.skip() for _ in score_outputs)
         return rescore(model_key, rows, state_v, combine_v, clip, eval_set, request)
 
-    rescore_inputs = [ctx.model_dropdown, table, state, combine, ctx.clip, eval_state]
-
     def switch_model(model_key, state_v, combine_v, clip, eval_set, request: gr.Request = None):
         with _quick(ctx, request):
             return switch_model_event(ctx, model_key, state_v, combine_v, clip, eval_set)
@@ -716,189 +674,23 @@ def build_workbench_tab(ctx) -> dict:
         at = max((i + 1 for i, r in enumerate(data) if r and r[0] == cls), default=len(data))
         return pd.DataFrame(data[:at] + [[cls or "", ""]] + data[at:], columns=HEADERS)
 
-    def on_style(style_v):
-        st = get_style(style_v)
-        return st.user, st.system, st.n, f"_Source: {st.source}_"
-
-    def generate(model_key, state_v, style_v, model_v, url_v, key_v, only_v, n_v, mode_v, system_v, prompt_v,
-                 combine_v, clip, eval_set, backend_v="", local_v="", request: gr.Request = None,
-                 progress=gr.Progress()):
-        wb = _workbench(ctx, model_key, state_v)
-        wb.combine = combine_v
-        session = getattr(request, "session_hash", None) or "anonymous"
-        try:
-            settings = visitor_settings(str(model_v or ""), str(url_v or ""), str(key_v or ""),
-                                        backend=str(backend_v or ""), local_model=str(local_v or ""),
-                                        allow_private_urls=ctx.policy.allow_private_llm_urls,
-                                        restrict_models=ctx.policy.public)
-            try:
-                n = int(float(n_v or 0)) or None
-            except (TypeError, ValueError, OverflowError):
-                raise DescriptionError(f"descriptions per class must be a whole number, not {str(n_v)[:40]!r}") from None
-            total = len([c for c in wb.current.classes if not only_v or c in only_v])
-            cancel = ctx.generation_started(session)
-
-            def take_rate_token(i, cls):
-                """One request a class, as it goes: the first is refused when over the limit, the later ones
-                wait for their turn (a big class set generates, at the limit's pace). A local describer gives
-                way to other visitors' work here, between classes."""
-                pacing.checkpoint()
-                while not cancel.is_set():
-                    wait = ctx.llm_limiter.take(session, 1)
-                    if wait is None:
-                        return
-                    if i == 0:
-                        raise LLMRateLimitError(f"too many LLM requests: this app allows "
-                                                f"{ctx.policy.llm_requests_per_minute} a minute per visitor; try "
-                                                f"again in {wait:.0f} s")
-                    progress(i / max(total, 1), desc=f"rate limit: {wait:.0f} s before asking for {cls}")
-                    cancel.wait(max(wait, 0.05))
-
-            # a local describer computes here: it takes the CPU's turn like any long job; a server's answer is
-            # waited for without it
-            computing = ctx.scheduler.turn() if settings.backend == "local" else nullcontext()
-            try:
-                with computing:
-                    gen = wb.generate(style_v, only=only_v or None, replace=mode_v == "replace", settings=settings,
-                                      template=prompt_v, system=system_v, n=n, cancel=cancel,
-                                      before_request=take_rate_token,
-                                      progress=lambda i, n, c: progress(i / max(n, 1), desc=f"asking for {c}"))
-            finally:
-                ctx.generation_ended(session, cancel)
-        except DferclipError as e:
-            raise user_error(e) from None
-        sent_text = "\n\n".join(f"[{c}] {p}" for c, p in zip(gen.classes, gen.prompts))
-        with ctx.scheduler.turn():  # scoring the new set: paced like a long re-score
-            scored = workbench_outputs(wb, clip, eval_set, f"Generated with {settings.describe()}.")
-        return (_rows_df(wb.current), sent_text) + scored
-
-    def cancel_generation(request: gr.Request):
-        session = getattr(request, "session_hash", None) or "anonymous"
-        return "Cancelling…" if ctx.cancel_generation(session) else "No generation is running."
-
-    # two signatures (public mode has no server-path inputs): Gradio passes the request to named parameters only
-    def load_eval_public(model_key, files, state_v, clip, request: gr.Request = None, progress=gr.Progress()):
-        return load_eval(model_key, files, "", "", "", state_v, clip, request, progress)
-
-    def load_eval_local(model_key, files, folder, csv_path, hf_path, state_v, clip, request: gr.Request = None,
-                        progress=gr.Progress()):
-        return load_eval(model_key, files, folder, csv_path, hf_path, state_v, clip, request, progress)
-
-    def load_eval(model_key, files, folder, csv_path, hf_path, state_v, clip, request, progress):
-        wb = _workbench(ctx, model_key, state_v)
-        try:
-            clips = evaluation_clips(ctx, wb.current.classes, files, folder, csv_path, hf_path,
-                                     numeric=numeric_labels_allowed(wb.current))
-            with ctx.scheduler.long(ctx.session(request), "evaluation set"):  # paced clip by clip
-                embedded = wb.set_evaluation(
-                    clips, cache=_eval_cache(ctx), limits=APP_LIMITS,
-                    progress=lambda i, n, p: progress(i / max(n, 1), desc=f"embedding {Path(p).name}"))
-        except DferclipError as e:
-            raise user_error(e) from None
-        embedded.model_key = model_key
-        return (embedded,) + workbench_outputs(wb, clip, embedded, f"Evaluation set: {len(embedded)} clips.")
-
-    def save(model_key, name, state_v, own):
-        wb = _workbench(ctx, model_key, state_v)
-        own = dict(own or {})
-        try:
-            validated_save_name(name)
-            if public:  # the visitor's session keeps it; the server's disk is not touched
-                version = own[name]["version"] + 1 if name in own else 1
-                wb.save_as(name, version=version, edited_in="dferclip workbench")
-                own[name] = wb.current.to_dict()
-                where = "in this session (download it to keep it)"
-            else:
-                path = wb.save(name, edited_in="dferclip workbench")
-                where = f"as {path.name}"
-        except DferclipError as e:
-            raise user_error(e) from None
-        choices = saved_set_names(ctx, own)
-        saved_line = (f"{wb.current.name} v{wb.current.version} · same as baseline: saved {where}, it is the new "
-                      "baseline.")
-        return (_state(wb), own, f"Saved {name} version {wb.current.version} {where}; it is the new baseline.",
-                gr.update(choices=choices), gr.update(choices=["baseline", "previous"] + choices),
-                gr.update(choices=["current", "baseline", "previous"] + choices), saved_line)
-
-    def do_download(model_key, state_v):
-        return set_file((state_v or {}).get("current") or first.to_dict())
-
-    def do_upload(model_key, file, combine_v, clip, eval_set, state_v, stash_v, request: gr.Request = None):
-        with _quick(ctx, request):
-            return _upload(model_key, file, combine_v, clip, eval_set, state_v, stash_v)
-
-    def _upload(model_key, file, combine_v, clip, eval_set, state_v, stash_v):
-        if file is None:
-            raise user_error("no file uploaded")
-        try:
-            ds = read_description_file(Path(getattr(file, "name", file)))
-        except DferclipError as e:
-            raise user_error(e) from None
-        wb = _workbench(ctx, model_key, None)
-        wb.start_from(ds)
-        wb.combine = combine_v
-        out = (_rows_df(ds), gr.update(choices=ds.classes, value=[])) + workbench_outputs(wb, clip, eval_set)
-        note = ""
-        if has_unsaved_edits(state_v):
-            stash_v, note = state_v, "Your unsaved edits were put aside: **Restore edits** brings them back."
-        return started(ds.classes, out, stash_v, note)
-
-    def do_diff(model_key, a, b, state_v, own):
-        wb = _workbench(ctx, model_key, state_v)
-        try:
-            return diff_markdown(pick_set(ctx, wb, a, own), pick_set(ctx, wb, b, own), a, b)
-        except DferclipError as e:
-            raise user_error(e) from None
-
-    # --- wiring ---------------------------------------------------------------------------------
-    gen_inputs = [ctx.model_dropdown, state, style, llm_model, base_url, api_key, only, n_desc, mode_gen,
-                  system_prompt, prompt, combine, ctx.clip, eval_state, generator, local_model]
+    quick = ctx.groups["quick"]  # re-scores, starts, switches: quick work unless it grows (ui/scheduler.py)
+    start_inputs = [ctx.model_dropdown, class_set, custom, saved, combine, ctx.clip, eval_state, own_sets, state,
+                    stash]
     for trigger in (class_set.input, saved.input, custom.submit):
-        trigger(start, start_inputs, start_outputs, api_visibility="private", **run_kw)
-    restore_btn.click(restore, [ctx.model_dropdown, stash, combine, ctx.clip, eval_state], start_outputs,
-                      api_visibility="private", **run_kw)
+        trigger(start, start_inputs, view.start_outputs, api_visibility="private", **quick)
+    restore_btn.click(restore, [ctx.model_dropdown, stash, combine, ctx.clip, eval_state], view.start_outputs,
+                      api_visibility="private", **quick)
     # a model switch keeps the current set (edits included) and scores it with the new model; it follows the
     # model bar's load (a failed load has put the previous key back), never the dropdown's raw change
     ctx.model_selected.success(switch_model, [ctx.model_dropdown, state, combine, ctx.clip, eval_state],
-                               [eval_state] + score_outputs, api_visibility="private", **run_kw)
-    rescore_btn.click(rescore, rescore_inputs, score_outputs, api_name="rescore_descriptions", **run_kw)
+                               [eval_state] + score_outputs, api_visibility="private", **quick)
+    rescore_inputs = [ctx.model_dropdown, table, state, combine, ctx.clip, eval_state]
+    rescore_btn.click(rescore, rescore_inputs, score_outputs, api_name="rescore_descriptions", **quick)
     table.input(rescore_if_changed, rescore_inputs, score_outputs, api_visibility="private", trigger_mode="always_last",
-                **run_kw)
-    combine.input(rescore_if_changed, rescore_inputs, score_outputs, api_visibility="private", **run_kw)
+                **quick)
+    combine.input(rescore_if_changed, rescore_inputs, score_outputs, api_visibility="private", **quick)
     add_row_btn.click(add_row, [table, add_class], [table], api_visibility="private")
-    style.input(on_style, [style], [prompt, system_prompt, n_desc, source_md], api_visibility="private")
-    def generate_job(model_key, state_v, style_v, model_v, url_v, key_v, only_v, n_v, mode_v, system_v, prompt_v,
-                     combine_v, clip, eval_set, backend_v="", local_v="", request: gr.Request = None,
-                     progress=gr.Progress()):
-        # a long job that mostly waits for an LLM server: it takes no turn of the CPU while it waits
-        try:
-            with ctx.scheduler.long(ctx.session(request), "generation", turn=False):
-                return generate(model_key, state_v, style_v, model_v, url_v, key_v, only_v, n_v, mode_v, system_v,
-                                prompt_v, combine_v, clip, eval_set, backend_v, local_v, request=request,
-                                progress=progress)
-        except BusyError as e:
-            raise user_error(e) from None
-
-    generate_btn.click(generate_job, gen_inputs, [table, sent] + score_outputs, api_name="generate_descriptions",
-                       **long_kw)
-    # not in the model queue: it must reach a generation that is running there
-    cancel_btn.click(cancel_generation, None, [sent], api_name="cancel_generation", concurrency_id="cancel",
-                     concurrency_limit=None)
-    eval_btn.click(load_eval_local if server_inputs else load_eval_public,
-                   [ctx.model_dropdown, eval_files] + server_inputs + [state, ctx.clip],
-                   [eval_state] + score_outputs, api_name="load_evaluation_set", **long_kw)
-    # the name is checked first, in a step whose only output is the save message, so a bad name marks that
-    # message alone, not the diff pickers and the status beside it
-    save_btn.click(check_save_name, save_name, save_msg, api_visibility="private").success(
-        save, [ctx.model_dropdown, save_name, state, own_sets], [state, own_sets, save_msg, saved, diff_a, diff_b,
-                                                                 status], api_name="save_descriptions")
-    # the download button always holds the current set, so one click downloads it
-    state.change(do_download, [ctx.model_dropdown, state], [download], api_name="download_descriptions")
-    upload.upload(do_upload, [ctx.model_dropdown, upload, combine, ctx.clip, eval_state, state, stash],
-                  start_outputs, api_name="upload_descriptions", **run_kw)
-    diff_btn.click(do_diff, [ctx.model_dropdown, diff_a, diff_b, state, own_sets], [diff_md],
-                   api_name="diff_descriptions")
     if ctx.clip is not None:
-        ctx.clip.change(rescore, rescore_inputs, score_outputs, api_visibility="private", **run_kw)
-    return {"tab": tab, "table": table, "combine": combine, "class_set": class_set, "score_outputs": score_outputs,
-            "state": state, "own_sets": own_sets, "eval_state": eval_state}
+        ctx.clip.change(rescore, rescore_inputs, score_outputs, api_visibility="private", **quick)
+    return view
