@@ -29,7 +29,6 @@ from dferclip.ui.policy import Policy
 from dferclip.ui.predict import MAX_UPLOAD, build_predict_tab
 
 try:
-    from dferclip.ui.compare import build_compare_section
     from dferclip.ui.share import ShareParts, build_share_section
     from dferclip.ui.workbench import build_workbench_tab
 except ImportError:  # the workbench tab is optional
@@ -57,7 +56,6 @@ footer {opacity: 0.85;}
 #workbench-contributions th, #workbench-scores th, #workbench-metrics th {word-break: normal; overflow-wrap: normal;
   hyphens: none;}
 #descriptions-table td, #descriptions-table th {word-break: normal; overflow-wrap: normal;}
-#workbench-contributions table {min-width: 640px;}
 #workbench-scores table {min-width: 560px;}
 #workbench-charts {flex-wrap: wrap;}
 #workbench-charts > * {flex: 1 1 320px !important;}
@@ -90,11 +88,10 @@ def build_demo(model: str | None = None, host: str | None = None, mode: str | No
             video, predict_outputs = build_predict_tab(ctx)
             build_live_tab(ctx)
             workbench = build_workbench_tab(ctx) if build_workbench_tab is not None else None
-        if workbench is not None:  # A vs B, and the workbench's state by link (restored when a page opens with one)
-            build_compare_section(ctx, workbench)
-            build_share_section(ctx, demo, ShareParts(tabs, video, predict_outputs, workbench["table"],
-                                                      workbench["combine"], workbench["class_set"],
-                                                      workbench["score_outputs"]), workbench["tab"])
+        if workbench is not None:  # the workbench's state by link (restored when a page opens with one)
+            build_share_section(ctx, demo, ShareParts(tabs, video, predict_outputs, workbench.table,
+                                                      workbench.combine, workbench.class_set,
+                                                      workbench.score_outputs), workbench.tab)
     demo.queue(max_size=policy.queue_size, default_concurrency_limit=ctx.groups["predict"]["concurrency_limit"])
     demo.ctx = ctx
     return demo

@@ -274,3 +274,59 @@ def test_timeline_and_strip_on_a_phone_without_console_noise(tiny_app, tmp_path)
     assert not noise, noise
     assert width[0] <= width[1], f"the page scrolls sideways at 400 px: {width}"
     assert not boxes, boxes
+
+
+def test_at_400_px_the_contributions_headers_sit_over_their_columns_and_words_do_not_break(tiny_app):
+    """Issue 21, item 4 c: on a phone the contributions table scrolls sideways; its headers line up with the cells below,
+    and short cells ("zero-shot", class names, numbers) stay on one line instead of wrapping letter by letter."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        page = browser.new_page(viewport={"width": 400, "height": 900})
+        page.goto(tiny_app)
+        page.get_by_role("tab", name="Descriptions").click()  # a look first: the tables are drawn, empty
+        page.get_by_role("button", name="Re-score").click()
+        expect(page.locator("#workbench-status")).to_contain_text("no clip yet", timeout=30_000)
+        page.get_by_role("tab", name="Predict").click()
+        upload(page, expect, feat_clip("single_face.mp4"))
+        page.locator("#predict-button").click()
+        expect(page.locator("#predict-note")).to_contain_text("Face found", timeout=120_000)
+        page.get_by_role("tab", name="Descriptions").click()  # filled while hidden, as a visitor meets it
+        layout = contributions_layout(page, expect)
+        browser.close()
+    check_contributions_layout(layout)
+
+
+def contributions_layout(page, expect) -> dict:
+    """Where the contributions table's headers and first zero-shot row's cells are, and on how many lines
+    each cell's text is."""
+    table = page.locator("#workbench-contributions")
+    table.scroll_into_view_if_needed()  # its rows are drawn when in view
+    expect(table.locator(".virtual-row").first).to_contain_text("zero-shot", timeout=30_000)
+    return page.evaluate("""() => {
+        const root = document.getElementById('workbench-contributions');
+        // Gradio 6 draws the headers as a table and the rows it shows as a virtual list of divs
+        const heads = [...root.querySelectorAll('table.header-table thead th')].filter(th => th.innerText.trim());
+        const row = [...root.querySelectorAll('.virtual-row')].find(r => r.textContent.includes('zero-shot'));
+        const cells = [...row.querySelectorAll('.body-cell')];
+        const lines = el => {  // the text's line boxes (its own rectangles, not the cell's)
+            const walk = document.createTreeWalker(el, NodeFilter.SHOW_TEXT), tops = new Set();
+            for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+                const r = document.createRange(); r.selectNodeContents(n);
+                for (const x of r.getClientRects()) tops.add(Math.round(x.top));
+            }
+            return tops.size; };
+        return {heads: heads.map(th => [th.innerText.trim(), Math.round(th.getBoundingClientRect().left)]),
+                cells: cells.map(td => [td.textContent.trim(), Math.round(td.getBoundingClientRect().left), lines(td)])};
+    }""")
+
+
+def check_contributions_layout(layout: dict):
+    heads, cells = layout["heads"], layout["cells"]
+    assert [h for h, _ in heads] == ["mode", "class", "description", "similarity", "contribution"], heads
+    for (name, head_x), (text, cell_x, _) in zip(heads, cells):
+        assert abs(head_x - cell_x) <= 2, (name, head_x, text, cell_x)  # the header is over its column
+    for name, (text, _, lines) in zip([h for h, _ in heads], cells):
+        if name != "description":
+            assert lines == 1, (name, text, lines)  # "zero-shot", "happiness", "-10.043" on one line each

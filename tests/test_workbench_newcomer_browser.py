@@ -46,7 +46,9 @@ def app_url():
         ctx.clip = gr.State(clip)
         build_workbench_tab(ctx)
     port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    from app import CSS  # the page as the app styles it
+
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
 
