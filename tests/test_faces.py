@@ -10,6 +10,7 @@ from dferclip.video.faces import (
     center_region,
     crop_region,
     crop_square,
+    face_boxes,
     fill_track,
     link_tracks,
     main_face_track,
@@ -146,25 +147,32 @@ def test_low_confidence_detections_ignored():
     assert main_face_track(frames, [0, 1, 2, 3], (640, 360)) is None
 
 
-def test_fill_interpolates_between_hits_and_holds_at_ends():
+def test_fill_holds_only_inside_short_gaps_between_hits():
     frames = [[], [det(100, 100, 80)], [], [], [det(160, 100, 80)], []]
-    times = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    times = [0.0, 1.0, 1.1, 1.2, 1.3, 1.4]
     track = main_face_track(frames, times, (640, 360))
-    boxes, filled = fill_track(track, times, max_hold_s=1.5)
-    assert filled == [True, False, True, True, False, True]
-    assert boxes[0] == boxes[1] and boxes[5] == boxes[4]
+    boxes, held = fill_track(track, times, max_hold_s=0.5)
+    assert held == [False, False, True, True, False, False]
+    assert boxes[0] is None and boxes[5] is None  # never before the face appears or after it leaves
     assert boxes[2][0] == pytest.approx(120) and boxes[3][0] == pytest.approx(140)
 
 
-def test_fill_track_never_holds_a_box_beyond_max_hold():
+def test_fill_track_never_holds_a_box_across_a_longer_gap():
     frames = [[], [], [], [], [det(100, 100, 80)], [], [], [det(160, 100, 80)], []]
-    times = [0.0, 1.0, 3.0, 3.6, 4.0, 4.2, 4.4, 4.6, 5.5]
+    times = [0.0, 1.0, 3.0, 3.6, 4.0, 4.2, 4.4, 4.6, 4.7]
     track = main_face_track(frames, times, (640, 360))
-    boxes, filled = fill_track(track, times, max_hold_s=0.5)
-    assert boxes[:3] == [None, None, None] and filled[:3] == [False, False, False]  # seconds before the face
-    assert boxes[3] == boxes[4] and filled[3]  # 0.4 s before the first detection: held
-    assert boxes[5][0] == pytest.approx(120) and boxes[6][0] == pytest.approx(140)  # 0.6 s gap: interpolated
-    assert boxes[8] is None and not filled[8]  # 0.9 s after the last detection
+    boxes, held = fill_track(track, times, max_hold_s=0.5)
+    assert boxes[:4] == [None] * 4 and held[:4] == [False] * 4  # 0.4 s before the first detection: no box
+    assert boxes[5:7] == [None, None] and held[5:7] == [False, False]  # a 0.6 s gap
+    assert boxes[8] is None and not held[8]  # 0.1 s after the last detection
+
+
+def test_face_boxes_between_examined_frames():
+    times, detected = [0.0, 0.2, 0.4, 1.0], [(0, 0, 10, 10), None, (20, 0, 30, 10), (20, 0, 30, 10)]
+    boxes, held = face_boxes(times, detected, 0.5, at=[0.1, 0.3, 0.4, 0.7, 1.2])
+    assert boxes[0] == pytest.approx((5, 0, 15, 10)) and held[:2] == [True, True]  # a miss inside the gap
+    assert boxes[2] == (20, 0, 30, 10) and not held[2]
+    assert boxes[3:] == [None, None]  # a 0.6 s gap; after the last detection
 
 
 # --- crops -----------------------------------------------------------------------------------------

@@ -64,7 +64,8 @@ def _downscaled(image: np.ndarray) -> np.ndarray:
 
 
 def _newest_box(session: LiveSession, frame_size, tracking: TrackingConfig):
-    """The main face's box in the newest frame, tracked over the kept frames (None: no face near in time)."""
+    """The main face's box in the newest frame, tracked over the kept frames (None unless it was detected there:
+    :func:`~dferclip.video.faces.face_boxes` holds a box only inside a gap between detections)."""
     track = main_face_track(list(session.detections), list(session.times), frame_size, tracking)
     if track is None:
         return None

@@ -108,16 +108,24 @@ def label_output(pred: Prediction, stale_from: Optional[str] = None) -> gr.Label
 
 
 def gallery_items(pred: Prediction) -> list[tuple]:
-    """(crop, caption) per model frame: its time and whether a face was found in it."""
+    """(crop, caption) per model frame with a face: its time, and "(held)" where the box was held across a
+    short gap between detections. Frames without a face (centre crops) are left out."""
     items = []
     for crop, frame in zip(pred.ingest.crops, pred.ingest.frames):
-        caption = f"{frame.time_s:.2f} s"
         if getattr(frame, "box", None) is None:
-            caption += " · centre crop"
-        elif getattr(frame, "filled", False):
-            caption += " · face (held)"
+            continue
+        caption = f"{frame.time_s:.2f} s" + (" · face (held)" if getattr(frame, "filled", False) else "")
         items.append((crop, caption))
     return items
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _about_no_face(warning: str) -> bool:
+    """An ingestion warning the note's first line already says (where the clip has no face)."""
+    return warning.startswith("no face") or warning.endswith("have no face and show the frame's centre")
 
 
 def stream_items(pred: Prediction) -> list[tuple]:
@@ -149,8 +157,11 @@ def summary_note(pred: Prediction) -> str:
         spans = getattr(ing, "no_face_spans", [])
         if spans:
             times = [f.time_s for f in ing.frames]
-            face += (f" ({min(times):.1f}–{max(times):.1f} s). **No face "
-                     + ", ".join(f"{a:.1f}–{b:.1f} s" for a, b in spans) + ".**")
+            face += f" ({min(times):.1f}–{max(times):.1f} s)"
+        if n_face < n:
+            face += f"; the other {n - n_face} show the frame's centre"
+        if spans:
+            face += ". **No face " + ", ".join(f"{a:.1f}–{b:.1f} s" for a, b in spans) + ".**"
         else:
             face += "."
     else:
@@ -161,8 +172,8 @@ def summary_note(pred: Prediction) -> str:
     t = pred.timings
     windows = ""
     if pred.timeline is not None:
-        windows = (f"; timeline of {len(pred.timeline)} windows" if pred.complete
-                   else f"; timeline: {len(pred.timeline)} of {pred.windows_total} windows so far")
+        windows = (f"; timeline of {_plural(len(pred.timeline), 'window')}" if pred.complete
+                   else f"; timeline: {len(pred.timeline)} of {_plural(pred.windows_total, 'window')} so far")
     lines = [
         face,
         f"Clip: {dur}, {info.num_frames} frames{fps}, {size} {info.codec}. "
@@ -176,7 +187,7 @@ def summary_note(pred: Prediction) -> str:
     if not pred.weights.get("trained", False):
         lines.insert(0, f"⚠ **{UNTRAINED_WARNING[0].upper()}{UNTRAINED_WARNING[1:]}**: this label says nothing "
                         "about the clip.")
-    lines += [f"⚠ {html.escape(w)}" for w in pred.warnings]
+    lines += [f"⚠ {html.escape(w)}" for w in pred.warnings if not _about_no_face(w)]  # said once, above
     return "\n\n".join(lines)
 
 

@@ -3,19 +3,20 @@
     from dferclip.video.annotate import annotate_prediction
     path = annotate_prediction(pred, "clip.mp4", "annotated.mp4")   # H.264 .mp4, or VP9 .webm without it
 
-The face box of every frame is interpolated in time between the frames ingestion tracked (the clip's and the
-timeline windows' sampled frames); the label at time t is the top class of the timeline windows covering t
+The face is detected on every frame of the clip (a first decoding pass) and the main face tracked; a frame
+gets a box by :func:`~dferclip.video.faces.face_boxes`: where the face was detected, or held (dashed,
+"(held)") across a miss of at most ``max_hold_s`` between detections, never on a frame without a face near
+it (a title card, an empty shot). The label at time t is the top class of the timeline windows covering t
 (their mean), else of the nearest window, else of the whole clip. Browser-playable: H.264 (yuv420p, fast
 start) when the installed PyAV has an H.264 encoder, else VP9 in WebM; the returned path's suffix says which.
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import logging
 from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import av
 import cv2
@@ -23,6 +24,7 @@ import numpy as np
 
 from .. import files, pacing
 from .decode import Limits, VideoReader
+from .faces import FaceDetector, TrackingConfig, face_boxes, main_face_track
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ H264_ENCODERS = ("libx264", "libopenh264")
 TIME_BASE = Fraction(1, 90000)
 BOX_COLOUR = (255, 200, 0)  # RGB
 NO_FACE_COLOUR = (160, 160, 160)
+DETECT_CHUNK = 16  # frames searched for faces at once
+DASH = 12  # pixels: a held box's dash and gap
 
 
 def video_encoder(out_path: str | Path) -> tuple[str, Path]:
@@ -44,14 +48,14 @@ def video_encoder(out_path: str | Path) -> tuple[str, Path]:
 
 
 def annotate_prediction(prediction, clip_path: str | Path, out_path: str | Path,
-                        limits: Optional[Limits] = None) -> Path:
-    """Write ``clip_path`` with ``prediction``'s face box and running expression drawn; returns the file written
-    (``out_path``, its suffix changed to .webm when H.264 cannot be encoded here). Atomic: a failure leaves
-    nothing behind."""
+                        limits: Optional[Limits] = None, detector: Optional[FaceDetector] = None,
+                        tracking: TrackingConfig = TrackingConfig()) -> Path:
+    """Write ``clip_path`` with its face box (:func:`clip_face_boxes`) and ``prediction``'s running expression
+    drawn; returns the file written (``out_path``, its suffix changed to .webm when H.264 cannot be encoded
+    here). Atomic: a failure leaves nothing behind."""
     encoder, out = video_encoder(out_path)
     if out != Path(out_path):
         log.info("no H.264 encoder in this PyAV: writing VP9 to %s", out)
-    track = _face_track(prediction.ingest)
     labels = RunningLabel(prediction)
     source = prediction.ingest.source
     # every frame is read once and let go, so the bounds on kept frames do not apply; the caller's others do
@@ -59,6 +63,7 @@ def annotate_prediction(prediction, clip_path: str | Path, out_path: str | Path,
     limits = dataclasses.replace(limits or Limits(decode_timeout_s=max(600.0, 4 * (source.duration_s or 0))),
                                  max_kept_frames=max(source.num_frames, 1), max_frame_bytes=1 << 62)
     rate = Fraction(source.fps or 25).limit_denominator(1001)
+    boxes = clip_face_boxes(clip_path, limits, detector, tracking)
 
     def write(tmp: str) -> None:
         fmt = "webm" if out.suffix.lower() == ".webm" else "mp4"
@@ -72,7 +77,9 @@ def annotate_prediction(prediction, clip_path: str | Path, out_path: str | Path,
                 image = frame.image
                 if stream is None:
                     stream = _add_stream(container, encoder, rate, image.shape[1], image.shape[0])
-                drawn = draw(image, track.box_at(frame.time_s, frame.scale), *labels.at(frame.time_s))
+                box, held = boxes.get(frame.index, (None, False))
+                drawn = draw(image, None if box is None else np.asarray(box) * frame.scale, *labels.at(frame.time_s),
+                             held=held)
                 video_frame = av.VideoFrame.from_ndarray(_even(drawn), format="rgb24")
                 last_pts = max(last_pts + 1, round(frame.time_s / TIME_BASE))
                 video_frame.pts, video_frame.time_base = last_pts, TIME_BASE
@@ -101,35 +108,36 @@ def _even(image: np.ndarray) -> np.ndarray:
     return image[: h - h % 2, : w - w % 2]
 
 
-class FaceTrack:
-    """The tracked face box over time, linearly interpolated between the frames where ingestion placed it."""
+def clip_face_boxes(clip_path: str | Path, limits: Optional[Limits] = None, detector: Optional[FaceDetector] = None,
+                    tracking: TrackingConfig = TrackingConfig()) -> dict[int, tuple[Optional[tuple], bool]]:
+    """Frame index -> (the main face's box in source pixels or None, held): every frame decoded and searched,
+    the boxes given by :func:`~dferclip.video.faces.face_boxes`."""
+    from .ingest import _detect, default_detector
 
-    def __init__(self, times: Sequence[float], boxes: Sequence[Sequence[float]]):
-        self.times = list(times)
-        self.boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    detector = detector or default_detector()
+    indices, times, detections = [], [], []
 
-    def box_at(self, t: float, scale: float = 1.0) -> Optional[np.ndarray]:
-        """(x0, y0, x1, y1) in the frame's pixels (``scale``: decoded / source size), None without a face."""
-        if not self.times:
-            return None
-        i = bisect.bisect_left(self.times, t)
-        if i == 0:
-            box = self.boxes[0]
-        elif i == len(self.times):
-            box = self.boxes[-1]
-        else:
-            t0, t1 = self.times[i - 1], self.times[i]
-            w = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
-            box = (1 - w) * self.boxes[i - 1] + w * self.boxes[i]
-        return box * scale
+    def search(chunk) -> None:
+        detections.extend(_detect(detector, chunk)[0])
+        indices.extend(f.index for f in chunk)
+        times.extend(f.time_s for f in chunk)
+        pacing.checkpoint()
 
-
-def _face_track(result) -> FaceTrack:
-    metas = {m.index: m for m in result.frames}
-    if result.windows is not None:
-        metas.update({m.index: m for m in result.windows.frames})
-    known = sorted((m.time_s, m.box) for m in metas.values() if m.box is not None)
-    return FaceTrack([t for t, _ in known], [b for _, b in known])
+    with VideoReader(clip_path, limits or Limits()) as reader:
+        chunk = []
+        for frame in reader.iter_frames(range(reader.num_frames)):
+            chunk.append(frame)
+            if len(chunk) == DETECT_CHUNK:
+                search(chunk)
+                chunk = []
+        if chunk:
+            search(chunk)
+        size = (reader.info.width, reader.info.height)
+    track = main_face_track(detections, times, size, tracking) if times else None
+    if track is None:
+        return {}
+    detected = [None if d is None else d.box for d in track.detections]
+    return dict(zip(indices, zip(*face_boxes(times, detected, tracking.max_hold_s))))
 
 
 class RunningLabel:
@@ -159,17 +167,22 @@ class RunningLabel:
         return self.classes[k], float(p[k])
 
 
-def draw(image: np.ndarray, box: Optional[np.ndarray], label: str, probability: float) -> np.ndarray:
-    """A copy of ``image`` (RGB) with the face box and ``label probability`` drawn (top-left without a face)."""
+def draw(image: np.ndarray, box: Optional[np.ndarray], label: str, probability: float,
+         held: bool = False) -> np.ndarray:
+    """A copy of ``image`` (RGB) with the face box and ``label probability`` drawn (top-left without a face);
+    a ``held`` box (no detection on this frame) is dashed and its label says so."""
     out = np.ascontiguousarray(image.copy())
     h, w = out.shape[:2]
     thickness = max(2, round(min(h, w) / 180))
     scale = max(0.5, min(h, w) / 600)
-    text = f"{label} {probability:.0%}"
+    text = f"{label} {probability:.0%}" + (" (held)" if held and box is not None else "")
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, thickness // 2))
     if box is not None:
         x0, y0, x1, y1 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
+        if held:
+            _dashed_rectangle(out, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
+        else:
+            cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
         tx, ty = max(0, min(x0, w - tw - 8)), y0 - 6 if y0 - th - base - 8 >= 0 else min(h - base - 2, y1 + th + 8)
         colour = BOX_COLOUR
     else:
@@ -180,3 +193,13 @@ def draw(image: np.ndarray, box: Optional[np.ndarray], label: str, probability: 
     cv2.putText(out, text, (tx + 4, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), max(1, thickness // 2),
                 cv2.LINE_AA)
     return out
+
+
+def _dashed_rectangle(image: np.ndarray, p0: tuple, p1: tuple, colour, thickness: int) -> None:
+    (x0, y0), (x1, y1) = p0, p1
+    for a, b in (((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)), ((x1, y1), (x0, y1)), ((x0, y1), (x0, y0))):
+        length = max(abs(b[0] - a[0]), abs(b[1] - a[1]))
+        for start in range(0, length, 2 * DASH):
+            end = min(start + DASH, length)
+            at = [tuple(round(u + (v - u) * k / max(length, 1)) for u, v in zip(a, b)) for k in (start, end)]
+            cv2.line(image, at[0], at[1], colour, thickness)

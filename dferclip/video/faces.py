@@ -9,6 +9,7 @@ later stages and searches the finest pyramid levels only where the coarser ones 
 """
 from __future__ import annotations
 
+import bisect
 import importlib.util
 import math
 from abc import ABC, abstractmethod
@@ -19,6 +20,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 Box = Tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels
+TIME_EPS = 1e-4  # seconds: frame times closer than this are the same frame
 
 
 class Detection(NamedTuple):
@@ -380,8 +382,8 @@ class TrackingConfig:
     A detection continues a track when its centre is within ``max_shift`` face sizes of the track's
     last box, plus ``speed`` face sizes per second elapsed (sampled frames may be seconds apart), and
     its size is within ``max_size_ratio`` of it. Detections below ``min_score`` are ignored. A frame
-    without a detection keeps the track's box only within ``max_hold_s`` of a detection (see
-    :func:`fill_track`): a face is never carried across seconds without one.
+    without a detection holds the track's box only inside a gap of at most ``max_hold_s`` between two
+    detections (see :func:`face_boxes`): never before the face appears, after it leaves, or longer.
     """
 
     min_score: float = 0.9
@@ -449,37 +451,47 @@ def main_face_track(
     return best
 
 
-def fill_track(track: FaceTrack, times: Sequence[float],
-               max_hold_s: float = math.inf) -> Tuple[List[Optional[Box]], List[bool]]:
-    """A box for every frame near a detection: detected ones as they are, missed ones filled from neighbours.
+def face_boxes(times: Sequence[float], detected: Sequence[Optional[Box]], max_hold_s: float,
+               at: Optional[Sequence[float]] = None) -> Tuple[List[Optional[Box]], List[bool]]:
+    """Where a face box may be shown: the one rule for crops, the annotated video and the live view.
 
-    A missed frame between two detections at most ``2 * max_hold_s`` apart gets a box interpolated
-    linearly in time; otherwise it holds the nearest detected box when that is at most ``max_hold_s``
-    away, and gets None (no face) beyond. Returns (boxes, filled flags).
+    ``times`` are the examined frames' times (sorted), ``detected`` the face's box on each or None where
+    the detector missed it. At each time of ``at`` (default: ``times``): the detected box on a frame that
+    has one; between two detections at most ``max_hold_s`` apart, the box interpolated linearly in time,
+    *held* when an examined frame between them missed the face; None elsewhere (before the first
+    detection, after the last, across longer gaps). Returns (boxes, held flags).
     """
-    hits = [i for i, d in enumerate(track.detections) if d is not None]
-    if not hits:
-        raise ValueError("fill_track needs a track with at least one detection")
+    hits = [i for i, b in enumerate(detected) if b is not None]
+    hit_times = [times[i] for i in hits]
+    miss_times = [t for t, b in zip(times, detected) if b is None]
     boxes: List[Optional[Box]] = []
-    filled: List[bool] = []
-    for i, d in enumerate(track.detections):
-        if d is not None:
-            boxes.append(d.box)
-            filled.append(False)
+    held: List[bool] = []
+    for t in times if at is None else at:
+        j = bisect.bisect_left(hit_times, t - TIME_EPS)
+        if j < len(hits) and hit_times[j] <= t + TIME_EPS:
+            boxes.append(tuple(detected[hits[j]]))
+            held.append(False)
             continue
-        after = next((h for h in hits if h > i), None)
-        before = next((h for h in reversed(hits) if h < i), None)
-        if before is not None and after is not None and times[after] - times[before] <= 2 * max_hold_s:
-            span = times[after] - times[before]
-            w = (times[i] - times[before]) / span if span > 0 else 0.5
-            a, b = track.detections[before].box, track.detections[after].box
+        if 0 < j < len(hits) and hit_times[j] - hit_times[j - 1] <= max_hold_s + TIME_EPS:
+            t0, t1 = hit_times[j - 1], hit_times[j]
+            w = (t - t0) / (t1 - t0)
+            a, b = detected[hits[j - 1]], detected[hits[j]]
             boxes.append(tuple(x + w * (y - x) for x, y in zip(a, b)))
+            k = bisect.bisect_right(miss_times, t0 + TIME_EPS)
+            held.append(k < len(miss_times) and miss_times[k] < t1 - TIME_EPS)  # a miss inside the gap
         else:
-            near = [h for h in (before, after) if h is not None and abs(times[h] - times[i]) <= max_hold_s]
-            nearest = min(near, key=lambda h: abs(times[h] - times[i]), default=None)
-            boxes.append(None if nearest is None else track.detections[nearest].box)
-        filled.append(boxes[-1] is not None)
-    return boxes, filled
+            boxes.append(None)
+            held.append(False)
+    return boxes, held
+
+
+def fill_track(track: FaceTrack, times: Sequence[float],
+               max_hold_s: float = 0.5) -> Tuple[List[Optional[Box]], List[bool]]:
+    """A box for the track's frames by :func:`face_boxes`: detected ones as they are, a missed one held only
+    inside a gap of at most ``max_hold_s`` between detections. Returns (boxes, held flags)."""
+    if not any(d is not None for d in track.detections):
+        raise ValueError("fill_track needs a track with at least one detection")
+    return face_boxes(times, [None if d is None else d.box for d in track.detections], max_hold_s)
 
 
 # --- crops ---------------------------------------------------------------------------------------

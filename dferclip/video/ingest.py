@@ -211,7 +211,7 @@ def ingest(
         boxed = sum(meta_of[i].box is not None for i in clip_unique)
         if hits < boxed:
             warnings.append(f"face detected in {hits} of {len(clip_unique)} model frames; {boxed - hits} hold the box "
-                            f"of a detection at most {tracking.max_hold_s:g} s away")
+                            f"across a gap of at most {tracking.max_hold_s:g} s between detections")
         if boxed < len(clip_unique):
             warnings.append(f"{len(clip_unique) - boxed} model frames have no face and show the frame's centre")
 
