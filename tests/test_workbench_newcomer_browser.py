@@ -4,6 +4,7 @@ model that cannot load here says so, and the page works 400 px wide. Numbers are
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -25,6 +26,13 @@ SET_ASIDE_EDIT = "lips pressed into a thin smile"
 def app_url():
     """The model bar and the Descriptions tab with two tiny models and zero-shot CLIP (offline here), and a
     random 16-frame clip as the page's current clip."""
+    with served_workbench() as url:
+        yield url
+
+
+@contextmanager
+def served_workbench(registry_class=None):
+    """:func:`app_url`'s app, its registry made by ``registry_class`` (a ModelRegistry subclass) if given."""
     import gradio as gr
     import torch
 
@@ -37,7 +45,7 @@ def app_url():
     other = save_model(load_model(TINY), tempfile.mkdtemp())
     entries = [ModelEntry(TINY, "tiny A", "explicit"), ModelEntry(str(other), OTHER, "checkpoints"),
                ModelEntry(ZERO_SHOT_SOURCE, "zero-shot CLIP ViT-B/32 (OpenAI weights, download)", "zero-shot")]
-    ctx = AppContext(ModelRegistry(entries, dev="cpu"))
+    ctx = AppContext((registry_class or ModelRegistry)(entries, dev="cpu"))
     torch.manual_seed(0)
     clip = ClipRecord(path="clip.webm", model_key=TINY, ingest=SimpleNamespace(video=torch.rand(1, 16, 3, 64, 64)),
                       prediction=None)
@@ -49,8 +57,10 @@ def app_url():
     from app import CSS  # the page as the app styles it
 
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
 
 
 @pytest.fixture

@@ -2,8 +2,20 @@
 a click in the table ran a hidden explanation, an empty new row raised an error, a bad save name put error
 badges on unrelated outputs, and after Save the status still said "differs from baseline"."""
 import re
+import threading
 
-from test_workbench_newcomer_browser import app_url, edit_cell, page, pytestmark, rescore_and_wait  # noqa: F401
+import pytest
+from test_workbench_newcomer_browser import (  # noqa: F401
+    ARGS,
+    OTHER,
+    app_url,
+    edit_cell,
+    page,
+    pick_model,
+    pytestmark,
+    rescore_and_wait,
+    served_workbench,
+)
 
 EXPLAIN_TITLE = "Where and when the current clip matches a descriptor"
 
@@ -106,3 +118,52 @@ def test_generate_says_beforehand_what_it_will_do_and_a_failure_marks_only_its_o
         expect(page.locator(f"#{unrelated}")).not_to_contain_text("Error")
     assert not page.errors, page.errors
 
+
+
+@pytest.fixture(scope="module")
+def held_loads():
+    """The same app, where a model not loaded yet (other than the first) loads only when the test says so:
+    (url, the gate that lets the load finish)."""
+    from dferclip.runtime import ModelRegistry
+
+    gate = threading.Event()
+
+    class HeldLoads(ModelRegistry):
+        def get(self, key=None):
+            if key not in (None, self.default_key) and not self.is_loaded(key):
+                gate.wait(120)  # a slow first load, as FineCLIPER's on a busy machine
+            return super().get(key)
+
+    with served_workbench(HeldLoads) as url:
+        yield url, gate
+
+
+def test_h_a_slow_first_load_says_what_loads_and_the_page_keeps_working_meanwhile(held_loads):
+    """Item h: while a model loads for the first time, the banner says which, which step and for how long so
+    far; the previous model stays in use, and an edit is scored meanwhile; then the new model takes over with
+    the edits kept."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, gate = held_loads
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1400})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        rescore_and_wait(page, expect)
+        banner, status = page.locator("#weights-banner"), page.locator("#workbench-status")
+        pick_model(page, OTHER)
+        expect(banner).to_contain_text(f"Loading {OTHER}", timeout=10_000)
+        expect(banner).to_contain_text("step 1 of 2")
+        expect(banner).to_contain_text(re.compile(r"[1-9]\d* s so far"), timeout=10_000)  # it counts
+        expect(banner).to_contain_text("tiny A stays in use")
+        edit_cell(page, 2, "eyelids heavy, gaze resting nowhere")  # meanwhile, with tiny A
+        expect(status).to_contain_text("differs from baseline in: neutral", timeout=30_000)
+        expect(banner).to_contain_text(f"Loading {OTHER}")  # still loading: the edit did not wait for it
+        gate.set()
+        expect(banner).not_to_contain_text("Loading", timeout=30_000)
+        expect(page.get_by_label("Model", exact=True)).to_have_value(OTHER, timeout=10_000)
+        expect(status).to_contain_text("differs from baseline in: neutral", timeout=30_000)  # edits kept
+        browser.close()
+    assert not errors, errors

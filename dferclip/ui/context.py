@@ -30,9 +30,11 @@ For a tab's event functions:
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import html
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -182,6 +184,64 @@ def select_model(ctx: AppContext, key: str, last_good: str) -> tuple[str, str, s
     return key, ctx.banner_text(key), key
 
 
+LOADING_TICK_S = 0.5  # how often the banner of a loading model is redrawn
+
+
+def needs_loading(ctx: AppContext, key) -> bool:
+    """Whether picking ``key`` loads a model into memory here (not one loaded already, nor one that must be
+    downloaded first or cannot be had: those are answered at once)."""
+    try:
+        ctx.registry.entry(key)
+    except DferclipError:
+        return False
+    entry = published.get_entry(key) if isinstance(key, str) else None
+    return (not ctx.registry.is_loaded(key) and not ctx.registry.unavailable(key)
+            and (entry is None or published.is_cached(entry)))
+
+
+def loading_banner(ctx: AppContext, key: str, kept: str, seconds: float) -> str:
+    """The banner while ``key`` loads: what, how long so far, and what runs meanwhile."""
+    label = html.escape(ctx.registry.entry(key).label)
+    meanwhile = (f"Until it is ready, {html.escape(ctx.registry.entry(kept).label)} stays in use and the page "
+                 "works as before; the list shows it again until then." if kept != key else "")
+    return (f'<div class="weights-banner untrained loading" id="model-loading">&#8987; <b>Loading {label}</b> '
+            f"(step 1 of 2: building the model and reading its weights, the first time it is used on this "
+            f"server) &middot; {seconds:.0f} s so far. Step 2 scores the current descriptions with it. "
+            f"{meanwhile}</div>")
+
+
+def selected(key: str, value: str, banner: str, good: str) -> tuple:
+    """The model bar's outputs once a pick is answered: loaded (no download to follow), downloading (the timer
+    follows it) or refused (it keeps following an earlier pick's download)."""
+    if value == key:
+        return value, banner, good, None
+    return value, banner, good, key if fetch.in_progress(key) else gr.skip()
+
+
+def load_with_progress(ctx: AppContext, key: str, good: str):
+    """Load ``key`` in a thread of its own and redraw the banner while it loads; the previous model stays
+    selected meanwhile, so the page's other events keep running with it instead of waiting for the load."""
+    answer: dict = {}
+    run = contextvars.copy_context().run  # gr.Warning and gr.Info reach this visitor from the thread too
+
+    def load():
+        try:
+            with ctx.scheduler.quick():
+                answer["out"] = run(select_model, ctx, key, good)
+        except BaseException as e:  # given back to the event below
+            answer["error"] = e
+
+    worker = threading.Thread(target=load, name=f"load {key}"[:60], daemon=True)
+    start = time.monotonic()
+    worker.start()
+    while worker.is_alive():
+        yield good, loading_banner(ctx, key, good, time.monotonic() - start), good, gr.skip()
+        worker.join(LOADING_TICK_S)
+    if "error" in answer:
+        raise answer["error"]
+    yield selected(key, *answer["out"])
+
+
 def build_model_bar(ctx: AppContext) -> None:
     """The model dropdown and the weights banner; sets ``ctx.model_dropdown``, ``ctx.banner``, ``ctx.clip``."""
     default = ctx.registry.default_key
@@ -196,16 +256,17 @@ def build_model_bar(ctx: AppContext) -> None:
 
     # .select, not .input: Gradio 6.31's dropdown sends "input" twice per pick (its option and its blur handler)
     def select(key, good):
+        if needs_loading(ctx, key):  # a model not in memory yet: say what loads while it does
+            yield from load_with_progress(ctx, key, good)
+            return
         with ctx.scheduler.quick():
             value, banner, good = select_model(ctx, key, good)
-        if value == key:  # loaded: no download to follow
-            return value, banner, good, None
-        # downloading now: the timer follows it; refused: it keeps following an earlier pick's download
-        return value, banner, good, key if fetch.in_progress(key) else gr.skip()
+        yield selected(key, value, banner, good)
 
+    # the banner says what happens; no overlay hides it or the list
     ctx.model_selected = ctx.model_dropdown.select(
         select, [ctx.model_dropdown, last_good], [ctx.model_dropdown, ctx.banner, last_good, pending],
-        api_name="select_model", **ctx.groups["quick"])
+        api_name="select_model", show_progress="hidden", **ctx.groups["quick"])
     ctx.model_selected.then(lambda key: gr.Timer(active=key is not None), pending, timer, api_visibility="private",
                             queue=False)
 
