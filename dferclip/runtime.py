@@ -26,7 +26,8 @@ The registry (:class:`ModelRegistry`) lists the models the app can switch betwee
 4. the published default (``dfew-fold1``, or ``DFERCLIP_DEFAULT_WEIGHTS``) when cached or its host answers;
 5. zero-shot CLIP (``pretrained:dferclip-vit-b-32:openai``) when cached or the Hub answers;
 6. the offline default ``random`` (ViT-B/32, untrained: :data:`dferclip.checkpoints.UNTRAINED_WARNING`);
-   then an untrained FineCLIPER ViT-B/16 (``random:fineclipper-vit-b-16``) when mediapipe is installed;
+   then an untrained FineCLIPER ViT-B/16 (``random:fineclipper-vit-b-16``) when mediapipe is installed,
+   and an untrained EmoCLIP ViT-B/32 (``random:emoclip-vit-b-32``);
 7. every other published entry (``dferclip.weights.published``; DFEW, FERV39k, MAFW), marked cached or not,
    and zero-shot CLIP if it was not offered above.
 
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 CONVERSION_THREAD = "dferclip-backend"  # the name of a registry's background conversion threads
 DEFAULT_SOURCE = "random"
 FINECLIPER_SOURCE = "random:fineclipper-vit-b-16"
+EMOCLIP_SOURCE = "random:emoclip-vit-b-32"
 ZERO_SHOT_SOURCE = "pretrained:dferclip-vit-b-32:openai"
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
            "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
@@ -146,6 +148,8 @@ def _label(origin: str, source: str) -> str:
         return "random ViT-B/32 (untrained, offline default)"
     if origin == "fineclipper":
         return "random FineCLIPER ViT-B/16 (untrained; video + face-mesh streams)"
+    if origin == "emoclip":
+        return "random EmoCLIP ViT-B/32 (untrained; zero-shot video model)"
     if origin == "zero-shot":
         return "zero-shot CLIP ViT-B/32 (OpenAI weights)"
     if origin == "published":
@@ -209,6 +213,7 @@ def find_models(explicit: str | None = None, checkpoints_dir: Path | None = None
     found += [("default", DEFAULT_SOURCE)]
     if importlib.util.find_spec("mediapipe") is not None:  # its landmark and parsing streams need the face mesh
         found.append(("fineclipper", FINECLIPER_SOURCE))
+    found.append(("emoclip", EMOCLIP_SOURCE))
     found += [("published", e.name) for e in pubs if not e.load_source]
     found.append(("zero-shot", ZERO_SHOT_SOURCE))
     entries, seen = [], set()

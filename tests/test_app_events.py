@@ -9,6 +9,7 @@ from app_helpers import TINY, corrupt_copy, feat_clip
 
 from dferclip.errors import DferclipError
 from dferclip.runtime import (
+    EMOCLIP_SOURCE,
     FINECLIPER_SOURCE,
     ZERO_SHOT_SOURCE,
     ModelEntry,
@@ -131,12 +132,13 @@ def test_model_discovery_order(tmp_path, monkeypatch):
     monkeypatch.setenv("DFERCLIP_MODEL", TINY)
     entries = find_models(checkpoints_dir=ckpt)
     assert [e.origin for e in entries] == ["explicit", "checkpoints", "checkpoints", "hub", "hub", "default",
-                                           "fineclipper", *PUBLISHED, "zero-shot"]
+                                           "fineclipper", "emoclip", *PUBLISHED, "zero-shot"]
     assert entries[0].key == TINY and entries[5].key == "random" and entries[6].key == FINECLIPER_SOURCE
+    assert entries[7].key == EMOCLIP_SOURCE and "untrained" in entries[7].label and "EmoCLIP" in entries[7].label
     monkeypatch.delenv("DFERCLIP_MODEL")
     monkeypatch.delenv("DFERCLIP_HUB_REPO")
-    assert [e.origin for e in find_models(checkpoints_dir=tmp_path / "none")] == ["default", "fineclipper", *PUBLISHED,
-                                                                                  "zero-shot"]
+    assert [e.origin for e in find_models(checkpoints_dir=tmp_path / "none")] == ["default", "fineclipper", "emoclip",
+                                                                                  *PUBLISHED, "zero-shot"]
 
 
 def test_fineclipper_is_offered_only_with_the_face_mesh(tmp_path, monkeypatch):
@@ -145,7 +147,8 @@ def test_fineclipper_is_offered_only_with_the_face_mesh(tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mediapipe" else real(name, *a))
     monkeypatch.setenv("DFERCLIP_CACHE", str(tmp_path / "cache"))
-    assert [e.origin for e in find_models(checkpoints_dir=tmp_path / "none")] == ["default", *PUBLISHED, "zero-shot"]
+    assert [e.origin for e in find_models(checkpoints_dir=tmp_path / "none")] == ["default", "emoclip", *PUBLISHED,
+                                                                                  "zero-shot"]
 
 
 def test_fineclipper_prediction_shows_its_streams_and_renders():
