@@ -1,10 +1,11 @@
-"""The "Live" tab: the webcam streamed to the server, the expression over the last 16 frames, the face boxed.
+"""The "Live" tab: the webcam streamed to the server, the expression over the last frames (as many as the model
+takes: 16 for DFER-CLIP, 32 for EmoCLIP), the face boxed.
 
 The page streams the webcam (``Image.stream``); API clients send one frame per call to ``/live``.
 The browser sends a frame every :data:`STREAM_EVERY_S` seconds, but never while the previous one is still
 being processed, and the server always takes the newest frame it has: frames that arrive during a forward
 are dropped, nothing queues, so the result never falls further behind the camera. Each frame is encoded once
-(face found, cropped, through the image tower); every update scores the last 16 encoded frames with the
+(face found, cropped, through the image tower); every update scores the last encoded frames with the
 temporal model, which is cheap, so updates come several times a second on a 2-core CPU.
 """
 from __future__ import annotations
@@ -118,10 +119,10 @@ def live_step(ctx: AppContext, frame: Optional[np.ndarray], session: Optional[Li
     session.keep(t, dets, None)
     box = _newest_box(session, size, tracking)
     region = center_region(size) if box is None else crop_region(box, DEFAULT_MARGIN, size)
-    crop = np.array(crop_square(image, region, cfg.image_size))  # writable: torch shares its memory
+    crop = np.array(crop_square(image, region, cfg.image_size, resize=cfg.resize))  # writable: torch shares its memory
     x = cfg.normalize(torch.from_numpy(crop).permute(2, 0, 1)[None].float().div_(255))
     n = len(session.features)
-    positions = torch.as_tensor([sample_indices(n, cfg.num_frames)])  # fewer than 16: the last one repeated
+    positions = torch.as_tensor([sample_indices(n, cfg.num_frames)])  # fewer than the model's: the last repeated
     session.features[-1], logits = zero_gpu.run(model, frame_scores, x, mid_level_renders(model, x),
                                                 list(session.features)[:-1], positions, dtype=ctx.registry.dtype)
     probs = dict(zip(model.class_names, map(float, logits.softmax(-1)[0])))
@@ -144,7 +145,8 @@ def live_step(ctx: AppContext, frame: Optional[np.ndarray], session: Optional[Li
 def build_live_tab(ctx: AppContext) -> None:
     """The tab: the webcam in, the boxed frame, the label and a status line out (inside ``gr.Blocks``)."""
     with gr.Tab("Live", id="live"):
-        gr.Markdown("Start the webcam: the expression is read from your last 16 frames, several times a "
+        gr.Markdown("Start the webcam: the expression is read from your last frames (16 for DFER-CLIP, 32 for "
+                    "EmoCLIP), several times a "
                     f"second. Frames that arrive while one is processed are skipped, so it stays current. A "
                     f"session lasts {TIME_LIMIT_S // 60} minutes.", elem_classes=["hint"])
         with gr.Row():
@@ -166,5 +168,5 @@ def build_live_tab(ctx: AppContext) -> None:
               "concurrency_id": "live", "concurrency_limit": ctx.concurrency_limit, "show_progress": "hidden"}
         camera.stream(step, stream_every=STREAM_EVERY_S, time_limit=TIME_LIMIT_S, api_visibility="private", **io)
         # the same step for API clients, one frame per call (gradio_client does not speak the stream protocol);
-        # a client's successive calls share one session, so they fill the same 16-frame window
+        # a client's successive calls share one session, so they fill the same window of the model's frames
         gr.Button(visible=False, elem_id="live-api").click(step, api_name="live", **io)

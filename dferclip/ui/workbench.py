@@ -66,6 +66,7 @@ log = logging.getLogger(__name__)
 HEADERS = ["class", "description"]
 MODE_LABELS = {"zero-shot": "zero-shot (CLIP towers)", "learned": "learned prompts (DFER-CLIP contexts)"}
 PN_LEARNED_LABEL = "learned (FineCLIPER positive/negative adapters)"
+FAMILY_NAMES = {"dferclip": "DFER-CLIP", "fineclipper": "FineCLIPER", "emoclip": "EmoCLIP"}
 VERSION_COLORS = {"current": "#4f46e5", "baseline": "#f0a040"}
 CONTRIBUTION_WIDTHS = ["96px", "112px", "auto", "112px", "120px"]  # fixed: a phone scrolls the table sideways
 PN_TITLE = "positive vs negative descriptors (current clip, learned)"
@@ -229,17 +230,42 @@ def _pn_bars(classes: list[str], pn: Optional[dict]) -> Optional[str]:
     return bar_chart_html(PN_TITLE, bars, PN_COLORS)
 
 
+def family_name(model) -> str:
+    return FAMILY_NAMES.get(getattr(model, "family", ""), "the model")
+
+
+def has_learned_prompts(model) -> bool:
+    return model is None or getattr(model, "has_learned_prompts", True)
+
+
+def zero_shot_label(model) -> str:
+    """The zero-shot chart's title: CLIP's towers, or a zero-shot model's own video model (EmoCLIP)."""
+    if has_learned_prompts(model):
+        return MODE_LABELS["zero-shot"]
+    return f"zero-shot ({family_name(model)}'s own video model)"
+
+
+def no_learned_note(model) -> str:
+    """Why a model without learned prompts shows zero-shot scores only; "" for the others."""
+    if has_learned_prompts(model):
+        return ""
+    return (f"{family_name(model)} has no learned prompts: its scores are zero-shot, by the class descriptions, "
+            "through its own video model.")
+
+
 def _score_outputs(wb: Workbench, clip_names: list[str]):
     """(scores table, zero-shot bars, learned bars, contributions table, PN bars or None) for the first clip."""
     classes = wb.current.classes
-    titles = {"zero-shot": MODE_LABELS["zero-shot"], "learned": PN_LEARNED_LABEL if wb.has_pn else MODE_LABELS["learned"]}
+    learned = has_learned_prompts(wb.model)
+    titles = {"zero-shot": zero_shot_label(wb.model),
+              "learned": PN_LEARNED_LABEL if wb.has_pn else MODE_LABELS["learned"]}
     if not clip_names:
-        return empty_scores(classes), "", "", empty_contributions(), None, ""
+        return empty_scores(classes, learned), "", "", empty_contributions(), None, ""
     report = wb.score_clips(clip_names[:1])["clips"][clip_names[0]]
     headline = headline_numbers(classes, report)
     table = {"class": classes}
-    bars, contrib, pn = {}, [], None
-    for mode in ("zero-shot", "learned"):
+    bars, contrib, pn = {"learned": ""}, [], None
+    for mode in ("zero-shot", "learned") if learned else ("zero-shot",):
         r = report.get(mode)
         if r is None:
             table[f"{mode} %"] = ["n/a (class set differs from the model's)"] * len(classes)
@@ -269,9 +295,12 @@ def _score_outputs(wb: Workbench, clip_names: list[str]):
     return pd.DataFrame(table), bars["zero-shot"], bars["learned"], pd.DataFrame(contrib), pn, headline
 
 
-def empty_scores(classes) -> pd.DataFrame:
-    return pd.DataFrame({"class": list(classes), "zero-shot %": [""] * len(classes),
-                         "learned %": [""] * len(classes)})
+def empty_scores(classes, learned: bool = True) -> pd.DataFrame:
+    """The scores table before a clip; without a learned column for a model without learned prompts."""
+    table = {"class": list(classes), "zero-shot %": [""] * len(classes)}
+    if learned:
+        table["learned %"] = [""] * len(classes)
+    return pd.DataFrame(table)
 
 
 def empty_contributions() -> pd.DataFrame:
@@ -358,6 +387,10 @@ def _flags_md(wb: Workbench) -> str:
 # --- event functions that score (module-level: tests call them directly) ----------------------------
 def intro_text(model) -> str:
     """The tab's intro: what the learned scores are for this model's family (None: not loaded yet)."""
+    if not has_learned_prompts(model):
+        return ("Edit the class descriptions (one row per descriptor; several per class are combined) and see the "
+                f"scores of the current clip change, against the previous version and the saved baseline. "
+                f"{no_learned_note(model)} Your edits stay when you switch models.")
     if model is None:
         learned = "the model's learned prompts"
     elif has_pn_descriptors(model):
@@ -390,7 +423,8 @@ def workbench_outputs(wb: Workbench, clip, eval_set, message: str = "") -> tuple
     changed = [r["class"] for r in diff_description_sets(wb.baseline, wb.current)]
     vs_base = f"differs from baseline in: {', '.join(changed)}" if changed else "same as baseline"
     text = (f"{wb.current.name} v{wb.current.version} · {vs_base} · {scored} · {encoded} text encoding(s) "
-            f"computed (a new description: one per prompt template and mode), the rest cached. {message}").strip()
+            f"computed (a new description: one per prompt template and mode), the rest cached. {message} "
+            f"{no_learned_note(wb.model)}").strip()
     if headline:  # the numbers an edit moves, on a line of their own under the table
         text += f"  \n{headline}"
     pn_plot = gr.HTML(pn or "", visible=pn is not None)
@@ -457,7 +491,7 @@ def switch_model_event(ctx, model_key, state_v, combine_v, clip, eval_set) -> tu
     message = ""
     if eval_set is not None and getattr(eval_set, "model_key", "") != model_key:
         eval_set, message = None, "The evaluation set was embedded by another model: load it again for this one."
-    if not wb.learned_available():
+    if not wb.learned_available() and has_learned_prompts(wb.model):
         message += " Learned scores need the model's own classes; zero-shot scores shown."
     return (eval_set,) + workbench_outputs(wb, clip, eval_set, message)
 
@@ -608,7 +642,8 @@ def build_editor(ctx, tab) -> WorkbenchView:
     # positive/negative descriptor models only (FineCLIPER); hidden for the others
     bars_pn = gr.HTML(visible=False, elem_id="workbench-pn", css_template=CHART_CSS)
     pn_md = gr.Markdown(visible=False, elem_id="workbench-pn-note")
-    scores = gr.Dataframe(empty_scores(first.classes), interactive=False, elem_id="workbench-scores",
+    scores = gr.Dataframe(empty_scores(first.classes, has_learned_prompts(default_model)), interactive=False,
+                          elem_id="workbench-scores",
                           label="Scores of the current clip (logit = 100·cos; %; Δ of % in points)")
     with gr.Accordion("Per-descriptor contributions", open=True):
         contributions = gr.Dataframe(empty_contributions(), interactive=False, wrap=True,
