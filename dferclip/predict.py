@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -247,23 +247,36 @@ def prepare_clip(model, path: str | Path, *, windows: bool = True, frame_budget:
                  dev=None) -> PreparedClip:
     """The CPU half of a prediction (arguments as :func:`predict_clip`; ``dev``: where the model will run, which
     sets the timeline's frame budget)."""
-    from .video.ingest import ingest
+    return prepare_clips([model], path, windows=windows, frame_budget=frame_budget, detector=detector,
+                         fallback=fallback, limits=limits, dev=dev)[0]
+
+
+def prepare_clips(models: Sequence, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
+                  detector=None, fallback: str = "center", limits: Optional[Limits] = None,
+                  dev=None) -> list[PreparedClip]:
+    """:func:`prepare_clip` for several models: the clip is decoded and its faces found once
+    (:func:`~dferclip.video.ingest.ingest_many`), then each model gets its own frames and crops."""
+    from .video.ingest import ingest_many
 
     t0 = time.perf_counter()
     dev = torch.device(dev) if dev is not None else runtime.device()
-    spec = None
-    if windows:
-        budget = (default_frame_budget(dev, len(model.visual_streams))
-                  if frame_budget is None else frame_budget)
-        spec = partial(timeline_spec, frame_budget=budget, num_frames=model.input_config.num_frames)
-    result = ingest(path, model.input_config, detector=detector, fallback=fallback, windows=spec, limits=limits or Limits())
-    frames, positions = _shared_frames(result)
-    t1 = time.perf_counter()
-    renders = mid_level_renders(model, frames)
-    t2 = time.perf_counter()
-    return PreparedClip(result, as_uint8(model, frames), positions,
-                        None if renders is None else {k: as_uint8(model, v) for k, v in renders.items()},
-                        ingestion_s=t1 - t0, face_analysis_s=t2 - t1)
+    specs = []
+    for model in models:
+        budget = default_frame_budget(dev, len(model.visual_streams)) if frame_budget is None else frame_budget
+        specs.append(partial(timeline_spec, frame_budget=budget, num_frames=model.input_config.num_frames)
+                     if windows else None)
+    results = ingest_many(path, [m.input_config for m in models], detector=detector, fallback=fallback,
+                          windows=specs, limits=limits or Limits())
+    ingestion_s = time.perf_counter() - t0  # one pass for all the models: each prediction reports it whole
+    prepared = []
+    for model, result in zip(models, results):
+        frames, positions = _shared_frames(result)
+        t1 = time.perf_counter()
+        renders = mid_level_renders(model, frames)
+        prepared.append(PreparedClip(result, as_uint8(model, frames), positions,
+                                     None if renders is None else {k: as_uint8(model, v) for k, v in renders.items()},
+                                     ingestion_s=ingestion_s, face_analysis_s=time.perf_counter() - t1))
+    return prepared
 
 
 @dataclass
@@ -298,7 +311,7 @@ def score_prepared(model, frames: torch.Tensor, positions: torch.Tensor, renders
 
 def iter_predict(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
                  detector=None, fallback: str = "center", limits: Optional[Limits] = None, dev=None,
-                 dtype=None) -> Iterator[Prediction]:
+                 dtype=None, prepared: Optional[PreparedClip] = None) -> Iterator[Prediction]:
     """Classify the clip at ``path``, result first, timeline after (arguments as :func:`predict_clip`).
 
     Yields the clip's :class:`Prediction` as soon as its own frames are encoded (label, probabilities, crops;
@@ -309,11 +322,12 @@ def iter_predict(model, path: str | Path, *, windows: bool = True, frame_budget:
     Decoding, face detection and the face mesh run here (:func:`prepare_clip`); the model's part
     (:func:`score_prepared`) runs in a GPU slot on ZeroGPU (:mod:`dferclip.zero_gpu`), the model sent by key.
     ``dev``: the device the model runs on (default: its parameters'), which sets the timeline's frame budget.
+    ``prepared``: the clip already made ready for this model (:func:`prepare_clips`).
     """
     t0 = time.perf_counter()
     dev = torch.device(dev) if dev is not None else next(model.parameters()).device
-    clip = prepare_clip(model, path, windows=windows, frame_budget=frame_budget, detector=detector,
-                        fallback=fallback, limits=limits, dev=dev)
+    clip = prepared or prepare_clip(model, path, windows=windows, frame_budget=frame_budget, detector=detector,
+                                    fallback=fallback, limits=limits, dev=dev)
     result = clip.ingest
     t1 = time.perf_counter()
     scores = zero_gpu.run_iter(model, score_prepared, clip.frames, clip.positions, clip.renders, dtype=dtype)
@@ -372,3 +386,20 @@ def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget:
                              fallback=fallback, limits=limits, dev=dev, dtype=dtype):
         pass
     return pred
+
+
+def predict_models(models: Sequence, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
+                   detector=None, fallback: str = "center", limits: Optional[Limits] = None, dev=None,
+                   dtype=None) -> list[Prediction]:
+    """The clip at ``path`` classified by each of ``models`` (arguments as :func:`predict_clip`), decoded and
+    face-cropped once for all of them (:func:`prepare_clips`)."""
+    dev = torch.device(dev) if dev is not None else next(models[0].parameters()).device
+    clips = prepare_clips(models, path, windows=windows, frame_budget=frame_budget, detector=detector,
+                          fallback=fallback, limits=limits, dev=dev)
+    out = []
+    for model, clip in zip(models, clips):
+        pred = None
+        for pred in iter_predict(model, path, dev=dev, dtype=dtype, prepared=clip):
+            pass
+        out.append(pred)
+    return out

@@ -2,6 +2,7 @@
 (a folder, a .csv list or hf:<dataset>) into one .jsonl/.csv line per clip with --output.
 
     python -m dferclip predict clip.mp4 [--json] [--annotate out.mp4]
+    python -m dferclip predict clip.mp4 --models dfew-fold1,random:fineclipper-vit-b-16,emoclip-b32  # side by side
     python -m dferclip predict clips/ --output preds.jsonl          # resumable; a bad clip is a line, not a stop
     torchrun --nproc_per_node 4 -m dferclip predict list.csv --output preds.csv   # sharded, one merged output
 """
@@ -25,6 +26,9 @@ def add_arguments(p):
                    help="weights: a published name (dfew-fold1, ...; see `weights list`), official .pth, own folder, "
                         "name in checkpoints/, Hub id, random[:config], "
                         "pretrained:config[:tag] (default: DFERCLIP_MODEL, then the app's model order)")
+    p.add_argument("--models", default=None, metavar="A,B,C",
+                   help="one clip, several models side by side (comma-separated weights as --model); the clip is "
+                        "decoded and its face found once for all of them")
     p.add_argument("--json", action="store_true", help="print one JSON object (probabilities, timeline, ingestion)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--no-timeline", action="store_true", help="skip the sliding-window timeline")
@@ -50,6 +54,8 @@ def run(args) -> int:
     if args.output:
         if args.annotate:
             raise DataError("--annotate is for one clip; leave out --output")
+        if args.models:
+            raise DataError("--models is for one clip; leave out --output")
         return run_corpus(args)
     if Path(args.video).is_dir() or args.video.startswith("hf:") or args.video.lower().endswith(".csv"):
         raise DataError(f"{args.video} is a corpus, not one clip: add --output preds.jsonl (or .csv)")
@@ -60,6 +66,8 @@ def run(args) -> int:
     from ..predict import predict_clip
 
     backend = args.backend or os.environ.get("DFERCLIP_BACKEND") or "eager"
+    if args.models:
+        return run_models(args, backend)
     registry = runtime.ModelRegistry.discover(args.checkpoint, max_loaded=1, backend=backend, background=False)
     model = registry.get()
     what, warning = runtime.weights_banner(model.weights_info)
@@ -81,6 +89,61 @@ def run(args) -> int:
     if annotated is not None:
         print(f"annotated video: {annotated} ({_codec_of(annotated)})")
     return 0
+
+
+def model_keys(text: str) -> list[str]:
+    """The --models list: distinct, non-empty, at least two."""
+    keys = list(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    if len(keys) < 2:
+        raise DataError(f"--models needs two or more comma-separated models, got {text!r}")
+    return keys
+
+
+def run_models(args, backend: str) -> int:
+    """One clip, several models: decoded and face-searched once, then each model's prediction."""
+    from .. import runtime
+    from ..predict import predict_models
+
+    if args.annotate:
+        raise DataError("--annotate draws one model's prediction: leave out --models")
+    keys = model_keys(args.models)
+    registry = runtime.ModelRegistry([runtime.ModelEntry(k, k, "explicit") for k in keys], max_loaded=len(keys),
+                                     backend=backend, background=False)
+    models = [registry.get(k) for k in keys]
+    banners = [runtime.weights_banner(m.weights_info) for m in models]
+    for key, (what, warning) in zip(keys, banners):
+        if warning:
+            print(f"WARNING: {key}: {warning} ({what})", file=sys.stderr)
+    preds = predict_models(models, args.video, windows=not args.no_timeline, dev=registry.device)
+    if args.json:
+        print(json.dumps({"clip": str(args.video), "models": [
+            {"model": k, "family": m.family, **p.to_dict()} for k, m, p in zip(keys, models, preds)]},
+            indent=2, default=str))
+        return 0
+    print_side_by_side(keys, preds, [what for what, _ in banners])
+    return 0
+
+
+def print_side_by_side(keys: list[str], preds: list, weights: list[str]) -> None:
+    """Each model's top class, then every class's probability under each model (a class a model lacks: -)."""
+    info = preds[0].ingest.source
+    print(f"{info.path}: {info.duration_s} s, {info.num_frames} frames; decoded and searched for a face once")
+    for i, (key, pred) in enumerate(zip(keys, preds), start=1):
+        n_face = sum(1 for f in pred.ingest.frames if f.box is not None)
+        windows = "" if pred.timeline is None else f", timeline of {len(pred.timeline)} window" + (
+            "s" if len(pred.timeline) != 1 else "")
+        print(f"[{i}] {key}: {pred.top} (face in {n_face}/{len(pred.ingest.frames)} model frames{windows}; "
+              f"model {pred.timings['model']:.2f} s)")
+    classes = list(dict.fromkeys(c for p in preds for c in p.probabilities))
+    print(f"  {'class':<12}" + "".join(f"{f'[{i}]':>8}" for i in range(1, len(keys) + 1)))
+    for c in classes:
+        cells = "".join(f"{p.probabilities[c]:8.3f}" if c in p.probabilities else f"{'-':>8}" for p in preds)
+        print(f"  {c:<12}{cells}")
+    for key, what in zip(keys, weights):
+        print(f"weights of {key}: {what}")
+    for key, pred in zip(keys, preds):
+        for w in pred.warnings:
+            print(f"warning ({key}): {w}", file=sys.stderr)
 
 
 def _codec_of(path: Path) -> str:

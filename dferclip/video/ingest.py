@@ -1,4 +1,4 @@
-"""From a video file to the model's input: one call, :func:`ingest`.
+"""From a video file to the model's input: one call, :func:`ingest` (:func:`ingest_many` for several models).
 
 Sample the frames the model's sampler picks, find the clip's main face in them, cut a square crop
 with a margin around it, resize to the model's size and normalise as its ``InputConfig`` says. The
@@ -140,21 +140,43 @@ def ingest(
     subclasses. ``windows`` adds sliding windows over the clip (``result.windows``); it may be a function
     of the clip's duration in seconds, so the windows can be sized without opening the file twice.
     """
+    return ingest_many(path, [input_config], detector=detector, fallback=fallback, windows=[windows], limits=limits,
+                       margin=margin, tracking=tracking)[0]
+
+
+def ingest_many(
+    path,
+    input_configs: Sequence[InputConfig],
+    *,
+    detector: Optional[FaceDetector] = None,
+    fallback: str = "center",
+    windows: Optional[Sequence[Optional[WindowSpec | Callable[[float], WindowSpec]]]] = None,
+    limits: Limits = Limits(),
+    margin: float = DEFAULT_MARGIN,
+    tracking: TrackingConfig = TrackingConfig(),
+) -> List[IngestResult]:
+    """:func:`ingest` for several models' inputs at once (``windows``: one entry per input config): the clip
+    is opened, decoded and searched for faces once, over the union of the frames every model samples; each
+    model then gets its own frames, crops (its size and resize) and normalisation."""
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    configs = list(input_configs)
+    windows = list(windows) if windows is not None else [None] * len(configs)
+    if not configs or len(windows) != len(configs):
+        raise ValueError("ingest_many needs one or more input configs and one windows entry per config")
     detector = detector or default_detector()
-    T = input_config.num_frames
-    warnings: List[str] = []
+    warnings: List[List[str]] = [[] for _ in configs]
     start = time.perf_counter()
 
     # decoding and detection overlap: each chunk of decoded frames goes to the detector at once
     with VideoReader(path, limits) as reader, ThreadPoolExecutor(max_workers=1) as pool:
         n = reader.num_frames
-        clip_indices = sample_indices(n, T, input_config.sampler)
-        if callable(windows):
-            windows = windows(reader.info.duration_s or 0.0)
-        spans = _window_spans(reader.frame_times, input_config, windows, limits, warnings) if windows else []
-        wanted = sorted(set(clip_indices).union(*(w.indices for w in spans)))
+        clip_indices = [sample_indices(n, cfg.num_frames, cfg.sampler) for cfg in configs]
+        duration = reader.info.duration_s or 0.0
+        specs = [w(duration) if callable(w) else w for w in windows]
+        spans = [_window_spans(reader.frame_times, cfg, spec, limits, warned) if spec else []
+                 for cfg, spec, warned in zip(configs, specs, warnings)]
+        wanted = sorted(set().union(*clip_indices, *(w.indices for s in spans for w in s)))
         chunk = min(32, max(4, len(wanted) // 4))  # small enough to overlap, large enough to batch
         frames: List[DecodedFrame] = []
         jobs = []
@@ -170,33 +192,48 @@ def ingest(
         metas = _locate_faces(frames, detections, info, margin, tracking)
         face_range = _face_range(metas)
         lo, hi = face_range or (0, n)
-        if face_range is not None and any(m.box is None and not lo <= m.index <= hi
-                                           for m in metas if m.index in set(clip_indices)):
-            # the clip starts or ends without the face: the model's frames come from where the face is
-            clip_indices = [lo + i for i in sample_indices(hi - lo + 1, T, input_config.sampler)]
-            extra = sorted(set(clip_indices) - set(wanted))
-            if extra:
-                more = list(reader.iter_frames(extra))
-                found, seconds = _detect(detector, more)
-                detect_s += seconds
-                order = sorted(range(len(frames) + len(more)), key=lambda k: (frames + more)[k].index)
-                frames = [(frames + more)[k] for k in order]
-                detections = [(detections + found)[k] for k in order]
-                wanted = [f.index for f in frames]
-                metas = _locate_faces(frames, detections, info, margin, tracking)
-        warnings.extend(reader.warnings)
+        for k, cfg in enumerate(configs):
+            if face_range is not None and any(m.box is None and not lo <= m.index <= hi
+                                               for m in metas if m.index in set(clip_indices[k])):
+                # the clip starts or ends without the face: the model's frames come from where the face is
+                clip_indices[k] = [lo + i for i in sample_indices(hi - lo + 1, cfg.num_frames, cfg.sampler)]
+        extra = sorted(set().union(*clip_indices) - set(wanted))
+        if extra:
+            more = list(reader.iter_frames(extra))
+            found, seconds = _detect(detector, more)
+            detect_s += seconds
+            order = sorted(range(len(frames) + len(more)), key=lambda k: (frames + more)[k].index)
+            frames = [(frames + more)[k] for k in order]
+            detections = [(detections + found)[k] for k in order]
+            wanted = [f.index for f in frames]
+            metas = _locate_faces(frames, detections, info, margin, tracking)
+        for warned in warnings:
+            warned.extend(reader.warnings)
     detect_done = time.perf_counter()
+    decoded = {f.index: f for f in frames}
+    meta_of = dict(zip(wanted, metas))
+    no_face = _no_face_spans(metas, info.duration_s)
+    shared = {"decode_s": decode_done - start,  # probing and decoding
+              "detect_s": detect_s}  # detector busy time, mostly while decoding goes on
+    return [_model_input(cfg, clip_indices[k], spans[k], warnings[k], decoded, meta_of, metas, no_face, info, n,
+                         fallback, tracking, shared, start, detect_done)
+            for k, cfg in enumerate(configs)]
+
+
+def _model_input(input_config: InputConfig, clip_indices: List[int], spans: List[Window], warnings: List[str],
+                 decoded: Dict[int, DecodedFrame], meta_of: Dict[int, FrameMeta], metas: List[FrameMeta],
+                 no_face: List[Tuple[float, float]], info: VideoInfo, n: int, fallback: str,
+                 tracking: TrackingConfig, shared: dict, start: float, detect_done: float) -> IngestResult:
+    """One model's :class:`IngestResult` from the clip's decoded frames (``n`` in the clip) and located faces."""
+    T = input_config.num_frames
     if n < T:
         warnings.append(f"the clip has only {n} frame{'s' if n > 1 else ''}; the model sees the last one repeated to make {T}")
-    decoded = {f.index: f for f in frames}
-
-    meta_of = dict(zip(wanted, metas))
+    used = sorted(set(clip_indices).union(*(w.indices for w in spans)))
     clip_unique = sorted(set(clip_indices))
     hits = sum(meta_of[i].confidence is not None for i in clip_unique)
-    no_face = _no_face_spans(metas, info.duration_s)
     if hits == 0 and not any(m.confidence is not None for m in metas):
         if fallback == "error":
-            raise NoFaceFoundError(f"no face found in the {len(wanted)} sampled frames of {Path(info.path).name}")
+            raise NoFaceFoundError(f"no face found in the {len(metas)} sampled frames of {Path(info.path).name}")
         status = "no_face"
         warnings.append("no face found; the model sees the centre of each frame instead")
     elif hits * 2 >= len(clip_unique):
@@ -217,9 +254,9 @@ def ingest(
 
     size = input_config.image_size
     crops = {i: crop_square(decoded[i].image, _scaled(meta_of[i].crop, decoded[i].scale), size, input_config.resize)
-             for i in wanted}
-    slot = {i: k for k, i in enumerate(wanted)}
-    pixels = torch.from_numpy(np.stack([np.asarray(crops[i]) for i in wanted])).permute(0, 3, 1, 2)  # uint8
+             for i in used}
+    slot = {i: k for k, i in enumerate(used)}
+    pixels = torch.from_numpy(np.stack([np.asarray(crops[i]) for i in used])).permute(0, 3, 1, 2)  # uint8
 
     def model_input(indices: Sequence[int]) -> torch.Tensor:
         x01 = pixels[[slot[i] for i in indices]].float().div_(255.0)
@@ -234,15 +271,9 @@ def ingest(
             frames=metas,
         )
     done = time.perf_counter()
-
-    timings = {
-        "decode_s": decode_done - start,  # probing and decoding
-        "detect_s": detect_s,  # detector busy time, mostly while decoding goes on
-        "crop_s": done - detect_done,  # tracking, crops, tensors
-        "total_s": done - start,
-    }
+    timings = dict(shared, crop_s=done - detect_done, total_s=done - start)  # crop_s: tracking, crops, tensors
     timings = {k: round(v, 4) for k, v in timings.items()}
-    log.info("%s: %s, %d frames decoded, %s", Path(info.path).name, status, len(wanted), timings)
+    log.info("%s: %s, %d frames decoded, %s", Path(info.path).name, status, len(metas), timings)
     return IngestResult(
         video=video,
         crops=[crops[i] for i in clip_indices],
