@@ -2,7 +2,7 @@
 import math
 
 import pytest
-from app_helpers import TINY, corrupt_copy, feat_clip, served_app
+from app_helpers import TINY, corrupt_copy, feat_clip
 from gradio_client import Client, handle_file
 
 
@@ -108,49 +108,3 @@ def test_annotated_video_of_the_last_prediction(served):
         assert stream.codec_context.name in ("h264", "vp9")
         assert sum(1 for _ in container.decode(stream)) > 16
 
-
-EMO_TINY = "random:emoclip-tiny"
-
-
-def test_emoclip_in_the_app(tmp_path, monkeypatch):
-    """A zero-shot-only model (EmoCLIP) through the app: it predicts, its Descriptions tab says it has no learned
-    prompts (no learned column, chart or metrics) and edits move its zero-shot scores, the explanations run,
-    and the live tab crops as its ingestion does (bicubic) over its own number of frames."""
-    from PIL import Image
-    from test_live import clip_frames
-    from test_security import official_rows
-
-    import dferclip.ui.live as live
-
-    resizes = []
-    crop = live.crop_square
-    monkeypatch.setattr(live, "crop_square", lambda *a, **k: resizes.append(k.get("resize")) or crop(*a, **k))
-    with served_app(EMO_TINY) as (appmod, client):
-        model = appmod.demo.ctx.model(EMO_TINY)
-        label, gallery, _, note, _, _ = client.predict(handle_file(str(feat_clip("single_face.mp4"))), EMO_TINY,
-                                                       api_name="/predict")
-        assert {c["label"] for c in label["confidences"]} == set(model.class_names)
-        assert len(gallery) == model.input_config.num_frames and "untrained" in note.lower()
-        status, _, zero, learned, *_, scores, contrib, metrics, _, _, intro = client.predict(
-            EMO_TINY, official_rows(edit=True), "mean-embedding", api_name="/rescore_descriptions")
-        said = "EmoCLIP has no learned prompts: its scores are zero-shot, by the class descriptions, through its own"
-        assert said in status and said in intro and "DFER-CLIP" not in intro
-        assert "n/a" not in str(scores) and not any("learned" in h for h in scores["headers"])
-        assert {r[0] for r in contrib["data"]} == {"zero-shot"} and not learned["visible"]
-        assert "zero-shot (EmoCLIP&#x27;s own video model)" in zero["value"] and "CLIP towers" not in zero["value"]
-        moved = [float(r[scores["headers"].index("zero-shot Δ base")].replace("±", "")) for r in scores["data"]]
-        assert any(abs(d) > 0 for d in moved)  # the edit moved its zero-shot scores
-        _, clip_table, *_ = client.predict(EMO_TINY, "baseline", "current", api_name="/compare_sets")
-        assert clip_table["headers"] and not any("learned" in h for h in clip_table["headers"])
-        overlays, _, _, data = client.predict(EMO_TINY, "predicted class", api_name="/explain_expression")
-        assert len(overlays) == model.input_config.num_frames and data["maps"]["video"]
-        *_, row, _ = client.predict(EMO_TINY, model.class_names[0], "raised cheeks", api_name="/explain_descriptor")
-        assert row["target"].startswith('text "raised cheeks"')
-        frames = clip_frames("single_face.mp4", count=model.input_config.num_frames + 1)
-        for k, frame in enumerate(frames, start=1):
-            path = tmp_path / f"frame{k}.jpg"
-            Image.fromarray(frame).save(path, quality=90)
-            _, live_label, live_status = client.predict(handle_file(str(path)), EMO_TINY, api_name="/live")
-        n = model.input_config.num_frames
-        assert live_label["value"]["label"] and f"{n}/{n} frames" in live_status
-        assert resizes and set(resizes) == {model.input_config.resize} == {"bicubic"}
