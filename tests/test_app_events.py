@@ -295,6 +295,8 @@ def test_emoclip_in_the_app(tmp_path, monkeypatch):
                                                        api_name="/predict")
         assert {c["label"] for c in label["confidences"]} == set(model.class_names)
         assert len(gallery) == model.input_config.num_frames and "untrained" in note.lower()
+        streamed = client.predict(handle_file(str(feat_clip("single_face.mp4"))), EMO_TINY, api_name="/predict_stream")
+        assert streamed[0]["value"]["label"] == label["label"] and streamed[2]["data"]  # the label, then a timeline
         status, _, zero, learned, *_, scores, contrib, metrics, _, _, intro = client.predict(
             EMO_TINY, official_rows(edit=True), "mean-embedding", api_name="/rescore_descriptions")
         said = "EmoCLIP has no learned prompts: its scores are zero-shot, by the class descriptions, through its own"
@@ -318,3 +320,18 @@ def test_emoclip_in_the_app(tmp_path, monkeypatch):
         n = model.input_config.num_frames
         assert live_label["value"]["label"] and f"{n}/{n} frames" in live_status
         assert resizes and set(resizes) == {model.input_config.resize} == {"bicubic"}
+
+
+def test_switching_to_emoclip_keeps_the_edited_set_and_says_why_there_are_no_learned_scores():
+    from dferclip.ui.workbench import switch_model_event
+    from dferclip.workbench import starting_set
+
+    emo_ctx = AppContext(ModelRegistry([ModelEntry(TINY, "tiny", "explicit"), ModelEntry(EMO_TINY, "emo", "emoclip")],
+                                       dev="cpu"))
+    dfew = starting_set("DFEW")
+    edited = dfew.with_descriptions([["a broad smile"]] + dfew.descriptions[1:])
+    state = {"baseline": dfew.to_dict(), "previous": dfew.to_dict(), "current": edited.to_dict(),
+             "combine": "mean-embedding"}
+    _, kept, status, *_ = switch_model_event(emo_ctx, EMO_TINY, state, "mean-embedding", None, None)
+    assert kept["current"] == edited.to_dict() and "differs from baseline in: happiness" in status
+    assert "EmoCLIP has no learned prompts" in status and "Learned scores need" not in status
