@@ -334,8 +334,9 @@ def build_predict_tab(ctx: AppContext) -> tuple:
                     # loads the clip, then predicts.
                     ex = gr.Examples([[path] for path, _ in examples], inputs=[video], label="Examples (click to run)",
                                      example_labels=[lbl for _, lbl in examples], examples_per_page=8)
-                gr.Markdown(f"Clips up to {MAX_CLIP_SECONDS:.0f} s. The model sees 16 frames spread over the "
-                            "clip, cropped to the main face; the timeline scores overlapping 16-frame windows.",
+                gr.Markdown(f"Clips up to {MAX_CLIP_SECONDS:.0f} s. The model sees its frames (DFER-CLIP: 16 "
+                            "spread over the clip; EmoCLIP: 32, every 4th frame around the middle), cropped to the "
+                            "main face; the timeline scores overlapping windows of that many frames.",
                             elem_classes=["hint"])
             with gr.Column(scale=4):
                 label = gr.Label(num_top_classes=11, label="Expression", elem_id="expression-label")
