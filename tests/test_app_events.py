@@ -304,10 +304,11 @@ def test_emoclip_in_the_app(tmp_path, monkeypatch):
         assert "n/a" not in str(scores) and not any("learned" in h for h in scores["headers"])
         assert {r[0] for r in contrib["data"]} == {"zero-shot"} and not learned["visible"]
         assert "zero-shot (EmoCLIP&#x27;s own video model)" in zero["value"] and "CLIP towers" not in zero["value"]
-        moved = [float(r[scores["headers"].index("zero-shot Δ base")].replace("±", "")) for r in scores["data"]]
-        assert any(abs(d) > 0 for d in moved)  # the edit moved its zero-shot scores
-        _, clip_table, *_ = client.predict(EMO_TINY, "baseline", "current", api_name="/compare_sets")
-        assert clip_table["headers"] and not any("learned" in h for h in clip_table["headers"])
+        unedited = client.predict(EMO_TINY, official_rows(), "mean-embedding", api_name="/rescore_descriptions")[-6]
+        column = scores["headers"].index("zero-shot logit")
+        assert scores["data"][0][column] != unedited["data"][0][column]  # the edit moved happiness's zero-shot logit
+        summary, clip_table, *_ = client.predict(EMO_TINY, "baseline", "current", api_name="/compare_sets")
+        assert clip_table["headers"] and not any("learned" in h for h in clip_table["headers"]) and said in summary
         overlays, _, _, data = client.predict(EMO_TINY, "predicted class", api_name="/explain_expression")
         assert len(overlays) == model.input_config.num_frames and data["maps"]["video"]
         *_, row, _ = client.predict(EMO_TINY, model.class_names[0], "raised cheeks", api_name="/explain_descriptor")

@@ -17,7 +17,7 @@ from ..errors import DferclipError
 from ..metrics import SMALL_CLASS
 from .context import AppContext
 from .scheduler import BusyError
-from .workbench import _workbench, diff_markdown, pick_set, saved_set_names, user_error
+from .workbench import _workbench, diff_markdown, no_learned_note, pick_set, saved_set_names, user_error
 
 STATE_CHOICES = ["current", "baseline", "previous"]
 MAX_FLIPS_SHOWN = 24  # thumbnails of flipped clips (all are listed in the API's result)
@@ -72,6 +72,8 @@ def compare_event(ctx: AppContext, model_key: Optional[str], a: str, b: str, sta
                          f"{', '.join(set_b.classes)}): compare sets of one class set")
     lines = [f"**A: {html.escape(a)}** ({html.escape(set_a.name)} v{set_a.version}) vs **B: {html.escape(b)}** "
              f"({html.escape(set_b.name)} v{set_b.version}), combine {wb.combine}."]
+    if no_learned_note(wb.model):  # zero-shot rows only
+        lines.append(f"- {no_learned_note(wb.model)}")
     result: dict = {"a": a, "b": b, "classes": list(set_a.classes), "clip": None, "evaluation": None}
     clip_table = pd.DataFrame()
     video = clip.video_for(wb.model.input_config) if clip is not None and hasattr(clip, "video_for") else None
