@@ -288,7 +288,7 @@ class ModelRegistry:
     :meth:`get`: it starts a background fetch (:func:`request_weights`, limited by ``public``) and raises
     WeightsUnavailableError saying so."""
 
-    def __init__(self, entries: list[ModelEntry], dev: torch.device | str | None = None, max_loaded: int = 2,
+    def __init__(self, entries: list[ModelEntry], dev: torch.device | str | None = None, max_loaded: int = 3,
                  backend: str | None = None, background: bool = True, download_inline: Optional[bool] = None,
                  public: bool = False):
         if not entries:

@@ -64,16 +64,16 @@ def timeline_rows(pred: Optional[Prediction]) -> dict:
     return {"columns": TIMELINE_COLUMNS, "data": [[r[c] for c in TIMELINE_COLUMNS] for r in rows]}
 
 
-def timeline_chart(pred: Optional[Prediction]) -> str:
+def timeline_chart(pred: Optional[Prediction], title: str = TIMELINE_TITLE) -> str:
     """The timeline drawn (HTML with an SVG): one line per expression over the whole clip, the predicted
     class emphasised; a single window is a flat segment over its span. Partial timelines (while windows
     are scored) and no timeline at all say so."""
     if pred is None:
-        return line_chart_html(TIMELINE_TITLE, [], x_range=(0.0, 1.0), x_title="time (s)",
+        return line_chart_html(title, [], x_range=(0.0, 1.0), x_title="time (s)",
                                message="Predict a clip to see its expressions over time.")
     tl = pred.timeline
     duration = pred.ingest.source.duration_s or (max(tl.end, default=0.0) if tl is not None else 0.0) or 1.0
-    title, message = TIMELINE_TITLE, ""
+    message = ""
     if tl is None:
         message = "No timeline for this clip."
     elif len(tl) == 0:
@@ -372,6 +372,9 @@ def build_predict_tab(ctx: AppContext) -> tuple:
             return annotate_event(ctx, clip, ctx.session(request))
 
         annotate_btn.click(annotate, [ctx.clip], [annotated], api_name="annotate", **ctx.groups["long"])
+        from .compare_models import build_compare_models_section  # it uses this module's charts
+
+        build_compare_models_section(ctx, video)
         video.change(preview_note, video, preview, api_visibility="private", queue=False)
         ctx.model_selected.then(lambda key: gr.Gallery(value=None, visible=uses_face_mesh(ctx, key)),
                                 ctx.model_dropdown, renders, api_visibility="private")

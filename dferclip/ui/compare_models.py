@@ -1,0 +1,113 @@
+"""The Predict tab's "Compare models" section (api ``/compare_models``): the same clip through two or three
+models side by side, each with its label, probabilities and timeline. The clip is decoded and its face found
+once for all of them (:func:`dferclip.predict.prepare_clips`); each model then scores its own frames."""
+from __future__ import annotations
+
+import html
+from typing import Optional
+
+import gradio as gr
+import pandas as pd
+
+from ..errors import DataError, DferclipError, VideoError
+from ..predict import Prediction, iter_predict, prepare_clips
+from ..runtime import EMOCLIP_SOURCE, FINECLIPER_SOURCE
+from .charts import CHART_CSS
+from .errors import user_error
+from .predict import APP_LIMITS, timeline_chart
+from .scheduler import BusyError
+
+MAX_COMPARED = 3  # models a comparison runs: each is a full prediction
+
+
+def default_picks(ctx) -> list[str]:
+    """The page's first model and, when on offer, a FineCLIPER and an EmoCLIP."""
+    keys = [e.key for e in ctx.registry.entries]
+    picks = [ctx.registry.default_key] + [k for k in (FINECLIPER_SOURCE, EMOCLIP_SOURCE) if k in keys]
+    return list(dict.fromkeys(picks))[:MAX_COMPARED]
+
+
+def checked_keys(ctx, keys) -> list[str]:
+    """Two or three distinct models on offer here (a DataError says what is wrong)."""
+    if isinstance(keys, str):
+        keys = [keys]
+    keys = list(dict.fromkeys(str(k) for k in (keys or []) if k))
+    if not 2 <= len(keys) <= MAX_COMPARED:
+        raise DataError(f"pick two or three models to compare ({len(keys)} picked)")
+    for key in keys:
+        ctx.registry.entry(key)  # only models on offer: never a path or name a visitor makes up
+    return keys
+
+
+def compare_models_event(ctx, video: Optional[str], keys, session: str = "anonymous") -> tuple:
+    """(summary, probabilities table, timelines, data) for the clip under each picked model."""
+    if not video:
+        raise user_error("Upload a clip or click an example first: the models are compared on it.")
+    try:
+        keys = checked_keys(ctx, keys)
+        with ctx.scheduler.long(session, "model comparison"):
+            models = [ctx.model(k) for k in keys]
+            clips = prepare_clips(models, video, limits=APP_LIMITS, dev=ctx.registry.device)
+            preds = []
+            for key, clip in zip(keys, clips):
+                pred = None
+                # the same models (the registry keeps three); got again in case other visitors' picks let one go
+                for pred in iter_predict(ctx.model(key), video, dev=ctx.registry.device, prepared=clip):
+                    pass
+                preds.append(pred)
+    except VideoError as e:
+        raise user_error(f"Cannot use this file: {e}") from None
+    except (DferclipError, BusyError) as e:
+        raise user_error(e) from None
+    labels = [ctx.registry.entry(k).label for k in keys]
+    return summary_md(labels, preds), probabilities_table(labels, preds), timelines_html(labels, preds), {
+        "models": [{"model": k, "label": lbl, "top": p.top, "probabilities": p.probabilities,
+                    "timeline": p.timeline.rows(p.classes) if p.timeline is not None else []}
+                   for k, lbl, p in zip(keys, labels, preds)]}
+
+
+def summary_md(labels: list[str], preds: list[Prediction]) -> str:
+    lines = ["The clip was decoded and its face found once; each model then read its own frames."]
+    for i, (label, pred) in enumerate(zip(labels, preds), start=1):
+        faces = sum(1 for f in pred.ingest.frames if f.box is not None)
+        trained = "" if pred.weights.get("trained") else " · **untrained weights: meaningless**"
+        lines.append(f"{i}. **{html.escape(label)}**: **{html.escape(pred.top)}** "
+                     f"{100 * pred.probabilities[pred.top]:.0f} % (face in {faces} of {len(pred.ingest.frames)} "
+                     f"frames){trained}")
+    return "\n".join(lines)
+
+
+def probabilities_table(labels: list[str], preds: list[Prediction]) -> pd.DataFrame:
+    """Every class of any model, a column of % per model ("" where a model has no such class)."""
+    classes = list(dict.fromkeys(c for p in preds for c in p.classes))
+    table = {"class": classes}
+    for i, (label, pred) in enumerate(zip(labels, preds), start=1):
+        table[f"{i}. {label.split(' (')[0][:32]} %"] = [f"{100 * pred.probabilities[c]:.1f}" if c in pred.probabilities else ""
+                                         for c in classes]
+    return pd.DataFrame(table)
+
+
+def timelines_html(labels: list[str], preds: list[Prediction]) -> str:
+    return "".join(timeline_chart(p, title=f"{i}. {label}: expression over time")
+                   for i, (label, p) in enumerate(zip(labels, preds), start=1))
+
+
+def build_compare_models_section(ctx, video) -> None:
+    """The section (in the Predict tab, under the prediction) and its event; ``video``: the tab's clip input."""
+    with gr.Accordion("Compare models on this clip (side by side)", open=False, elem_id="compare-models"):
+        with gr.Row():
+            picks = gr.Dropdown(ctx.registry.choices(), value=default_picks(ctx), multiselect=True,
+                                max_choices=MAX_COMPARED, label="Models (two or three)", scale=4,
+                                elem_id="compare-models-picks")
+            go = gr.Button("Compare models", variant="primary", scale=1, elem_id="compare-models-button")
+        summary = gr.Markdown(elem_id="compare-models-summary")
+        table = gr.Dataframe(label="Probabilities (%) under each model", interactive=False,
+                             elem_id="compare-models-table")
+        charts = gr.HTML(css_template=CHART_CSS, elem_id="compare-models-timelines")
+        data = gr.JSON(visible=False)
+
+    def compare(clip, keys, request: gr.Request = None):
+        return compare_models_event(ctx, clip, keys, ctx.session(request))
+
+    go.click(compare, [video, picks], [summary, table, charts, data], api_name="compare_models",
+             **ctx.groups["long"])
