@@ -103,6 +103,7 @@ class ModelFacts:
     visual_streams: tuple = ("video",)
     needs_face_analysis = False
     uses_captions = False
+    trains_on_captions = False  # EmoCLIP: captions only as training targets
     has_negative_prompts = False
     has_learned_prompts = True
     _class_cache = None

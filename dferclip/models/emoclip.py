@@ -36,6 +36,32 @@ Input, from ``DataLoaders/`` and ``experiments/DFEW_zeroshot_hpc.sh``, and where
   ``CenterCrop(224)``; here PIL's bicubic, antialiased, on the square face crop, where the centre crop has
   nothing to cut). DFER-CLIP: bilinear resize, pixels / 255 with no mean/std.
 
+Training (``train.py`` and ``experiments/*_hpc.sh`` of the official code; here ``training/configs/emoclip.json``
+through :mod:`dferclip.training.train`):
+
+- Objective: symmetric InfoNCE over the batch between video embeddings and the text embeddings of each clip's
+  own description, mean of the video->text and text->video cross-entropies, ``logit_scale.exp()`` times the
+  cosine. The official loaders give each MAFW training clip its sample-level caption (annotation column 4);
+  here a clip's caption comes from a caption file of the ``caption`` command (``captions`` in the training
+  config, read as FineCLIPER's training reads it) and a clip without one is paired with its class
+  description, the class embedding that zero-shot evaluation scores against (the mean over the class's
+  sentences).
+- Trained: the temporal transformer and the logit scale; CLIP is frozen (``VClip`` sets ``requires_grad``
+  False on the whole backbone). The fine-tuning runs (``--finetune --visual --text``) unfreeze the image
+  tower and the text transformer at 1/1000 of the rate: the groups ``image_encoder`` and ``text_encoder``
+  here, frozen when their rate is 0 (the default recipe).
+- Optimiser: SGD, momentum 0.9, weight decay 5e-4, rate 1e-3; 30 epochs, MultiStepLR at 15 (its 35 and 50
+  lie past the end), gamma 0.1; 2 GPUs x 64 clips; fp16 autocast; augmentation: rotation up to 6 degrees and
+  a horizontal flip.
+- Differences: (1) the official loss puts one target per row (``arange``), so clips of a batch whose texts
+  are the same (two clips of one class without captions) count as each other's negatives; here every clip
+  with the same text (same caption tokens, or no caption and the same class) is a positive, the targets
+  spread over them; with all texts distinct this is the official loss. (2) The official loss is per GPU
+  over its 64 clips; here the embeddings are gathered over the processes (with gradients), so the loss is
+  over the global batch and any number of processes trains the same model. (3) Model selection is on a
+  validation split by default (the official keeps the best test WAR: ``selection="test"``). (4) Training
+  frames come from the trainer's segment sampling (DFER-CLIP's), not a random window.
+
 There are no learned prompts: ``has_learned_prompts`` is False, and the scoring modes ``zero-shot`` and
 the model's own path are the same computation (:meth:`zero_shot_video` is the temporal video embedding and
 :meth:`zero_shot_texts` the bare sentences), so EmoCLIP's zero-shot scores are never plain CLIP's.
@@ -43,7 +69,8 @@ the model's own path are the same computation (:meth:`zero_shot_video` is the te
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +80,7 @@ from ..config import ModelConfig
 from ..text.descriptions import DescriptionSet
 from .blocks import ModelFacts, TemporalTransformer, class_means, fp32_cosine_logits
 from .clip_towers import build_clip
+from .fineclipper import _in_ddp, caption_inputs
 from .registry import register_model
 
 POSITIONS = 1024  # the official temporal position table
@@ -74,11 +102,81 @@ def compound_descriptions(base: DescriptionSet, compounds: Sequence[str], sep: s
                           class_set="custom", provenance={"compound_of": base.name, **base.provenance})
 
 
+@dataclass
+class _TrainStep:
+    """What a training-mode forward keeps for :meth:`EmoCLIP.loss`."""
+
+    video: torch.Tensor  # (B, D) normalised video embeddings
+    classes: torch.Tensor  # (C, D) normalised class embeddings
+    captions: Optional[torch.Tensor] = None  # (B, D) normalised caption embeddings
+    present: Optional[torch.Tensor] = None  # (B,) bool: the clip has a caption
+    tokens: Optional[torch.Tensor] = None  # (B, L) caption tokens
+
+
+def _gather(x: torch.Tensor, with_grad: bool = False) -> torch.Tensor:
+    """The rows of every process, in rank order (gradients flow back to each process's own rows)."""
+    import torch.distributed as dist
+
+    if with_grad:
+        import torch.distributed.nn.functional as dist_fn
+
+        return torch.cat(dist_fn.all_gather(x.contiguous()))
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def same_text(labels: torch.Tensor, present: Optional[torch.Tensor] = None,
+              tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, B) bool: clips i and j have the same text (the same caption, or no caption and the same class)."""
+    key = labels[:, None]
+    if present is not None and tokens is not None:
+        caption_key = torch.cat([torch.ones_like(key), tokens], dim=1)
+        class_key = torch.cat([torch.zeros_like(key), key, torch.zeros_like(tokens[:, 1:])], dim=1)
+        key = torch.where(present[:, None], caption_key, class_key)
+    return (key[:, None, :] == key[None, :, :]).all(-1)
+
+
+def contrastive_loss(video: torch.Tensor, text: torch.Tensor, same: torch.Tensor, scale: torch.Tensor):
+    """Symmetric InfoNCE of normalised (B, D) pairs; a row's targets spread over the clips with its text."""
+    logits = scale * video.float() @ text.float().t()
+    targets = same.float() / same.float().sum(dim=1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
+class CaptionedClips(torch.utils.data.Dataset):
+    """Training clips with their captions: items ``({"video", "caption_tokens", "caption_present"}, label)``;
+    captions from a :class:`dferclip.captions.CaptionStore` keyed by :func:`dferclip.captions.clip_key`."""
+
+    uses_captions = True  # counted by the trainer's caption report
+
+    def __init__(self, base, captions, context_length: int = 77):
+        from ..video.clips import clip_key
+
+        self.base, self.captions, self.context_length = base, captions, context_length
+        self.keys = [clip_key(r.path) for r in base.records]
+        self.missing_captions = [r.path for r, k in zip(base.records, self.keys) if captions.text(k) is None]
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getattr__(self, name):  # labels, records, set_epoch, train, ... of the base set
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __getitem__(self, index: int):
+        video, label = self.base[index]
+        caption = caption_inputs([self.captions.text(self.keys[index])], 1, self.context_length)
+        return {"video": video, **{k: v[0] for k, v in caption.items()}}, label
+
+
 @register_model("emoclip")
 class EmoCLIP(ModelFacts, nn.Module):
     family = "emoclip"
     has_learned_prompts = False  # zero-shot by class descriptions only (no "learned" scoring mode)
     official_descriptions = "emoclip-official"  # emoclip-official-dfew / -mafw
+    trains_on_captions = True  # training pairs a clip with its caption (else its class description)
 
     def __init__(self, config: ModelConfig, descriptions: DescriptionSet, clip_model: Optional[nn.Module] = None):
         super().__init__()
@@ -91,6 +189,7 @@ class EmoCLIP(ModelFacts, nn.Module):
         self.log_logit_scale = nn.Parameter(torch.as_tensor(start, dtype=torch.float32).reshape(()))
         self.weights_info: dict = {"kind": "random", "trained": False, "source": None}
         self._class_cache: Optional[tuple] = None
+        self._last: Optional[_TrainStep] = None
         self.set_descriptions(descriptions)
 
     @property
@@ -129,7 +228,9 @@ class EmoCLIP(ModelFacts, nn.Module):
 
     # --- video side ----------------------------------------------------------------------------
     def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) model input -> per-frame CLIP image features (B, T, D)."""
+        """(B, T, 3, H, W) model input (or a training input dict) -> per-frame CLIP image features (B, T, D)."""
+        if isinstance(video, Mapping):
+            video = video["video"]
         if video.dim() != 5:
             raise ValueError(f"expected a video tensor (B, T, 3, H, W), got shape {tuple(video.shape)}")
         b, t = video.shape[:2]
@@ -157,14 +258,58 @@ class EmoCLIP(ModelFacts, nn.Module):
         """Logits (B, C) ``exp(log_logit_scale) * cos(v, c)``, in fp32 even under autocast."""
         return fp32_cosine_logits(video_embedding, class_embedding, self.log_logit_scale.float().exp())
 
-    def forward(self, video: torch.Tensor) -> torch.Tensor:
-        return self.score(self.encode_video(video), self.class_embeddings())
+    def forward(self, inputs) -> torch.Tensor:
+        """Logits (B, C) against the class embeddings. ``inputs``: a video tensor, or in training a dict with
+        ``video`` and the clips' ``caption_tokens`` / ``caption_present`` (:class:`CaptionedClips`)."""
+        video = self.encode_video(inputs)
+        classes = self.class_embeddings()
+        if self.training:
+            step = _TrainStep(F.normalize(video.float(), dim=-1), classes)
+            tokens = inputs.get("caption_tokens") if isinstance(inputs, Mapping) else None
+            if tokens is not None:  # every row through the text tower (fixed shapes for the gather)
+                step.tokens = tokens.to(video.device)
+                step.present = inputs["caption_present"].to(video.device)
+                step.captions = self.encode_texts_from_tokens(step.tokens)
+            self._last = step
+        return self.score(video, classes)
+
+    def encode_texts_from_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (N, L) -> normalised CLIP text features (N, D)."""
+        from .clip_towers import encode_token_embeddings
+
+        return F.normalize(encode_token_embeddings(self.clip, self.clip.token_embedding(tokens), tokens), dim=-1)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The contrastive loss of the last training-mode forward (whose ``logits`` are given): each clip's
+        video embedding against the text of its caption, or of its class without one (module docstring)."""
+        step, self._last = self._last, None
+        if step is None or step.video.shape[0] != logits.shape[0]:
+            raise RuntimeError("EmoCLIP.loss needs the logits of this model's last forward in training mode")
+        labels = labels.to(logits.device)
+        text = step.classes.float()[labels]
+        if step.captions is not None:
+            text = torch.where(step.present[:, None], step.captions.float(), text)
+        video, present, tokens = step.video, step.present, step.tokens
+        if _in_ddp():  # the loss over the global batch
+            video, text, labels = _gather(video, True), _gather(text, True), _gather(labels)
+            if tokens is not None:
+                present, tokens = _gather(present), _gather(tokens)
+        return contrastive_loss(video, text, same_text(labels, present, tokens), self.log_logit_scale.float().exp())
+
+    def wrap_dataset(self, dataset, captions=None, analysis_cache=None):
+        """Training clips with a caption store become :class:`CaptionedClips`; anything else is unchanged
+        (evaluation is zero-shot by the class descriptions)."""
+        if captions is None or not getattr(dataset, "train", False):
+            return dataset
+        return CaptionedClips(dataset, captions, self.clip.context_length)
 
     # --- training helpers ----------------------------------------------------------------------
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """The official training's trained parts (temporal net with the logit scale) and the image tower that
-        its fine-tuning runs unfreeze; the text tower stays frozen."""
+        """The official training's trained parts (temporal net with the logit scale) and what its fine-tuning
+        runs unfreeze: the image tower and the text transformer (token embedding, ln_final and projection stay
+        frozen). A group with rate 0 stays frozen (:func:`dferclip.training.train.trainable_groups`)."""
         return {
             "temporal": list(self.temporal.parameters()) + [self.log_logit_scale],
             "image_encoder": list(self.clip.visual.parameters()),
+            "text_encoder": list(self.clip.transformer.parameters()),
         }

@@ -64,7 +64,9 @@ def wrap_for_model(model, dataset, *, captions=None, face_cache=None):
     folder. Other models, and datasets that are not plain clip datasets, are returned as they are."""
     from .data import ClipDataset
 
-    if captions is not None and not model.uses_captions:
+    takes_captions = model.uses_captions or (getattr(model, "trains_on_captions", False)
+                                             and getattr(dataset, "train", False))  # EmoCLIP's training clips
+    if captions is not None and not takes_captions:
         log.warning("captions given, but this %s model (streams %s) has no caption stream: ignored",
                     model.family, ", ".join(model.streams))
         captions = None

@@ -22,7 +22,8 @@ number of processes with the same global batch, and a resumed run continues exac
 
 Models with several input streams (FineCLIPER, ``training/configs/fineclipper.json``) get their datasets wrapped
 after the validation split (:func:`dferclip.evaluate.wrap_for_model`): items become input dicts with the
-face-analysis renders and caption tokens. ``captions`` names the caption file (``dferclip.captions``); the
+face-analysis renders and caption tokens. ``captions`` names the caption file (``dferclip.captions``; EmoCLIP pairs its training clips with them,
+``training/configs/emoclip.json``); the
 face analysis of each clip is cached in ``face_cache`` (default ``<output>/../face-cache``, beside
 ``frames-cache``, so the folds of a 5-fold run share it). How many clips lack a caption is logged and kept
 in ``results.json`` under ``captions``.
@@ -280,9 +281,12 @@ def build_for_training(cfg: TrainConfig, descriptions: DescriptionSet):
     return model
 
 
-def trainable_groups(model) -> dict:
-    """Freeze everything but the official groups (the text tower stays frozen)."""
+def trainable_groups(model, lr: Optional[dict] = None) -> dict:
+    """Freeze everything but the official groups (the text tower stays frozen); a group whose rate in ``lr``
+    is 0 stays frozen too and is left out (EmoCLIP's default recipe trains no CLIP tower)."""
     groups = model.param_groups()
+    if lr is not None:
+        groups = {name: params for name, params in groups.items() if float(lr.get(name, 1.0)) != 0.0}
     for p in model.parameters():
         p.requires_grad_(False)
     for params in groups.values():
@@ -452,7 +456,7 @@ def _wrap_streams(cfg: TrainConfig, model, out: Path, *datasets):
     from ..video.face_analysis import AnalysisCache
 
     captions = None
-    if cfg.captions and not model.uses_captions:
+    if cfg.captions and not (model.uses_captions or getattr(model, "trains_on_captions", False)):
         log.warning("captions=%s ignored: this %s model (streams %s) has no caption stream", cfg.captions,
                     model.family, ", ".join(model.streams))
     elif cfg.captions:
@@ -475,7 +479,8 @@ def _caption_report(cfg: TrainConfig, splits: dict) -> dict:
         text = "; ".join(f"{name}: {c['without_caption']} of {c['clips']} clips" for name, c in report.items())
         if any(c["without_caption"] for c in report.values()):
             source = cfg.captions or "no caption file given (set captions)"
-            log.warning("clips without a caption (their caption stream is off) - %s [%s]", text, source)
+            log.warning("clips without a caption (FineCLIPER: their caption stream is off; EmoCLIP: paired with "
+                        "their class description) - %s [%s]", text, source)
         else:
             log.info("every clip has a caption (%s)", text)
     return report
@@ -544,7 +549,7 @@ def train_once(cfg: TrainConfig, *, resume: str | Path | None = None, replace: b
     if len(train_ds) < cfg.batch_size:
         raise TrainingError(f"{len(train_ds)} training clips: fewer than one batch of {cfg.batch_size}")
     model.to(d.device)
-    groups = trainable_groups(model)
+    groups = trainable_groups(model, cfg.lr)
     optimizer = make_optimizer(cfg, groups)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.milestones), gamma=cfg.gamma)
     amp_dtype = mixed_precision_dtype(d.device, cfg.amp)
