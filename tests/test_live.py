@@ -59,6 +59,23 @@ def test_live_step_without_a_face_says_so(ctx):
     assert "no face: centre of the frame" in status and label.value["label"]
 
 
+def test_a_missed_detection_draws_no_box_but_the_model_still_reads_the_face(ctx):
+    """A frame where the detector misses the face gets no box; the model's crop stays where the face was for
+    at most 0.5 s, then falls back to the frame's centre."""
+    from dferclip.ui.live import LiveSession, _newest_box
+    from dferclip.video.faces import Detection, TrackingConfig
+
+    tracking, face = TrackingConfig(), (100.0, 80.0, 180.0, 170.0)
+    session = LiveSession(TINY, 16)
+    for t in (0.0, 0.1, 0.2):
+        session.keep(t, [Detection(face, 0.99)], None)
+    assert _newest_box(session, (320, 240), tracking) == (face, face)
+    session.keep(0.3, [], None)  # missed
+    assert _newest_box(session, (320, 240), tracking) == (None, face)
+    session.keep(0.9, [], None)  # 0.7 s after the last detection
+    assert _newest_box(session, (320, 240), tracking) == (None, None)
+
+
 def test_live_endpoint_with_real_frames(served, tmp_path):
     """One frame per call: a client's calls share a session, so the window fills up to 16 frames and slides."""
     _, client = served

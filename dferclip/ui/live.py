@@ -65,12 +65,19 @@ def _downscaled(image: np.ndarray) -> np.ndarray:
 
 
 def _newest_box(session: LiveSession, frame_size, tracking: TrackingConfig):
-    """The main face's box in the newest frame, tracked over the kept frames (None unless it was detected there:
-    :func:`~dferclip.video.faces.face_boxes` holds a box only inside a gap between detections)."""
-    track = main_face_track(list(session.detections), list(session.times), frame_size, tracking)
+    """(the main face's box in the newest frame, where the model's crop is cut). The box is None unless the
+    face was detected there (:func:`~dferclip.video.faces.face_boxes` holds a box only inside a gap between
+    detections, which the newest frame cannot yet be known to be in); the crop keeps the last detection's place
+    for at most ``tracking.max_hold_s``, so one missed detection does not feed the model the frame's centre."""
+    times = list(session.times)
+    track = main_face_track(list(session.detections), times, frame_size, tracking)
     if track is None:
-        return None
-    return fill_track(track, list(session.times), tracking.max_hold_s)[0][-1]
+        return None, None
+    box = fill_track(track, times, tracking.max_hold_s)[0][-1]
+    if box is not None:
+        return box, box
+    recent = [d.box for t, d in zip(times, track.detections) if d is not None and times[-1] - t <= tracking.max_hold_s]
+    return None, recent[-1] if recent else None
 
 
 def _annotated(image: np.ndarray, box, caption: str) -> np.ndarray:
@@ -117,8 +124,8 @@ def live_step(ctx: AppContext, frame: Optional[np.ndarray], session: Optional[Li
     dets = default_detector().detect([image])[0]
     t = start - session.started
     session.keep(t, dets, None)
-    box = _newest_box(session, size, tracking)
-    region = center_region(size) if box is None else crop_region(box, DEFAULT_MARGIN, size)
+    box, crop_box = _newest_box(session, size, tracking)
+    region = center_region(size) if crop_box is None else crop_region(crop_box, DEFAULT_MARGIN, size)
     crop = np.array(crop_square(image, region, cfg.image_size, resize=cfg.resize))  # writable: torch shares its memory
     x = cfg.normalize(torch.from_numpy(crop).permute(2, 0, 1)[None].float().div_(255))
     n = len(session.features)
@@ -137,7 +144,8 @@ def live_step(ctx: AppContext, frame: Optional[np.ndarray], session: Optional[Li
                                                  f" · {UNTRAINED_WARNING}")
     status = (f"update {session.updates} · frame at {t:.2f} s · processed in {1000 * (now - start):.0f} ms · "
               f"{rate:.1f} updates/s · {n}/{cfg.num_frames} frames · "
-              + ("face tracked" if box is not None else "no face: centre of the frame"))
+              + ("face tracked" if box is not None else "no face in this frame: the model reads where it just was"
+                 if crop_box is not None else "no face: centre of the frame"))
     caption = f"{top} {100 * probs[top]:.0f}%"
     return (_annotated(image, box, caption), gr.Label(value=probs, label=title), html.escape(status), session)
 
