@@ -1,7 +1,7 @@
 """Blocks both model families share: the temporal transformer, the common model facts, per-class means."""
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -123,6 +123,33 @@ class ModelFacts:
     @property
     def embed_dim(self) -> int:
         return self.clip.text_projection.shape[1]
+
+    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) model input (or a training input dict) -> per-frame CLIP image features (B, T, D)."""
+        if isinstance(video, Mapping):
+            video = video["video"]
+        if video.dim() != 5:
+            raise ValueError(f"expected a video tensor (B, T, 3, H, W), got shape {tuple(video.shape)}")
+        b, t = video.shape[:2]
+        dtype = self.clip.visual.conv1.weight.dtype
+        return self.clip.visual(video.flatten(0, 1).to(dtype)).view(b, t, -1)
+
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> video embedding (B, D), before L2 normalisation: the temporal model over the
+        frames' features."""
+        return self.temporal(self.encode_frames(video))
+
+    # frame-level API (dferclip.predict encodes each distinct frame of a clip and its timeline windows once,
+    # then embeds every frame sequence from those features); FineCLIPER has its own, for its streams
+    def frame_features(self, frames: torch.Tensor, renders: Optional[dict] = None) -> torch.Tensor:
+        """(U, 3, H, W) model-input frames -> per-frame features (U, D)."""
+        return self.encode_frames(frames.unsqueeze(0)).squeeze(0)
+
+    def embed_sequences(self, features: torch.Tensor, positions: torch.Tensor, return_weights: bool = False):
+        """Video embeddings (N, D) of N frame sequences given as (N, T) positions into ``features``; with
+        ``return_weights`` also the streams' fusion weights, None for a single-stream model."""
+        emb = self.temporal(features[positions])
+        return (emb, None) if return_weights else emb
 
     def zero_shot_texts(self, descriptions: Optional[DescriptionSet] = None, templates=None):
         """The prompt strings of the zero-shot classifier: per class, templates x descriptions."""

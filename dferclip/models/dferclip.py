@@ -100,29 +100,7 @@ class DFERCLIP(ModelFacts, nn.Module):
         return [self.prompt.ctx]
 
     # --- video side ----------------------------------------------------------------------------
-    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) model input -> per-frame CLIP image features (B, T, D)."""
-        if video.dim() != 5:
-            raise ValueError(f"expected a video tensor (B, T, 3, H, W), got shape {tuple(video.shape)}")
-        b, t = video.shape[:2]
-        dtype = self.clip.visual.conv1.weight.dtype
-        return self.clip.visual(video.flatten(0, 1).to(dtype)).view(b, t, -1)
-
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) -> video embedding (B, D), before L2 normalisation."""
-        return self.temporal(self.encode_frames(video))
-
-    # frame-level API shared with FineCLIPER (dferclip.predict encodes each distinct frame of a clip and its
-    # timeline windows once, then embeds every frame sequence from those features)
-    def frame_features(self, frames: torch.Tensor, renders: Optional[dict] = None) -> torch.Tensor:
-        """(U, 3, H, W) model-input frames -> per-frame features (U, D)."""
-        return self.encode_frames(frames.unsqueeze(0)).squeeze(0)
-
-    def embed_sequences(self, features: torch.Tensor, positions: torch.Tensor, return_weights: bool = False):
-        """Video embeddings (N, D) of N frame sequences given as (N, T) positions into ``features``; with
-        ``return_weights`` also the streams' fusion weights, None for this single-stream model."""
-        emb = self.temporal(features[positions])
-        return (emb, None) if return_weights else emb
+    # encode_frames, encode_video, frame_features, embed_sequences: ModelFacts' single-stream ones
 
     def score(self, video_embedding: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) ``logit_scale * cos(v, c)``, in fp32 even under autocast."""

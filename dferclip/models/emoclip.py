@@ -227,32 +227,9 @@ class EmoCLIP(ModelFacts, nn.Module):
                 *c.ln_final.parameters()]
 
     # --- video side ----------------------------------------------------------------------------
-    def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) model input (or a training input dict) -> per-frame CLIP image features (B, T, D)."""
-        if isinstance(video, Mapping):
-            video = video["video"]
-        if video.dim() != 5:
-            raise ValueError(f"expected a video tensor (B, T, 3, H, W), got shape {tuple(video.shape)}")
-        b, t = video.shape[:2]
-        dtype = self.clip.visual.conv1.weight.dtype
-        return self.clip.visual(video.flatten(0, 1).to(dtype)).view(b, t, -1)
-
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) -> video embedding (B, D), before L2 normalisation."""
-        return self.temporal(self.encode_frames(video))
-
     def zero_shot_video(self, video: torch.Tensor) -> torch.Tensor:
         """EmoCLIP's zero-shot video embedding is its own (B, D), L2-normalised: not CLIP's frame average."""
         return F.normalize(self.encode_video(video), dim=-1)
-
-    def frame_features(self, frames: torch.Tensor, renders: Optional[dict] = None) -> torch.Tensor:
-        """(U, 3, H, W) model-input frames -> per-frame features (U, D)."""
-        return self.encode_frames(frames.unsqueeze(0)).squeeze(0)
-
-    def embed_sequences(self, features: torch.Tensor, positions: torch.Tensor, return_weights: bool = False):
-        """Video embeddings (N, D) of N frame sequences given as (N, T) positions into ``features``."""
-        emb = self.temporal(features[positions])
-        return (emb, None) if return_weights else emb
 
     def score(self, video_embedding: torch.Tensor, class_embedding: torch.Tensor) -> torch.Tensor:
         """Logits (B, C) ``exp(log_logit_scale) * cos(v, c)``, in fp32 even under autocast."""
