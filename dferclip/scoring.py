@@ -391,7 +391,8 @@ class VideoEmbeddingCache:
 
         from .files import atomic_write_with
 
-        tensors = {"learned": emb.learned.contiguous(), "zero_shot": emb.zero_shot.contiguous()}
+        # copies: a model without learned prompts (EmoCLIP) has one tensor for both, which safetensors refuses
+        tensors = {"learned": emb.learned.clone().contiguous(), "zero_shot": emb.zero_shot.clone().contiguous()}
         try:
             atomic_write_with(path, lambda tmp: save_file(tensors, tmp, metadata={"model": full[0],
                                                                                   "clip": str(full[1])}))

@@ -173,6 +173,18 @@ def test_video_cache_encodes_each_clip_once_and_persists(model, videos, tmp_path
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
 
 
+def test_a_model_without_learned_prompts_persists_its_one_embedding(tmp_path):
+    """EmoCLIP's clip embedding serves both modes (one tensor): the disk cache writes it and reads it back."""
+    torch.manual_seed(0)
+    emo = dferclip.load_model("random:emoclip-tiny")
+    video = torch.rand(1, emo.input_config.num_frames, 3, emo.input_config.image_size, emo.input_config.image_size)
+    first = VideoEmbeddingCache(folder=tmp_path).get(emo, video)
+    assert first.learned is first.zero_shot  # encoded once
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    again = VideoEmbeddingCache(folder=tmp_path).get(emo, video)
+    assert torch.equal(again.zero_shot, first.zero_shot) and torch.equal(again.learned, first.learned)
+
+
 def test_text_cache_is_bounded(model):
     cache = TextEmbeddingCache(maxsize=3)
     cache.zero_shot(model, ["a", "b", "c", "d", "a"])
