@@ -26,11 +26,12 @@ from dferclip.runtime import ModelRegistry
 from dferclip.ui.context import AppContext, build_model_bar
 from dferclip.ui.live import build_live_tab
 from dferclip.ui.policy import Policy
+from dferclip.ui.compare_models import build_compare_models_section
 from dferclip.ui.predict import MAX_UPLOAD, build_predict_tab
 
 try:
     from dferclip.ui.share import ShareParts, build_share_section
-    from dferclip.ui.workbench import build_workbench_tab
+    from dferclip.ui.descriptions_tab import build_workbench_tab
 except ImportError:  # the workbench tab is optional
     build_workbench_tab = None
 
@@ -85,7 +86,7 @@ def build_demo(model: str | None = None, host: str | None = None, mode: str | No
         gr.Markdown(INTRO, elem_id="app-intro")
         build_model_bar(ctx)
         with gr.Tabs() as tabs:
-            video, predict_outputs = build_predict_tab(ctx)
+            video, predict_outputs = build_predict_tab(ctx, sections=[build_compare_models_section])
             build_live_tab(ctx)
             workbench = build_workbench_tab(ctx) if build_workbench_tab is not None else None
         if workbench is not None:  # the workbench's state by link (restored when a page opens with one)

@@ -31,7 +31,7 @@ def serve(key: str, frames: int):
 
     from dferclip.runtime import ModelEntry, ModelRegistry
     from dferclip.ui.context import AppContext, ClipRecord, build_model_bar
-    from dferclip.ui.workbench import build_workbench_tab
+    from dferclip.ui.descriptions_tab import build_workbench_tab
 
     from dferclip.backends import _EXPORT_LOCK
 

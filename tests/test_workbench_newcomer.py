@@ -113,7 +113,7 @@ def test_expected_errors_print_no_traceback(capfd):
 
     from dferclip.runtime import ModelEntry, ModelRegistry
     from dferclip.ui.context import AppContext, build_model_bar
-    from dferclip.ui.workbench import build_workbench_tab
+    from dferclip.ui.descriptions_tab import build_workbench_tab
 
     ctx = AppContext(ModelRegistry([ModelEntry(TINY, "tiny", "explicit")], dev="cpu"))
     with gr.Blocks() as demo:

@@ -38,7 +38,7 @@ def served_workbench(registry_class=None):
 
     from dferclip.runtime import ZERO_SHOT_SOURCE, ModelEntry, ModelRegistry
     from dferclip.ui.context import AppContext, ClipRecord, build_model_bar
-    from dferclip.ui.workbench import build_workbench_tab
+    from dferclip.ui.descriptions_tab import build_workbench_tab
     from dferclip.weights.checkpoints import load_model, save_model
 
     torch.manual_seed(7)

@@ -10,7 +10,7 @@ import html
 import importlib.util
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import gradio as gr
 
@@ -18,6 +18,7 @@ from ..errors import DferclipError, VideoError
 from ..predict import Prediction, iter_predict
 from ..runtime import UNTRAINED_WARNING
 from ..video.decode import Limits
+from ..video.ingest import centre_crops
 from .charts import CHART_CSS, Line, line_chart_html
 from .context import AppContext, ClipRecord
 from .explain import build_explain_section
@@ -125,7 +126,7 @@ def _plural(n: int, word: str) -> str:
 
 def _about_no_face(warning: str) -> bool:
     """An ingestion warning the note's first line already says (where the clip has no face)."""
-    return warning.startswith("no face") or warning.endswith("have no face and show the frame's centre")
+    return warning.startswith("no face") or "model frames have no face box" in warning
 
 
 def stream_items(pred: Prediction) -> list[tuple]:
@@ -159,7 +160,11 @@ def summary_note(pred: Prediction) -> str:
             times = [f.time_s for f in ing.frames]
             face += f" ({min(times):.1f}–{max(times):.1f} s)"
         if n_face < n:
-            face += f"; the other {n - n_face} show the frame's centre"
+            at_centre = centre_crops(range(n), dict(enumerate(ing.frames)), info)
+            near = n - n_face - at_centre
+            face += "; of the other " + str(n - n_face) + ", " + " and ".join(part for part in (
+                f"{near} are cut where the face was just before or after" if near else "",
+                f"{at_centre} show the frame's centre" if at_centre else "") if part)
         if spans:
             face += ". **No face " + ", ".join(f"{a:.1f}–{b:.1f} s" for a, b in spans) + ".**"
         else:
@@ -316,9 +321,10 @@ def annotate_event(ctx: AppContext, clip: Optional[ClipRecord], session: str = "
     return str(written)
 
 
-def build_predict_tab(ctx: AppContext) -> tuple:
-    """The tab's components and events (inside a ``gr.Blocks`` after ``build_model_bar``); returns the clip input
-    and the prediction's outputs (for a restore from a shared link)."""
+def build_predict_tab(ctx: AppContext, sections: Sequence[Callable] = ()) -> tuple:
+    """The tab's components and events (inside a ``gr.Blocks`` after ``build_model_bar``); ``sections``: more
+    sections drawn at its end, each called as ``section(ctx, clip_input)``. Returns the clip input and the
+    prediction's outputs (for a restore from a shared link)."""
     with gr.Tab("Predict", id="predict"):
         with gr.Row():
             with gr.Column(scale=5):
@@ -372,9 +378,8 @@ def build_predict_tab(ctx: AppContext) -> tuple:
             return annotate_event(ctx, clip, ctx.session(request))
 
         annotate_btn.click(annotate, [ctx.clip], [annotated], api_name="annotate", **ctx.groups["long"])
-        from .compare_models import build_compare_models_section  # it uses this module's charts
-
-        build_compare_models_section(ctx, video)
+        for section in sections:  # e.g. ui/compare_models.py's, given by the app
+            section(ctx, video)
         video.change(preview_note, video, preview, api_visibility="private", queue=False)
         ctx.model_selected.then(lambda key: gr.Gallery(value=None, visible=uses_face_mesh(ctx, key)),
                                 ctx.model_dropdown, renders, api_visibility="private")

@@ -58,7 +58,6 @@ from ..workbench import (
     same_text_as,
     starting_set,
 )
-from .explain import build_explain_section
 from .scheduler import BusyError
 
 log = logging.getLogger(__name__)
@@ -585,24 +584,6 @@ def started(ds_classes, out, stash_v, note=""):
     out[3] = (out[3] + " " + note).strip()  # the status
     return (out[0], out[1], gr.update(choices=ds_classes, value=first_class), *out[2:], stash_v,
             gr.update(visible=stash_v is not None))
-
-
-def build_workbench_tab(ctx) -> WorkbenchView:
-    """The "Descriptions" tab. Needs ``ctx.model_dropdown``, ``ctx.model(key)`` and ``ctx.clip`` (see context.py).
-    Returns its components for the sections outside it (``ui/share.py``)."""
-    from .compare import build_compare_section
-    from .evaluation import build_evaluation_section
-    from .generate import build_generate_section
-    from .set_files import build_set_files_section
-
-    with gr.Tab("Descriptions", id="descriptions") as tab:
-        view = build_editor(ctx, tab)
-        build_explain_section(ctx, "descriptor", table=view.table)
-        build_generate_section(ctx, view)
-        build_evaluation_section(ctx, view)
-        build_set_files_section(ctx, view)
-        build_compare_section(ctx, view)
-    return view
 
 
 def build_editor(ctx, tab) -> WorkbenchView:
