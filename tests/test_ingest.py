@@ -202,3 +202,24 @@ def test_bad_inputs_raise_typed_errors(clips):
         ingest(photo)
     with pytest.raises(ValueError):
         ingest(text, fallback="guess")
+
+
+def test_a_face_the_detector_misses_now_and_then_is_still_read_where_it_is(tmp_path):
+    """A small synthetic face MTCNN finds in only some frames: no frame gets a box it was not detected in, but
+    the model's frames are not narrowed to the detections (the gaps are shorter than the 0.5 s hold) and the
+    frames without a box are cut where the face was detected nearest in time, not from the frame's centre."""
+    from dferclip.training.synthetic import write_video_dataset
+    from dferclip.video.ingest import centre_crops
+
+    write_video_dataset(tmp_path, 1, seed=4, size=96, frames=(10, 10), classes=["neutral"])
+    (video,) = (tmp_path / "neutral").iterdir()
+    res = ingest(video, InputConfig(num_frames=16, image_size=32))
+    assert res.status == "partial"  # detected in fewer than half of the model's frames
+    metas = {m.index: m for m in res.frames}
+    assert sorted(metas) == list(range(10))  # every frame of the clip, not the detected ones alone
+    unboxed = [m for m in metas.values() if m.box is None]
+    assert unboxed and all(m.confidence is None for m in unboxed)  # no box where no face was detected
+    centre = [round(float(v), 2) for v in center_region((res.source.width, res.source.height))]
+    assert all(m.crop != centre for m in unboxed)  # cut where the face is
+    assert centre_crops(sorted(metas), metas, res.source) == 0
+    assert any("cut where the face was detected within 0.5 s" in w for w in res.warnings), res.warnings

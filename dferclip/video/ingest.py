@@ -192,10 +192,13 @@ def ingest_many(
         metas = _locate_faces(frames, detections, info, margin, tracking)
         face_range = _face_range(metas)
         lo, hi = face_range or (0, n)
+        hold = tracking.max_hold_s
+        face_times = [m.time_s for m in metas if m.confidence is not None]
         for k, cfg in enumerate(configs):
-            if face_range is not None and any(m.box is None and not lo <= m.index <= hi
+            if face_range is not None and any(m.time_s < face_times[0] - hold or m.time_s > face_times[-1] + hold
                                                for m in metas if m.index in set(clip_indices[k])):
-                # the clip starts or ends without the face: the model's frames come from where the face is
+                # the clip starts or ends without the face for longer than a missed detection explains (a title
+                # card, a cut, the face leaving): the model's frames come from where the face is
                 clip_indices[k] = [lo + i for i in sample_indices(hi - lo + 1, cfg.num_frames, cfg.sampler)]
         extra = sorted(set().union(*clip_indices) - set(wanted))
         if extra:
@@ -250,7 +253,12 @@ def _model_input(input_config: InputConfig, clip_indices: List[int], spans: List
             warnings.append(f"face detected in {hits} of {len(clip_unique)} model frames; {boxed - hits} hold the box "
                             f"across a gap of at most {tracking.max_hold_s:g} s between detections")
         if boxed < len(clip_unique):
-            warnings.append(f"{len(clip_unique) - boxed} model frames have no face and show the frame's centre")
+            at_centre = centre_crops(clip_unique, meta_of, info)
+            near = len(clip_unique) - boxed - at_centre
+            warnings.append(f"{len(clip_unique) - boxed} model frames have no face box: "
+                            + "; ".join(part for part in (
+                                f"{near} cut where the face was detected within {tracking.max_hold_s:g} s" if near else "",
+                                f"{at_centre} show the frame's centre" if at_centre else "") if part))
 
     size = input_config.image_size
     crops = {i: crop_square(decoded[i].image, _scaled(meta_of[i].crop, decoded[i].scale), size, input_config.resize)
@@ -286,6 +294,12 @@ def _model_input(input_config: InputConfig, clip_indices: List[int], spans: List
         windows=window_batch,
         no_face_spans=no_face,
     )
+
+
+def centre_crops(indices: Sequence[int], meta_of: Dict[int, FrameMeta], info: VideoInfo) -> int:
+    """How many of these frames are cut from the frame's centre (no face detected near them in time)."""
+    centre = _rounded(center_region((info.width, info.height)))
+    return sum(meta_of[i].box is None and meta_of[i].crop == centre for i in indices)
 
 
 def _face_range(metas: List[FrameMeta]) -> Optional[Tuple[int, int]]:
@@ -344,14 +358,19 @@ def _locate_faces(
         return [FrameMeta(f.index, f.time_s, None, region, None, False) for f in frames]
     boxes, filled = fill_track(track, times, tracking.max_hold_s)
     centre = _rounded(center_region(frame_size))
+    hits = [(t, d.box) for t, d in zip(times, track.detections) if d is not None]
     metas = []
     for f, det, box, was_filled in zip(frames, track.detections, boxes, filled):
+        # a frame without a box is cut where the face was detected nearest in time, when that is within the hold
+        # (the detector missed a face that is there); else from the frame's centre
+        near = min(hits, key=lambda h: abs(h[0] - f.time_s))
+        where = box if box is not None else near[1] if abs(near[0] - f.time_s) <= tracking.max_hold_s else None
         metas.append(
             FrameMeta(
                 index=f.index,
                 time_s=f.time_s,
                 box=None if box is None else _rounded(box),
-                crop=centre if box is None else _rounded(crop_region(box, margin, frame_size)),
+                crop=centre if where is None else _rounded(crop_region(where, margin, frame_size)),
                 confidence=None if det is None else round(det.score, 4),
                 filled=was_filled,
             )
