@@ -6,6 +6,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import zlib
 from pathlib import Path
 
@@ -69,6 +70,19 @@ def _sigchld_left_alone():
     if after is not SIGCHLD_AT_START:  # module fixtures included: checked against the session's start
         signal.signal(signal.SIGCHLD, SIGCHLD_AT_START)
         pytest.fail(f"the test left a SIGCHLD handler installed: {after!r}")
+
+
+@pytest.fixture(autouse=True)
+def _no_conversion_left_running():
+    """A model registry converts its image tower in a background thread (backend ``auto``); tests that load
+    models without closing their registry leave it running. It is waited for here, so it never runs into the
+    next test: torch's tracing state is process-wide, and a conversion running beside a later test's training
+    broke it (``KeyError: 'custom'`` in torch.fx's annotations)."""
+    yield
+    from dferclip.runtime import CONVERSION_THREAD
+
+    for thread in [t for t in threading.enumerate() if t.name == CONVERSION_THREAD]:
+        thread.join(timeout=120)
 
 
 SHARED = Path(os.environ.get("DFERCLIP_SHARED") or Path(__file__).resolve().parent.parent.parent / "shared")  # git worktrees: set it

@@ -333,6 +333,9 @@ def test_switching_to_emoclip_keeps_the_edited_set_and_says_why_there_are_no_lea
     edited = dfew.with_descriptions([["a broad smile"]] + dfew.descriptions[1:])
     state = {"baseline": dfew.to_dict(), "previous": dfew.to_dict(), "current": edited.to_dict(),
              "combine": "mean-embedding"}
-    _, kept, status, *_ = switch_model_event(emo_ctx, EMO_TINY, state, "mean-embedding", None, None)
+    try:
+        _, kept, status, *_ = switch_model_event(emo_ctx, EMO_TINY, state, "mean-embedding", None, None)
+    finally:
+        emo_ctx.close()  # its background conversions too
     assert kept["current"] == edited.to_dict() and "differs from baseline in: happiness" in status
     assert "EmoCLIP has no learned prompts" in status and "Learned scores need" not in status
