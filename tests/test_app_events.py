@@ -235,7 +235,9 @@ def test_a_slow_model_load_does_not_hold_up_the_other_models(monkeypatch):
         return real(key, device=device)
 
     monkeypatch.setattr(runtime, "load_model", load)
-    reg = ModelRegistry([ModelEntry(TINY, "a", "explicit"), ModelEntry(slow, "b", "default")], dev="cpu")
+    # eager: a real-size tower converted in the background would outlive the test (conftest waits for it)
+    reg = ModelRegistry([ModelEntry(TINY, "a", "explicit"), ModelEntry(slow, "b", "default")], dev="cpu",
+                        backend="eager")
     reg.get(TINY)
     loader = threading.Thread(target=reg.get, args=(slow,))
     loader.start()
