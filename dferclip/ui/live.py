@@ -24,7 +24,15 @@ from ..predict import encode_frames, join_features, mid_level_renders, score_fea
 from .. import zero_gpu
 from ..runtime import UNTRAINED_WARNING, to_device
 from ..video.decode import sample_indices
-from ..video.faces import TrackingConfig, center_region, crop_region, crop_square, fill_track, main_face_track
+from ..video.faces import (
+    TrackingConfig,
+    center_region,
+    crop_boxes,
+    crop_region,
+    crop_square,
+    fill_track,
+    main_face_track,
+)
 from ..video.ingest import DEFAULT_MARGIN, default_detector
 from .context import AppContext
 
@@ -73,11 +81,8 @@ def _newest_box(session: LiveSession, frame_size, tracking: TrackingConfig):
     track = main_face_track(list(session.detections), times, frame_size, tracking)
     if track is None:
         return None, None
-    box = fill_track(track, times, tracking.max_hold_s)[0][-1]
-    if box is not None:
-        return box, box
-    recent = [d.box for t, d in zip(times, track.detections) if d is not None and times[-1] - t <= tracking.max_hold_s]
-    return None, recent[-1] if recent else None
+    detected = [None if d is None else d.box for d in track.detections]
+    return fill_track(track, times, tracking.max_hold_s)[0][-1], crop_boxes(times, detected, tracking.max_hold_s)[-1]
 
 
 def _annotated(image: np.ndarray, box, caption: str) -> np.ndarray:

@@ -485,6 +485,21 @@ def face_boxes(times: Sequence[float], detected: Sequence[Optional[Box]], max_ho
     return boxes, held
 
 
+def crop_boxes(times: Sequence[float], detected: Sequence[Optional[Box]], max_hold_s: float) -> List[Optional[Box]]:
+    """Where the model's crop is cut on each frame: the box :func:`face_boxes` shows, else the detection nearest
+    in time when it is at most ``max_hold_s`` away (a face the detector missed, shown without a box), else None
+    (the frame's centre)."""
+    shown, _ = face_boxes(times, detected, max_hold_s)
+    hits = [(t, b) for t, b in zip(times, detected) if b is not None]
+    out: List[Optional[Box]] = []
+    for t, box in zip(times, shown):
+        if box is None and hits:
+            near_t, near_box = min(hits, key=lambda h: abs(h[0] - t))
+            box = tuple(near_box) if abs(near_t - t) <= max_hold_s + TIME_EPS else None
+        out.append(box)
+    return out
+
+
 def fill_track(track: FaceTrack, times: Sequence[float],
                max_hold_s: float = 0.5) -> Tuple[List[Optional[Box]], List[bool]]:
     """A box for the track's frames by :func:`face_boxes`: detected ones as they are, a missed one held only

@@ -36,6 +36,7 @@ from .faces import (
     MTCNNDetector,
     TrackingConfig,
     center_region,
+    crop_boxes,
     crop_region,
     crop_square,
     fill_track,
@@ -195,8 +196,9 @@ def ingest_many(
         hold = tracking.max_hold_s
         face_times = [m.time_s for m in metas if m.confidence is not None]
         for k, cfg in enumerate(configs):
+            sampled = set(clip_indices[k])
             if face_range is not None and any(m.time_s < face_times[0] - hold or m.time_s > face_times[-1] + hold
-                                               for m in metas if m.index in set(clip_indices[k])):
+                                               for m in metas if m.index in sampled):
                 # the clip starts or ends without the face for longer than a missed detection explains (a title
                 # card, a cut, the face leaving): the model's frames come from where the face is
                 clip_indices[k] = [lo + i for i in sample_indices(hi - lo + 1, cfg.num_frames, cfg.sampler)]
@@ -357,14 +359,10 @@ def _locate_faces(
         region = _rounded(center_region(frame_size))
         return [FrameMeta(f.index, f.time_s, None, region, None, False) for f in frames]
     boxes, filled = fill_track(track, times, tracking.max_hold_s)
+    cuts = crop_boxes(times, [None if d is None else d.box for d in track.detections], tracking.max_hold_s)
     centre = _rounded(center_region(frame_size))
-    hits = [(t, d.box) for t, d in zip(times, track.detections) if d is not None]
     metas = []
-    for f, det, box, was_filled in zip(frames, track.detections, boxes, filled):
-        # a frame without a box is cut where the face was detected nearest in time, when that is within the hold
-        # (the detector missed a face that is there); else from the frame's centre
-        near = min(hits, key=lambda h: abs(h[0] - f.time_s))
-        where = box if box is not None else near[1] if abs(near[0] - f.time_s) <= tracking.max_hold_s else None
+    for f, det, box, was_filled, where in zip(frames, track.detections, boxes, filled, cuts):
         metas.append(
             FrameMeta(
                 index=f.index,
