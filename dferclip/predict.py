@@ -373,7 +373,7 @@ def iter_predict(model, path: str | Path, *, windows: bool = True, frame_budget:
 
 def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
                  detector=None, fallback: str = "center", limits: Optional[Limits] = None, dev=None,
-                 dtype=None) -> Prediction:
+                 dtype=None, prepared: Optional[PreparedClip] = None) -> Prediction:
     """Classify the clip at ``path`` (see the module docstring); the last of :func:`iter_predict`'s results.
 
     ``windows`` adds the timeline; ``frame_budget`` bounds the extra frames it encodes (default: 48 on CPU,
@@ -383,7 +383,7 @@ def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget:
     """
     pred = None
     for pred in iter_predict(model, path, windows=windows, frame_budget=frame_budget, detector=detector,
-                             fallback=fallback, limits=limits, dev=dev, dtype=dtype):
+                             fallback=fallback, limits=limits, dev=dev, dtype=dtype, prepared=prepared):
         pass
     return pred
 
@@ -396,10 +396,4 @@ def predict_models(models: Sequence, path: str | Path, *, windows: bool = True, 
     dev = torch.device(dev) if dev is not None else next(models[0].parameters()).device
     clips = prepare_clips(models, path, windows=windows, frame_budget=frame_budget, detector=detector,
                           fallback=fallback, limits=limits, dev=dev)
-    out = []
-    for model, clip in zip(models, clips):
-        pred = None
-        for pred in iter_predict(model, path, dev=dev, dtype=dtype, prepared=clip):
-            pass
-        out.append(pred)
-    return out
+    return [predict_clip(model, path, dev=dev, dtype=dtype, prepared=clip) for model, clip in zip(models, clips)]

@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from ..errors import DataError, DferclipError, VideoError
-from ..predict import Prediction, iter_predict, prepare_clips
+from ..predict import Prediction, predict_clip, prepare_clips
 from ..runtime import EMOCLIP_SOURCE, FINECLIPER_SOURCE
 from .charts import CHART_CSS
 from .errors import user_error
@@ -48,13 +48,9 @@ def compare_models_event(ctx, video: Optional[str], keys, session: str = "anonym
         with ctx.scheduler.long(session, "model comparison"):
             models = [ctx.model(k) for k in keys]
             clips = prepare_clips(models, video, limits=APP_LIMITS, dev=ctx.registry.device)
-            preds = []
-            for key, clip in zip(keys, clips):
-                pred = None
-                # the same models (the registry keeps three); got again in case other visitors' picks let one go
-                for pred in iter_predict(ctx.model(key), video, dev=ctx.registry.device, prepared=clip):
-                    pass
-                preds.append(pred)
+            # the same models (the registry keeps three); got again in case other visitors' picks let one go
+            preds = [predict_clip(ctx.model(key), video, dev=ctx.registry.device, prepared=clip)
+                     for key, clip in zip(keys, clips)]
     except VideoError as e:
         raise user_error(f"Cannot use this file: {e}") from None
     except (DferclipError, BusyError) as e:
