@@ -28,6 +28,12 @@ def _local_title(spec) -> str:
     return spec.repo_id.rpartition("/")[2].replace("-", " ")
 
 
+def _cannot_write(spec) -> str:
+    return (f"This server has no internet connection and does not have {_local_title(spec)}, so the local model "
+            "cannot write descriptions here. Choose “a server” below and give its address (and key), or edit the "
+            "descriptions in the table by hand.")
+
+
 def local_model_unreachable(local_name) -> str:
     """Why the local model cannot write here (in a visitor's words), or "" when it can: it is downloaded, or
     the Hub can be reached to download it."""
@@ -35,11 +41,7 @@ def local_model_unreachable(local_name) -> str:
         spec = get_local_model(str(local_name or "") or None)
     except DferclipError as e:
         return str(e)
-    if is_downloaded(spec) or hub_reachable():
-        return ""
-    return (f"This server has no internet connection and does not have {_local_title(spec)}, so the local model "
-            "cannot write descriptions here. Choose “a server” below and give its address (and key), or edit the "
-            "descriptions in the table by hand.")
+    return "" if is_downloaded(spec) or hub_reachable() else _cannot_write(spec)
 
 
 def generator_hint(backend, local_name) -> str:
@@ -47,13 +49,15 @@ def generator_hint(backend, local_name) -> str:
     if backend != "local":
         return ("**Generate** sends one request per class to the server named below (or the one this app is set up "
                 "with). A key you type is used for this session only and is never saved.")
-    unreachable = local_model_unreachable(local_name)
-    if unreachable:
-        return f"⚠ {unreachable}"
-    spec = get_local_model(str(local_name or "") or None)
+    try:
+        spec = get_local_model(str(local_name or "") or None)
+    except DferclipError as e:
+        return f"⚠ {e}"
     if is_downloaded(spec):
         return (f"**Generate** writes the descriptions with {_local_title(spec)} on this server: no key, nothing is "
                 "sent elsewhere. It takes a few seconds per class.")
+    if not hub_reachable():
+        return f"⚠ {_cannot_write(spec)}"
     size = spec.download.split(":")[0] if spec.download else "a one-time download"
     return (f"The first **Generate** downloads {_local_title(spec)} ({size}) to this server, once; that can take a "
             "minute or two. Later generations start at once. Nothing is sent elsewhere.")
@@ -72,8 +76,8 @@ def build_generate_section(ctx, view: WorkbenchView) -> None:
             generator = gr.Radio(GENERATORS, value=default_backend, label="Generator", scale=3,
                                  elem_id="generator")
             local_model = gr.Dropdown(local_names, value=default_local, label="Local model", scale=1)
-        # said again each time the section opens: a download finished meanwhile changes it
-        hint = gr.Markdown(generator_hint(default_backend, default_local), elem_id="generate-hint")
+        # said when the section opens (it starts closed), so building the page probes no network
+        hint = gr.Markdown(elem_id="generate-hint")
         with gr.Row():
             style = gr.Dropdown([(s.label, k) for k, s in styles.items()], value=default_style, label="Style")
             llm_model = gr.Textbox(label="LLM name", placeholder="$DFERCLIP_LLM_MODEL or gpt-4o-mini")
