@@ -340,9 +340,11 @@ def scenario_frames(name: str) -> Iterator[Tuple[np.ndarray, dict]]:
     side_by_side: three people side by side, drifting a little (3 s).
     crossing: hao (behind, higher) and di (in front) walk past each other and end on swapped sides; hao is
         hidden behind di for about half a second at the crossing (4 s).
-    leave_return: anc walks out of the left edge, stays out 1.5 s and walks back; di stays (5 s).
+    leave_return: anc walks out of the left edge, is out 1.5 s, while di walks from the right to anc's old place,
+        and comes back in from the right edge (5 s).
     shot_cut: a hard cut at 2 s to another background, the same two people on swapped sides and scales (4 s).
-    title_card: two people, a 1 s face-free title card from 1.52 s, the same people again (4 s).
+    title_card: two people, a 1 s face-free title card from 1.52 s, then the same people on swapped sides and
+        at other sizes over another background (4 s).
     swap: su and hao stand still and swap sides from one frame to the next at 1.52 s (3 s).
     """
     w, h = SCENE_SIZE
@@ -358,10 +360,12 @@ def scenario_frames(name: str) -> Iterator[Tuple[np.ndarray, dict]]:
                                 ("di", w * (0.8 - 0.6 * a), 0.58 * h, 170)], seed=2)
     elif name == "leave_return":
         for t in range(125):
-            away = _ramp(t, 25, 38) - _ramp(t, 75, 88)  # 0: in place, 1: out of the frame
-            ax = 0.3 * w - away * (0.3 * w + 120)
+            gone = _ramp(t, 25, 38)  # anc walks out of the left edge
+            back = _ramp(t, 75, 88)  # and back in from the right edge, where di was
+            ax = 0.3 * w - gone * (0.3 * w + 120) if t < 75 else w + 120 - back * (0.3 * w + 120)
+            dx = 0.7 * w - _ramp(t, 40, 70) * 0.4 * w  # di walks over to the left meanwhile
             yield render_scene([("anc", ax, h / 2 + _wobble(t, 0)[1], 150),
-                                ("di", 0.7 * w + _wobble(t, 1)[0], h / 2 + _wobble(t, 1)[1], 150)], seed=3)
+                                ("di", dx + _wobble(t, 1)[0], h / 2 + _wobble(t, 1)[1], 150)], seed=3)
     elif name == "shot_cut":
         for t in range(100):
             dx, dy = _wobble(t, 0)
@@ -376,7 +380,10 @@ def scenario_frames(name: str) -> Iterator[Tuple[np.ndarray, dict]]:
                 yield card.copy(), {}
                 continue
             dx, dy = _wobble(t, 0)
-            yield render_scene([("hao", 0.3 * w + dx, h / 2 + dy, 150), ("su", 0.7 * w - dx, h / 2 + dy, 150)], seed=6)
+            if t < 38:
+                yield render_scene([("hao", 0.3 * w + dx, h / 2 + dy, 150), ("su", 0.7 * w - dx, h / 2 + dy, 150)], seed=6)
+            else:  # the next scene: other places, other sizes
+                yield render_scene([("su", 0.3 * w + dx, 0.55 * h, 190), ("hao", 0.72 * w - dx, 0.45 * h, 130)], seed=8)
     elif name == "swap":
         for t in range(75):
             left, right = ("su", "hao") if t < 38 else ("hao", "su")
