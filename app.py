@@ -61,7 +61,8 @@ footer {opacity: 0.85;}
 #workbench-charts {flex-wrap: wrap;}
 #workbench-charts > * {flex: 1 1 320px !important;}
 /* label titles in the flow, above the top class, however many lines they take (not floating over it) */
-#expression-label > label[data-testid="block-label"], #live-label > label[data-testid="block-label"] {
+#expression-label > label[data-testid="block-label"], #live-label > label[data-testid="block-label"],
+#live-view > label[data-testid="block-label"] {
   position: static; width: fit-content; margin-bottom: var(--spacing-md);}
 /* a dropdown's text stops before its caret */
 input[role="combobox"]:has(+ .icon-wrap) {padding-right: 28px; text-overflow: ellipsis;}

@@ -111,3 +111,50 @@ def test_on_a_phone_the_model_name_stops_before_the_dropdown_caret(app_url, brow
                 input.scrollWidth > input.clientWidth, s.textOverflow]; }""")
     assert text_end <= caret_start + 1, (text_end, caret_start)
     assert not clipped or ellipsis == "ellipsis", (clipped, ellipsis)  # a cut name says so
+
+
+def tag_rows(image) -> int:
+    """Rows of the live view with a stretch of the caption's dark tag (at least 40 of its pixels)."""
+    import numpy as np
+
+    from dferclip.ui.live import TAG_COLOUR
+
+    tag = np.abs(image.astype(int) - TAG_COLOUR).sum(-1) < 40
+    return int((tag.sum(1) >= 40).sum())
+
+
+def test_on_a_phone_the_live_view_has_no_share_button_a_readable_caption_and_its_title_clear_of_the_icons(
+        app_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+    from test_live_browser import fake_camera_file, view_image
+
+    y4m = fake_camera_file(tmp_path / "camera.y4m")
+    camera_args = ARGS + ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                          f"--use-file-for-fake-video-capture={y4m}"]
+    errors = []
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=camera_args)
+        page = open_at(b, app_url, 400, errors, permissions=["camera"])
+        page.get_by_role("tab", name="Live").click()
+        camera = page.locator("#live-camera")
+        camera.get_by_text("Click to Access Webcam").click()
+        camera.get_by_role("button", name="capture photo").click()
+        expect(page.locator("#live-status")).to_contain_text("face tracked", timeout=60_000)
+        view = page.locator("#live-view")
+        expect(view.locator("img")).to_have_count(1)
+        expect(view.get_by_role("button", name="Download")).to_be_visible()
+        assert view.get_by_role("button", name="Share").count() == 0  # "Must be on Spaces to share"
+        title = box(view.locator("label[data-testid=block-label]"))
+        for k in range(view.locator("button.icon-button").count()):
+            icon = box(view.locator("button.icon-button").nth(k))
+            apart = (icon["y"] >= title["y"] + title["height"] or icon["x"] >= title["x"] + title["width"])
+            assert apart, ("an icon over the title", title, icon)
+        image = view_image(view.locator("img").first.get_attribute("src"))
+        shown = box(view.locator("img").first)
+        page.screenshot(path=str(tmp_path / "live.png"))
+        b.close()
+    # the caption: white text on a dark tag at least 7 % of the frame high, about 14 px or more on the phone
+    rows = tag_rows(image)
+    assert rows >= 0.07 * image.shape[0], (rows, image.shape)
+    assert rows * shown["height"] / image.shape[0] >= 14, (rows, shown)
+    assert not errors, errors

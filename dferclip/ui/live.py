@@ -11,6 +11,7 @@ temporal model, which is cheap, so updates come several times a second on a 2-co
 from __future__ import annotations
 
 import html
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -85,20 +86,32 @@ def _newest_box(session: LiveSession, frame_size, tracking: TrackingConfig):
     return fill_track(track, times, tracking.max_hold_s)[0][-1], crop_boxes(times, detected, tracking.max_hold_s)[-1]
 
 
+BOX_COLOUR = (255, 64, 160)
+TAG_COLOUR = (49, 46, 129)  # the caption's background: dark indigo, white text on it
+
+
 def _annotated(image: np.ndarray, box, caption: str) -> np.ndarray:
-    """The frame with the face box and the expression drawn on it."""
+    """The frame with the face box and the expression drawn on it: a caption sized to the frame (readable at a
+    phone's width), white on a dark tag above the box, or at the bottom left without one."""
     import cv2
 
     out = image.copy()
-    thick = max(2, round(max(out.shape[:2]) / 240))
+    side = max(out.shape[:2])
+    thick = max(2, round(side / 240))
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.6, side / 480)
+    weight = max(1, round(2 * scale))
+    (tw, th), base = cv2.getTextSize(caption, font, scale, weight)
+    pad = max(3, round(5 * scale))
+    tag_w, tag_h = tw + 2 * pad, th + base + 2 * pad
     if box is not None:
         x0, y0, x1, y1 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x0, y0), (x1, y1), (255, 64, 160), thick)
-        anchor = (max(x0, 0), max(y0 - 2 * thick, 16))
+        cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOUR, thick)
+        left, top = max(x0, 0), max(y0 - thick - tag_h, 0)
     else:
-        anchor = (8, out.shape[0] - 12)
-    cv2.putText(out, caption, anchor, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), thick + 1, cv2.LINE_AA)
-    cv2.putText(out, caption, anchor, cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 64, 160), 1, cv2.LINE_AA)
+        left, top = 0, out.shape[0] - tag_h
+    left = max(0, min(left, out.shape[1] - tag_w))
+    cv2.rectangle(out, (left, top), (left + tag_w, top + tag_h), TAG_COLOUR, -1)
+    cv2.putText(out, caption, (left + pad, top + pad + th), font, scale, (255, 255, 255), weight, cv2.LINE_AA)
     return out
 
 
@@ -155,6 +168,11 @@ def live_step(ctx: AppContext, frame: Optional[np.ndarray], session: Optional[Li
     return (_annotated(image, box, caption), gr.Label(value=probs, label=title), html.escape(status), session)
 
 
+def view_buttons() -> list[str]:
+    """The live view's buttons: Gradio's share button posts to a Space's discussions, so only on a Space."""
+    return ["download", "fullscreen"] + (["share"] if os.environ.get("SPACE_ID") else [])
+
+
 def build_live_tab(ctx: AppContext) -> None:
     """The tab: the webcam in, the boxed frame, the label and a status line out (inside ``gr.Blocks``)."""
     with gr.Tab("Live", id="live"):
@@ -168,7 +186,7 @@ def build_live_tab(ctx: AppContext) -> None:
                                   elem_id="live-camera", webcam_options=gr.WebcamOptions(mirror=True))
             with gr.Column(scale=5):
                 view = gr.Image(label="What the model sees (face box)", interactive=False, elem_id="live-view",
-                                format="jpeg")
+                                format="jpeg", buttons=view_buttons())
             with gr.Column(scale=4):
                 label = gr.Label(num_top_classes=3, label="Expression over the last frames", elem_id="live-label")
                 status = gr.Markdown(elem_id="live-status", elem_classes=["hint"])
