@@ -109,8 +109,22 @@ class Prediction:
             "encoded_frames": self.encoded_frames,
             "streams": self.streams,
             "warnings": list(self.warnings),
+            "face": face_summary(self.ingest),
             "ingestion": self.ingest.to_dict(),
         }
+
+
+def face_summary(ingest) -> dict:
+    """Which face a prediction read: its track, whether it is the main face, when it is seen, and its box on each
+    of the model's frames (None where none is shown; ``held`` where the detector missed it)."""
+    span = getattr(ingest, "span_s", None)
+    return {
+        "track": getattr(ingest, "track_id", None),
+        "main": getattr(ingest, "main", True),
+        "faces_in_clip": getattr(ingest, "faces", 0),
+        "span_s": None if span is None else [round(v, 3) for v in span],
+        "boxes": [{"time_s": round(m.time_s, 3), "box": m.box, "held": m.filled} for m in ingest.frames],
+    }
 
 
 def _shared_frames(result) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,8 +269,18 @@ def prepare_clips(models: Sequence, path: str | Path, *, windows: bool = True, f
                   detector=None, fallback: str = "center", limits: Optional[Limits] = None,
                   dev=None) -> list[PreparedClip]:
     """:func:`prepare_clip` for several models: the clip is decoded and its faces found once
-    (:func:`~dferclip.video.ingest.ingest_many`), then each model gets its own frames and crops."""
-    from .video.ingest import ingest_many
+    (:func:`~dferclip.video.ingest.ingest_faces`), then each model gets its own frames and crops."""
+    return [per_face[0] for per_face in prepare_faces(models, path, faces="main", windows=windows,
+                                                      frame_budget=frame_budget, detector=detector,
+                                                      fallback=fallback, limits=limits, dev=dev)]
+
+
+def prepare_faces(models: Sequence, path: str | Path, *, faces: str = "all", windows: bool = True,
+                  frame_budget: Optional[int] = None, detector=None, fallback: str = "center",
+                  limits: Optional[Limits] = None, dev=None) -> list[list[PreparedClip]]:
+    """For each model, a :class:`PreparedClip` per face track of the clip (``faces="all"``, the main face first)
+    or for its main face (``"main"``): one decode and one face search for all of them."""
+    from .video.ingest import ingest_faces
 
     t0 = time.perf_counter()
     dev = torch.device(dev) if dev is not None else runtime.device()
@@ -265,17 +289,20 @@ def prepare_clips(models: Sequence, path: str | Path, *, windows: bool = True, f
         budget = default_frame_budget(dev, len(model.visual_streams)) if frame_budget is None else frame_budget
         specs.append(partial(timeline_spec, frame_budget=budget, num_frames=model.input_config.num_frames)
                      if windows else None)
-    results = ingest_many(path, [m.input_config for m in models], detector=detector, fallback=fallback,
-                          windows=specs, limits=limits or Limits())
-    ingestion_s = time.perf_counter() - t0  # one pass for all the models: each prediction reports it whole
+    per_model = ingest_faces(path, [m.input_config for m in models], faces=faces, detector=detector,
+                             fallback=fallback, windows=specs, limits=limits or Limits())
+    ingestion_s = time.perf_counter() - t0  # one pass for all the models and faces: each prediction reports it whole
     prepared = []
-    for model, result in zip(models, results):
-        frames, positions = _shared_frames(result)
-        t1 = time.perf_counter()
-        renders = mid_level_renders(model, frames)
-        prepared.append(PreparedClip(result, as_uint8(model, frames), positions,
-                                     None if renders is None else {k: as_uint8(model, v) for k, v in renders.items()},
-                                     ingestion_s=ingestion_s, face_analysis_s=time.perf_counter() - t1))
+    for model, results in zip(models, per_model):
+        clips = []
+        for result in results:
+            frames, positions = _shared_frames(result)
+            t1 = time.perf_counter()
+            renders = mid_level_renders(model, frames)
+            clips.append(PreparedClip(result, as_uint8(model, frames), positions,
+                                      None if renders is None else {k: as_uint8(model, v) for k, v in renders.items()},
+                                      ingestion_s=ingestion_s, face_analysis_s=time.perf_counter() - t1))
+        prepared.append(clips)
     return prepared
 
 
@@ -373,14 +400,22 @@ def iter_predict(model, path: str | Path, *, windows: bool = True, frame_budget:
 
 def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
                  detector=None, fallback: str = "center", limits: Optional[Limits] = None, dev=None,
-                 dtype=None, prepared: Optional[PreparedClip] = None) -> Prediction:
+                 dtype=None, prepared: Optional[PreparedClip] = None, faces: str = "main"):
     """Classify the clip at ``path`` (see the module docstring); the last of :func:`iter_predict`'s results.
+
+    ``faces="main"`` reads the clip's main face and returns one :class:`Prediction`; ``faces="all"`` returns a
+    list, one per face track (:func:`predict_faces`).
 
     ``windows`` adds the timeline; ``frame_budget`` bounds the extra frames it encodes (default: 48 on CPU,
     256 on CUDA, divided by the number of visual streams of a FineCLIPER model). Unusable files raise
     ``VideoError`` subclasses; a clip without a face is classified from centre crops, with a warning
     (``fallback="error"`` raises ``NoFaceFoundError`` instead).
     """
+    if faces != "main":
+        if faces != "all":
+            raise ValueError(f"faces must be 'main' or 'all', got {faces!r}")
+        return predict_faces(model, path, windows=windows, frame_budget=frame_budget, detector=detector,
+                             fallback=fallback, limits=limits, dev=dev, dtype=dtype)
     pred = None
     for pred in iter_predict(model, path, windows=windows, frame_budget=frame_budget, detector=detector,
                              fallback=fallback, limits=limits, dev=dev, dtype=dtype, prepared=prepared):
@@ -397,3 +432,15 @@ def predict_models(models: Sequence, path: str | Path, *, windows: bool = True, 
     clips = prepare_clips(models, path, windows=windows, frame_budget=frame_budget, detector=detector,
                           fallback=fallback, limits=limits, dev=dev)
     return [predict_clip(model, path, dev=dev, dtype=dtype, prepared=clip) for model, clip in zip(models, clips)]
+
+
+def predict_faces(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
+                  detector=None, fallback: str = "center", limits: Optional[Limits] = None, dev=None,
+                  dtype=None) -> list[Prediction]:
+    """Every face of the clip classified, the main face first (arguments as :func:`predict_clip`): one decode and
+    one face search, then one model pass per face over its own frames (``pred.ingest.track_id``,
+    ``pred.ingest.span_s``). A clip without a face gives one prediction from the frames' centres."""
+    dev = torch.device(dev) if dev is not None else next(model.parameters()).device
+    (clips,) = prepare_faces([model], path, faces="all", windows=windows, frame_budget=frame_budget,
+                             detector=detector, fallback=fallback, limits=limits, dev=dev)
+    return [predict_clip(model, path, dev=dev, dtype=dtype, prepared=clip) for clip in clips]

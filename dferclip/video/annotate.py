@@ -1,12 +1,15 @@
-"""The clip written back with what the model saw drawn on it: the tracked face box and the running expression.
+"""The clip written back with what the model saw drawn on it: each face's box and running expression.
 
     from dferclip.video.annotate import annotate_prediction
     path = annotate_prediction(pred, "clip.mp4", "annotated.mp4")   # H.264 .mp4, or VP9 .webm without it
+    path = annotate_prediction(per_face_preds, "clip.mp4", "annotated.mp4")   # every face, its own colour
 
-The face is detected on every frame of the clip (a first decoding pass) and the main face tracked; a frame
-gets a box by :func:`~dferclip.video.faces.face_boxes`: where the face was detected, or held (dashed,
-"(held)") across a miss of at most ``max_hold_s`` between detections, never on a frame without a face near
-it (a title card, an empty shot). The label at time t is the top class of the timeline windows covering t
+Faces are detected on every frame of the clip (a first decoding pass) and tracked
+(:func:`~dferclip.video.tracking.track_faces`); each prediction is drawn on the track it was made for (its
+``ingest.track_id``'s boxes, matched by overlap). A frame gets a face's box by
+:func:`~dferclip.video.faces.face_boxes`: where the face was detected, or held (dashed, "(held)") across a
+miss of at most ``max_hold_s`` between detections, never on a frame without a face near it (a title card, an
+empty shot). The label at time t is the top class of the timeline windows covering t
 (their mean), else of the nearest window, else of the whole clip. Browser-playable: H.264 (yuv420p, fast
 start) when the installed PyAV has an H.264 encoder, else VP9 in WebM; the returned path's suffix says which.
 """
@@ -24,13 +27,15 @@ import numpy as np
 
 from .. import files, pacing
 from .decode import Limits, VideoReader
-from .faces import FaceDetector, TrackingConfig, face_boxes, main_face_track
+from .faces import FaceDetector, TrackingConfig, face_boxes, iou
+from .tracking import track_faces
 
 log = logging.getLogger(__name__)
 
 H264_ENCODERS = ("libx264", "libopenh264")
 TIME_BASE = Fraction(1, 90000)
 BOX_COLOUR = (255, 200, 0)  # RGB
+FACE_COLOURS = (BOX_COLOUR, (0, 200, 255), (255, 90, 200), (120, 230, 90), (255, 140, 60), (170, 130, 255))
 NO_FACE_COLOUR = (160, 160, 160)
 DETECT_CHUNK = 16  # frames searched for faces at once
 DASH = 12  # pixels: a held box's dash and gap
@@ -50,20 +55,23 @@ def video_encoder(out_path: str | Path) -> tuple[str, Path]:
 def annotate_prediction(prediction, clip_path: str | Path, out_path: str | Path,
                         limits: Optional[Limits] = None, detector: Optional[FaceDetector] = None,
                         tracking: TrackingConfig = TrackingConfig()) -> Path:
-    """Write ``clip_path`` with its face box (:func:`clip_face_boxes`) and ``prediction``'s running expression
-    drawn; returns the file written (``out_path``, its suffix changed to .webm when H.264 cannot be encoded
-    here). Atomic: a failure leaves nothing behind."""
+    """Write ``clip_path`` with each predicted face's box and running expression drawn, in its own colour:
+    ``prediction`` is one :class:`~dferclip.predict.Prediction` or a list of them, one per face (from
+    ``predict_faces``). Returns the file written (``out_path``, its suffix changed to .webm when H.264 cannot be
+    encoded here). Atomic: a failure leaves nothing behind."""
+    predictions = list(prediction) if isinstance(prediction, (list, tuple)) else [prediction]
     encoder, out = video_encoder(out_path)
     if out != Path(out_path):
         log.info("no H.264 encoder in this PyAV: writing VP9 to %s", out)
-    labels = RunningLabel(prediction)
-    source = prediction.ingest.source
+    labels = [RunningLabel(p) for p in predictions]
+    source = predictions[0].ingest.source
     # every frame is read once and let go, so the bounds on kept frames do not apply; the caller's others do
     # (the app's: its file size, duration and decoding deadline)
     limits = dataclasses.replace(limits or Limits(decode_timeout_s=max(600.0, 4 * (source.duration_s or 0))),
                                  max_kept_frames=max(source.num_frames, 1), max_frame_bytes=1 << 62)
     rate = Fraction(source.fps or 25).limit_denominator(1001)
-    boxes = clip_face_boxes(clip_path, limits, detector, tracking)
+    scan = clip_face_tracks(clip_path, limits, detector, tracking)
+    boxes = [scan.boxes(scan.track_for(p.ingest), tracking) for p in predictions]
 
     def write(tmp: str) -> None:
         fmt = "webm" if out.suffix.lower() == ".webm" else "mp4"
@@ -77,9 +85,13 @@ def annotate_prediction(prediction, clip_path: str | Path, out_path: str | Path,
                 image = frame.image
                 if stream is None:
                     stream = _add_stream(container, encoder, rate, image.shape[1], image.shape[0])
-                box, held = boxes.get(frame.index, (None, False))
-                drawn = draw(image, None if box is None else np.asarray(box) * frame.scale, *labels.at(frame.time_s),
-                             held=held)
+                faces = []
+                for k, (face, label) in enumerate(zip(boxes, labels)):
+                    box, held = face.get(frame.index, (None, False))
+                    if box is not None:
+                        faces.append(FaceMark(np.asarray(box) * frame.scale, *label.at(frame.time_s), held=held,
+                                              colour=FACE_COLOURS[k % len(FACE_COLOURS)]))
+                drawn = draw_faces(image, faces, *labels[0].at(frame.time_s))
                 video_frame = av.VideoFrame.from_ndarray(_even(drawn), format="rgb24")
                 last_pts = max(last_pts + 1, round(frame.time_s / TIME_BASE))
                 video_frame.pts, video_frame.time_base = last_pts, TIME_BASE
@@ -108,19 +120,51 @@ def _even(image: np.ndarray) -> np.ndarray:
     return image[: h - h % 2, : w - w % 2]
 
 
-def clip_face_boxes(clip_path: str | Path, limits: Optional[Limits] = None, detector: Optional[FaceDetector] = None,
-                    tracking: TrackingConfig = TrackingConfig()) -> dict[int, tuple[Optional[tuple], bool]]:
-    """Frame index -> (the main face's box in source pixels or None, held): every frame decoded and searched,
-    the boxes given by :func:`~dferclip.video.faces.face_boxes`."""
+@dataclasses.dataclass
+class ClipFaces:
+    """Every frame of a clip searched for faces and the faces tracked: ``tracks[k].detections`` align with
+    ``indices``/``times``; ``main`` is the main face's track id (None without a face)."""
+
+    indices: list
+    times: list
+    tracks: list
+    main: Optional[int]
+
+    def track_for(self, ingest) -> Optional[object]:
+        """The track a prediction was made for: the main one for a main-face prediction, else the one whose
+        detections overlap the prediction's detected boxes on the most frames."""
+        if not self.tracks:
+            return None
+        if getattr(ingest, "track_id", None) is None or getattr(ingest, "main", True):
+            return next(t for t in self.tracks if t.id == self.main)
+        where = {i: k for k, i in enumerate(self.indices)}
+        own = [(where[m.index], m.box) for m in ingest.frames if m.confidence is not None and m.index in where]
+
+        def overlap(track) -> int:
+            return sum(track.detections[k] is not None and iou(track.detections[k].box, box) > 0.5 for k, box in own)
+
+        best = max(self.tracks, key=overlap)
+        return best if overlap(best) else None
+
+    def boxes(self, track, tracking: TrackingConfig = TrackingConfig()) -> dict[int, tuple[Optional[tuple], bool]]:
+        """Frame index -> (the track's box or None, held), by :func:`~dferclip.video.faces.face_boxes`."""
+        if track is None:
+            return {}
+        detected = [None if d is None else d.box for d in track.detections]
+        return dict(zip(self.indices, zip(*face_boxes(self.times, detected, tracking.max_hold_s))))
+
+
+def clip_face_tracks(clip_path: str | Path, limits: Optional[Limits] = None, detector: Optional[FaceDetector] = None,
+                     tracking: TrackingConfig = TrackingConfig()) -> ClipFaces:
+    """Every frame of the clip decoded and searched for faces, and the faces tracked."""
     from .ingest import _detect, default_detector
 
     detector = detector or default_detector()
-    indices, times, detections = [], [], []
+    indices, found = [], []
 
     def search(chunk) -> None:
-        detections.extend(_detect(detector, chunk)[0])
+        found.extend(_detect(detector, chunk)[0])
         indices.extend(f.index for f in chunk)
-        times.extend(f.time_s for f in chunk)
         pacing.checkpoint()
 
     with VideoReader(clip_path, limits or Limits()) as reader:
@@ -133,11 +177,16 @@ def clip_face_boxes(clip_path: str | Path, limits: Optional[Limits] = None, dete
         if chunk:
             search(chunk)
         size = (reader.info.width, reader.info.height)
-    track = main_face_track(detections, times, size, tracking) if times else None
-    if track is None:
-        return {}
-    detected = [None if d is None else d.box for d in track.detections]
-    return dict(zip(indices, zip(*face_boxes(times, detected, tracking.max_hold_s))))
+    tracks, main = track_faces(found, size, tracking) if found else ([], None)
+    return ClipFaces(indices, [f.time_s for f in found], tracks, main)
+
+
+def clip_face_boxes(clip_path: str | Path, limits: Optional[Limits] = None, detector: Optional[FaceDetector] = None,
+                    tracking: TrackingConfig = TrackingConfig()) -> dict[int, tuple[Optional[tuple], bool]]:
+    """Frame index -> (the main face's box in source pixels or None, held): every frame decoded and searched,
+    the boxes given by :func:`~dferclip.video.faces.face_boxes`."""
+    scan = clip_face_tracks(clip_path, limits, detector, tracking)
+    return scan.boxes(next((t for t in scan.tracks if t.id == scan.main), None), tracking)
 
 
 class RunningLabel:
@@ -167,31 +216,52 @@ class RunningLabel:
         return self.classes[k], float(p[k])
 
 
+@dataclasses.dataclass
+class FaceMark:
+    """One face to draw: its box (frame pixels), expression and probability, whether the box is held."""
+
+    box: np.ndarray
+    label: str
+    probability: float
+    held: bool = False
+    colour: tuple = BOX_COLOUR
+
+
 def draw(image: np.ndarray, box: Optional[np.ndarray], label: str, probability: float,
          held: bool = False) -> np.ndarray:
-    """A copy of ``image`` (RGB) with the face box and ``label probability`` drawn (top-left without a face);
-    a ``held`` box (no detection on this frame) is dashed and its label says so."""
+    """A copy of ``image`` (RGB) with one face box and ``label probability`` drawn (top-left without a face)."""
+    faces = [] if box is None else [FaceMark(np.asarray(box), label, probability, held)]
+    return draw_faces(image, faces, label, probability)
+
+
+def draw_faces(image: np.ndarray, faces: list, label: str = "", probability: float = 0.0) -> np.ndarray:
+    """A copy of ``image`` (RGB) with each face's box and ``label probability`` drawn in its colour; a held box
+    (no detection on this frame) is dashed and its label says so. Without a face, ``label probability (no
+    face)`` is written top-left."""
     out = np.ascontiguousarray(image.copy())
     h, w = out.shape[:2]
     thickness = max(2, round(min(h, w) / 180))
     scale = max(0.5, min(h, w) / 600)
-    text = f"{label} {probability:.0%}" + (" (held)" if held and box is not None else "")
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, thickness // 2))
-    if box is not None:
-        x0, y0, x1, y1 = (int(round(v)) for v in box)
-        if held:
-            _dashed_rectangle(out, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
+    weight = max(1, thickness // 2)
+
+    def tag(text: str, tx: int, ty: int, colour) -> None:
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, weight)
+        cv2.rectangle(out, (tx, ty - th - 6), (tx + tw + 8, ty + base), colour, -1)
+        cv2.putText(out, text, (tx + 4, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), weight, cv2.LINE_AA)
+
+    for face in faces:
+        x0, y0, x1, y1 = (int(round(v)) for v in face.box)
+        if face.held:
+            _dashed_rectangle(out, (x0, y0), (x1, y1), face.colour, thickness)
         else:
-            cv2.rectangle(out, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
+            cv2.rectangle(out, (x0, y0), (x1, y1), face.colour, thickness)
+        text = f"{face.label} {face.probability:.0%}" + (" (held)" if face.held else "")
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, weight)
         tx, ty = max(0, min(x0, w - tw - 8)), y0 - 6 if y0 - th - base - 8 >= 0 else min(h - base - 2, y1 + th + 8)
-        colour = BOX_COLOUR
-    else:
-        tx, ty, colour = 4, th + 8, NO_FACE_COLOUR
-        text += " (no face)"
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, thickness // 2))
-    cv2.rectangle(out, (tx, ty - th - 6), (tx + tw + 8, ty + base), colour, -1)
-    cv2.putText(out, text, (tx + 4, ty - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), max(1, thickness // 2),
-                cv2.LINE_AA)
+        tag(text, tx, ty, face.colour)
+    if not faces:
+        (_, th), _ = cv2.getTextSize("A", cv2.FONT_HERSHEY_SIMPLEX, scale, weight)
+        tag(f"{label} {probability:.0%} (no face)", 4, th + 8, NO_FACE_COLOUR)
     return out
 
 

@@ -369,6 +369,8 @@ class FaceTrack:
 
     detections: List[Optional[Detection]]
     score: float = 0.0
+    id: int = 0  # the person's number in the clip, by first appearance (dferclip.video.tracking)
+    look: Optional[np.ndarray] = None  # the face's mean appearance descriptor (dferclip.video.tracking)
 
     @property
     def hits(self) -> int:
@@ -391,6 +393,15 @@ class TrackingConfig:
     speed: float = 1.0
     max_size_ratio: float = 1.6
     max_hold_s: float = 0.5
+    # every face (dferclip.video.tracking): appearance distances are 1 - the descriptors' dot product
+    link_max_distance: float = 0.25  # a detection this unlike a track does not continue it
+    appearance_weight: float = 2.0  # face sizes of shift one unit of appearance distance is worth when linking
+    reid_max_distance: float = 0.16  # tracklets further apart than this are different people
+    cut_distance: float = 0.35  # a change of the whole frame's colours beyond this is a shot cut
+    max_link_gap_s: float = 1.0  # a track unseen for longer is continued by appearance only
+    min_hits: int = 2  # tracks detected on fewer examined frames are dropped as spurious
+    scan_fps: float = 5.0  # examined frames per second of the clip, besides those the models sample
+    max_scan_frames: int = 150
 
 
 def link_tracks(

@@ -39,9 +39,10 @@ from .faces import (
     crop_boxes,
     crop_region,
     crop_square,
+    FaceTrack,
     fill_track,
-    main_face_track,
 )
+from .tracking import FrameFaces, appearance, assign_detections, frame_signature, track_faces
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,10 @@ class IngestResult:
     timings: Dict[str, float] = field(default_factory=dict)
     windows: Optional[WindowBatch] = None
     no_face_spans: List[Tuple[float, float]] = field(default_factory=list)  # seconds of the clip without the face
+    track_id: Optional[int] = None  # which face of the clip (dferclip.video.tracking), None without one
+    main: bool = True  # whether it is the clip's main face
+    span_s: Optional[Tuple[float, float]] = None  # first and last time the face is detected
+    faces: int = 0  # face tracks in the clip
 
     @property
     def face_found(self) -> bool:
@@ -113,6 +118,8 @@ class IngestResult:
             "timings": dict(self.timings),
             "windows": self.windows.to_dict() if self.windows is not None else None,
             "no_face_spans": [list(span) for span in self.no_face_spans],
+            "face": {"track": self.track_id, "main": self.main, "faces_in_clip": self.faces,
+                     "span_s": None if self.span_s is None else [round(v, 3) for v in self.span_s]},
         }
 
 
@@ -159,12 +166,43 @@ def ingest_many(
     """:func:`ingest` for several models' inputs at once (``windows``: one entry per input config): the clip
     is opened, decoded and searched for faces once, over the union of the frames every model samples; each
     model then gets its own frames, crops (its size and resize) and normalisation."""
+    return [per_face[0] for per_face in ingest_faces(path, input_configs, faces="main", detector=detector,
+                                                     fallback=fallback, windows=windows, limits=limits,
+                                                     margin=margin, tracking=tracking)]
+
+
+FACE_CHOICES = ("main", "all")
+
+
+def ingest_faces(
+    path,
+    input_configs: Sequence[InputConfig],
+    *,
+    faces: str = "all",
+    detector: Optional[FaceDetector] = None,
+    fallback: str = "center",
+    windows: Optional[Sequence[Optional[WindowSpec | Callable[[float], WindowSpec]]]] = None,
+    limits: Limits = Limits(),
+    margin: float = DEFAULT_MARGIN,
+    tracking: TrackingConfig = TrackingConfig(),
+) -> List[List[IngestResult]]:
+    """Every face of the clip (``faces="all"``) or its main face (``"main"``), for each model's input: a list per
+    input config of one :class:`IngestResult` per face track (``result.track_id``), the main face first.
+
+    The clip is decoded and searched for faces once: a regular scan (``tracking.scan_fps``) plus the frames the
+    models sample, linked into tracks (:mod:`dferclip.video.tracking`). Each track gets its own model frames,
+    sampled as the model's loader does over the span where that face is present, and, with ``windows``, its own
+    timeline over that span (the main face's timeline covers the clip when the face is there throughout). Frames
+    the tracks' samples add are decoded and searched afterwards, each once, and given to the tracks they belong to.
+    A clip without a face gives one result, cut from the frames' centres (``fallback="center"``)."""
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
+    if faces not in FACE_CHOICES:
+        raise ValueError(f"faces must be one of {FACE_CHOICES}, got {faces!r}")
     configs = list(input_configs)
     windows = list(windows) if windows is not None else [None] * len(configs)
     if not configs or len(windows) != len(configs):
-        raise ValueError("ingest_many needs one or more input configs and one windows entry per config")
+        raise ValueError("ingest_faces needs one or more input configs and one windows entry per config")
     detector = detector or default_detector()
     warnings: List[List[str]] = [[] for _ in configs]
     start = time.perf_counter()
@@ -172,12 +210,14 @@ def ingest_many(
     # decoding and detection overlap: each chunk of decoded frames goes to the detector at once
     with VideoReader(path, limits) as reader, ThreadPoolExecutor(max_workers=1) as pool:
         n = reader.num_frames
+        frame_times = reader.frame_times
         clip_indices = [sample_indices(n, cfg.num_frames, cfg.sampler) for cfg in configs]
         duration = reader.info.duration_s or 0.0
         specs = [w(duration) if callable(w) else w for w in windows]
-        spans = [_window_spans(reader.frame_times, cfg, spec, limits, warned) if spec else []
+        spans = [_window_spans(frame_times, cfg, spec, limits, warned) if spec else []
                  for cfg, spec, warned in zip(configs, specs, warnings)]
-        wanted = sorted(set().union(*clip_indices, *(w.indices for s in spans for w in s)))
+        scan = scan_indices(frame_times, tracking)
+        wanted = sorted(set(scan).union(*clip_indices, *(w.indices for s in spans for w in s)))
         chunk = min(32, max(4, len(wanted) // 4))  # small enough to overlap, large enough to batch
         frames: List[DecodedFrame] = []
         jobs = []
@@ -188,41 +228,95 @@ def ingest_many(
         info = reader.info
         decode_done = time.perf_counter()
         results = [job.result() for job in jobs]
-        detections = [dets for chunk, _ in results for dets in chunk]
+        found = [faces_on for part, _ in results for faces_on in part]
         detect_s = sum(seconds for _, seconds in results)
-        metas = _locate_faces(frames, detections, info, margin, tracking)
-        face_range = _face_range(metas)
-        lo, hi = face_range or (0, n)
-        hold = tracking.max_hold_s
-        face_times = [m.time_s for m in metas if m.confidence is not None]
-        for k, cfg in enumerate(configs):
-            sampled = set(clip_indices[k])
-            if face_range is not None and any(m.time_s < face_times[0] - hold or m.time_s > face_times[-1] + hold
-                                               for m in metas if m.index in sampled):
-                # the clip starts or ends without the face for longer than a missed detection explains (a title
-                # card, a cut, the face leaving): the model's frames come from where the face is
-                clip_indices[k] = [lo + i for i in sample_indices(hi - lo + 1, cfg.num_frames, cfg.sampler)]
-        extra = sorted(set().union(*clip_indices) - set(wanted))
+        tracks, main = track_faces(found, (info.width, info.height), tracking)
+        tracks = sorted(tracks, key=lambda tr: tr.id != main)  # the main face first
+        chosen = tracks if faces == "all" else tracks[:1]
+        times = [f.time_s for f in frames]
+        # per chosen track and config: the model's frames (and windows) from where that face is
+        plans = []
+        for track in chosen or [None]:
+            plan = []
+            for k, cfg in enumerate(configs):
+                indices, track_spans = clip_indices[k], spans[k]
+                if track is not None:
+                    hit = [frames[t] for t, d in enumerate(track.detections) if d is not None]
+                    hit_times = np.array([f.time_s for f in hit])
+                    if any(np.abs(hit_times - frame_times[i]).min() > tracking.max_hold_s + 1e-6 for i in indices):
+                        # the face is absent for longer than a missed detection explains (a title card, a cut, the
+                        # face leaving or arriving): its frames are sampled from where it is
+                        present = present_frames([f.index for f in hit], frame_times, tracking.max_hold_s)
+                        indices = [present[i] for i in sample_indices(len(present), cfg.num_frames, cfg.sampler)]
+                        if track_spans:
+                            track_spans = _span_windows(frame_times, hit[0].index, hit[-1].index, cfg, windows[k],
+                                                        limits)
+                plan.append((indices, track_spans))
+            plans.append(plan)
+        needed = set().union(*(set(ix).union(*(w.indices for w in sp)) for plan in plans for ix, sp in plan))
+        extra = sorted(needed - set(wanted))
         if extra:
             more = list(reader.iter_frames(extra))
-            found, seconds = _detect(detector, more)
+            more_found, seconds = _detect(detector, more)
             detect_s += seconds
+            extra_hits = [assign_detections(chosen, times, f.time_s, ff.detections, ff.appearances, tracking)
+                          for f, ff in zip(more, more_found)]
             order = sorted(range(len(frames) + len(more)), key=lambda k: (frames + more)[k].index)
             frames = [(frames + more)[k] for k in order]
-            detections = [(detections + found)[k] for k in order]
-            wanted = [f.index for f in frames]
-            metas = _locate_faces(frames, detections, info, margin, tracking)
+            for j, track in enumerate(chosen):
+                both = track.detections + [hits[j] for hits in extra_hits]
+                track.detections = [both[k] for k in order]
         for warned in warnings:
             warned.extend(reader.warnings)
     detect_done = time.perf_counter()
     decoded = {f.index: f for f in frames}
-    meta_of = dict(zip(wanted, metas))
-    no_face = _no_face_spans(metas, info.duration_s)
     shared = {"decode_s": decode_done - start,  # probing and decoding
               "detect_s": detect_s}  # detector busy time, mostly while decoding goes on
-    return [_model_input(cfg, clip_indices[k], spans[k], warnings[k], decoded, meta_of, metas, no_face, info, n,
-                         fallback, tracking, shared, start, detect_done)
-            for k, cfg in enumerate(configs)]
+    out: List[List[IngestResult]] = [[] for _ in configs]
+    for track, plan in zip(chosen or [None], plans):
+        metas = _locate_faces(frames, track, info, margin, tracking)
+        meta_of = {m.index: m for m in metas}
+        no_face = _no_face_spans(metas, info.duration_s)
+        for k, (cfg, (indices, track_spans)) in enumerate(zip(configs, plan)):
+            result = _model_input(cfg, indices, track_spans, list(warnings[k]), decoded, meta_of, metas, no_face,
+                                  info, n, fallback, tracking, shared, start, detect_done)
+            if track is not None:
+                hit = [m for m in metas if m.confidence is not None]
+                result.track_id, result.main = track.id, track.id == main
+                result.span_s = (hit[0].time_s, hit[-1].time_s)
+            result.faces = len(tracks)
+            out[k].append(result)
+    return out
+
+
+def present_frames(detected: Sequence[int], frame_times: Sequence[float], max_hold_s: float) -> List[int]:
+    """The clip's frames where a face is present: from each detection (frame indices, sorted) to the next one
+    when they are at most ``max_hold_s`` apart, and the detected frames themselves."""
+    present = []
+    for a, b in zip(detected, detected[1:]):
+        present.extend(range(a, b) if frame_times[b] - frame_times[a] <= max_hold_s + 1e-6 else [a])
+    return present + [detected[-1]]
+
+
+def scan_indices(frame_times: Sequence[float], tracking: TrackingConfig) -> List[int]:
+    """The frames examined for faces besides the models' own: about ``tracking.scan_fps`` a second, at most
+    ``tracking.max_scan_frames``."""
+    n = len(frame_times)
+    if n < 2:
+        return list(range(n))
+    duration = frame_times[-1] - frame_times[0]
+    count = min(tracking.max_scan_frames, max(2, int(duration * tracking.scan_fps) + 1), n)
+    return sorted({round(k * (n - 1) / (count - 1)) for k in range(count)})
+
+
+def _span_windows(frame_times: Sequence[float], lo: int, hi: int, cfg: InputConfig, spec, limits: Limits) -> List[Window]:
+    """Sliding windows over frames ``lo``..``hi`` only (a face's span), in the clip's seconds and frame indices."""
+    times = list(frame_times[lo : hi + 1])
+    spec = spec(times[-1] - times[0] + (times[1] - times[0] if len(times) > 1 else 0.0)) if callable(spec) else spec
+    ignored: List[str] = []
+    return [Window(start_s=round(w.start_s + times[0], 6), end_s=round(w.end_s + times[0], 6),
+                   indices=tuple(lo + i for i in w.indices))
+            for w in _window_spans(times, cfg, spec, limits, ignored)]
 
 
 def _model_input(input_config: InputConfig, clip_indices: List[int], spans: List[Window], warnings: List[str],
@@ -304,12 +398,6 @@ def centre_crops(indices: Sequence[int], meta_of: Dict[int, FrameMeta], info: Vi
     return sum(meta_of[i].box is None and meta_of[i].crop == centre for i in indices)
 
 
-def _face_range(metas: List[FrameMeta]) -> Optional[Tuple[int, int]]:
-    """First and last frame index where the main face was detected, None without one."""
-    seen = [m.index for m in metas if m.confidence is not None]
-    return (min(seen), max(seen)) if seen else None
-
-
 def _no_face_spans(metas: List[FrameMeta], duration_s: Optional[float]) -> List[Tuple[float, float]]:
     """The stretches of the clip (seconds) whose sampled frames have no face box, from the clip's start or
     the first frame without one to the next frame with one, or the clip's end."""
@@ -327,11 +415,16 @@ def _no_face_spans(metas: List[FrameMeta], duration_s: Optional[float]) -> List[
 
 
 def _detect(detector: FaceDetector, frames: List[DecodedFrame]):
-    """Detections in source pixels for decoded frames, and the seconds it took."""
+    """Per decoded frame, its faces (:class:`~dferclip.video.tracking.FrameFaces`: boxes in source pixels, each
+    face's appearance, the frame's colour signature), and the seconds it took."""
     start = time.perf_counter()
     found = detector.detect([f.image for f in frames])
-    detections = [[Detection(tuple(v / f.scale for v in box), score) for box, score in dets] for f, dets in zip(frames, found)]
-    return detections, time.perf_counter() - start
+    out = []
+    for f, dets in zip(frames, found):
+        looks = [appearance(f.image, box) for box, _ in dets]
+        out.append(FrameFaces(f.time_s, [Detection(tuple(v / f.scale for v in box), score) for box, score in dets],
+                              looks, frame_signature(f.image)))
+    return out, time.perf_counter() - start
 
 
 def _window_spans(frame_times, input_config: InputConfig, spec: WindowSpec, limits: Limits, warnings: List[str]) -> List[Window]:
@@ -346,21 +439,19 @@ def _window_spans(frame_times, input_config: InputConfig, spec: WindowSpec, limi
 
 def _locate_faces(
     frames: List[DecodedFrame],
-    detections: List[List[Detection]],
+    track: Optional[FaceTrack],
     info: VideoInfo,
     margin: float,
     tracking: TrackingConfig,
 ) -> List[FrameMeta]:
-    """Per frame: the main face's box (detected or filled) and the square to crop."""
+    """Per frame: the track's face box (detected or held) and the square to crop (the centre without a track)."""
     frame_size = (info.width, info.height)
     times = [f.time_s for f in frames]
-    track = main_face_track(detections, times, frame_size, tracking)
+    centre = _rounded(center_region(frame_size))
     if track is None:
-        region = _rounded(center_region(frame_size))
-        return [FrameMeta(f.index, f.time_s, None, region, None, False) for f in frames]
+        return [FrameMeta(f.index, f.time_s, None, centre, None, False) for f in frames]
     boxes, filled = fill_track(track, times, tracking.max_hold_s)
     cuts = crop_boxes(times, [None if d is None else d.box for d in track.detections], tracking.max_hold_s)
-    centre = _rounded(center_region(frame_size))
     metas = []
     for f, det, box, was_filled, where in zip(frames, track.detections, boxes, filled, cuts):
         metas.append(
