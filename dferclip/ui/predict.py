@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import gradio as gr
+from gradio.data_classes import FileData
 
 from ..errors import DferclipError, VideoError
 from ..predict import Prediction, iter_predict
@@ -52,6 +53,19 @@ def example_clips() -> list[tuple[str, str]]:
         present = [(str(data / name), label) for name, label in feat if (data / name).is_file()]
         found = present[:1] + found + present[1:]
     return found
+
+
+class ClipVideo(gr.Video):
+    """``gr.Video`` that gives the page a clip as it is. Gradio's converts what browsers cannot play when ffmpeg is
+    installed (as on a Space): an HEVC .mov example became an H.264 .mp4 of another frame rate and frame count,
+    and the model read that copy; an upload is never converted, so an example now reads as its upload does."""
+
+    is_template = True  # drawn by gr.Video's front end
+
+    def postprocess(self, value):
+        if isinstance(value, (str, Path)) and not self.streaming:
+            return FileData(path=str(value), orig_name=Path(value).name)
+        return super().postprocess(value)
 
 
 # --- output formatting --------------------------------------------------------------------------------
@@ -328,7 +342,7 @@ def build_predict_tab(ctx: AppContext, sections: Sequence[Callable] = ()) -> tup
     with gr.Tab("Predict", id="predict"):
         with gr.Row():
             with gr.Column(scale=5):
-                video = gr.Video(sources=["upload", "webcam"], label="Clip", height=300, elem_id="clip-input",
+                video = ClipVideo(sources=["upload", "webcam"], label="Clip", height=300, elem_id="clip-input",
                                  webcam_options=gr.WebcamOptions(mirror=True))
                 preview = gr.Markdown(elem_id="clip-preview-note", elem_classes=["hint"])
                 with gr.Row():
