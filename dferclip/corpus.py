@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 FORMATS = (".jsonl", ".csv")
 PATH_COLUMNS = ("path", "video", "file", "filename", "clip")
 FIXED_COLUMNS = ("clip", "top", "face_found", "status", "error", "warnings", "ingestion_s", "model_s", "model")
+FACE_COLUMNS = ("face", "face_main", "face_start_s", "face_end_s")  # with faces="all": one line per (clip, face)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,8 @@ class Ingested:
     warnings: list = field(default_factory=list)
     seconds: float = 0.0
     error: Optional[str] = None
+    faces: Optional[list] = None  # faces="all": per face track {"face", "face_main", "face_start_s", "face_end_s"},
+    # its crops the face's T frames of ``pixels`` in turn
 
 
 class IngestDataset:
@@ -180,9 +183,10 @@ class IngestDataset:
     dataset for torch's DataLoader (``__len__`` and ``__getitem__``)."""
 
     def __init__(self, clips: Sequence[ClipRef], input_config, *, fallback: str = "center",
-                 limits: Optional[Limits] = None):
+                 limits: Optional[Limits] = None, faces: str = "main"):
         from .video.decode import Limits
 
+        self.faces = faces
         self.clips = list(clips)
         self.input_config = input_config
         self.fallback = fallback
@@ -195,18 +199,25 @@ class IngestDataset:
         import numpy as np
         import torch
 
-        from .video.ingest import ingest
+        from .video.ingest import ingest_faces
 
         ref = self.clips[i]
         start = time.perf_counter()
         try:
-            result = ingest(ref.path, self.input_config, fallback=self.fallback, limits=self.limits)
+            (results,) = ingest_faces(ref.path, [self.input_config], faces=self.faces, fallback=self.fallback,
+                                      limits=self.limits)
         except Exception as e:  # a bad clip is recorded, never fatal
             log.debug("%s failed", ref.key, exc_info=True)
             message = e.message if isinstance(e, DferclipError) else str(e) or repr(e)
             return Ingested(ref.key, None, seconds=time.perf_counter() - start, error=f"{type(e).__name__}: {message}")
-        pixels = torch.from_numpy(np.stack([np.asarray(c) for c in result.crops]))
-        return Ingested(ref.key, pixels, result.status, list(result.warnings), time.perf_counter() - start)
+        pixels = torch.from_numpy(np.stack([np.asarray(c) for r in results for c in r.crops]))
+        faces = None
+        if self.faces == "all":
+            faces = [{"face": r.track_id, "face_main": r.main if r.track_id is not None else None,
+                      "face_start_s": None if r.span_s is None else round(r.span_s[0], 3),
+                      "face_end_s": None if r.span_s is None else round(r.span_s[1], 3)} for r in results]
+        return Ingested(ref.key, pixels, results[0].status, list(results[0].warnings), time.perf_counter() - start,
+                        faces=faces)
 
 
 def _worker_timeout(limits: Optional[Limits]) -> float:
@@ -230,10 +241,11 @@ def _worker_init(_, yield_to_model: bool = False):
 class LineWriter:
     """Appends one record per clip to a .jsonl or .csv file; each line is a single O_APPEND write."""
 
-    def __init__(self, path: Path, classes: Sequence[str]):
+    def __init__(self, path: Path, classes: Sequence[str], faces: bool = False):
         self.path = Path(path)
         self.kind = output_kind(path)
-        self.columns = list(FIXED_COLUMNS) + [f"p_{c}" for c in classes]
+        self.columns = list(FIXED_COLUMNS[:1]) + list(FACE_COLUMNS if faces else ()) + list(FIXED_COLUMNS[1:]) + [
+            f"p_{c}" for c in classes]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.kind == ".csv":
             self._check_header()
@@ -248,7 +260,7 @@ class LineWriter:
                 header = next(csv.reader(f), [])
             if header != self.columns:
                 raise DataError(f"{self.path} has other columns than this model's output (another model's "
-                                f"classes?): write to a new file")
+                                f"classes, or one line per face against one per clip?): write to a new file")
 
     @staticmethod
     def _csv_line(values) -> bytes:
@@ -258,6 +270,10 @@ class LineWriter:
 
     def append(self, record: dict) -> None:
         os.write(self._fd, self.encode(record))
+
+    def append_all(self, records: Sequence[dict]) -> None:
+        """Several lines in one write: a clip's faces are all in the output or none is."""
+        os.write(self._fd, b"".join(self.encode(r) for r in records))
 
     def encode(self, record: dict) -> bytes:
         if self.kind == ".jsonl":
@@ -314,6 +330,7 @@ def flatten(record: dict, columns: Sequence[str]) -> list:
               "status": record.get("status"), "error": record.get("error"),
               "warnings": " | ".join(record.get("warnings") or []), "ingestion_s": timings.get("ingestion"),
               "model_s": timings.get("model"), "model": record.get("model")}
+    values |= {c: record.get(c) for c in FACE_COLUMNS}
     values |= {f"p_{c}": p for c, p in probs.items()}
     return [values.get(c) for c in columns]
 
@@ -365,11 +382,11 @@ def done_clips(output: Path) -> set[str]:
 
 
 def merge_parts(output: Path, order: Sequence[str]) -> Path:
-    """Earlier output plus every part file -> ``output`` (one line per clip, listed clips in ``order``, clips
+    """Earlier output plus every part file -> ``output`` (each clip's lines once, listed clips in ``order``, clips
     of earlier lists first), written atomically; the part files are then removed."""
     output = Path(output)
     parts = _part_files(output)
-    by_clip: dict[str, bytes] = {}
+    by_clip: dict[str, list[bytes]] = {}  # a clip's lines (one per face with faces="all") from the first file with it
     header = None
     for p in [output, *parts]:
         if not p.is_file():
@@ -377,16 +394,19 @@ def merge_parts(output: Path, order: Sequence[str]) -> Path:
         lines = p.read_bytes().splitlines(keepends=True)
         if output_kind(output) == ".csv" and lines:
             header, lines = header or lines[0], lines[1:]
+        here: dict[str, list[bytes]] = {}
         for line, record in zip(lines, _parse_lines(lines, output)):
             if record is not None and line.endswith(b"\n"):
-                by_clip.setdefault(record["clip"], line)
+                here.setdefault(record["clip"], []).append(line)
+        for clip, clip_lines in here.items():
+            by_clip.setdefault(clip, clip_lines)
     rank = {k: i for i, k in enumerate(order)}
     ordered = sorted(by_clip, key=lambda k: (k in rank, rank.get(k, 0)))
     with files.atomic_write(output, "wb") as f:
         if header is not None:
             f.write(header)
         for k in ordered:
-            f.write(by_clip[k])
+            f.writelines(by_clip[k])
     for p in parts:
         p.unlink(missing_ok=True)
     return output
@@ -505,7 +525,7 @@ def _forwards(items: Iterable[Ingested], clips: int) -> Iterable[list[Ingested]]
 def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard: Shard = Shard(),
                    batch_size: Optional[int] = None, workers: int = 2, dev=None, dtype=None,
                    fallback: str = "center", limits: Optional[Limits] = None, progress: bool = True,
-                   accelerate=None) -> CorpusSummary:
+                   accelerate=None, faces: str = "main") -> CorpusSummary:
     """Predict every clip of ``clips`` not yet in ``output`` (see the module docstring).
 
     ``batch_size``: clips a model forward, their frames in one image-tower call; by default as many clips as
@@ -514,6 +534,8 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
     ``accelerate``: a function called with no argument once the worker processes have started (so they are
     forked before any backend thread pool exists), e.g. to convert the image tower (dferclip.backends).
     With ``shard.world > 1`` torch.distributed must be initialised (:func:`run_sharded` does it).
+    ``faces="all"``: every face track of each clip is predicted, one line per (clip, face), a clip's lines
+    written together (columns ``face``, ``face_main``, ``face_start_s``, ``face_end_s``).
     """
     import torch
 
@@ -532,11 +554,12 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
     target = output if shard.world == 1 else part_path(output, shard.rank)
     summary = CorpusSummary(output, len(clips), len(mine) - len(todo), 0, 0, 0, 0.0)
     T = model.input_config.num_frames
-    with LineWriter(target, model.class_names) as writer, sigchld_kept():
+    with LineWriter(target, model.class_names, faces=faces == "all") as writer, sigchld_kept():
         if todo:
             ahead = batch_size or max(backends.frame_batch_sizes(T)) // T  # clips the workers keep ready
             loader = torch.utils.data.DataLoader(
-                IngestDataset(todo, model.input_config, fallback=fallback, limits=limits), batch_size=None,
+                IngestDataset(todo, model.input_config, fallback=fallback, limits=limits, faces=faces),
+                batch_size=None,
                 num_workers=workers, collate_fn=_as_is,
                 worker_init_fn=functools.partial(_worker_init, yield_to_model=dev.type == "cpu") if workers else None,
                 prefetch_factor=max(2, -(-ahead // workers)) if workers else None, persistent_workers=False,
@@ -556,17 +579,23 @@ def predict_corpus(model, clips: Sequence[ClipRef], output: str | Path, *, shard
                 if ok:
                     t0 = time.perf_counter()
                     frames = model_input(model.input_config, torch.cat([b.pixels for b in ok]))
-                    positions = torch.arange(len(ok) * T).view(len(ok), T)
+                    sequences = len(frames) // T  # a clip's faces are sequences of their own
+                    positions = torch.arange(sequences * T).view(sequences, T)
                     logits, _, _ = score_sequences(model, frames, positions, dev=dev, dtype=dtype,
                                                    renders=mid_level_renders(model, frames), batch=frames_a_call)
                     probs = logits.softmax(-1)
-                    model_s = (time.perf_counter() - t0) / len(ok)
+                    model_s = (time.perf_counter() - t0) / sequences
                 row = 0
                 for item in batch:
-                    p = None
-                    if item.pixels is not None:
-                        p, row = probs[row], row + 1
-                    writer.append(clip_record(item, model.class_names, p, model_s) | {"model": identity})
+                    if item.pixels is None:
+                        writer.append(clip_record(item, model.class_names, None, model_s) | {"model": identity})
+                    elif item.faces is None:
+                        writer.append(clip_record(item, model.class_names, probs[row], model_s) | {"model": identity})
+                        row += 1
+                    else:
+                        writer.append_all([clip_record(item, model.class_names, probs[row + k], model_s) | face
+                                           | {"model": identity} for k, face in enumerate(item.faces)])
+                        row += len(item.faces)
                     summary.done += 1
                     summary.errors += item.error is not None
                     summary.no_face += item.status == "no_face"

@@ -2,6 +2,7 @@
 (a folder, a .csv list or hf:<dataset>) into one .jsonl/.csv line per clip with --output.
 
     python -m dferclip predict clip.mp4 [--json] [--annotate out.mp4]
+    python -m dferclip predict clip.mp4 --faces all --json         # one entry per face track: span, boxes, label
     python -m dferclip predict clip.mp4 --models dfew-fold1,random:fineclipper-vit-b-16,emoclip-b32  # side by side
     python -m dferclip predict clips/ --output preds.jsonl          # resumable; a bad clip is a line, not a stop
     torchrun --nproc_per_node 4 -m dferclip predict list.csv --output preds.csv   # sharded, one merged output
@@ -30,6 +31,10 @@ def add_arguments(p):
                    help="one clip, several models side by side (comma-separated weights as --model); the clip is "
                         "decoded and its face found once for all of them")
     p.add_argument("--json", action="store_true", help="print one JSON object (probabilities, timeline, ingestion)")
+    p.add_argument("--faces", choices=("main", "all"), default="main",
+                   help="main: the clip's main face (default); all: every face track, each read over the span "
+                        "where it is present (one decode and face search, one model pass per face); with "
+                        "--output, one line per (clip, face)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
     p.add_argument("--no-timeline", action="store_true", help="skip the sliding-window timeline")
     p.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
@@ -57,6 +62,8 @@ def run(args) -> int:
         if args.models:
             raise DataError("--models is for one clip; leave out --output")
         return run_corpus(args)
+    if args.models and args.faces == "all":
+        raise DataError("--faces all reads every face with one model: leave out --models")
     if Path(args.video).is_dir() or args.video.startswith("hf:") or args.video.lower().endswith(".csv"):
         raise DataError(f"{args.video} is a corpus, not one clip: add --output preds.jsonl (or .csv)")
     from ..video.decode import check_input
@@ -73,6 +80,8 @@ def run(args) -> int:
     what, warning = runtime.weights_banner(model.weights_info)
     if warning:
         print(f"WARNING: {warning} ({what})", file=sys.stderr)
+    if args.faces == "all":
+        return run_faces(args, model, registry, what)
     pred = predict_clip(model, args.video, windows=not args.no_timeline, dev=registry.device)
     annotated = None
     if args.annotate:
@@ -88,6 +97,42 @@ def run(args) -> int:
     print_report(pred, what)
     if annotated is not None:
         print(f"annotated video: {annotated} ({_codec_of(annotated)})")
+    return 0
+
+
+def run_faces(args, model, registry, weights: str) -> int:
+    """One clip, every face: one prediction per face track, the main face first."""
+    from ..predict import predict_faces
+
+    preds = predict_faces(model, args.video, windows=not args.no_timeline, dev=registry.device)
+    annotated = None
+    if args.annotate:
+        from ..video.annotate import annotate_prediction
+
+        annotated = annotate_prediction(preds, args.video, args.annotate)
+    if args.json:
+        out = {"clip": str(args.video), "faces": [p.to_dict() for p in preds]}
+        if annotated is not None:
+            out["annotated"] = {"path": str(annotated), "codec": _codec_of(annotated)}
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    info = preds[0].ingest.source
+    found = preds[0].ingest.faces
+    print(f"{info.path}: {found} face{'s' if found != 1 else ''} tracked; decoded and searched for faces once")
+    for pred in preds:
+        ingest = pred.ingest
+        if ingest.track_id is None:
+            print("  no face: the model read the centre of the frames")
+        else:
+            span = f"{ingest.span_s[0]:.1f}–{ingest.span_s[1]:.1f} s"
+            print(f"  face {ingest.track_id + 1}{' (main)' if ingest.main else ''}, {span}: {pred.top} "
+                  f"{pred.probs.max():.0%}  " + ", ".join(f"{c} {p:.2f}" for c, p in sorted(
+                      pred.probabilities.items(), key=lambda kv: -kv[1])[:3]))
+    print(f"weights: {weights}")
+    if annotated is not None:
+        print(f"annotated video: {annotated} ({_codec_of(annotated)})")
+    for w in dict.fromkeys(w for p in preds for w in p.warnings):
+        print(f"warning: {w}", file=sys.stderr)
     return 0
 
 
@@ -179,7 +224,7 @@ def run_corpus(args) -> int:
         backends.accelerate(model, backend, dev=registry.device, dtype=registry.dtype)
 
     summary = run_sharded(lambda: predict_corpus(
-        model, clips, args.output, shard=shard, batch_size=args.batch_size, workers=args.workers,
+        model, clips, args.output, shard=shard, batch_size=args.batch_size, workers=args.workers, faces=args.faces,
         dev=registry.device, dtype=registry.dtype, progress=not args.no_progress, accelerate=accelerate), shard)
     where = f"rank {shard.rank}: " if shard.world > 1 else ""
     print(f"{where}{summary.done} clips predicted ({summary.errors} errors, {summary.no_face} without a face), "

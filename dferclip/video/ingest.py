@@ -7,6 +7,7 @@ sliding windows over the clip for a timeline.
 """
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import time
@@ -185,6 +186,7 @@ def ingest_faces(
     limits: Limits = Limits(),
     margin: float = DEFAULT_MARGIN,
     tracking: TrackingConfig = TrackingConfig(),
+    max_faces: Optional[int] = None,
 ) -> List[List[IngestResult]]:
     """Every face of the clip (``faces="all"``) or its main face (``"main"``), for each model's input: a list per
     input config of one :class:`IngestResult` per face track (``result.track_id``), the main face first.
@@ -194,7 +196,9 @@ def ingest_faces(
     sampled as the model's loader does over the span where that face is present, and, with ``windows``, its own
     timeline over that span (the main face's timeline covers the clip when the face is there throughout). Frames
     the tracks' samples add are decoded and searched afterwards, each once, and given to the tracks they belong to.
-    A clip without a face gives one result, cut from the frames' centres (``fallback="center"``)."""
+    A clip without a face gives one result, cut from the frames' centres (``fallback="center"``). ``max_faces``
+    keeps the main face and the faces seen largest and longest (``track.score``); ``result.faces`` still counts
+    every track of the clip."""
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     if faces not in FACE_CHOICES:
@@ -233,6 +237,9 @@ def ingest_faces(
         tracks, main = track_faces(found, (info.width, info.height), tracking)
         tracks = sorted(tracks, key=lambda tr: tr.id != main)  # the main face first
         chosen = tracks if faces == "all" else tracks[:1]
+        if max_faces is not None and len(chosen) > max(max_faces, 1):
+            kept = {tr.id for tr in sorted(chosen, key=lambda tr: (tr.id != main, -tr.score))[:max(max_faces, 1)]}
+            chosen = [tr for tr in chosen if tr.id in kept]
         times = [f.time_s for f in frames]
         # per chosen track and config: the model's frames (and windows) from where that face is
         plans = []
@@ -242,8 +249,8 @@ def ingest_faces(
                 indices, track_spans = clip_indices[k], spans[k]
                 if track is not None:
                     hit = [frames[t] for t, d in enumerate(track.detections) if d is not None]
-                    hit_times = np.array([f.time_s for f in hit])
-                    if any(np.abs(hit_times - frame_times[i]).min() > tracking.max_hold_s + 1e-6 for i in indices):
+                    hit_times = [f.time_s for f in hit]
+                    if any(face_absent(hit_times, frame_times[i], tracking.max_hold_s) for i in indices):
                         # the face is absent for longer than a missed detection explains (a title card, a cut, the
                         # face leaving or arriving): its frames are sampled from where it is
                         present = present_frames([f.index for f in hit], frame_times, tracking.max_hold_s)
@@ -287,6 +294,18 @@ def ingest_faces(
             result.faces = len(tracks)
             out[k].append(result)
     return out
+
+
+def face_absent(detected_s: Sequence[float], t: float, max_hold_s: float) -> bool:
+    """Whether a face detected at ``detected_s`` (sorted seconds) is away at time ``t``: inside a gap between
+    detections longer than ``max_hold_s``, or further than that before the first or after the last."""
+    j = bisect.bisect_left(detected_s, t - 1e-6)
+    if j < len(detected_s) and abs(detected_s[j] - t) <= 1e-6:
+        return False
+    before, after = (detected_s[j - 1] if j else None), (detected_s[j] if j < len(detected_s) else None)
+    if before is not None and after is not None:
+        return after - before > max_hold_s + 1e-6
+    return abs(t - (before if before is not None else after)) > max_hold_s + 1e-6
 
 
 def present_frames(detected: Sequence[int], frame_times: Sequence[float], max_hold_s: float) -> List[int]:
