@@ -96,3 +96,29 @@ def fetch(url: str, folder) -> str:
     path = folder / "view.jpg"
     urllib.request.urlretrieve(url, path)
     return str(path)
+
+
+def test_other_faces_get_a_thin_box_and_the_largest_is_read(ctx):
+    """Two real people, the left one larger: the expression is read for the larger face (the thick box), the other
+    face gets a thin grey box of its own, and the status says so."""
+    from media import moving_face_frames, portrait_face
+
+    from dferclip.ui.live import OTHER_FACE_COLOUR
+
+    faces = [portrait_face("0-f15-hao-ph.jpg", 190), portrait_face("45-m7-di-ph.jpg", 120)]
+    made = list(moving_face_frames(6, 640, 360, faces, amplitude=0.02))
+    session = None
+    for frame, _ in made:
+        view, _, status, session = live_step(ctx, frame, session, TINY)
+    truth = made[-1][1]
+    ys, xs = np.nonzero(boxed_pixels(view))
+    assert iou((xs.min(), ys.min(), xs.max(), ys.max()), truth[0]) > 0.5  # the main box on the larger face
+    def greyish(image):
+        return np.abs(image.astype(int) - OTHER_FACE_COLOUR).sum(-1) < 30
+
+    grey = greyish(view) & ~greyish(made[-1][0])  # drawn, not already in the picture
+    x0, y0, x1, y1 = (int(v) for v in truth[1])
+    assert grey[y0 - 15 : y1 + 15, x0 - 15 : x1 + 15].sum() > 100  # a thin box around the other face
+    assert not grey[int(truth[0][1]):, : int(truth[0][2])].any()  # and none round the face being read (its caption
+    # sits above it)
+    assert "1 other face (thin box): the largest is read" in status

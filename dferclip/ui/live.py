@@ -1,5 +1,6 @@
 """The "Live" tab: the webcam streamed to the server, the expression over the last frames (as many as the model
-takes: 16 for DFER-CLIP, 32 for EmoCLIP), the face boxed.
+takes: 16 for DFER-CLIP, 32 for EmoCLIP), the face boxed; other faces in the frame get a thin box of their own
+(the expression is read for the main face only).
 
 The page streams the webcam (``Image.stream``); API clients send one frame per call to ``/live``.
 The browser sends a frame every :data:`STREAM_EVERY_S` seconds, but never while the previous one is still
@@ -32,6 +33,7 @@ from ..video.faces import (
     crop_region,
     crop_square,
     fill_track,
+    iou,
     main_face_track,
 )
 from ..video.ingest import DEFAULT_MARGIN, default_detector
@@ -87,17 +89,27 @@ def _newest_box(session: LiveSession, frame_size, tracking: TrackingConfig):
 
 
 BOX_COLOUR = (255, 64, 160)
+OTHER_FACE_COLOUR = (200, 200, 200)  # faces besides the one read
 TAG_COLOUR = (49, 46, 129)  # the caption's background: dark indigo, white text on it
 
 
-def _annotated(image: np.ndarray, box, caption: str) -> np.ndarray:
+def other_faces(dets: list, box, tracking: TrackingConfig) -> list:
+    """The boxes of the frame's confident detections that are not the main face's ``box``."""
+    return [d.box for d in dets if d.score >= tracking.min_score and (box is None or iou(d.box, box) < 0.5)]
+
+
+def _annotated(image: np.ndarray, box, caption: str, others: tuple = ()) -> np.ndarray:
     """The frame with the face box and the expression drawn on it: a caption sized to the frame (readable at a
-    phone's width), white on a dark tag above the box, or at the bottom left without one."""
+    phone's width), white on a dark tag above the box, or at the bottom left without one; ``others`` (other
+    faces' boxes) get a thin grey box."""
     import cv2
 
     out = image.copy()
     side = max(out.shape[:2])
     thick = max(2, round(side / 240))
+    for other in others:
+        x0, y0, x1, y1 = (int(round(v)) for v in other)
+        cv2.rectangle(out, (x0, y0), (x1, y1), OTHER_FACE_COLOUR, max(1, thick // 2))
     font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.6, side / 480)
     weight = max(1, round(2 * scale))
     (tw, th), base = cv2.getTextSize(caption, font, scale, weight)
@@ -165,7 +177,10 @@ def live_step(ctx: AppContext, frame: Optional[np.ndarray], session: Optional[Li
               + ("face tracked" if box is not None else "no face in this frame: the model reads where it just was"
                  if crop_box is not None else "no face: centre of the frame"))
     caption = f"{top} {100 * probs[top]:.0f}%"
-    return (_annotated(image, box, caption), gr.Label(value=probs, label=title), html.escape(status), session)
+    others = other_faces(dets, box, tracking)
+    if others:
+        status += f" · {len(others)} other face{'s' if len(others) > 1 else ''} (thin box): the largest is read"
+    return (_annotated(image, box, caption, others), gr.Label(value=probs, label=title), html.escape(status), session)
 
 
 def view_buttons() -> list[str]:
