@@ -4,6 +4,8 @@ Each scenario is scanned with the real MTCNN detector and scored with dferclip.v
 person must be one track, never change tracks, tracks must be pure, no track may follow no one, and no track
 may have a detection on a frame without faces (the title card).
 """
+from types import SimpleNamespace
+
 import pytest
 
 from dferclip.video.track_metrics import evaluate_scan, match_frame
@@ -28,19 +30,47 @@ def scenario_clips(tmp_path_factory, feat_dir):
     return get
 
 
-@pytest.fixture(scope="module")
-def scans(scenario_clips):
-    """name -> (scan, ground truth, quality), each scenario scanned once per module."""
-    from dferclip.video.faces import MTCNNDetector
-    from dferclip.video.tracking import scan_faces
+def scan_clip(path, detector, num_frames: int = 16):
+    """The clip's face tracks: ``tracking.scan_faces`` when the library has it, else the scan ingest_faces makes
+    for a ``num_frames``-frame model (the regular scan plus the model's middle frames, linked by track_faces)."""
+    from dferclip.video import tracking
 
-    detector = MTCNNDetector()
+    if hasattr(tracking, "scan_faces"):
+        return tracking.scan_faces(path, detector=detector)
+    from dferclip.video.decode import VideoReader, sample_indices
+    from dferclip.video.faces import Detection, TrackingConfig
+    from dferclip.video.ingest import scan_indices
+
+    config = TrackingConfig()
+    with VideoReader(path) as reader:
+        wanted = sorted(set(scan_indices(reader.frame_times, config)) | set(sample_indices(reader.num_frames, num_frames, "middle")))
+        decoded = list(reader.iter_frames(wanted))
+        size = reader.info.width, reader.info.height
+    found = []
+    for frame, dets in zip(decoded, detector.detect([f.image for f in decoded])):
+        looks = [tracking.appearance(frame.image, d.box) for d in dets]
+        boxes = [Detection(tuple(v / frame.scale for v in d.box), d.score) for d in dets]
+        found.append(tracking.FrameFaces(frame.time_s, boxes, looks, tracking.frame_signature(frame.image)))
+    tracks, main = tracking.track_faces(found, size, config)
+    return SimpleNamespace(times=[f.time_s for f in decoded], indices=[f.index for f in decoded], tracks=tracks, main=main)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from dferclip.video.faces import MTCNNDetector
+
+    return MTCNNDetector()
+
+
+@pytest.fixture(scope="module")
+def scans(scenario_clips, detector):
+    """name -> (scan, ground truth, quality), each scenario scanned once per module."""
     done = {}
 
     def get(name):
         if name not in done:
             path, truth = scenario_clips(name)
-            scanned = scan_faces(path, detector=detector)
+            scanned = scan_clip(path, detector)
             done[name] = scanned, truth, evaluate_scan(scanned, truth)
         return done[name]
 
@@ -107,3 +137,35 @@ def test_swap_ids_follow_the_people_not_the_places(scans):
     assert set(before) == set(after) == {"su", "hao"}, where
     assert before == after and before["su"] != before["hao"], where
     assert all(len(ids) == 1 for ids in before.values()), where
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_ingest_faces_reads_each_person_once(name, scenario_clips, detector):
+    """The product path: ingest_faces with a timeline examines nearly every frame (the windows' frames) and gives
+    one result per person, whose detected boxes are all on that person and whose model frames all show them."""
+    from dferclip.config import InputConfig
+    from dferclip.video.decode import WindowSpec
+    from dferclip.video.ingest import ingest_faces
+
+    path, truth = scenario_clips(name)
+    (results,) = ingest_faces(path, [InputConfig()], detector=detector,
+                              windows=[WindowSpec(length_s=1.0, stride_s=0.5, max_windows=16)])
+    found = {}
+    for r in results:
+        metas = {m.index: m for m in r.windows.frames + r.frames}
+        on = {}
+        for m in sorted(metas.values(), key=lambda m: m.index):
+            if m.confidence is not None:
+                person = match_frame([(0, tuple(m.box))], truth[m.index]).get(0)
+                on.setdefault(person, []).append(round(m.time_s, 2))
+        found[r.track_id] = on
+    where = f"{name}: per result's track, person -> detections: " + str(
+        {track: {person: f"{len(ts)} at {ts[0]}-{ts[-1]} s" for person, ts in on.items()} for track, on in found.items()})
+    print(where)
+    people = sorted({person for faces in truth.values() for person in faces})
+    assert len(results) == len(people), where
+    assert all(len(on) == 1 and None not in on for on in found.values()), where
+    assert sorted(next(iter(on)) for on in found.values()) == people, where
+    for r, on in zip(results, found.values()):
+        person = next(iter(on))
+        assert all(person in truth[m.index] for m in r.frames), f"{where}; track {r.track_id}'s model frames"
