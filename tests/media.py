@@ -258,7 +258,7 @@ PEOPLE = {  # person -> source photo (None: skimage's astronaut)
     "astronaut": None,
 }
 MIN_VISIBLE = 0.4  # a face is in the ground truth when at least this share of its box is visible
-SCENARIOS = ("side_by_side", "crossing", "leave_return", "shot_cut", "title_card", "swap")
+SCENARIOS = ("side_by_side", "crossing", "leave_return", "shot_cut", "title_card", "swap", "regraded_cut")
 Truth = dict  # frame index -> {person: face box in frame pixels}, one entry per frame (empty: no face)
 
 
@@ -346,6 +346,8 @@ def scenario_frames(name: str) -> Iterator[Tuple[np.ndarray, dict]]:
     title_card: two people, a 1 s face-free title card from 1.52 s, then the same people on swapped sides and
         at other sizes over another background (4 s).
     swap: su and hao stand still and swap sides from one frame to the next at 1.52 s (3 s).
+    regraded_cut: shot_cut with the second shot's colours graded warmer and darker, as another camera's white
+        balance would (4 s).
     """
     w, h = SCENE_SIZE
     if name == "side_by_side":
@@ -366,13 +368,16 @@ def scenario_frames(name: str) -> Iterator[Tuple[np.ndarray, dict]]:
             dx = 0.7 * w - _ramp(t, 40, 70) * 0.4 * w  # di walks over to the left meanwhile
             yield render_scene([("anc", ax, h / 2 + _wobble(t, 0)[1], 150),
                                 ("di", dx + _wobble(t, 1)[0], h / 2 + _wobble(t, 1)[1], 150)], seed=3)
-    elif name == "shot_cut":
+    elif name in ("shot_cut", "regraded_cut"):
+        grade = np.array([1.0, 0.85, 0.68] if name == "regraded_cut" else [1.0, 1.0, 1.0], np.float32)
         for t in range(100):
             dx, dy = _wobble(t, 0)
             if t < 50:
                 yield render_scene([("su", 0.3 * w + dx, h / 2 + dy, 150), ("anc", 0.7 * w - dx, h / 2 - dy, 150)], seed=4)
             else:
-                yield render_scene([("anc", 0.25 * w + dx, 0.52 * h, 220), ("su", 0.75 * w - dx, 0.45 * h, 115)], seed=5)
+                frame, faces = render_scene([("anc", 0.25 * w + dx, 0.52 * h, 220), ("su", 0.75 * w - dx, 0.45 * h, 115)],
+                                            seed=5)
+                yield np.clip(frame * grade, 0, 255).astype(np.uint8), faces
     elif name == "title_card":
         card = title_card(w, h)
         for t in range(100):
