@@ -227,3 +227,33 @@ def test_the_title_card_example_gives_the_model_the_original_file_as_an_upload_d
             b.close()
     assert "hevc" in from_upload, from_upload
     assert from_example == from_upload, (from_example, from_upload)
+
+
+def test_a_hint_says_classes_can_be_clicked_and_a_click_brings_a_plain_explanation_with_a_colour_scale(app_url,
+                                                                                                        browser):
+    from playwright.sync_api import expect
+
+    errors = []
+    page = open_at(browser, app_url, 1400, errors)
+    predict(page)
+    hint, label = page.locator("#label-click-hint"), page.locator("#expression-label")
+    expect(hint).to_contain_text("Click a class")
+    assert 0 <= box(hint)["y"] - (box(label)["y"] + box(label)["height"]) < 120, (box(hint), box(label))
+    top = page.get_by_test_id("label-output-value").inner_text().strip()
+    other = next(c for c in ("anger", "fear", "sadness") if c != top)
+    page.evaluate("() => window.scrollTo(0, 0)")
+    label.get_by_test_id(f"{other}-confidence-set").click()
+    section = page.locator("#explain-predict")
+    page.wait_for_function("""() => { const r = document.getElementById('explain-predict').getBoundingClientRect();
+        return r.top >= -1 && r.top < innerHeight - 200; }""", timeout=15_000)  # brought into view
+    note = page.locator("#explain-predict-note")
+    expect(note).to_contain_text("versus", timeout=60_000)
+    first = note.locator("p").first.inner_text()
+    assert first.startswith(f'What in the clip points to class "{other}" rather than class "neutral":'), first
+    legend = section.locator(".heat-legend")
+    expect(legend).to_be_visible()
+    expect(legend).to_contain_text("low")
+    expect(legend).to_contain_text("high")
+    bar = legend.locator(".heat-legend-bar").evaluate("e => getComputedStyle(e).backgroundImage")
+    assert "linear-gradient" in bar and "rgb(0, 0, 80)" in bar and "rgb(230, 20, 20)" in bar, bar
+    assert not errors, errors

@@ -25,7 +25,8 @@ import torch
 
 from .. import zero_gpu
 from ..errors import DferclipError
-from ..explain import AUTO, OTHERS, Explanation, change_overlay, explain_clip, overlay, upsampled_maps
+from ..explain import (AUTO, OTHERS, Explanation, change_overlay, colorize, explain_clip, overlay,
+                       upsampled_maps)
 from ..runtime import weights_banner
 from .charts import CHART_CSS, column_chart_html
 from .context import AppContext
@@ -81,11 +82,29 @@ def arrays(ex: Explanation, strip: dict) -> dict:
     return {**ex.to_dict(decimals=3), "strip": strip}
 
 
+def plain_line(target: str, rather: str) -> str:
+    """The note's first line, in plain words: where to look."""
+    return (f"**What in the clip points to {html.escape(target)}{rather}:** the warm parts of the heat maps "
+            "(yellow to red on the colour scale under them) and the frames with the tallest bars in the "
+            "frame-importance chart.")
+
+
+def heat_legend(kind: str) -> str:
+    """The heat maps' colour scale, low to high relevancy, in the colours :func:`~dferclip.explain.overlay` uses."""
+    stops = ", ".join(f"rgb({r}, {g}, {b})" for r, g, b in colorize(np.linspace(0, 1, 9)[None])[0].tolist())
+    return (f'<div class="heat-legend" id="explain-{kind}-legend" style="display: flex; align-items: center; '
+            'gap: 0.5em; font-size: 0.85em; opacity: 0.9;"><span>low relevancy (the face shows through)</span>'
+            f'<span class="heat-legend-bar" style="flex: 0 1 180px; height: 12px; border-radius: 3px; '
+            f'background: linear-gradient(to right, {stops});"></span><span>high</span></div>')
+
+
 def note_for(model, ex: Explanation) -> str:
     what, warning = weights_banner(model.weights_info)
     score = f"logit {ex.logit:.3f}" if ex.versus is None else \
         f"versus {html.escape(ex.versus)}: logit {ex.logit:.3f}, explained difference {ex.score:+.3f}"
-    lines = [(f"**{html.escape(ex.target)}** {score}. Heat maps: gradient-weighted attention rollout "
+    rather = f" rather than {html.escape(ex.versus)}" if ex.versus is not None else ""
+    lines = [plain_line(ex.target, rather),
+             (f"Details: **{html.escape(ex.target)}** {score}. Heat maps: gradient-weighted attention rollout "
               f"of the image tower ({ex.grid[0]}×{ex.grid[1]} patches); each frame's caption is its share of the "
               "temporal relevancy. The strip compares it with the drop of the explained score when the frame is "
               "replaced by its neighbours.")]
@@ -99,7 +118,7 @@ def note_for(model, ex: Explanation) -> str:
         lines.append("Streams (fusion weight): " + ", ".join(f"{k} {100 * w:.0f} %" for k, w in ex.stream_weights.items()
                                                              if k in ex.maps) + ".")
     if warning:
-        lines.insert(0, f"⚠ **{html.escape(warning)}** ({html.escape(what)}): these maps explain meaningless "
+        lines.insert(1, f"⚠ **{html.escape(warning)}** ({html.escape(what)}): these maps explain meaningless "
                         "predictions.")
     return "\n\n".join(lines)
 
@@ -267,6 +286,11 @@ def _row_of(evt: gr.SelectData, rows) -> tuple[str, str]:
     return str(data[r][0]), str(data[r][1])
 
 
+# after the opened section is drawn (the page is then long enough to scroll it to the top)
+SCROLL_TO_EXPLANATION = """() => { setTimeout(() => document.getElementById('explain-predict')?.scrollIntoView(
+    {behavior: 'smooth', block: 'start'}), 300); }"""
+
+
 # --- the section ----------------------------------------------------------------------------------------
 def _clicked_class(evt: gr.SelectData):
     """A class clicked in the expression label: the explain dropdown's new value, and the accordion opened."""
@@ -299,6 +323,7 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
         note = gr.Markdown(elem_id=f"explain-{kind}-note")
         gallery = gr.Gallery(label="Relevancy over the face crops", columns=8, height=260, object_fit="contain",
                              elem_id=f"explain-{kind}-maps", elem_classes=["explain-maps"])
+        gr.HTML(heat_legend(kind), padding=False)
         if kind == "descriptor":
             changes = gr.Gallery(label="Change with the last edit",
                                  columns=8, height=200, object_fit="contain", elem_id="explain-descriptor-change",
@@ -321,8 +346,9 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
         ctx.model_selected.then(lambda key: gr.Dropdown(choices=class_choices(ctx, key), value=PREDICTED),
                                 ctx.model_dropdown, choice, api_visibility="private")
         if label is not None:
-            label.select(_clicked_class, None, [choice, accordion], api_visibility="private").then(
-                fn, inputs, outputs, api_visibility="private", **run_kw)
+            clicked = label.select(_clicked_class, None, [choice, accordion], api_visibility="private")
+            clicked.then(None, js=SCROLL_TO_EXPLANATION)
+            clicked.then(fn, inputs, outputs, api_visibility="private", **run_kw)
     else:
         inputs, outputs = inputs + [previous], outputs + [changes, previous]
 

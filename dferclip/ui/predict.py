@@ -33,6 +33,7 @@ APP_LIMITS = Limits(max_file_bytes=100 * 1024**2, max_duration_s=MAX_CLIP_SECOND
 ANNOTATE_LIMITS = dataclasses.replace(APP_LIMITS, decode_timeout_s=120.0)
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TIMELINE_COLUMNS = ["time", "expression", "probability", "start", "end"]  # seconds; time: the window centre
+CLICK_HINT = "Click a class above to see why: where and when the clip points to it (heat maps below)."
 
 
 # --- examples -----------------------------------------------------------------------------------------
@@ -360,6 +361,7 @@ def build_predict_tab(ctx: AppContext, sections: Sequence[Callable] = ()) -> tup
                             elem_classes=["hint"])
             with gr.Column(scale=4):
                 label = gr.Label(num_top_classes=11, label="Expression", elem_id="expression-label")
+                gr.Markdown(CLICK_HINT, elem_id="label-click-hint", elem_classes=["hint"])
                 note = gr.Markdown(elem_id="predict-note")
         crops = gr.Gallery(label="Face crops the model saw", columns=8, height=260,
                            object_fit="contain", allow_preview=True, elem_id="face-crops")
