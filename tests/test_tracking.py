@@ -37,12 +37,9 @@ def scenario_clips(tmp_path_factory, feat_dir):
 
 
 def scan_clip(path, detector, num_frames: int = 16):
-    """The clip's face tracks: ``tracking.scan_faces`` when the library has it, else the scan ingest_faces makes
-    for a ``num_frames``-frame model (the regular scan plus the model's middle frames, linked by track_faces)."""
+    """The clip's face tracks as ingest_faces finds them for a ``num_frames``-frame model (the regular scan plus the
+    model's middle frames, linked by track_faces)."""
     from dferclip.video import tracking
-
-    if hasattr(tracking, "scan_faces"):
-        return tracking.scan_faces(path, detector=detector)
     from dferclip.video.decode import VideoReader, sample_indices
     from dferclip.video.faces import Detection, TrackingConfig
     from dferclip.video.ingest import scan_indices

@@ -399,7 +399,8 @@ class TrackingConfig:
     reid_max_distance: float = 0.16  # tracklets further apart than this are different people
     cut_distance: float = 0.35  # a change of the whole frame's colours beyond this is a shot cut
     max_link_gap_s: float = 1.0  # a track unseen for longer is continued by appearance only
-    min_hits: int = 2  # tracks detected on fewer examined frames are dropped as spurious
+    min_hits: int = 2  # tracks detected on fewer examined frames are dropped as spurious,
+    min_track_s: float = 0.5  # and so are those seen for a shorter time (a half-hidden face at a crossing)
     scan_fps: float = 5.0  # examined frames per second of the clip, besides those the models sample
     max_scan_frames: int = 150
 

@@ -159,9 +159,14 @@ def track_faces(frames: Sequence[FrameFaces], frame_size: Tuple[int, int],
     """Every face of the examined ``frames`` (in time order) as :class:`FaceTrack` s, numbered by first appearance
     (``track.id``), and the main face's id (None without a face). A track's ``detections`` align with ``frames``."""
     groups = _identities(_tracklets(frames, config), config)
-    # a face seen on too few frames is dropped as spurious, unless no face is seen on more
-    if any(len(g.hits) >= config.min_hits for g in groups):
-        groups = [g for g in groups if len(g.hits) >= config.min_hits]
+    # a face seen on too few frames or too briefly is dropped as spurious (a false detection, a fragment of a face
+    # half hidden by another), unless no face is seen longer
+    def lasting(g: _Tracklet) -> bool:
+        return len(g.hits) >= config.min_hits and frames[max(g.hits)].time_s - frames[min(g.hits)].time_s >= \
+            config.min_track_s - 1e-6
+
+    if any(lasting(g) for g in groups):
+        groups = [g for g in groups if lasting(g)]
     groups.sort(key=lambda g: (min(g.hits), _centre(g.hits[min(g.hits)][0].box)[0]))
     short = min(frame_size)
     tracks = []
