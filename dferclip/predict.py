@@ -277,9 +277,11 @@ def prepare_clips(models: Sequence, path: str | Path, *, windows: bool = True, f
 
 def prepare_faces(models: Sequence, path: str | Path, *, faces: str = "all", windows: bool = True,
                   frame_budget: Optional[int] = None, detector=None, fallback: str = "center",
-                  limits: Optional[Limits] = None, dev=None) -> list[list[PreparedClip]]:
-    """For each model, a :class:`PreparedClip` per face track of the clip (``faces="all"``, the main face first)
-    or for its main face (``"main"``): one decode and one face search for all of them."""
+                  limits: Optional[Limits] = None, dev=None, max_faces: Optional[int] = None
+                  ) -> list[list[PreparedClip]]:
+    """For each model, a :class:`PreparedClip` per face track of the clip (``faces="all"``, the main face first;
+    at most ``max_faces``, the largest and longest seen) or for its main face (``"main"``): one decode and one
+    face search for all of them."""
     from .video.ingest import ingest_faces
 
     t0 = time.perf_counter()
@@ -290,7 +292,7 @@ def prepare_faces(models: Sequence, path: str | Path, *, faces: str = "all", win
         specs.append(partial(timeline_spec, frame_budget=budget, num_frames=model.input_config.num_frames)
                      if windows else None)
     per_model = ingest_faces(path, [m.input_config for m in models], faces=faces, detector=detector,
-                             fallback=fallback, windows=specs, limits=limits or Limits())
+                             fallback=fallback, windows=specs, limits=limits or Limits(), max_faces=max_faces)
     ingestion_s = time.perf_counter() - t0  # one pass for all the models and faces: each prediction reports it whole
     prepared = []
     for model, results in zip(models, per_model):
