@@ -39,7 +39,7 @@ TITLE = "dferclip: facial expressions in video with CLIP"
 INTRO = """
 # dferclip: facial expressions in video, with CLIP
 Upload a short clip or record one with your webcam, then **Predict expression**.
-<span class="intro-more">The app finds the main face, samples 16 frames as
+<span class="intro-more">The app finds every face (the main one first), samples 16 frames of each as
 [DFER-CLIP](https://github.com/zengqunzhao/DFER-CLIP) does, and scores them against text descriptions of each
 expression. **Live** reads the expression from your webcam as you go. The **Descriptions** tab lets you
 edit those descriptions and see how the scores move.</span>
@@ -62,8 +62,18 @@ footer {opacity: 0.85;}
 #workbench-charts > * {flex: 1 1 320px !important;}
 /* label titles in the flow, above the top class, however many lines they take (not floating over it) */
 #expression-label > label[data-testid="block-label"], #live-label > label[data-testid="block-label"],
-#live-view > label[data-testid="block-label"] {
+#live-view > label[data-testid="block-label"], #face-picker > label[data-testid="block-label"] {
   position: static; width: fit-content; margin-bottom: var(--spacing-md);}
+/* face thumbnails: small tiles, each caption in full under its face, the picked face outlined */
+#face-picker, #face-picker .grid-wrap {height: auto !important; min-height: 0 !important; max-height: none !important;
+  overflow: visible;}
+#face-picker .grid-container {grid-template-columns: repeat(auto-fill, minmax(120px, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: auto !important; padding-top: 0;}
+#face-picker .thumbnail-item {aspect-ratio: auto; height: auto; display: flex; flex-direction: column;}
+#face-picker .thumbnail-item > img {aspect-ratio: 1; height: auto;}
+#face-picker .caption-label {position: static; max-width: none; white-space: normal; border: 0; border-radius: 0;
+  text-align: center; line-height: 1.3; opacity: 1;}
+#face-picker .thumbnail-item.selected {outline: 3px solid var(--color-accent); outline-offset: 1px;}
 /* a dropdown's text stops before its caret */
 input[role="combobox"]:has(+ .icon-wrap) {padding-right: 28px; text-overflow: ellipsis;}
 /* phones (about 400 px): stack the model bar, a compact intro, charts and legends that fit */

@@ -17,7 +17,7 @@ For a tab's event functions:
   CLIP offline); turn them into ``gr.Error``. Loaded models are in eval mode on ``ctx.registry.device``; run them
   under ``dferclip.runtime.inference(ctx.registry.device)`` for the app's precision.
 - ``ctx.clip``: a per-page ``gr.State`` holding the last predicted :class:`ClipRecord` or None. The predict tab
-  writes it; other tabs read it (its ``video`` is the model-input tensor, so a tab can embed the clip again with
+  writes it (as the face the visitor picked, when the clip has several: ``record.faces``); other tabs read it (its ``video`` is the model-input tensor, so a tab can embed the clip again with
   another model or other descriptions without decoding the file again).
 - ``ctx.groups``: the queue each event joins, ``**ctx.groups["predict" | "quick" | "long"]``: predicts, quick
   calls (re-scores of small edits, model switches) and long jobs (explanations, evaluation sets, generation)
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import gradio as gr
+import numpy as np
 import torch
 
 from ..errors import DferclipError
@@ -56,6 +57,22 @@ class ClipRecord:
     model_key: str  # the model that predicted it
     ingest: Any  # dferclip.ingest.IngestResult (video, crops, frames, face_found, warnings, timings)
     prediction: Any  # dferclip.predict.Prediction (probabilities, timeline, video_embedding, timings)
+    faces: tuple = ()  # every face's Prediction, the main face first (kept as ``prediction`` is); () before known
+    face: int = 0  # the picked face: ``prediction`` is ``faces[face]``
+
+    @classmethod
+    def of_faces(cls, path: str, model_key: str, preds, face: int = 0) -> "ClipRecord":
+        """The record of a clip with one prediction per face, showing ``preds[face]``. Each face keeps its crops
+        and not its model-input tensor, which is the same pixels (:attr:`video`), so a session holding six faces
+        holds about what one clip's crops and tensor take."""
+        faces = tuple(_without_video(cls.of_prediction(path, model_key, p).prediction) for p in preds)
+        return cls(path=path, model_key=model_key, ingest=faces[face].ingest, prediction=faces[face], faces=faces,
+                   face=face)
+
+    def pick(self, face: int) -> "ClipRecord":
+        """The same clip showing its face ``face`` (an index into ``faces``)."""
+        pred = self.faces[face]
+        return dataclasses.replace(self, ingest=pred.ingest, prediction=pred, face=face)
 
     @classmethod
     def of_prediction(cls, path: str, model_key: str, pred) -> "ClipRecord":
@@ -72,7 +89,8 @@ class ClipRecord:
     @property
     def video(self) -> torch.Tensor:
         """The model-input tensor (1, T, 3, S, S) of ``model_key``'s input config."""
-        return self.ingest.video
+        video = self.ingest.video
+        return _video_of_crops(self.ingest) if video.shape[1] == 0 else video
 
     def video_for(self, input_config) -> Optional[torch.Tensor]:
         """The clip as input for a model with ``input_config``: the same tensor, re-normalised when only the
@@ -85,6 +103,22 @@ class ClipRecord:
         if dataclasses.replace(own, mean=input_config.mean, std=input_config.std) != input_config:
             return None  # other frames or another size: not a matter of normalisation
         return input_config.normalize(own.denormalize(video))
+
+
+def _video_of_crops(ingest) -> torch.Tensor:
+    """The model input made from the crops' pixels, by the operations ingestion used (so the very same tensor)."""
+    pixels = torch.from_numpy(np.stack([np.asarray(crop) for crop in ingest.crops])).permute(0, 3, 1, 2)
+    return ingest.input_config.normalize(pixels.float().div_(255.0)).unsqueeze(0)
+
+
+def _without_video(pred):
+    """``pred`` without its clip's model-input tensor where its crops give it back exactly."""
+    ingest = pred.ingest
+    video = ingest.video
+    if video.shape[1] == 0 or not ingest.crops or not torch.equal(_video_of_crops(ingest), video):
+        return pred
+    empty = torch.empty((1, 0, *video.shape[2:]), dtype=video.dtype)
+    return dataclasses.replace(pred, ingest=dataclasses.replace(ingest, video=empty))
 
 
 class AppContext:

@@ -299,10 +299,10 @@ def _clicked_class(evt: gr.SelectData):
 
 
 def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optional[gr.Dataframe] = None,
-                          label: Optional[gr.Label] = None) -> None:
+                          label: Optional[gr.Label] = None) -> list:
     """An accordion with the explanation of the page's clip (inside a tab, after the components it reads).
     ``kind="predict"``: for a class (clicking a class in ``label``, the prediction, explains that class);
-    ``kind="descriptor"``: for a description-table row (``table``)."""
+    ``kind="descriptor"``: for a description-table row (``table``). Returns its overlays, strip, note and arrays."""
     run_kw = ctx.groups["long"]  # a long job: one per visitor, paced behind quick work (ui/scheduler.py)
     title = "Why this expression? Where and when the model matched it" if kind == "predict" else \
         "Where and when the current clip matches a descriptor"
@@ -373,3 +373,4 @@ def build_explain_section(ctx: AppContext, kind: str = "predict", table: Optiona
 
             table.select(_row_of, [table], [choice, text], api_visibility="private").then(
                 on_row, [opened] + inputs, outputs, api_visibility="private", **run_kw)
+    return [gallery, strip, note, data]

@@ -9,6 +9,7 @@ import functools
 import html
 import importlib.util
 import logging
+import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -16,7 +17,7 @@ import gradio as gr
 from gradio.data_classes import FileData
 
 from ..errors import DferclipError, VideoError
-from ..predict import Prediction, iter_predict
+from ..predict import Prediction, iter_predict, predict_clip, prepare_faces
 from ..runtime import UNTRAINED_WARNING
 from ..video.decode import Limits
 from ..video.ingest import centre_crops
@@ -34,6 +35,7 @@ ANNOTATE_LIMITS = dataclasses.replace(APP_LIMITS, decode_timeout_s=120.0)
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TIMELINE_COLUMNS = ["time", "expression", "probability", "start", "end"]  # seconds; time: the window centre
 CLICK_HINT = "Click a class above to see why: where and when the clip points to it (heat maps below)."
+MAX_FACES = 6  # faces read per clip (the main face and the largest, longest seen); each costs a model pass
 
 
 # --- examples -----------------------------------------------------------------------------------------
@@ -108,10 +110,11 @@ def timeline_chart(pred: Optional[Prediction], title: str = TIMELINE_TITLE) -> s
     return line_chart_html(title, lines, x_range=(0.0, duration), x_title="time (s)", message=message)
 
 
-def label_title(weights: dict, stale_from: Optional[str] = None) -> str:
-    """The expression label's heading: it repeats that untrained weights make the label meaningless, and
-    says when the result comes from a model other than the one now selected."""
-    title = "Expression"
+def label_title(weights: dict, stale_from: Optional[str] = None, face: str = "") -> str:
+    """The expression label's heading: it names the face shown (clips with several), repeats that untrained
+    weights make the label meaningless, and says when the result comes from a model other than the one now
+    selected."""
+    title = "Expression" + (f" · {face}" if face else "")
     if not weights.get("trained", False):
         title += f" · {UNTRAINED_WARNING}"
     if stale_from:
@@ -119,8 +122,8 @@ def label_title(weights: dict, stale_from: Optional[str] = None) -> str:
     return title
 
 
-def label_output(pred: Prediction, stale_from: Optional[str] = None) -> gr.Label:
-    return gr.Label(value=pred.probabilities, label=label_title(pred.weights, stale_from))
+def label_output(pred: Prediction, stale_from: Optional[str] = None, face: str = "") -> gr.Label:
+    return gr.Label(value=pred.probabilities, label=label_title(pred.weights, stale_from, face))
 
 
 def gallery_items(pred: Prediction) -> list[tuple]:
@@ -162,8 +165,8 @@ def streams_line(pred: Prediction) -> Optional[str]:
     return "Streams (fusion weight): " + ", ".join(parts) + "."
 
 
-def summary_note(pred: Prediction) -> str:
-    """What happened, in a few lines of Markdown."""
+def summary_note(pred: Prediction, faces: str = "") -> str:
+    """What happened, in a few lines of Markdown; ``faces``: the line about the clip's faces (:func:`faces_note`)."""
     ing = pred.ingest
     info = ing.source
     n_face = sum(1 for f in ing.frames if getattr(f, "box", None) is not None)
@@ -208,7 +211,91 @@ def summary_note(pred: Prediction) -> str:
         lines.insert(0, f"⚠ **{UNTRAINED_WARNING[0].upper()}{UNTRAINED_WARNING[1:]}**: this label says nothing "
                         "about the clip.")
     lines += [f"⚠ {html.escape(w)}" for w in pred.warnings if not _about_no_face(w)]  # said once, above
+    if faces:
+        lines.insert(0, faces)
     return "\n\n".join(lines)
+
+
+# --- every face of the clip -----------------------------------------------------------------------------
+def _faces(record: ClipRecord) -> tuple:
+    return record.faces or (record.prediction,)
+
+
+def face_name(record: Optional[ClipRecord], k: Optional[int] = None) -> str:
+    """"Face 2", "Face 1 (main)": face ``k`` (default: the picked one) of a clip with several; "" otherwise."""
+    if record is None or len(record.faces) < 2:
+        return ""
+    k = record.face if k is None else k
+    return f"Face {k + 1}" + (" (main)" if getattr(record.faces[k].ingest, "main", False) else "")
+
+
+def face_caption(record: ClipRecord, k: int) -> str:
+    """A face thumbnail's caption: which face, when it is seen, its expression."""
+    pred = record.faces[k]
+    span = getattr(pred.ingest, "span_s", None)
+    when = f" · {span[0]:.1f}–{span[1]:.1f} s" if span else ""
+    return f"{face_name(record, k)}{when} · {pred.top} {100 * float(pred.probs.max()):.0f}%"
+
+
+def face_thumbnail(pred: Prediction):
+    """The face's crop from the middle of the model frames where it was detected (not held across a gap)."""
+    seen = [crop for crop, frame in zip(pred.ingest.crops, pred.ingest.frames)
+            if getattr(frame, "box", None) is not None and not getattr(frame, "filled", False)]
+    seen = seen or list(pred.ingest.crops)
+    return seen[len(seen) // 2]
+
+
+def face_tiles(record: Optional[ClipRecord]) -> gr.Gallery:
+    """The clip's faces as thumbnails to pick from; hidden when the clip has one face (or none)."""
+    if record is None or len(record.faces) < 2:
+        return gr.Gallery(value=None, visible=False)
+    items = [(face_thumbnail(p), face_caption(record, k)) for k, p in enumerate(record.faces)]
+    return gr.Gallery(value=items, visible=True, selected_index=record.face)
+
+
+def faces_note(record: Optional[ClipRecord]) -> str:
+    """The note's line about the clip's faces: how many, which one is shown, how many were left out."""
+    if record is None:
+        return ""
+    read = len(_faces(record))
+    total = max(getattr(record.ingest, "faces", read) or 0, read)
+    if total < 2:
+        return ""
+    line = (f"**{total} faces in this clip; shown: {html.escape(face_name(record) or 'Face 1 (main)')}.** "
+            "Pick a face above to see its expression, crops, timeline and explanation.")
+    if total > read:
+        line += (f" {_plural(total - read, 'face')} left out: the app reads at most {MAX_FACES} faces a clip, "
+                 "the main face and those seen largest and longest.")
+    return line
+
+
+def face_outputs(record: ClipRecord) -> tuple:
+    """The prediction's outputs for the face ``record`` shows (the stream's outputs, in order)."""
+    pred = record.prediction
+    return (label_output(pred, face=face_name(record)), gallery_items(pred), timeline_rows(pred),
+            summary_note(pred, faces_note(record)), stream_items(pred), timeline_chart(pred), record)
+
+
+def explanation_cleared(record: Optional[ClipRecord]) -> tuple:
+    """The explanation section after a face is picked: the last face's maps go; Explain explains the new one."""
+    return ([], "", f"{html.escape(face_name(record) or 'This face')} picked: press Explain to see where and when "
+            "the model matched its expression.", None)
+
+
+def pick_face(record: Optional[ClipRecord], face) -> tuple:
+    """The ``/pick_face`` endpoint: face number ``face`` of the page's clip (1: the main face, as the thumbnails
+    are numbered) shown as a prediction is; the other tabs (explanation, descriptions) follow it."""
+    if record is None:
+        raise gr.Error("Predict a clip first: then pick one of its faces.", print_exception=False)
+    faces = _faces(record)
+    try:
+        number = float(face)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not number.is_integer() or not 1 <= number <= len(faces):
+        raise gr.Error(f"There is no face {str(face)[:20]!r} to pick: this clip has {_plural(len(faces), 'face')}, "
+                       f"numbered 1 to {len(faces)}.", print_exception=False)
+    return face_outputs(record.pick(int(number) - 1) if record.faces else record)
 
 
 # --- events -------------------------------------------------------------------------------------------
@@ -231,10 +318,16 @@ def stream_prediction(ctx: AppContext, video: Optional[str], model_key: Optional
 
 
 def _stream(ctx: AppContext, video: str, model_key: str, progress):
-    """The steps of :func:`stream_prediction`."""
+    """The steps of :func:`stream_prediction`: the main face as it is scored, then, for a clip with several faces,
+    the others' predictions (each a model pass over its own frames) and a last step showing the main face with
+    every face's prediction in its record."""
     model = ctx.model(model_key)
-    # its model part runs in a GPU slot on ZeroGPU; the timeline's frame budget is the registry device's
-    for pred in iter_predict(model, video, limits=APP_LIMITS, dev=ctx.registry.device):
+    dev = ctx.registry.device  # the timeline's frame budget is the registry device's
+    # one decode and one face search for every face
+    (clips,) = prepare_faces([model], video, limits=APP_LIMITS, dev=dev, max_faces=MAX_FACES)
+    pred = None
+    # the model part runs in a GPU slot on ZeroGPU
+    for pred in iter_predict(model, video, dev=dev, prepared=clips[0]):
         record = ClipRecord.of_prediction(str(video), model_key, pred)
         first = pred.timeline is None or len(pred.timeline) == 0
         if first and not pred.ingest.face_found:
@@ -242,12 +335,18 @@ def _stream(ctx: AppContext, video: str, model_key: str, progress):
         if pred.windows_total:
             progress(len(pred.timeline) / pred.windows_total,
                      desc=f"Timeline: window {len(pred.timeline)} of {pred.windows_total}")
-        if first or pred.complete:
+        if first or (pred.complete and len(clips) == 1):
             yield (label_output(pred), gallery_items(pred), timeline_rows(pred), summary_note(pred),
                    stream_items(pred), timeline_chart(pred), record)
         else:
             yield (gr.skip(), gr.skip(), timeline_rows(pred), summary_note(pred), gr.skip(), timeline_chart(pred),
                    record)
+    if len(clips) > 1:
+        faces = [pred]
+        for k, clip in enumerate(clips[1:], start=2):
+            progress((k - 1) / len(clips), desc=f"Face {k} of {len(clips)}")
+            faces.append(predict_clip(model, video, dev=dev, prepared=clip))
+        yield face_outputs(ClipRecord.of_faces(str(video), model_key, faces))
 
 
 def run_prediction(ctx: AppContext, video: Optional[str], model_key: Optional[str]) -> tuple:
@@ -267,12 +366,12 @@ def mark_stale(ctx: AppContext, record: Optional[ClipRecord], model_key: str) ->
         return gr.skip(), gr.skip()
     pred = record.prediction
     if record.model_key == model_key:
-        return label_output(pred), summary_note(pred)
+        return label_output(pred, face=face_name(record)), summary_note(pred, faces_note(record))
     old = ctx.registry.entry(record.model_key).label
     new = ctx.registry.entry(model_key).label
-    return (gr.Label(label=label_title(pred.weights, stale_from=old)),
+    return (gr.Label(label=label_title(pred.weights, stale_from=old, face=face_name(record))),
             f"**Stale: this result is from {html.escape(old)}. Press Predict expression to run "
-            f"{html.escape(new)}.**\n\n" + summary_note(pred))
+            f"{html.escape(new)}.**\n\n" + summary_note(pred, faces_note(record)))
 
 
 PLAYABLE_CODECS = {"h264", "vp8", "vp9", "av1", "theora"}  # what browsers' video elements decode
@@ -312,7 +411,7 @@ MAX_ANNOTATED = 50  # annotated videos kept for download (the oldest go first)
 
 
 def annotate_event(ctx: AppContext, clip: Optional[ClipRecord], session: str = "anonymous") -> str:
-    """The page's last predicted clip written back with its face box and running expression (H.264 or VP9),
+    """The page's last predicted clip written back with each face's box and running expression (H.264 or VP9),
     decoded within the app's limits; a long job (one per visitor, paced by the scheduler)."""
     import tempfile
 
@@ -322,14 +421,16 @@ def annotate_event(ctx: AppContext, clip: Optional[ClipRecord], session: str = "
     pred = getattr(clip, "prediction", None)
     if pred is None:
         raise gr.Error("Predict a clip first: the annotated video draws that prediction.", print_exception=False)
-    if not getattr(pred, "complete", True):
+    preds = list(clip.faces) or [pred]
+    faces_to_come = not clip.faces and getattr(pred.ingest, "faces", 0) > 1
+    if faces_to_come or not all(getattr(p, "complete", True) for p in preds):
         raise gr.Error("The timeline is still being computed; try again when it is complete.", print_exception=False)
     root = Path(tempfile.gettempdir()) / "dferclip-annotated"  # where Gradio may serve files from
     root.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(dir=root)) / f"{Path(clip.path).stem[:60] or 'clip'}-annotated.mp4"
     try:
         with ctx.scheduler.long(session, "annotated video"):
-            written = annotate_prediction(pred, clip.path, out, limits=ANNOTATE_LIMITS)
+            written = annotate_prediction(preds, clip.path, out, limits=ANNOTATE_LIMITS)
     except DferclipError as e:
         raise gr.Error(str(e), print_exception=False) from None
     prune_folders(root, keep=MAX_ANNOTATED)
@@ -357,9 +458,11 @@ def build_predict_tab(ctx: AppContext, sections: Sequence[Callable] = ()) -> tup
                                      example_labels=[lbl for _, lbl in examples], examples_per_page=8)
                 gr.Markdown(f"Clips up to {MAX_CLIP_SECONDS:.0f} s. The model sees its frames (DFER-CLIP: 16 "
                             "spread over the clip; EmoCLIP: 32, every 4th frame around the middle), cropped to the "
-                            "main face; the timeline scores overlapping windows of that many frames.",
+                            f"face: each face of the clip (up to {MAX_FACES}) is read on its own; the timeline scores overlapping windows of that many frames.",
                             elem_classes=["hint"])
             with gr.Column(scale=4):
+                faces = gr.Gallery(label="Faces in this clip: pick one", columns=MAX_FACES, height="auto",
+                                   object_fit="contain", allow_preview=False, visible=False, elem_id="face-picker")
                 label = gr.Label(num_top_classes=11, label="Expression", elem_id="expression-label")
                 gr.Markdown(CLICK_HINT, elem_id="label-click-hint", elem_classes=["hint"])
                 note = gr.Markdown(elem_id="predict-note")
@@ -370,13 +473,15 @@ def build_predict_tab(ctx: AppContext, sections: Sequence[Callable] = ()) -> tup
         renders = gr.Gallery(label="What FineCLIPER's face-mesh streams saw (landmarks, parsing regions)",
                              columns=8, height=260, object_fit="contain", elem_id="stream-renders",
                              visible=uses_face_mesh(ctx, ctx.registry.default_key))
-        with gr.Accordion("Annotated video: the face box and the expression over time, drawn on the clip",
+        with gr.Accordion("Annotated video: each face's box and expression over time, drawn on the clip",
                           open=False):
             annotate_btn = gr.Button("Make the annotated video", elem_id="annotate-button")
             annotated = gr.Video(label="Annotated clip (download with the button on the video)", height=300,
                                  interactive=False, elem_id="annotated-video")
         api_only = gr.Button(visible=False, elem_id="predict-api")  # the single-result /predict endpoint
-        build_explain_section(ctx, "predict", label=label)
+        face_number = gr.Number(value=1, precision=0, visible=False, elem_id="face-number")
+        pick_api = gr.Button(visible=False, elem_id="pick-face-api")  # the /pick_face endpoint
+        explanation = build_explain_section(ctx, "predict", label=label)
         # the API's return values: the timeline's rows third (as before), its chart after the renders
         outputs = [label, crops, timeline_data, note, renders, timeline, ctx.clip]
         inputs = [video, ctx.model_dropdown]
@@ -384,12 +489,27 @@ def build_predict_tab(ctx: AppContext, sections: Sequence[Callable] = ()) -> tup
         model_work = ctx.groups["predict"]
         # minimal progress on the timeline: a window count that does not cover the windows already drawn
         run.click(stream, inputs, outputs, api_name="predict_stream", show_progress="minimal",
-                  show_progress_on=[timeline], **model_work)
+                  show_progress_on=[timeline], **model_work).then(face_tiles, ctx.clip, faces, api_name="faces",
+                                                                   queue=False)  # the thumbnails
+        hide_faces = dict(fn=lambda: gr.Gallery(value=None, visible=False), inputs=None, outputs=faces,
+                          api_visibility="private", queue=False)
+        run.click(**hide_faces)  # the last clip's faces go while the next one is read
         api_only.click(functools.partial(run_prediction, ctx), inputs, outputs, api_name="predict", **model_work)
         if examples:
             ex.load_input_event.then(stream, inputs, outputs, api_visibility="private", show_progress="minimal",
                                      show_progress_on=[timeline],
-                                     **model_work)
+                                     **model_work).then(face_tiles, ctx.clip, faces, api_visibility="private")
+            ex.load_input_event.then(**hide_faces)
+        pick_api.click(lambda face, record: pick_face(record, face), [face_number, ctx.clip], outputs,
+                       api_name="pick_face", **ctx.groups["quick"]).success(
+            explanation_cleared, ctx.clip, explanation, api_visibility="private", queue=False)
+
+        def picked(record, evt: gr.SelectData):
+            return pick_face(record, evt.index + 1)
+
+        faces.select(picked, ctx.clip, outputs, api_visibility="private", **ctx.groups["quick"]).success(
+            explanation_cleared, ctx.clip, explanation, api_visibility="private", queue=False)
+
         def annotate(clip, request: gr.Request):
             return annotate_event(ctx, clip, ctx.session(request))
 
@@ -403,4 +523,5 @@ def build_predict_tab(ctx: AppContext, sections: Sequence[Callable] = ()) -> tup
                                 api_visibility="private")
         clear.click(clear_outputs, None, outputs, api_visibility="private").then(lambda: None, None, video,
                                                                                    api_visibility="private")
+        clear.click(**hide_faces)
     return video, outputs
