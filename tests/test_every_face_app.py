@@ -35,10 +35,25 @@ def confidences(label: dict) -> dict:
     return {c["label"]: c["confidence"] for c in label["confidences"]}
 
 
-def assert_shows(out, pred):
-    """The pick's outputs (label, crops, timeline rows, note, renders, chart) are ``pred``'s."""
+def log_distance(shown: dict, pred) -> float:
+    """How far shown probabilities are from ``pred``'s, in log space (a random model's are nearly one-hot)."""
+    return max(abs(np.log(max(shown[c], 1e-30)) - np.log(max(p, 1e-30))) for c, p in pred.probabilities.items())
+
+
+def pixel_distance(path: str, crop) -> float:
+    from PIL import Image
+
+    return float(np.abs(np.asarray(Image.open(path).convert("RGB"), np.float32) - np.asarray(crop, np.float32)).mean())
+
+
+def assert_shows(out, pred, other):
+    """The pick's outputs (label, crops, timeline rows, note, renders, chart) are ``pred``'s, not ``other``'s."""
     label, crops, timeline, note, _, chart = out
     assert confidences(label) == pytest.approx(pred.probabilities, abs=1e-5)
+    assert log_distance(confidences(label), pred) < 1e-3 < log_distance(confidences(label), other)
+    first = crops[0]["image"]["path"]
+    own, others = pixel_distance(first, pred.ingest.crops[0]), pixel_distance(first, other.ingest.crops[0])
+    assert own < 8 and own < others / 3, (own, others)  # the gallery's WebP is lossy
     times = [f"{f.time_s:.2f} s" for f in pred.ingest.frames if f.box is not None]
     assert [c["caption"].split(" ·")[0] for c in crops] == times
     rows = pred.timeline.rows(pred.classes)
@@ -50,7 +65,7 @@ def assert_shows(out, pred):
 
 def test_library_finds_two_faces(library_faces):
     assert len(library_faces) == 2 and library_faces[0].ingest.main and not library_faces[1].ingest.main
-    assert not np.allclose(library_faces[0].probs, library_faces[1].probs, atol=1e-5)
+    assert not np.allclose(library_faces[0].logits, library_faces[1].logits, atol=1e-3)
 
 
 def test_a_session_keeps_each_face_as_its_crops(two_faces, library_faces):
@@ -71,7 +86,7 @@ def test_pick_a_face_of_a_two_face_clip(served, two_faces, library_faces):
     client = Client(shared.src, verbose=False, download_files=False)
     first = client.predict(handle_file(str(two_faces)), TINY, api_name="/predict")
     main, other = library_faces
-    assert "2 faces in this clip; shown: Face 1 (main)" in assert_shows(first, main)
+    assert "2 faces in this clip; shown: Face 1 (main)" in assert_shows(first, main, other)
     # the thumbnails: one per face, captioned with its number, span and expression
     tiles = client.predict(api_name="/faces")
     tiles = tiles.get("value", tiles) if isinstance(tiles, dict) else tiles
@@ -81,9 +96,9 @@ def test_pick_a_face_of_a_two_face_clip(served, two_faces, library_faces):
         f"Face 2 · {other.ingest.span_s[0]:.1f}–{other.ingest.span_s[1]:.1f} s · {other.top} "
         f"{100 * other.probs.max():.0f}%"]
     # picking face 2 shows its prediction; face 1 the main face's again
-    note = assert_shows(client.predict(2, api_name="/pick_face"), other)
+    note = assert_shows(client.predict(2, api_name="/pick_face"), other, main)
     assert "shown: Face 2" in note
-    note = assert_shows(client.predict(1, api_name="/pick_face"), main)
+    note = assert_shows(client.predict(1, api_name="/pick_face"), main, other)
     assert "shown: Face 1 (main)" in note
 
 
@@ -119,8 +134,52 @@ def test_a_face_that_is_not_there_is_a_clear_error(served, two_faces, face):
     with pytest.raises(Exception) as info:
         client.predict(face, api_name="/pick_face")
     assert type(info.value).__name__ == "AppError"
-    assert "this clip has 2 faces, numbered 1 to 2" in str(info.value) and "Traceback" not in str(info.value)
+    assert "the faces read from this clip are numbered 1 to 2" in str(info.value)
+    assert f"No face {face:g}" in str(info.value) if face is not None else "No face None" in str(info.value)
     assert client.predict(2, api_name="/pick_face")[3]  # the session still works
+
+
+def colour_pixels(image: np.ndarray, colour, tolerance: float = 40.0) -> int:
+    return int((np.abs(image.astype(np.float32) - np.array(colour, np.float32)).max(axis=-1) < tolerance).sum())
+
+
+def middle_frame(path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    return frames[len(frames) // 2]
+
+
+def test_the_annotated_video_draws_every_face(served, two_faces):
+    from dferclip.video.annotate import FACE_COLOURS
+
+    _, shared = served
+    client = Client(shared.src, verbose=False, download_files=False)
+    client.predict(handle_file(str(two_faces)), TINY, api_name="/predict")
+    client.predict(2, api_name="/pick_face")  # the picked face does not matter: every face is drawn
+    video = client.predict(api_name="/annotate")
+    path = video.get("path") or video["video"]["path"] if isinstance(video, dict) else video
+    drawn, plain = middle_frame(path), middle_frame(two_faces)
+    for colour in FACE_COLOURS[:2]:  # each face's box in its own colour
+        assert colour_pixels(drawn, colour) > colour_pixels(plain, colour) + 200, colour
+
+
+def test_faces_beyond_the_cap_are_left_out_with_a_note(served, tmp_path, monkeypatch):
+    from dferclip.ui import predict as predict_tab
+    from media import moving_face_frames, portrait_face, write_video
+
+    faces = [portrait_face(name, 150) for name in ("0-f15-hao-ph.jpg", "45-m7-di-ph.jpg", "0-f1-su-ph.jpg")]
+    clip = tmp_path / "three-faces.mp4"
+    write_video(clip, (frame for frame, _ in moving_face_frames(75, 960, 360, faces, amplitude=0.05)))
+    monkeypatch.setattr(predict_tab, "MAX_FACES", 2)
+    _, shared = served
+    client = Client(shared.src, verbose=False, download_files=False)
+    note = client.predict(handle_file(str(clip)), TINY, api_name="/predict")[3]
+    assert "3 faces in this clip" in note and "1 face left out: the app reads at most 2 faces a clip" in note
+    assert len(client.predict(api_name="/faces")["value"]) == 2
+    refused = str(pytest.raises(Exception, client.predict, 3, api_name="/pick_face").value)
+    assert "No face 3 to pick: the faces read from this clip are numbered 1 to 2" in refused
 
 
 # --- in a browser ---------------------------------------------------------------------------------------

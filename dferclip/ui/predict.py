@@ -293,8 +293,9 @@ def pick_face(record: Optional[ClipRecord], face) -> tuple:
     except (TypeError, ValueError, OverflowError):
         number = math.nan
     if not number.is_integer() or not 1 <= number <= len(faces):
-        raise gr.Error(f"There is no face {str(face)[:20]!r} to pick: this clip has {_plural(len(faces), 'face')}, "
-                       f"numbered 1 to {len(faces)}.", print_exception=False)
+        shown = f"{number:g}" if math.isfinite(number) else str(face)[:20]
+        raise gr.Error(f"No face {shown} to pick: the faces read from this clip are numbered 1 to {len(faces)}.",
+                       print_exception=False)
     return face_outputs(record.pick(int(number) - 1) if record.faces else record)
 
 
