@@ -113,7 +113,9 @@ def test_descriptions_follow_the_picked_face(served, two_faces, library_faces):
     scores = {}
     for number in (2, 1):
         client.predict(number, api_name="/pick_face")
-        scores[number] = _scores(client.predict(TINY, rows, "mean-embedding", api_name="/rescore_descriptions"))
+        out = client.predict(TINY, rows, "mean-embedding", api_name="/rescore_descriptions")
+        scores[number] = _scores(out)
+        assert any(isinstance(o, str) and f"clip: two-faces.mp4 · face {number}" in o for o in out)
     assert scores[1] != scores[2]
     wb = Workbench(appmod.demo.ctx.model(TINY))
     wb.edit_rows([r for r in rows["data"]])

@@ -78,7 +78,7 @@ def compare_event(ctx: AppContext, model_key: Optional[str], a: str, b: str, sta
     clip_table = pd.DataFrame()
     video = clip.video_for(wb.model.input_config) if clip is not None and hasattr(clip, "video_for") else None
     if video is not None:
-        name = wb.add_clip(video, Path(getattr(clip, "path", "clip")).name)
+        name = wb.add_clip(video, getattr(clip, "name", None) or Path(getattr(clip, "path", "clip")).name)
         per_set = []
         for ds in (set_a, set_b):
             wb.current = ds

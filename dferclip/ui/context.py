@@ -36,6 +36,7 @@ import html
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
@@ -68,6 +69,12 @@ class ClipRecord:
         faces = tuple(_without_video(cls.of_prediction(path, model_key, p).prediction) for p in preds)
         return cls(path=path, model_key=model_key, ingest=faces[face].ingest, prediction=faces[face], faces=faces,
                    face=face)
+
+    @property
+    def name(self) -> str:
+        """The clip's file name, with the face shown when it has several ("clip.mp4 · face 2")."""
+        name = Path(self.path).name
+        return f"{name} · face {self.face + 1}" if len(self.faces) > 1 else name
 
     def pick(self, face: int) -> "ClipRecord":
         """The same clip showing its face ``face`` (an index into ``faces``)."""

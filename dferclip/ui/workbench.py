@@ -410,7 +410,7 @@ def workbench_outputs(wb: Workbench, clip, eval_set, message: str = "") -> tuple
     if clip is not None:
         video = clip.video_for(wb.model.input_config) if hasattr(clip, "video_for") else clip.video
         if video is not None:
-            names = [wb.add_clip(video, Path(getattr(clip, "path", "clip")).name)]
+            names = [wb.add_clip(video, getattr(clip, "name", None) or Path(getattr(clip, "path", "clip")).name)]
         else:
             message += " The current clip was prepared for another model; predict it again with this one."
     if eval_set is not None:
