@@ -463,7 +463,8 @@ def build_predict_tab(ctx: AppContext, sections: Sequence[Callable] = ()) -> tup
                             elem_classes=["hint"])
             with gr.Column(scale=4):
                 faces = gr.Gallery(label="Faces in this clip: pick one", columns=MAX_FACES, height="auto",
-                                   object_fit="contain", allow_preview=False, visible=False, elem_id="face-picker")
+                                   object_fit="contain", allow_preview=False, buttons=[], visible=False,
+                                   elem_id="face-picker")
                 label = gr.Label(num_top_classes=11, label="Expression", elem_id="expression-label")
                 gr.Markdown(CLICK_HINT, elem_id="label-click-hint", elem_classes=["hint"])
                 note = gr.Markdown(elem_id="predict-note")
