@@ -191,8 +191,8 @@ def ingest_faces(
     """Every face of the clip (``faces="all"``) or its main face (``"main"``), for each model's input: a list per
     input config of one :class:`IngestResult` per face track (``result.track_id``), the main face first.
 
-    The clip is decoded and searched for faces once: a regular scan (``tracking.scan_fps``) plus the frames the
-    models sample, linked into tracks (:mod:`dferclip.video.tracking`). Each track gets its own model frames,
+    The clip is decoded and searched for faces once: the frames the models sample plus, for every face, a regular
+    scan (``tracking.scan_fps``), linked into tracks (:mod:`dferclip.video.tracking`). Each track gets its own model frames,
     sampled as the model's loader does over the span where that face is present, and, with ``windows``, its own
     timeline over that span (the main face's timeline covers the clip when the face is there throughout). Frames
     the tracks' samples add are decoded and searched afterwards, each once, and given to the tracks they belong to.
@@ -220,7 +220,9 @@ def ingest_faces(
         specs = [w(duration) if callable(w) else w for w in windows]
         spans = [_window_spans(frame_times, cfg, spec, limits, warned) if spec else []
                  for cfg, spec, warned in zip(configs, specs, warnings)]
-        scan = scan_indices(frame_times, tracking)
+        # every face: a regular scan besides the models' frames, to find and follow faces the models' frames miss;
+        # the main face alone is found on the models' frames, as fast as before (a scan of a long clip seeks far)
+        scan = scan_indices(frame_times, tracking) if faces == "all" else []
         wanted = sorted(set(scan).union(*clip_indices, *(w.indices for s in spans for w in s)))
         chunk = min(32, max(4, len(wanted) // 4))  # small enough to overlap, large enough to batch
         frames: List[DecodedFrame] = []
