@@ -39,6 +39,7 @@ BENCHES = {  # name: (title, script, extra arguments; {json} is replaced by a re
                 ["--json", "{json}"]),
     "batching": ("Frames per image-tower call on CPU (issue 23)", "bench_batching.py", ["--malloc-keep", "--json", "{json}"]),
     "resume": ("A resumed corpus run with nothing left to do (issue 23)", "bench_resume.py", ["--json", "{json}"]),
+    "faces": ("Every face of a clip against one run per face (issue 22)", "bench_faces.py", ["--out", "{json}"]),
 }
 
 

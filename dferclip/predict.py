@@ -357,9 +357,19 @@ def iter_predict(model, path: str | Path, *, windows: bool = True, frame_budget:
     dev = torch.device(dev) if dev is not None else next(model.parameters()).device
     clip = prepared or prepare_clip(model, path, windows=windows, frame_budget=frame_budget, detector=detector,
                                     fallback=fallback, limits=limits, dev=dev)
+    scores = zero_gpu.run_iter(model, score_prepared, clip.frames, clip.positions, clip.renders, dtype=dtype)
+    try:
+        yield from _scored_predictions(model, clip, scores, t0)
+    finally:
+        scores.close()  # a GPU slot ends with the prediction, even one stopped early
+
+
+def _scored_predictions(model, clip: PreparedClip, scores: Iterator[Scored], t0: float,
+                        frame_offset: int = 0) -> Iterator[Prediction]:
+    """:func:`iter_predict`'s results from the clip's sequences as ``scores`` yields them (its first, then each
+    window's); ``frame_offset``: frames of other clips the same scorer encoded before this one's."""
     result = clip.ingest
     t1 = time.perf_counter()
-    scores = zero_gpu.run_iter(model, score_prepared, clip.frames, clip.positions, clip.renders, dtype=dtype)
     first = next(scores)
     spans = [] if result.windows is None else result.windows.windows
     probs = first.logits.softmax(-1).numpy()
@@ -370,7 +380,7 @@ def iter_predict(model, path: str | Path, *, windows: bool = True, frame_budget:
         classes=model.class_names, probs=probs, logits=first.logits.numpy(), video_embedding=first.video_embedding,
         ingest=result, timeline=None if result.windows is None else Timeline([], [], probs[None][:0]),
         weights=dict(model.weights_info), device=first.device, dtype=first.dtype,
-        warnings=list(result.warnings), encoded_frames=first.encoded_frames, timings={},
+        warnings=list(result.warnings), encoded_frames=min(first.encoded_frames - frame_offset, len(clip.frames)), timings={},
         streams=None if first.weights is None else dict(zip(model.streams, map(float, first.weights))),
         renders=renders, windows_total=len(spans), backend=first.backend,
     )
@@ -384,20 +394,42 @@ def iter_predict(model, path: str | Path, *, windows: bool = True, frame_budget:
             p.timings["face_analysis"] = clip.face_analysis_s  # part of "model"
         return p
 
-    try:
+    yield timed(pred)
+    rows = []
+    for w, span in enumerate(spans, start=1):
+        t = time.perf_counter()
+        scored = next(scores)
+        rows.append(scored.logits.softmax(-1).numpy())
+        model_s += time.perf_counter() - t
+        done = spans[:w]
+        pred = replace(pred, timeline=Timeline([float(s.start_s) for s in done], [float(s.end_s) for s in done],
+                                               np.stack(rows)),
+                       encoded_frames=min(scored.encoded_frames - frame_offset, len(clip.frames)))
         yield timed(pred)
-        rows = []
-        for w, span in enumerate(spans, start=1):
-            t = time.perf_counter()
-            scored = next(scores)
-            rows.append(scored.logits.softmax(-1).numpy())
-            model_s += time.perf_counter() - t
-            done = spans[:w]
-            pred = replace(pred, timeline=Timeline([float(s.start_s) for s in done], [float(s.end_s) for s in done],
-                                                   np.stack(rows)), encoded_frames=scored.encoded_frames)
-            yield timed(pred)
+
+
+def predict_prepared(model, clips: Sequence[PreparedClip], *, dtype=None) -> list[Prediction]:
+    """Several prepared clips (a clip's faces, from :func:`prepare_faces`) scored in one call on the model's device,
+    so on ZeroGPU they share one GPU slot: their frames are joined, each still through the image tower once."""
+    t0 = time.perf_counter()
+    sizes = [len(c.frames) for c in clips]
+    offsets = np.cumsum([0] + sizes[:-1]).tolist()
+    frames = torch.cat([c.frames for c in clips])
+    positions = torch.cat([c.positions + offset for c, offset in zip(clips, offsets)])
+    renders = None
+    if clips[0].renders is not None:
+        renders = {k: torch.cat([c.renders[k] for c in clips]) for k in clips[0].renders}
+    scores = zero_gpu.run_iter(model, score_prepared, frames, positions, renders, dtype=dtype)
+    out = []
+    try:
+        for clip, offset in zip(clips, offsets):
+            pred = None
+            for pred in _scored_predictions(model, clip, scores, t0, frame_offset=offset):
+                pass
+            out.append(pred)
     finally:
-        scores.close()  # a GPU slot ends with the prediction, even one stopped early
+        scores.close()
+    return out
 
 
 def predict_clip(model, path: str | Path, *, windows: bool = True, frame_budget: Optional[int] = None,
@@ -440,9 +472,10 @@ def predict_faces(model, path: str | Path, *, windows: bool = True, frame_budget
                   detector=None, fallback: str = "center", limits: Optional[Limits] = None, dev=None,
                   dtype=None) -> list[Prediction]:
     """Every face of the clip classified, the main face first (arguments as :func:`predict_clip`): one decode and
-    one face search, then one model pass per face over its own frames (``pred.ingest.track_id``,
-    ``pred.ingest.span_s``). A clip without a face gives one prediction from the frames' centres."""
+    one face search, then each face read over its own frames (``pred.ingest.track_id``, ``pred.ingest.span_s``),
+    all in one call on the model's device (:func:`predict_prepared`). A clip without a face gives one prediction
+    from the frames' centres."""
     dev = torch.device(dev) if dev is not None else next(model.parameters()).device
     (clips,) = prepare_faces([model], path, faces="all", windows=windows, frame_budget=frame_budget,
                              detector=detector, fallback=fallback, limits=limits, dev=dev)
-    return [predict_clip(model, path, dev=dev, dtype=dtype, prepared=clip) for clip in clips]
+    return predict_prepared(model, clips, dtype=dtype)

@@ -105,6 +105,30 @@ def test_library_prediction_through_the_boundary_equals_a_plain_one(check, monke
         assert all(np.array_equal(a, b) for k in checked.renders for a, b in zip(checked.renders[k], plain.renders[k]))
 
 
+def test_every_face_of_a_clip_is_read_in_one_gpu_slot(check, monkeypatch, tmp_path):
+    """Two real people: predict_faces crosses the boundary once for both faces, and each face's result is the one
+    a slot of its own gives."""
+    from media import moving_face_frames, portrait_face, write_video
+
+    from dferclip.predict import predict_faces, prepare_faces
+    from dferclip.runtime import ModelRegistry, find_models
+
+    faces = [portrait_face("0-f15-hao-ph.jpg", 150), portrait_face("45-m7-di-ph.jpg", 150)]
+    clip = write_video(tmp_path / "two.mp4", [f for f, _ in moving_face_frames(50, 640, 360, faces)])
+    registry = ModelRegistry(find_models(TINY), background=False, backend="eager")
+    registry.start_slots()
+    model = registry.get(TINY)
+    together = predict_faces(model, clip)
+    assert len(together) == 2 and check.calls["_iter_on_device(score_prepared)"] == 1
+    (prepared,) = prepare_faces([model], clip)
+    apart = [predict_clip(model, clip, prepared=p) for p in prepared]
+    assert check.calls["_iter_on_device(score_prepared)"] == 3
+    for a, b in zip(together, apart):
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+        np.testing.assert_allclose(a.timeline.probabilities, b.timeline.probabilities, atol=1e-6)
+        assert a.ingest.track_id == b.ingest.track_id and a.encoded_frames == b.encoded_frames
+
+
 def test_a_model_the_registry_does_not_serve_is_refused(check):
     model = dferclip.load_model(TINY)
     with pytest.raises(GpuBoundaryError, match="needs a served model"):

@@ -17,7 +17,7 @@ import gradio as gr
 from gradio.data_classes import FileData
 
 from ..errors import DferclipError, VideoError
-from ..predict import Prediction, iter_predict, predict_clip, prepare_faces
+from ..predict import Prediction, iter_predict, predict_prepared, prepare_faces
 from ..runtime import UNTRAINED_WARNING
 from ..video.decode import Limits
 from ..video.ingest import centre_crops
@@ -343,10 +343,8 @@ def _stream(ctx: AppContext, video: str, model_key: str, progress):
             yield (gr.skip(), gr.skip(), timeline_rows(pred), summary_note(pred), gr.skip(), timeline_chart(pred),
                    record)
     if len(clips) > 1:
-        faces = [pred]
-        for k, clip in enumerate(clips[1:], start=2):
-            progress((k - 1) / len(clips), desc=f"Face {k} of {len(clips)}")
-            faces.append(predict_clip(model, video, dev=dev, prepared=clip))
+        progress(0.5, desc=f"Reading the other {_plural(len(clips) - 1, 'face')}")
+        faces = [pred] + predict_prepared(model, clips[1:])  # one call: one GPU slot on ZeroGPU
         yield face_outputs(ClipRecord.of_faces(str(video), model_key, faces))
 
 
