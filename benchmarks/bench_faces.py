@@ -19,24 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from common import machine, timeit, write_json  # noqa: E402
-from media import moving_face_frames, portrait_face, write_video  # noqa: E402
+from media import CountingDetector, moving_face_frames, portrait_face, write_video  # noqa: E402
 
 import dferclip  # noqa: E402
 from dferclip.predict import predict_clip, predict_faces  # noqa: E402
-from dferclip.video.faces import MTCNNDetector  # noqa: E402
 
 PEOPLE = ("0-f15-hao-ph.jpg", "45-m7-di-ph.jpg", "0-f1-su-ph.jpg", "15-f13-anc-ph.jpg")
 WIDTH, HEIGHT, FPS, SECONDS = 1280, 720, 25, 10
-
-
-class CountingDetector(MTCNNDetector):
-    def __init__(self):
-        super().__init__()
-        self.frames = 0
-
-    def detect(self, images):
-        self.frames += len(images)
-        return super().detect(images)
 
 
 def make_clip(cache: Path, n: int) -> Path:

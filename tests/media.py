@@ -409,3 +409,17 @@ def scenario_clip(name: str, path: Path) -> Truth:
 
     write_video(path, frames(), fps=SCENE_FPS)
     return truth
+
+
+class CountingDetector:
+    """The project's MTCNN detector, counting the frames it is shown (to check each frame is searched once)."""
+
+    def __init__(self):
+        from dferclip.video.faces import MTCNNDetector
+
+        self.detector = MTCNNDetector()
+        self.frames = 0
+
+    def detect(self, images):
+        self.frames += len(images)
+        return self.detector.detect(images)

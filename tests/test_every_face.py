@@ -10,12 +10,12 @@ import av
 import numpy as np
 import pytest
 import torch
-from media import moving_face_frames, portrait_face, write_video
+from media import CountingDetector, moving_face_frames, portrait_face, write_video
 
 from dferclip.predict import predict_clip, predict_faces
 from dferclip.video.annotate import FACE_COLOURS
 from dferclip.video.decode import WindowSpec
-from dferclip.video.faces import MTCNNDetector, iou
+from dferclip.video.faces import iou
 from dferclip.video.ingest import ingest_faces
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,18 +34,6 @@ def two_people(tmp_path_factory):
     return path, [boxes for _, boxes in made]
 
 
-class CountingDetector(MTCNNDetector):
-    """The real detector, counting the frames it is shown."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen = 0
-
-    def detect(self, images):
-        self.seen += len(images)
-        return super().detect(images)
-
-
 def _person(box, truth_boxes):
     """Which person a box is on (IoU > 0.5 with their true face box), None for neither."""
     hits = [k for k, t in enumerate(truth_boxes) if t is not None and iou(box, t) > 0.5]
@@ -60,7 +48,7 @@ def test_each_person_is_one_track_read_where_they_are(two_people, tiny_model):
     assert len(results) == 2 and results[0].main and not results[1].main
     assert {r.track_id for r in results} == {0, 1} and all(r.faces == 2 for r in results)
     examined = [m.index for m in results[0].windows.frames]  # every frame decoded and searched
-    assert len(set(examined)) == len(examined) == detector.seen  # each searched once, for both faces
+    assert len(set(examined)) == len(examined) == detector.frames  # each searched once, for both faces
     people = []
     for r in results:
         boxed = [m for m in r.frames if m.box is not None]

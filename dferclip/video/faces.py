@@ -405,6 +405,16 @@ class TrackingConfig:
     max_scan_frames: int = 150
 
 
+def closest_first(pairs: Sequence[Tuple[float, int, int]]) -> List[Tuple[int, int]]:
+    """One-to-one (track, detection) matches from (cost, track, detection) candidates, the cheapest first."""
+    used_tracks, used_dets, out = set(), set(), []
+    for _, k, j in sorted(pairs):
+        if k not in used_tracks and j not in used_dets:
+            used_tracks.add(k), used_dets.add(j)
+            out.append((k, j))
+    return out
+
+
 def link_tracks(
     detections: Sequence[Sequence[Detection]],
     times: Sequence[float],
@@ -427,13 +437,11 @@ def link_tracks(
                 shift = math.hypot(ax - bx, ay - by) / max(_side(tb), _side(d.box))
                 if shift <= allowed:
                     pairs.append((shift, k, j))
-        used_tracks, used_dets = set(), set()
-        for _, k, j in sorted(pairs):
-            if k in used_tracks or j in used_dets:
-                continue
-            used_tracks.add(k), used_dets.add(j)
+        matched = closest_first(pairs)
+        for k, j in matched:
             tracks[k].detections[t] = dets[j]
             last[k] = (t, dets[j].box)
+        used_dets = {j for _, j in matched}
         for j, d in enumerate(dets):
             if j not in used_dets:
                 track = FaceTrack([None] * n)

@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .faces import Detection, FaceTrack, TrackingConfig, _centre, _side
+from .faces import Detection, FaceTrack, TrackingConfig, _centre, _side, closest_first
 
 THUMB_SIDE = 16
 HUE_BINS, SAT_BINS = 12, 4
@@ -121,13 +121,11 @@ def _tracklets(frames: Sequence[FrameFaces], config: TrackingConfig) -> List[_Tr
                 distance = 1.0 - float(look @ a)
                 if shift <= allowed and distance <= config.link_max_distance:
                     pairs.append((shift + config.appearance_weight * distance, k, j))
-        used_t, used_d = set(), set()
-        for _, k, j in sorted(pairs):
-            if k in used_t or j in used_d:
-                continue
-            used_t.add(k), used_d.add(j)
+        matched = closest_first(pairs)
+        for k, j in matched:
             open_[k].hits[t] = kept[j]
             open_[k].last = t
+        used_d = {j for _, j in matched}
         for j, hit in enumerate(kept):
             if j not in used_d:
                 open_.append(_Tracklet({t: hit}, t))
@@ -203,9 +201,6 @@ def assign_detections(tracks: Sequence[FaceTrack], times: Sequence[float], time_
             distance = 1.0 - float(track.look @ a) if track.look is not None else 0.0
             if shift <= config.max_shift + config.speed * gap and distance <= config.link_max_distance:
                 pairs.append((shift + config.appearance_weight * distance, k, j))
-    used_t, used_d = set(), set()
-    for _, k, j in sorted(pairs):
-        if k not in used_t and j not in used_d:
-            used_t.add(k), used_d.add(j)
-            out[k] = detections[j]
+    for k, j in closest_first(pairs):
+        out[k] = detections[j]
     return out
