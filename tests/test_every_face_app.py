@@ -235,3 +235,19 @@ def test_a_face_that_is_no_number_is_refused_before_the_app(served, two_faces):
         client.predict("two", api_name="/pick_face")
     assert type(info.value).__name__ == "AppError" and "Traceback" not in str(info.value)
     assert "shown: Face 2" in client.predict(2, api_name="/pick_face")[3]
+
+
+def test_a_descriptor_explained_on_another_face_is_no_edit(served, two_faces):
+    """"Change with the last edit" compares two texts on one face: after picking the other face, explaining a text
+    draws its maps but no change from the first face's."""
+    appmod, shared = served
+    classes = appmod.demo.ctx.model(TINY).class_names
+    client = Client(shared.src, verbose=False, download_files=False)
+    client.predict(handle_file(str(two_faces)), TINY, api_name="/predict")
+    client.predict(TINY, classes[0], "raised cheeks", api_name="/explain_descriptor")
+    *_, edited, change = client.predict(TINY, classes[0], "a wide open mouth", api_name="/explain_descriptor")
+    assert change and edited["change"]["from_text"] == "raised cheeks"  # an edit on one face
+    client.predict(2, api_name="/pick_face")
+    *_, note, other, other_change = client.predict(TINY, classes[0], "raised cheeks", api_name="/explain_descriptor")
+    assert other_change == [] and "change" not in other and "Change from" not in note
+    assert note.startswith("Face explained: **two-faces.mp4 · face 2**")  # the maps say whose they are

@@ -169,7 +169,10 @@ def _times(record) -> list[float]:
 def _outputs(model, ex: Explanation, record) -> tuple:
     times = _times(record)
     strip = strip_rows(ex, times)
-    return overlay_items(ex, record.ingest.crops, times), strip_chart(strip), note_for(model, ex), arrays(ex, strip)
+    note = note_for(model, ex)
+    if len(getattr(record, "faces", ())) > 1:  # which face these maps are of, while they stay on the page
+        note = f"Face explained: **{html.escape(record.name)}**.\n\n{note}"
+    return overlay_items(ex, record.ingest.crops, times), strip_chart(strip), note, arrays(ex, strip)
 
 
 @contextmanager
@@ -223,7 +226,7 @@ def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_
                        versus: Optional[str] = AUTO, previous: Optional[dict] = None) -> tuple:
     """(overlays, strip chart, note, arrays, change overlays, new previous) for the page's clip and one descriptor
     (class + text), versus a contrast as :func:`explain_expression`. ``previous`` (the session's state): the
-    last other text explained for the same clip, model, class and contrast; the change from its map is drawn
+    last other text explained for the same clip and face, model, class and contrast; the change from its map is drawn
     and added to the arrays as ``change`` (new minus old, at the patch grid). The text and the class name are
     held to a description's bound (``MAX_TEXT_CHARS``) before anything else."""
     from ..text.descriptions import MAX_TEXT_CHARS
@@ -244,7 +247,8 @@ def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_
     except DferclipError as e:
         raise gr.Error(str(e), print_exception=False) from None
     gallery, strip, note, data = _outputs(model, ex, record)
-    key, text = [record.path, model_key, class_name or "", versus or AUTO], text.strip()
+    # the same clip means the same face too: a clip's faces are explained apart
+    key, text = [record.path, getattr(record, "face", 0), model_key, class_name or "", versus or AUTO], text.strip()
     changes = []
     if previous and previous.get("key") == key and previous.get("text") != text:
         old = previous["maps"]
