@@ -277,12 +277,13 @@ def prepare_clips(models: Sequence, path: str | Path, *, windows: bool = True, f
 
 def prepare_faces(models: Sequence, path: str | Path, *, faces: str = "all", windows: bool = True,
                   frame_budget: Optional[int] = None, detector=None, fallback: str = "center",
-                  limits: Optional[Limits] = None, dev=None, max_faces: Optional[int] = None
-                  ) -> list[list[PreparedClip]]:
+                  limits: Optional[Limits] = None, dev=None, max_faces: Optional[int] = None,
+                  same_face_as=None) -> list[list[PreparedClip]]:
     """For each model, a :class:`PreparedClip` per face track of the clip (``faces="all"``, the main face first;
     at most ``max_faces``, the largest and longest seen) or for its main face (``"main"``): one decode and one
-    face search for all of them."""
-    from .video.ingest import ingest_faces
+    face search for all of them. ``same_face_as`` (an ``IngestResult`` of the clip, e.g. a face a visitor picked):
+    only that face, for each model (:func:`~dferclip.video.ingest.same_face`)."""
+    from .video.ingest import ingest_faces, same_face
 
     t0 = time.perf_counter()
     dev = torch.device(dev) if dev is not None else runtime.device()
@@ -293,6 +294,8 @@ def prepare_faces(models: Sequence, path: str | Path, *, faces: str = "all", win
                      if windows else None)
     per_model = ingest_faces(path, [m.input_config for m in models], faces=faces, detector=detector,
                              fallback=fallback, windows=specs, limits=limits or Limits(), max_faces=max_faces)
+    if same_face_as is not None:
+        per_model = [[same_face(results, same_face_as)] for results in per_model]
     ingestion_s = time.perf_counter() - t0  # one pass for all the models and faces: each prediction reports it whole
     prepared = []
     for model, results in zip(models, per_model):

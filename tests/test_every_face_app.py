@@ -251,3 +251,25 @@ def test_a_descriptor_explained_on_another_face_is_no_edit(served, two_faces):
     *_, note, other, other_change = client.predict(TINY, classes[0], "raised cheeks", api_name="/explain_descriptor")
     assert other_change == [] and "change" not in other and "Change from" not in note
     assert note.startswith("Face explained: **two-faces.mp4 · face 2**")  # the maps say whose they are
+
+
+def test_compare_models_reads_the_picked_face(served, two_faces, library_faces):
+    """Compare models follows the face picked above: after picking face 2, each model reads face 2 (the tiny model's
+    probabilities are the library's for that face), and the summary says which face."""
+    appmod, shared = served
+    ctx = appmod.demo.ctx
+    other = "random"  # the real-size DFER-CLIP, untrained
+    assert other in [e.key for e in ctx.registry.entries]
+    client = Client(shared.src, verbose=False, download_files=False)
+    clip = handle_file(str(two_faces))
+    client.predict(clip, TINY, api_name="/predict")
+
+    def tiny_log_probs(data):
+        entry = next(e for e in data["models"] if e["model"] == TINY)
+        return np.log([entry["probabilities"][c] for c in library_faces[0].classes])
+
+    client.predict(2, api_name="/pick_face")
+    summary, *_, data = client.predict(clip, [TINY, other], api_name="/compare_models")
+    assert "Face compared: **two-faces.mp4 · face 2**" in summary
+    np.testing.assert_allclose(tiny_log_probs(data), np.log(library_faces[1].probs), atol=1e-3)
+    assert not np.allclose(tiny_log_probs(data), np.log(library_faces[0].probs), atol=1e-3)  # not the main face

@@ -4,13 +4,14 @@ once for all of them (:func:`dferclip.predict.prepare_clips`); each model then s
 from __future__ import annotations
 
 import html
+from pathlib import Path
 from typing import Optional
 
 import gradio as gr
 import pandas as pd
 
 from ..errors import DataError, DferclipError, VideoError
-from ..predict import Prediction, predict_clip, prepare_clips
+from ..predict import Prediction, predict_clip, prepare_clips, prepare_faces
 from ..runtime import EMOCLIP_SOURCE, FINECLIPER_SOURCE
 from .charts import CHART_CSS
 from .errors import user_error
@@ -39,15 +40,33 @@ def checked_keys(ctx, keys) -> list[str]:
     return keys
 
 
-def compare_models_event(ctx, video: Optional[str], keys, session: str = "anonymous") -> tuple:
-    """(summary, probabilities table, timelines, data) for the clip under each picked model."""
+def picked_face(record, video: Optional[str]):
+    """The face the visitor picked in this clip's prediction (its ``IngestResult``), None for the main face."""
+    if record is None or not video or len(getattr(record, "faces", ())) < 2 or not record.face:
+        return None
+    ours, theirs = Path(record.path), Path(video)
+    if not (ours.is_file() and theirs.is_file()):
+        return None
+    # the same upload: Gradio keeps a file sent again under its name in a folder of its own
+    same = ours == theirs or (ours.name == theirs.name and ours.stat().st_size == theirs.stat().st_size)
+    return record.ingest if same else None
+
+
+def compare_models_event(ctx, video: Optional[str], keys, session: str = "anonymous", record=None) -> tuple:
+    """(summary, probabilities table, timelines, data) for the clip under each picked model: the face picked in the
+    Predict tab (``record``, the visitor's clip record) when it is this clip's, else the main face."""
     if not video:
         raise user_error("Upload a clip or click an example first: the models are compared on it.")
     try:
         keys = checked_keys(ctx, keys)
         with ctx.scheduler.long(session, "model comparison"):
             models = [ctx.model(k) for k in keys]
-            clips = prepare_clips(models, video, limits=APP_LIMITS, dev=ctx.registry.device)
+            face = picked_face(record, video)
+            if face is None:
+                clips = prepare_clips(models, video, limits=APP_LIMITS, dev=ctx.registry.device)
+            else:
+                clips = [c[0] for c in prepare_faces(models, video, limits=APP_LIMITS, dev=ctx.registry.device,
+                                                     same_face_as=face)]
             # the same models (the registry keeps three); got again in case other visitors' picks let one go
             preds = [predict_clip(ctx.model(key), video, dev=ctx.registry.device, prepared=clip)
                      for key, clip in zip(keys, clips)]
@@ -56,7 +75,10 @@ def compare_models_event(ctx, video: Optional[str], keys, session: str = "anonym
     except (DferclipError, BusyError) as e:
         raise user_error(e) from None
     labels = [ctx.registry.entry(k).label for k in keys]
-    return summary_md(labels, preds), probabilities_table(labels, preds), timelines_html(labels, preds), {
+    summary = summary_md(labels, preds)
+    if face is not None:
+        summary = f"Face compared: **{html.escape(record.name)}** (picked above).\n\n{summary}"
+    return summary, probabilities_table(labels, preds), timelines_html(labels, preds), {
         "models": [{"model": k, "label": lbl, "top": p.top, "probabilities": p.probabilities,
                     "timeline": p.timeline.rows(p.classes) if p.timeline is not None else []}
                    for k, lbl, p in zip(keys, labels, preds)]}
@@ -102,8 +124,8 @@ def build_compare_models_section(ctx, video) -> None:
         charts = gr.HTML(css_template=CHART_CSS, elem_id="compare-models-timelines")
         data = gr.JSON(visible=False)
 
-    def compare(clip, keys, request: gr.Request = None):
-        return compare_models_event(ctx, clip, keys, ctx.session(request))
+    def compare(clip, keys, record, request: gr.Request = None):
+        return compare_models_event(ctx, clip, keys, ctx.session(request), record)
 
-    go.click(compare, [video, picks], [summary, table, charts, data], api_name="compare_models",
+    go.click(compare, [video, picks, ctx.clip], [summary, table, charts, data], api_name="compare_models",
              **ctx.groups["long"])
