@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import files, pacing
 from .decode import Limits, VideoReader
-from .faces import FaceDetector, TrackingConfig, face_boxes, iou
+from .faces import FaceDetector, TrackingConfig, face_boxes, shared_boxes
 from .tracking import track_faces
 
 log = logging.getLogger(__name__)
@@ -137,11 +137,10 @@ class ClipFaces:
             return None
         if getattr(ingest, "track_id", None) is None or getattr(ingest, "main", True):
             return next(t for t in self.tracks if t.id == self.main)
-        where = {i: k for k, i in enumerate(self.indices)}
-        own = [(where[m.index], m.box) for m in ingest.frames if m.confidence is not None and m.index in where]
+        own = {m.index: m.box for m in ingest.frames if m.confidence is not None}
 
         def overlap(track) -> int:
-            return sum(track.detections[k] is not None and iou(track.detections[k].box, box) > 0.5 for k, box in own)
+            return shared_boxes({i: d.box for i, d in zip(self.indices, track.detections) if d is not None}, own)
 
         best = max(self.tracks, key=overlap)
         return best if overlap(best) else None

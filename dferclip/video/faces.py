@@ -363,6 +363,22 @@ def _centre(b: Box) -> Tuple[float, float]:
     return (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
 
 
+def centre_shift(a: Box, b: Box) -> float:
+    """How far apart two face boxes' centres are, in sizes of the larger face."""
+    (ax, ay), (bx, by) = _centre(a), _centre(b)
+    return math.hypot(ax - bx, ay - by) / max(_side(a), _side(b))
+
+
+def size_ratio(a: Box, b: Box) -> float:
+    """The larger face box's side over the smaller's (1 or more)."""
+    return max(_side(a), _side(b)) / min(_side(a), _side(b))
+
+
+def shared_boxes(a: dict, b: dict, min_iou: float = 0.5) -> int:
+    """On how many frames two faces' boxes (frame index -> box) overlap by more than ``min_iou``."""
+    return sum(iou(box, b[i]) > min_iou for i, box in a.items() if i in b)
+
+
 @dataclass
 class FaceTrack:
     """One person's face over the frames: a detection or None per frame."""
@@ -430,11 +446,9 @@ def link_tracks(
         for k, (tf, tb) in enumerate(last):
             allowed = config.max_shift + config.speed * abs(times[t] - times[tf])
             for j, d in enumerate(dets):
-                size_ratio = max(_side(tb), _side(d.box)) / min(_side(tb), _side(d.box))
-                if size_ratio > config.max_size_ratio:
+                if size_ratio(tb, d.box) > config.max_size_ratio:
                     continue
-                (ax, ay), (bx, by) = _centre(tb), _centre(d.box)
-                shift = math.hypot(ax - bx, ay - by) / max(_side(tb), _side(d.box))
+                shift = centre_shift(tb, d.box)
                 if shift <= allowed:
                     pairs.append((shift, k, j))
         matched = closest_first(pairs)

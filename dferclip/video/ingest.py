@@ -42,7 +42,7 @@ from .faces import (
     crop_square,
     FaceTrack,
     fill_track,
-    iou,
+    shared_boxes,
 )
 from .tracking import FrameFaces, appearance, assign_detections, frame_signature, track_faces
 
@@ -303,11 +303,11 @@ def same_face(results: Sequence[IngestResult], other: IngestResult) -> IngestRes
     """Of one clip's face results, the one of the face ``other`` (a result of another ingestion of the clip) is of:
     the most frames where both have the face detected with overlapping boxes (the first, the main face, when none
     does)."""
-    detected = {m.index: m.box for m in other.frames if m.confidence is not None and m.box is not None}
+    theirs = {m.index: m.box for m in other.frames if m.confidence is not None}
 
     def shared(result: IngestResult) -> int:
-        return sum(m.confidence is not None and m.index in detected and iou(m.box, detected[m.index]) > 0.5
-                   for m in (result.windows.frames if result.windows is not None else result.frames))
+        examined = result.windows.frames if result.windows is not None else result.frames
+        return shared_boxes({m.index: m.box for m in examined if m.confidence is not None}, theirs)
 
     best = max(results, key=shared)
     return best if shared(best) else results[0]

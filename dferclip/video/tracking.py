@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .faces import Detection, FaceTrack, TrackingConfig, _centre, _side, closest_first
+from .faces import Detection, FaceTrack, TrackingConfig, _centre, _side, centre_shift, closest_first, size_ratio
 
 THUMB_SIDE = 16
 HUE_BINS, SAT_BINS = 12, 4
@@ -113,11 +113,9 @@ def _tracklets(frames: Sequence[FrameFaces], config: TrackingConfig) -> List[_Tr
             look = tr.recent_look()
             allowed = config.max_shift + config.speed * (frame.time_s - frames[tr.last].time_s)
             for j, (d, a) in enumerate(kept):
-                ratio = max(_side(last_box), _side(d.box)) / min(_side(last_box), _side(d.box))
-                if ratio > config.max_size_ratio:
+                if size_ratio(last_box, d.box) > config.max_size_ratio:
                     continue
-                (ax, ay), (bx, by) = _centre(last_box), _centre(d.box)
-                shift = math.hypot(ax - bx, ay - by) / max(_side(last_box), _side(d.box))
+                shift = centre_shift(last_box, d.box)
                 distance = 1.0 - float(look @ a)
                 if shift <= allowed and distance <= config.link_max_distance:
                     pairs.append((shift + config.appearance_weight * distance, k, j))
@@ -196,8 +194,7 @@ def assign_detections(tracks: Sequence[FaceTrack], times: Sequence[float], time_
         for j, (d, a) in enumerate(zip(detections, appearances)):
             if d.score < config.min_score:
                 continue
-            (ax, ay), (bx, by) = _centre(near.box), _centre(d.box)
-            shift = math.hypot(ax - bx, ay - by) / max(_side(near.box), _side(d.box))
+            shift = centre_shift(near.box, d.box)
             distance = 1.0 - float(track.look @ a) if track.look is not None else 0.0
             if shift <= config.max_shift + config.speed * gap and distance <= config.link_max_distance:
                 pairs.append((shift + config.appearance_weight * distance, k, j))
