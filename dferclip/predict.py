@@ -117,14 +117,8 @@ class Prediction:
 def face_summary(ingest) -> dict:
     """Which face a prediction read: its track, whether it is the main face, when it is seen, and its box on each
     of the model's frames (None where none is shown; ``held`` where the detector missed it)."""
-    span = getattr(ingest, "span_s", None)
-    return {
-        "track": getattr(ingest, "track_id", None),
-        "main": getattr(ingest, "main", True),
-        "faces_in_clip": getattr(ingest, "faces", 0),
-        "span_s": None if span is None else [round(v, 3) for v in span],
-        "boxes": [{"time_s": round(m.time_s, 3), "box": m.box, "held": m.filled} for m in ingest.frames],
-    }
+    return {**ingest.face_dict(),
+            "boxes": [{"time_s": round(m.time_s, 3), "box": m.box, "held": m.filled} for m in ingest.frames]}
 
 
 def _shared_frames(result) -> tuple[torch.Tensor, torch.Tensor]:

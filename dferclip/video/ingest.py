@@ -120,9 +120,13 @@ class IngestResult:
             "timings": dict(self.timings),
             "windows": self.windows.to_dict() if self.windows is not None else None,
             "no_face_spans": [list(span) for span in self.no_face_spans],
-            "face": {"track": self.track_id, "main": self.main, "faces_in_clip": self.faces,
-                     "span_s": None if self.span_s is None else [round(v, 3) for v in self.span_s]},
+            "face": self.face_dict(),
         }
+
+    def face_dict(self) -> dict:
+        """Which face of the clip this is: its track, whether it is the main face, the clip's face count, its span."""
+        return {"track": self.track_id, "main": self.main, "faces_in_clip": self.faces,
+                "span_s": None if self.span_s is None else [round(v, 3) for v in self.span_s]}
 
 
 @functools.lru_cache(maxsize=1)
@@ -248,15 +252,17 @@ def ingest_faces(
         plans = []
         for track in chosen or [None]:
             plan = []
+            if track is not None:
+                hit = [frames[t] for t, d in enumerate(track.detections) if d is not None]
+                hit_times = [f.time_s for f in hit]
+                present = None  # the frames where this face is, worked out when a model's frames need them
             for k, cfg in enumerate(configs):
                 indices, track_spans = clip_indices[k], spans[k]
                 if track is not None:
-                    hit = [frames[t] for t, d in enumerate(track.detections) if d is not None]
-                    hit_times = [f.time_s for f in hit]
                     if any(face_absent(hit_times, frame_times[i], tracking.max_hold_s) for i in indices):
                         # the face is absent for longer than a missed detection explains (a title card, a cut, the
                         # face leaving or arriving): its frames are sampled from where it is
-                        present = present_frames([f.index for f in hit], frame_times, tracking.max_hold_s)
+                        present = present or present_frames([f.index for f in hit], frame_times, tracking.max_hold_s)
                         indices = [present[i] for i in sample_indices(len(present), cfg.num_frames, cfg.sampler)]
                         if track_spans:
                             track_spans = _span_windows(frame_times, hit[0].index, hit[-1].index, cfg, windows[k],
@@ -271,8 +277,9 @@ def ingest_faces(
             detect_s += seconds
             extra_hits = [assign_detections(chosen, times, f.time_s, ff.detections, ff.appearances, tracking)
                           for f, ff in zip(more, more_found)]
-            order = sorted(range(len(frames) + len(more)), key=lambda k: (frames + more)[k].index)
-            frames = [(frames + more)[k] for k in order]
+            joined = frames + more
+            order = sorted(range(len(joined)), key=lambda k: joined[k].index)
+            frames = [joined[k] for k in order]
             for j, track in enumerate(chosen):
                 both = track.detections + [hits[j] for hits in extra_hits]
                 track.detections = [both[k] for k in order]

@@ -82,13 +82,9 @@ class _Tracklet:
     hits: dict = field(default_factory=dict)  # frame position -> (detection, appearance)
     last: int = -1
 
-    def look(self) -> np.ndarray:
-        """The tracklet's appearance: the normalised mean of its detections'."""
-        mean = np.mean([a for _, a in self.hits.values()], axis=0)
-        return mean / max(float(np.linalg.norm(mean)), 1e-6)
-
-    def recent_look(self, k: int = 5) -> np.ndarray:
-        keys = sorted(self.hits)[-k:]
+    def look(self, recent: Optional[int] = None) -> np.ndarray:
+        """The tracklet's appearance: the normalised mean of its detections' (of its ``recent`` last ones)."""
+        keys = sorted(self.hits)[-recent:] if recent else self.hits
         mean = np.mean([self.hits[t][1] for t in keys], axis=0)
         return mean / max(float(np.linalg.norm(mean)), 1e-6)
 
@@ -110,7 +106,7 @@ def _tracklets(frames: Sequence[FrameFaces], config: TrackingConfig) -> List[_Tr
         pairs = []
         for k, tr in enumerate(open_):
             last_box = tr.hits[tr.last][0].box
-            look = tr.recent_look()
+            look = tr.look(recent=5)
             allowed = config.max_shift + config.speed * (frame.time_s - frames[tr.last].time_s)
             for j, (d, a) in enumerate(kept):
                 if size_ratio(last_box, d.box) > config.max_size_ratio:
@@ -132,10 +128,10 @@ def _tracklets(frames: Sequence[FrameFaces], config: TrackingConfig) -> List[_Tr
 
 def _identities(tracklets: List[_Tracklet], config: TrackingConfig) -> List[_Tracklet]:
     """Tracklets that never share a frame merged while alike, most alike first (average linkage)."""
-    groups = [tr for tr in tracklets]
+    groups = list(tracklets)
+    looks = [g.look() for g in groups]
     while True:
         best = None
-        looks = [g.look() for g in groups]
         for i in range(len(groups)):
             for j in range(i + 1, len(groups)):
                 if groups[i].hits.keys() & groups[j].hits.keys():
@@ -148,6 +144,7 @@ def _identities(tracklets: List[_Tracklet], config: TrackingConfig) -> List[_Tra
         _, i, j = best
         merged = _Tracklet({**groups[i].hits, **groups[j].hits}, max(groups[i].last, groups[j].last))
         groups = [g for k, g in enumerate(groups) if k not in (i, j)] + [merged]
+        looks = [v for k, v in enumerate(looks) if k not in (i, j)] + [merged.look()]
 
 
 def track_faces(frames: Sequence[FrameFaces], frame_size: Tuple[int, int],
