@@ -170,7 +170,7 @@ def _outputs(model, ex: Explanation, record) -> tuple:
     times = _times(record)
     strip = strip_rows(ex, times)
     note = note_for(model, ex)
-    if len(getattr(record, "faces", ())) > 1:  # which face these maps are of, while they stay on the page
+    if len(record.faces) > 1:  # which face these maps are of, while they stay on the page
         note = f"Face explained: **{html.escape(record.name)}**.\n\n{note}"
     return overlay_items(ex, record.ingest.crops, times), strip_chart(strip), note, arrays(ex, strip)
 
@@ -248,7 +248,7 @@ def explain_descriptor(ctx: AppContext, model_key: Optional[str], record, class_
         raise gr.Error(str(e), print_exception=False) from None
     gallery, strip, note, data = _outputs(model, ex, record)
     # the same clip means the same face too: a clip's faces are explained apart
-    key, text = [record.path, getattr(record, "face", 0), model_key, class_name or "", versus or AUTO], text.strip()
+    key, text = [record.path, record.face, model_key, class_name or "", versus or AUTO], text.strip()
     changes = []
     if previous and previous.get("key") == key and previous.get("text") != text:
         old = previous["maps"]
